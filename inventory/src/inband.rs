@@ -1,0 +1,234 @@
+//! Builds an [`Inventory`] from the text of `/proc` and `/sys` files.
+//!
+//! [`collect`] takes a [`FactSource`] so the same code runs against the real
+//! filesystem in the agent and against a map of fixture files in tests.
+
+use crate::model::{Cpu, Disk, Inventory, Memory, Nic, Source, SystemInfo};
+
+/// Read access to the files the collector needs. Paths are absolute
+/// (`/proc/cpuinfo`, `/sys/block`).
+pub trait FactSource {
+    /// The file's contents, or `None` when it is absent or unreadable.
+    fn read(&self, path: &str) -> Option<String>;
+    /// Entry names of a directory, sorted; empty when absent.
+    fn list(&self, dir: &str) -> Vec<String>;
+}
+
+/// Collects every in-band fact. Missing files leave their fields empty
+/// rather than failing: a partial inventory is still worth reporting.
+pub fn collect(src: &dyn FactSource) -> Inventory {
+    let cpuinfo = src.read("/proc/cpuinfo").unwrap_or_default();
+    let meminfo = src.read("/proc/meminfo").unwrap_or_default();
+    Inventory {
+        source: Source::InBand,
+        system: system_info(src),
+        cpu: parse_cpuinfo(&cpuinfo),
+        memory: Memory {
+            total_bytes: parse_meminfo_total(&meminfo).unwrap_or(0),
+        },
+        disks: disks(src),
+        nics: nics(src),
+    }
+}
+
+pub fn parse_cpuinfo(text: &str) -> Cpu {
+    let mut count = 0;
+    let mut model = None;
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        match key.trim() {
+            "processor" => count += 1,
+            "model name" if model.is_none() => model = clean(value),
+            _ => {}
+        }
+    }
+    Cpu { model, count }
+}
+
+/// `MemTotal` in bytes (`/proc/meminfo` reports kibibytes).
+pub fn parse_meminfo_total(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+fn system_info(src: &dyn FactSource) -> SystemInfo {
+    let dmi = |name: &str| {
+        src.read(&format!("/sys/class/dmi/id/{name}"))
+            .and_then(|v| clean(&v))
+    };
+    SystemInfo {
+        vendor: dmi("sys_vendor"),
+        product: dmi("product_name"),
+        serial: dmi("product_serial"),
+        uuid: dmi("product_uuid").map(|u| u.to_ascii_lowercase()),
+    }
+}
+
+/// Block devices that are disks: not loop, ram, zram, device-mapper or
+/// optical devices, and not empty (a CD drive with no medium has size 0).
+fn disks(src: &dyn FactSource) -> Vec<Disk> {
+    const SKIP: [&str; 6] = ["loop", "ram", "zram", "dm-", "sr", "md"];
+    src.list("/sys/block")
+        .into_iter()
+        .filter(|name| !SKIP.iter().any(|p| name.starts_with(p)))
+        .filter_map(|name| {
+            let base = format!("/sys/block/{name}");
+            let sectors: u64 = src.read(&format!("{base}/size"))?.trim().parse().ok()?;
+            if sectors == 0 {
+                return None;
+            }
+            let attr = |path: &str| src.read(&format!("{base}/{path}")).and_then(|v| clean(&v));
+            Some(Disk {
+                size_bytes: sectors * 512, // sysfs counts 512-byte sectors whatever the block size
+                model: attr("device/model"),
+                serial: attr("serial").or_else(|| attr("device/serial")),
+                rotational: attr("queue/rotational").map(|r| r == "1"),
+                name,
+            })
+        })
+        .collect()
+}
+
+/// Physical NICs: those with a `device` link in sysfs (skips lo, bridges,
+/// bonds and other virtual interfaces).
+fn nics(src: &dyn FactSource) -> Vec<Nic> {
+    src.list("/sys/class/net")
+        .into_iter()
+        .filter(|name| src.read(&format!("/sys/class/net/{name}/device/uevent")).is_some())
+        .filter_map(|name| {
+            let base = format!("/sys/class/net/{name}");
+            let mac = normalize_mac(&src.read(&format!("{base}/address"))?)?;
+            let link = src.read(&format!("{base}/carrier")).is_some_and(|c| c.trim() == "1");
+            // `speed` is -1 or unreadable without link; only positive values mean anything.
+            let speed_mbps = src
+                .read(&format!("{base}/speed"))
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .filter(|s| *s > 0)
+                .and_then(|s| u32::try_from(s).ok());
+            Some(Nic { name, mac, link, speed_mbps })
+        })
+        .collect()
+}
+
+/// Lower-case colon-separated MAC, or `None` if `text` is not a MAC.
+pub fn normalize_mac(text: &str) -> Option<String> {
+    let hex: String = text.trim().chars().filter(|c| *c != ':' && *c != '-').collect();
+    if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let lower = hex.to_ascii_lowercase();
+    let parts: Vec<&str> = (0..6).map(|i| &lower[i * 2..i * 2 + 2]).collect();
+    Some(parts.join(":"))
+}
+
+/// Trims a firmware string and drops the placeholders vendors ship.
+fn clean(value: &str) -> Option<String> {
+    const PLACEHOLDERS: [&str; 6] = [
+        "",
+        "to be filled by o.e.m.",
+        "default string",
+        "not specified",
+        "none",
+        "0",
+    ];
+    let v = value.trim();
+    (!PLACEHOLDERS.contains(&v.to_ascii_lowercase().as_str())).then(|| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    struct Files(BTreeMap<&'static str, &'static str>);
+
+    impl FactSource for Files {
+        fn read(&self, path: &str) -> Option<String> {
+            self.0.get(path).map(|s| s.to_string())
+        }
+        fn list(&self, dir: &str) -> Vec<String> {
+            let prefix = format!("{dir}/");
+            let mut names: Vec<String> = self
+                .0
+                .keys()
+                .filter_map(|k| k.strip_prefix(&prefix))
+                .map(|rest| rest.split('/').next().unwrap_or_default().to_string())
+                .collect();
+            names.dedup();
+            names
+        }
+    }
+
+    fn qemu_node() -> Files {
+        Files(BTreeMap::from([
+            ("/proc/cpuinfo", "processor\t: 0\nmodel name\t: QEMU Virtual CPU version 2.5+\n\nprocessor\t: 1\nmodel name\t: QEMU Virtual CPU version 2.5+\n"),
+            ("/proc/meminfo", "MemTotal:         482556 kB\nMemFree:          400000 kB\n"),
+            ("/sys/class/dmi/id/sys_vendor", "Slipway Lab\n"),
+            ("/sys/class/dmi/id/product_name", "QEMU Lab Node\n"),
+            ("/sys/class/dmi/id/product_serial", "LAB-0001\n"),
+            ("/sys/class/dmi/id/product_uuid", "5F2A0B6C-0000-4000-8000-000000000001\n"),
+            ("/sys/block/vda/size", "16777216\n"),
+            ("/sys/block/vda/serial", "disk-0001\n"),
+            ("/sys/block/vda/queue/rotational", "1\n"),
+            ("/sys/block/loop0/size", "0\n"),
+            ("/sys/block/sr0/size", "0\n"),
+            ("/sys/class/net/eth0/address", "52:54:00:AB:CD:01\n"),
+            ("/sys/class/net/eth0/carrier", "1\n"),
+            ("/sys/class/net/eth0/speed", "-1\n"),
+            ("/sys/class/net/eth0/device/uevent", "DRIVER=virtio_net\n"),
+            ("/sys/class/net/lo/address", "00:00:00:00:00:00\n"),
+        ]))
+    }
+
+    #[test]
+    fn collects_a_qemu_node() {
+        let inv = collect(&qemu_node());
+        assert_eq!(inv.cpu.count, 2);
+        assert_eq!(inv.cpu.model.as_deref(), Some("QEMU Virtual CPU version 2.5+"));
+        assert_eq!(inv.memory.total_bytes, 482_556 * 1024);
+        assert_eq!(inv.system.serial.as_deref(), Some("LAB-0001"));
+        assert_eq!(
+            inv.system.uuid.as_deref(),
+            Some("5f2a0b6c-0000-4000-8000-000000000001")
+        );
+        assert_eq!(inv.disks.len(), 1, "loop and empty optical drives are not disks");
+        assert_eq!(inv.disks[0].size_bytes, 8 << 30);
+        assert_eq!(inv.disks[0].serial.as_deref(), Some("disk-0001"));
+        assert_eq!(inv.nics.len(), 1, "lo has no device and is skipped");
+        assert_eq!(inv.nics[0].mac, "52:54:00:ab:cd:01");
+        assert!(inv.nics[0].link);
+        assert_eq!(inv.nics[0].speed_mbps, None);
+    }
+
+    #[test]
+    fn missing_files_give_a_partial_inventory() {
+        let inv = collect(&Files(BTreeMap::new()));
+        assert_eq!(inv.cpu.count, 0);
+        assert!(inv.disks.is_empty() && inv.nics.is_empty());
+        assert_eq!(inv.system, SystemInfo::default());
+    }
+
+    #[test]
+    fn placeholders_are_dropped() {
+        assert_eq!(clean("To Be Filled By O.E.M.\n"), None);
+        assert_eq!(clean("  Dell Inc. "), Some("Dell Inc.".into()));
+    }
+
+    #[test]
+    fn macs_normalize() {
+        assert_eq!(normalize_mac("52-54-00-AB-CD-01").as_deref(), Some("52:54:00:ab:cd:01"));
+        assert_eq!(normalize_mac("525400abcd01").as_deref(), Some("52:54:00:ab:cd:01"));
+        assert_eq!(normalize_mac("52:54:00:ab:cd"), None);
+        assert_eq!(normalize_mac("zz:54:00:ab:cd:01"), None);
+    }
+
+    #[test]
+    fn inventory_round_trips_as_json() {
+        let inv = collect(&qemu_node());
+        let json = serde_json::to_string(&inv).unwrap();
+        assert_eq!(serde_json::from_str::<Inventory>(&json).unwrap(), inv);
+    }
+}

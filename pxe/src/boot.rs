@@ -1,0 +1,252 @@
+//! Who is booting, what to hand them, and the iPXE script for their state.
+//!
+//! The chain is: firmware PXE (no iPXE yet) gets an iPXE binary over TFTP;
+//! iPXE gets the URL of this machine's script; the script depends on the
+//! machine's lifecycle state. An iPXE client is never handed an iPXE binary,
+//! which is what keeps the chain from looping.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use crate::dhcp::Request;
+use crate::dhcp::packet::code;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootConfig {
+    pub tftp_server: Ipv4Addr,
+    /// Base URL of the boot HTTP server as clients reach it, no trailing `/`.
+    pub http_base: String,
+    /// TFTP path of the iPXE binary for BIOS PXE ROMs.
+    pub bios_file: String,
+    /// TFTP path of the iPXE binary for x86-64 UEFI PXE.
+    pub uefi_file: String,
+}
+
+/// Client system architecture (RFC 4578 option 93, IANA registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    UefiX64,
+    Other(u16),
+}
+
+impl Firmware {
+    pub fn label(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::UefiX64 => "uefi",
+            Firmware::Other(_) => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientKind {
+    pub firmware: Firmware,
+    /// Announced itself as a PXE client (vendor class `PXEClient...`).
+    pub pxe: bool,
+    /// Is already iPXE (user class `iPXE` or iPXE's feature option 175).
+    pub ipxe: bool,
+}
+
+impl ClientKind {
+    pub fn is_pxe(&self) -> bool {
+        self.pxe || self.ipxe
+    }
+
+    pub fn label(&self) -> &'static str {
+        match (self.ipxe, self.pxe) {
+            (true, _) => "ipxe",
+            (false, true) => "pxe",
+            (false, false) => "plain",
+        }
+    }
+}
+
+pub fn classify(req: &Request) -> ClientKind {
+    let arch = req
+        .option(code::CLIENT_ARCH)
+        .map(|v| u16::from_be_bytes([v[0], v[1]]));
+    let firmware = match arch {
+        None | Some(0) => Firmware::Bios,
+        Some(7) | Some(9) => Firmware::UefiX64,
+        Some(other) => Firmware::Other(other),
+    };
+    // iPXE sends option 77 as the raw bytes "iPXE", not RFC 3004 framing.
+    let ipxe = req.option(code::USER_CLASS).is_some_and(|v| v.ends_with(b"iPXE"))
+        || req.option(code::IPXE_FEATURES).is_some();
+    let pxe = req
+        .option(code::VENDOR_CLASS)
+        .is_some_and(|v| v.starts_with(b"PXEClient"));
+    ClientKind { firmware, pxe, ipxe }
+}
+
+/// The DHCP boot file for this client, or `None` for non-PXE clients and
+/// architectures we have no binary for.
+pub fn boot_file(client: &ClientKind, mac: &[u8; 6], cfg: &BootConfig) -> Option<String> {
+    if client.ipxe {
+        return Some(script_url(&cfg.http_base, mac));
+    }
+    if !client.pxe {
+        return None;
+    }
+    match client.firmware {
+        Firmware::Bios => Some(cfg.bios_file.clone()),
+        Firmware::UefiX64 => Some(cfg.uefi_file.clone()),
+        Firmware::Other(_) => None,
+    }
+}
+
+/// `http://host:port/boot/52-54-00-00-00-01.ipxe`
+pub fn script_url(http_base: &str, mac: &[u8; 6]) -> String {
+    format!("{http_base}/boot/{}.ipxe", dashed_mac(mac))
+}
+
+pub fn dashed_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join("-")
+}
+
+/// Parses `52-54-00-00-00-01` (as in script URLs) into bytes.
+pub fn parse_dashed_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split('-');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// What a machine's script should do, decided from its lifecycle state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptTarget {
+    /// Boot the discovery ramdisk; `token` is the agent's credential for
+    /// this boot only.
+    Discovery { token: String },
+    /// Deployed machines boot from their own disk, never reinstall.
+    LocalDisk,
+}
+
+/// File names of the ramdisk under `{http_base}/boot/files/`.
+pub const KERNEL_FILE: &str = "vmlinuz";
+pub const INITRD_FILE: &str = "initrd.img";
+
+pub fn render_script(target: &ScriptTarget, mac: &[u8; 6], http_base: &str) -> String {
+    let mut s = String::from("#!ipxe\n");
+    let mac_text = dashed_mac(mac);
+    match target {
+        ScriptTarget::Discovery { token } => {
+            let files = format!("{http_base}/boot/files");
+            // initrd=NAME is required by UEFI iPXE for the kernel to find its
+            // initramfs; harmless under BIOS. On any failure, fetch a fresh
+            // script (and token) rather than looping on a stale one.
+            let _ = write!(
+                s,
+                "# Slipway discovery for {mac_text}\n\
+                 kernel {files}/{KERNEL_FILE} initrd={INITRD_FILE} console=ttyS0,115200 console=tty0 \
+                 quiet panic=30 slipway.api={http_base} slipway.token={token} slipway.mac={mac_text} \
+                 || goto failed\n\
+                 initrd --name {INITRD_FILE} {files}/{INITRD_FILE} || goto failed\n\
+                 boot || goto failed\n\
+                 :failed\n\
+                 echo Slipway: discovery boot failed, retrying in 5 s\n\
+                 sleep 5\n\
+                 chain --replace --autofree {url}\n",
+                url = script_url(http_base, mac),
+            );
+        }
+        ScriptTarget::LocalDisk => {
+            let _ = write!(
+                s,
+                "# Slipway: {mac_text} is deployed, booting from local disk\n\
+                 sanboot --no-describe --drive 0x80 || exit\n"
+            );
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::packet::tests::ipxe_discover;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0xab, 0xcd, 1];
+
+    fn cfg() -> BootConfig {
+        BootConfig {
+            tftp_server: Ipv4Addr::new(10, 77, 0, 1),
+            http_base: "http://10.77.0.1:8081".into(),
+            bios_file: "undionly.kpxe".into(),
+            uefi_file: "snponly.efi".into(),
+        }
+    }
+
+    /// A DISCOVER with the given options after 53.
+    fn discover(options: &[u8]) -> Request {
+        let mut b = ipxe_discover(MAC);
+        b.truncate(240);
+        b.extend_from_slice(&[53, 1, 1]);
+        b.extend_from_slice(options);
+        b.push(255);
+        Request::parse(&b).unwrap()
+    }
+
+    fn check(options: &[u8], expected: Option<&str>) {
+        let req = discover(options);
+        assert_eq!(boot_file(&classify(&req), &MAC, &cfg()).as_deref(), expected, "options {options:?}");
+    }
+
+    const PXE_BIOS: &[u8] = b"\x3c\x20PXEClient:Arch:00000:UNDI:002001\x5d\x02\x00\x00";
+    const PXE_UEFI: &[u8] = b"\x3c\x20PXEClient:Arch:00007:UNDI:003016\x5d\x02\x00\x07";
+
+    #[test]
+    fn boot_file_by_client() {
+        // BIOS PXE ROM (not iPXE): undionly.kpxe over TFTP.
+        check(PXE_BIOS, Some("undionly.kpxe"));
+        // OVMF's own PXE: snponly.efi.
+        check(PXE_UEFI, Some("snponly.efi"));
+        // BIOS iPXE (77 = raw "iPXE"): the script, never a binary again.
+        check(&[PXE_BIOS, b"\x4d\x04iPXE"].concat(), Some("http://10.77.0.1:8081/boot/52-54-00-ab-cd-01.ipxe"));
+        // UEFI iPXE identified only by its feature option 175.
+        check(&[PXE_UEFI, b"\xaf\x03\x13\x01\x01"].concat(), Some("http://10.77.0.1:8081/boot/52-54-00-ab-cd-01.ipxe"));
+        // A plain DHCP client (udhcpc in an OS): no boot file.
+        check(b"", None);
+        // An architecture we have no binary for (arm64 = 11).
+        check(b"\x3c\x09PXEClient\x5d\x02\x00\x0b", None);
+    }
+
+    #[test]
+    fn discovery_script_snapshot() {
+        let script = render_script(&ScriptTarget::Discovery { token: "tok123".into() }, &MAC, "http://10.77.0.1:8081");
+        let expected = "#!ipxe
+# Slipway discovery for 52-54-00-ab-cd-01
+kernel http://10.77.0.1:8081/boot/files/vmlinuz initrd=initrd.img console=ttyS0,115200 console=tty0 quiet panic=30 slipway.api=http://10.77.0.1:8081 slipway.token=tok123 slipway.mac=52-54-00-ab-cd-01 || goto failed
+initrd --name initrd.img http://10.77.0.1:8081/boot/files/initrd.img || goto failed
+boot || goto failed
+:failed
+echo Slipway: discovery boot failed, retrying in 5 s
+sleep 5
+chain --replace --autofree http://10.77.0.1:8081/boot/52-54-00-ab-cd-01.ipxe
+";
+        assert_eq!(script, expected);
+    }
+
+    #[test]
+    fn deployed_machines_boot_locally() {
+        let script = render_script(&ScriptTarget::LocalDisk, &MAC, "http://x");
+        assert!(script.contains("sanboot --no-describe --drive 0x80"));
+        assert!(!script.contains("kernel"), "a deployed machine never gets a kernel");
+    }
+
+    #[test]
+    fn dashed_macs_round_trip() {
+        assert_eq!(parse_dashed_mac(&dashed_mac(&MAC)), Some(MAC));
+        assert_eq!(parse_dashed_mac("52-54-00-ab-cd"), None);
+        assert_eq!(parse_dashed_mac("52-54-00-ab-cd-01-02"), None);
+        assert_eq!(parse_dashed_mac("../../etc/passwd"), None);
+    }
+}

@@ -1,0 +1,309 @@
+//! The DHCP decision: a pure function from a request, the lease table, the
+//! configuration and the time to a reply and the lease changes it implies.
+
+use std::net::Ipv4Addr;
+
+use super::leases::{Lease, LeaseOp, LeaseState, LeaseTable};
+use super::packet::{MessageType, Request};
+use crate::boot::{self, BootConfig, ClientKind};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpConfig {
+    /// Our address on the provisioning network: server identifier, TFTP
+    /// next-server.
+    pub server_ip: Ipv4Addr,
+    pub netmask: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub pool_start: Ipv4Addr,
+    pub pool_end: Ipv4Addr,
+    pub lease_secs: u32,
+    /// How long an offered address is held for the client's REQUEST.
+    pub offer_hold_secs: u32,
+    pub boot: BootConfig,
+}
+
+/// The reply to send, before encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub kind: ReplyKind,
+    pub yiaddr: Ipv4Addr,
+    /// Boot file (PXE: a TFTP path; iPXE: a script URL).
+    pub boot_file: Option<String>,
+    pub pxe_client: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    Offer,
+    Ack,
+    /// ACK to a DHCPINFORM: configuration only, no lease.
+    InformAck,
+    Nak,
+}
+
+/// What happened, for the log line and the metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Offered,
+    Acked,
+    Informed,
+    Naked(&'static str),
+    Released,
+    Declined,
+    Ignored(&'static str),
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Offered => "offer",
+            Outcome::Acked => "ack",
+            Outcome::Informed => "inform_ack",
+            Outcome::Naked(_) => "nak",
+            Outcome::Released => "release",
+            Outcome::Declined => "decline",
+            Outcome::Ignored(_) => "ignored",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub reply: Option<Reply>,
+    pub ops: Vec<LeaseOp>,
+    pub outcome: Outcome,
+    pub client: ClientKind,
+}
+
+/// How long a declined address stays out of the pool.
+const QUARANTINE_SECS: u64 = 600;
+
+pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64) -> Decision {
+    let client = boot::classify(req);
+    let mut d = Decision { reply: None, ops: Vec::new(), outcome: Outcome::Ignored(""), client };
+    let boot_file = boot::boot_file(&client, &req.mac, &cfg.boot);
+    let reply = |kind, yiaddr| Reply {
+        kind,
+        yiaddr,
+        boot_file: boot_file.clone(),
+        pxe_client: client.is_pxe(),
+    };
+    let bind = |ip, state, secs: u32| {
+        LeaseOp::Upsert(Lease { mac: req.mac, ip, expires_at: now + u64::from(secs), state })
+    };
+
+    match req.message_type {
+        MessageType::Discover => match pick_address(req, leases, cfg, now) {
+            Some(ip) => {
+                // Keep a bound lease bound; a fresh address is only offered.
+                let state = match leases.by_mac(&req.mac) {
+                    Some(l) if l.ip == ip && l.state == LeaseState::Bound && l.expires_at > now => {
+                        LeaseState::Bound
+                    }
+                    _ => LeaseState::Offered,
+                };
+                let secs = if state == LeaseState::Bound { cfg.lease_secs } else { cfg.offer_hold_secs };
+                d.ops.push(bind(ip, state, secs));
+                d.reply = Some(reply(ReplyKind::Offer, ip));
+                d.outcome = Outcome::Offered;
+            }
+            None => d.outcome = Outcome::Ignored("pool exhausted"),
+        },
+        MessageType::Request => {
+            if let Some(sid) = req.server_id() {
+                if sid != cfg.server_ip {
+                    // The client chose another server's offer: free ours.
+                    if leases.by_mac(&req.mac).is_some_and(|l| l.state == LeaseState::Offered) {
+                        d.ops.push(LeaseOp::Remove { mac: req.mac });
+                    }
+                    d.outcome = Outcome::Ignored("client chose another server");
+                    return d;
+                }
+            }
+            // SELECTING / INIT-REBOOT name the address in option 50;
+            // RENEWING / REBINDING put it in ciaddr.
+            let wanted = req.requested_ip().or((!req.ciaddr.is_unspecified()).then_some(req.ciaddr));
+            let Some(ip) = wanted else {
+                d.reply = Some(reply(ReplyKind::Nak, Ipv4Addr::UNSPECIFIED));
+                d.outcome = Outcome::Naked("no address requested");
+                return d;
+            };
+            if !in_pool(ip, cfg) {
+                d.reply = Some(reply(ReplyKind::Nak, Ipv4Addr::UNSPECIFIED));
+                d.outcome = Outcome::Naked("address outside our pool");
+            } else if !leases.is_free_for(ip, &req.mac, now) {
+                d.reply = Some(reply(ReplyKind::Nak, Ipv4Addr::UNSPECIFIED));
+                d.outcome = Outcome::Naked("address held by another client");
+            } else {
+                // Authoritative: a free address in our pool is granted even
+                // without a record (a client rebooting after we lost state).
+                d.ops.push(bind(ip, LeaseState::Bound, cfg.lease_secs));
+                d.reply = Some(reply(ReplyKind::Ack, ip));
+                d.outcome = Outcome::Acked;
+            }
+        }
+        MessageType::Release => {
+            if leases.by_mac(&req.mac).is_some_and(|l| l.ip == req.ciaddr) {
+                d.ops.push(LeaseOp::Remove { mac: req.mac });
+                d.outcome = Outcome::Released;
+            } else {
+                d.outcome = Outcome::Ignored("release of a lease we do not hold");
+            }
+        }
+        MessageType::Decline => match req.requested_ip() {
+            Some(ip) if in_pool(ip, cfg) => {
+                d.ops.push(LeaseOp::Quarantine { ip, until: now + QUARANTINE_SECS });
+                d.outcome = Outcome::Declined;
+            }
+            _ => d.outcome = Outcome::Ignored("decline without an address of ours"),
+        },
+        MessageType::Inform => {
+            d.reply = Some(reply(ReplyKind::InformAck, Ipv4Addr::UNSPECIFIED));
+            d.outcome = Outcome::Informed;
+        }
+    }
+    d
+}
+
+fn in_pool(ip: Ipv4Addr, cfg: &DhcpConfig) -> bool {
+    (cfg.pool_start..=cfg.pool_end).contains(&ip)
+}
+
+/// The client's current address, else the one it asks for, else the first
+/// free address in the pool.
+fn pick_address(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64) -> Option<Ipv4Addr> {
+    let usable = |ip: Ipv4Addr| in_pool(ip, cfg) && leases.is_free_for(ip, &req.mac, now);
+    if let Some(lease) = leases.by_mac(&req.mac) {
+        if usable(lease.ip) {
+            return Some(lease.ip);
+        }
+    }
+    if let Some(ip) = req.requested_ip().filter(|ip| usable(*ip)) {
+        return Some(ip);
+    }
+    (u32::from(cfg.pool_start)..=u32::from(cfg.pool_end))
+        .map(Ipv4Addr::from)
+        .find(|ip| usable(*ip))
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) use super::tests::config;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::packet::tests::ipxe_discover;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
+    const OTHER: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
+
+    pub(crate) fn config() -> DhcpConfig {
+        DhcpConfig {
+            server_ip: Ipv4Addr::new(10, 77, 0, 1),
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            router: None,
+            dns: vec![],
+            pool_start: Ipv4Addr::new(10, 77, 0, 100),
+            pool_end: Ipv4Addr::new(10, 77, 0, 101),
+            lease_secs: 3600,
+            offer_hold_secs: 60,
+            boot: BootConfig {
+                tftp_server: Ipv4Addr::new(10, 77, 0, 1),
+                http_base: "http://10.77.0.1:8081".into(),
+                bios_file: "undionly.kpxe".into(),
+                uefi_file: "snponly.efi".into(),
+            },
+        }
+    }
+
+    fn request(mac: [u8; 6], ty: u8, extra: &[u8]) -> Request {
+        let mut b = ipxe_discover(mac);
+        b.truncate(240);
+        b.extend_from_slice(&[53, 1, ty]);
+        b.extend_from_slice(extra);
+        b.push(255);
+        Request::parse(&b).unwrap()
+    }
+
+    fn run(table: &mut LeaseTable, req: &Request, now: u64) -> Decision {
+        let d = decide(req, table, &config(), now);
+        for op in &d.ops {
+            table.apply(op);
+        }
+        d
+    }
+
+    #[test]
+    fn discover_request_binds_the_offered_address() {
+        let mut t = LeaseTable::default();
+        let offer = run(&mut t, &request(MAC, 1, &[]), 1000);
+        let ip = offer.reply.unwrap().yiaddr;
+        assert_eq!(ip, Ipv4Addr::new(10, 77, 0, 100));
+        assert_eq!(t.by_mac(&MAC).unwrap().state, LeaseState::Offered);
+
+        let ack = run(&mut t, &request(MAC, 3, &[50, 4, 10, 77, 0, 100, 54, 4, 10, 77, 0, 1]), 1001);
+        assert_eq!(ack.outcome, Outcome::Acked);
+        let lease = t.by_mac(&MAC).unwrap();
+        assert_eq!((lease.state, lease.expires_at), (LeaseState::Bound, 1001 + 3600));
+    }
+
+    #[test]
+    fn two_clients_never_share_an_address() {
+        let mut t = LeaseTable::default();
+        let a = run(&mut t, &request(MAC, 1, &[]), 0).reply.unwrap().yiaddr;
+        let b = run(&mut t, &request(OTHER, 1, &[]), 0).reply.unwrap().yiaddr;
+        assert_ne!(a, b);
+        // OTHER asking for MAC's address is refused.
+        let nak = run(&mut t, &request(OTHER, 3, &[50, 4, 10, 77, 0, 100]), 1);
+        assert_eq!(nak.outcome, Outcome::Naked("address held by another client"));
+    }
+
+    #[test]
+    fn exhausted_pool_is_silent_until_an_offer_expires() {
+        let mut t = LeaseTable::default();
+        run(&mut t, &request(MAC, 1, &[]), 0);
+        run(&mut t, &request(OTHER, 1, &[]), 0);
+        let third = [0x52, 0x54, 0, 0, 0, 3];
+        assert_eq!(run(&mut t, &request(third, 1, &[]), 10).outcome, Outcome::Ignored("pool exhausted"));
+        assert_eq!(run(&mut t, &request(third, 1, &[]), 61).outcome, Outcome::Offered);
+    }
+
+    #[test]
+    fn request_for_another_server_frees_our_offer() {
+        let mut t = LeaseTable::default();
+        run(&mut t, &request(MAC, 1, &[]), 0);
+        let d = run(&mut t, &request(MAC, 3, &[50, 4, 192, 168, 9, 9, 54, 4, 192, 168, 9, 1]), 1);
+        assert_eq!(d.reply, None);
+        assert!(t.by_mac(&MAC).is_none());
+    }
+
+    #[test]
+    fn request_outside_the_pool_is_naked() {
+        let d = run(&mut LeaseTable::default(), &request(MAC, 3, &[50, 4, 192, 168, 1, 5]), 0);
+        assert_eq!(d.reply.unwrap().kind, ReplyKind::Nak);
+    }
+
+    #[test]
+    fn init_reboot_after_lost_state_is_granted() {
+        let d = run(&mut LeaseTable::default(), &request(MAC, 3, &[50, 4, 10, 77, 0, 101]), 0);
+        assert_eq!((d.outcome, d.reply.unwrap().yiaddr), (Outcome::Acked, Ipv4Addr::new(10, 77, 0, 101)));
+    }
+
+    #[test]
+    fn decline_quarantines_and_release_frees() {
+        let mut t = LeaseTable::default();
+        run(&mut t, &request(MAC, 1, &[]), 0);
+        run(&mut t, &request(MAC, 4, &[50, 4, 10, 77, 0, 100]), 1);
+        let next = run(&mut t, &request(MAC, 1, &[]), 2).reply.unwrap().yiaddr;
+        assert_eq!(next, Ipv4Addr::new(10, 77, 0, 101), "declined address is skipped");
+
+        run(&mut t, &request(MAC, 3, &[50, 4, 10, 77, 0, 101]), 3);
+        let mut release = request(MAC, 7, &[]);
+        release.ciaddr = Ipv4Addr::new(10, 77, 0, 101);
+        assert_eq!(run(&mut t, &release, 4).outcome, Outcome::Released);
+        assert!(t.is_empty());
+    }
+}

@@ -1,0 +1,89 @@
+//! Encoding a [`Reply`] into wire bytes with `dhcproto`'s encoder.
+
+use dhcproto::v4::{self, DhcpOption, Encodable, Flags, Message, Opcode};
+
+use super::decide::{DhcpConfig, Reply, ReplyKind};
+use super::packet::Request;
+
+/// The BOOTP `file` field holds at most 128 bytes; longer names go in
+/// option 67 only.
+const FILE_FIELD_LEN: usize = 128;
+
+pub fn encode_reply(req: &Request, reply: &Reply, cfg: &DhcpConfig) -> Vec<u8> {
+    let mut msg = Message::new_with_id(
+        req.xid,
+        req.ciaddr,
+        reply.yiaddr,
+        if reply.kind == ReplyKind::Nak { std::net::Ipv4Addr::UNSPECIFIED } else { cfg.boot.tftp_server },
+        req.giaddr,
+        &req.mac,
+    );
+    msg.set_opcode(Opcode::BootReply);
+    msg.set_flags(Flags::new(req.flags));
+    let opts = msg.opts_mut();
+    let ty = match reply.kind {
+        ReplyKind::Offer => v4::MessageType::Offer,
+        ReplyKind::Ack | ReplyKind::InformAck => v4::MessageType::Ack,
+        ReplyKind::Nak => v4::MessageType::Nak,
+    };
+    opts.insert(DhcpOption::MessageType(ty));
+    opts.insert(DhcpOption::ServerIdentifier(cfg.server_ip));
+    if reply.kind != ReplyKind::Nak {
+        if matches!(reply.kind, ReplyKind::Offer | ReplyKind::Ack) {
+            opts.insert(DhcpOption::AddressLeaseTime(cfg.lease_secs));
+            opts.insert(DhcpOption::Renewal(cfg.lease_secs / 2));
+            opts.insert(DhcpOption::Rebinding(cfg.lease_secs / 8 * 7));
+        }
+        opts.insert(DhcpOption::SubnetMask(cfg.netmask));
+        if let Some(router) = cfg.router {
+            opts.insert(DhcpOption::Router(vec![router]));
+        }
+        if !cfg.dns.is_empty() {
+            opts.insert(DhcpOption::DomainNameServer(cfg.dns.clone()));
+        }
+        if reply.pxe_client {
+            opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+        }
+        if let Some(file) = &reply.boot_file {
+            opts.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
+        }
+    }
+    if let Some(file) = reply.boot_file.as_ref().filter(|f| f.len() < FILE_FIELD_LEN) {
+        if reply.kind != ReplyKind::Nak {
+            msg.set_fname_str(file);
+        }
+    }
+    // Encoding a message we built from validated values cannot fail; an
+    // empty datagram would be dropped by the sender.
+    msg.to_vec().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::packet::tests::ipxe_discover;
+    use crate::dhcp::{decide, LeaseTable};
+    use dhcproto::v4::Decodable;
+
+    #[test]
+    fn offer_carries_address_and_script_url() {
+        let req = Request::parse(&ipxe_discover([0x52, 0x54, 0, 0, 0, 9])).unwrap();
+        let cfg = crate::dhcp::decide::tests_support::config();
+        let d = decide(&req, &LeaseTable::default(), &cfg, 0);
+        let bytes = encode_reply(&req, d.reply.as_ref().unwrap(), &cfg);
+        let msg = Message::decode(&mut v4::Decoder::new(&bytes)).unwrap();
+        assert_eq!(msg.opcode(), Opcode::BootReply);
+        assert_eq!(msg.xid(), 0x1234_5678);
+        assert_eq!(msg.yiaddr(), std::net::Ipv4Addr::new(10, 77, 0, 100));
+        assert_eq!(msg.siaddr(), cfg.server_ip);
+        assert_eq!(msg.opts().msg_type(), Some(v4::MessageType::Offer));
+        // The BOOTP file field (offset 108): the URL, NUL-terminated.
+        let url = b"http://10.77.0.1:8081/boot/52-54-00-00-00-09.ipxe";
+        assert_eq!(&bytes[108..108 + url.len()], url);
+        assert_eq!(bytes[108 + url.len()], 0);
+        assert!(matches!(
+            msg.opts().get(v4::OptionCode::ServerIdentifier),
+            Some(DhcpOption::ServerIdentifier(ip)) if *ip == cfg.server_ip
+        ));
+    }
+}

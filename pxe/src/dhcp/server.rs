@@ -1,0 +1,259 @@
+//! The DHCP socket loop: the only DHCP code that does I/O.
+//!
+//! Requests are handled one at a time in arrival order: decide, persist the
+//! lease ops through [`DhcpBackend`], apply them in memory, then send. A
+//! reply is never sent for a lease that could not be stored. Nothing here
+//! is cancelled mid-request except by dropping the whole task, which loses
+//! at most the reply being built (the client retransmits).
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use super::decide::{decide, DhcpConfig, Outcome, ReplyKind};
+use super::leases::{LeaseOp, LeaseTable};
+use super::packet::Request;
+use super::reply::encode_reply;
+use crate::boot::ClientKind;
+
+/// Where leases are stored and who hears about bound clients.
+pub trait DhcpBackend: Send + Sync + 'static {
+    /// Makes `ops` durable. Called before the reply is sent.
+    fn save(&self, ops: &[LeaseOp]) -> impl Future<Output = Result<(), String>> + Send;
+    /// A client was ACKed an address.
+    fn bound(&self, mac: [u8; 6], ip: Ipv4Addr, client: ClientKind) -> impl Future<Output = ()> + Send;
+}
+
+/// Counters readable by tests and exported as metrics.
+#[derive(Debug, Default)]
+pub struct DhcpStats {
+    pub received: AtomicU64,
+    pub replied: AtomicU64,
+    pub dropped_malformed: AtomicU64,
+    pub ignored: AtomicU64,
+    pub store_errors: AtomicU64,
+}
+
+/// UDP ports; fixed by the protocol, configurable so tests can run
+/// unprivileged on loopback.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub server: u16,
+    pub client: u16,
+    /// Replies to a relay (giaddr set) go to this port.
+    pub relay: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports { server: 67, client: 68, relay: 67 }
+    }
+}
+
+pub struct DhcpServer<B> {
+    cfg: DhcpConfig,
+    ports: Ports,
+    table: Mutex<LeaseTable>,
+    backend: B,
+    pub stats: DhcpStats,
+}
+
+impl<B: DhcpBackend> DhcpServer<B> {
+    pub fn new(cfg: DhcpConfig, ports: Ports, table: LeaseTable, backend: B) -> Arc<Self> {
+        Arc::new(DhcpServer { cfg, ports, table: Mutex::new(table), backend, stats: DhcpStats::default() })
+    }
+
+    /// Handles one datagram; returns the reply and where to send it.
+    pub async fn handle(&self, bytes: &[u8], now: u64) -> Option<(Vec<u8>, SocketAddr)> {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        let req = match Request::parse(bytes) {
+            Ok(req) => req,
+            Err(err) => {
+                self.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("slipway_dhcp_dropped_total", "reason" => err.label()).increment(1);
+                debug!(%err, len = bytes.len(), "dropped malformed DHCP datagram");
+                return None;
+            }
+        };
+        metrics::counter!("slipway_dhcp_received_total", "type" => req.message_type.label()).increment(1);
+        let mut table = self.table.lock().await;
+        let decision = decide(&req, &table, &self.cfg, now);
+        let mac = req.mac_string();
+        let reply_ip = decision.reply.as_ref().map(|r| r.yiaddr);
+        info!(
+            mac, xid = req.xid, message = req.message_type.label(), client = decision.client.label(),
+            firmware = decision.client.firmware.label(), outcome = decision.outcome.label(),
+            reason = outcome_reason(decision.outcome), ip = ?reply_ip,
+            "dhcp decision"
+        );
+        metrics::counter!("slipway_dhcp_decisions_total", "outcome" => decision.outcome.label(), "client" => decision.client.label()).increment(1);
+        if !decision.ops.is_empty() {
+            if let Err(err) = self.backend.save(&decision.ops).await {
+                self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(mac, error = %err, "lease store failed; not replying");
+                return None;
+            }
+            for op in &decision.ops {
+                table.apply(op);
+            }
+        }
+        drop(table);
+        let Some(reply) = decision.reply else {
+            self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        if reply.kind == ReplyKind::Ack {
+            self.backend.bound(req.mac, reply.yiaddr, decision.client).await;
+        }
+        self.stats.replied.fetch_add(1, Ordering::Relaxed);
+        let dest = self.destination(&req, reply.kind);
+        Some((encode_reply(&req, &reply, &self.cfg), dest))
+    }
+
+    fn destination(&self, req: &Request, kind: ReplyKind) -> SocketAddr {
+        let addr = if !req.giaddr.is_unspecified() {
+            SocketAddrV4::new(req.giaddr, self.ports.relay)
+        } else if !req.ciaddr.is_unspecified() && kind != ReplyKind::Nak {
+            SocketAddrV4::new(req.ciaddr, self.ports.client)
+        } else {
+            // Without a relay and without an address the client can only
+            // hear a broadcast (we cannot write its ARP entry from here).
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, self.ports.client)
+        };
+        SocketAddr::V4(addr)
+    }
+
+    /// Serves until the socket fails. Cancel-safe at every await: dropping
+    /// the future loses at most one in-flight reply.
+    pub async fn run(self: Arc<Self>, socket: UdpSocket) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 1500];
+        loop {
+            let (len, from) = socket.recv_from(&mut buf).await?;
+            let now = unix_now();
+            if let Some((bytes, dest)) = self.handle(&buf[..len], now).await {
+                if let Err(err) = socket.send_to(&bytes, dest).await {
+                    warn!(%from, %dest, error = %err, "sending DHCP reply failed");
+                }
+            }
+        }
+    }
+}
+
+fn outcome_reason(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Naked(r) | Outcome::Ignored(r) => r,
+        _ => "",
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A UDP socket on `0.0.0.0:port` bound to `interface` (when given) that
+/// may send broadcasts: the DHCP server's socket.
+pub fn bind_socket(interface: Option<&str>, addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_broadcast(true)?;
+    if let Some(iface) = interface {
+        socket.bind_device(Some(iface.as_bytes()))?;
+    }
+    socket.bind(&SocketAddr::V4(addr).into())?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::decide::tests_support::config;
+    use crate::dhcp::packet::tests::ipxe_discover;
+    use std::sync::Mutex as StdMutex;
+
+    #[derive(Default)]
+    struct Recorder {
+        saved: StdMutex<Vec<LeaseOp>>,
+        fail: bool,
+    }
+
+    impl DhcpBackend for Arc<Recorder> {
+        async fn save(&self, ops: &[LeaseOp]) -> Result<(), String> {
+            if self.fail {
+                return Err("disk full".into());
+            }
+            self.saved.lock().unwrap().extend_from_slice(ops);
+            Ok(())
+        }
+        async fn bound(&self, _: [u8; 6], _: Ipv4Addr, _: ClientKind) {}
+    }
+
+    fn relayed(mut bytes: Vec<u8>) -> Vec<u8> {
+        bytes[24..28].copy_from_slice(&[127, 0, 0, 1]); // giaddr: the reply comes back to us
+        bytes
+    }
+
+    /// Malformed, truncated and unknown datagrams are dropped and counted
+    /// over a real socket, and the server keeps answering good requests.
+    #[tokio::test]
+    async fn garbage_is_dropped_and_counted_without_disturbing_service() {
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ports = Ports { server: 0, client: 0, relay: client.local_addr().unwrap().port() };
+        let server_socket = bind_socket(None, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let server_addr = server_socket.local_addr().unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let server = DhcpServer::new(config(), ports, LeaseTable::default(), recorder.clone());
+        let task = tokio::spawn(server.clone().run(server_socket));
+
+        let good = relayed(ipxe_discover([0x52, 0x54, 0, 0, 0, 7]));
+        let mut unknown_type = good.clone();
+        unknown_type[242] = 42; // option 53's value
+        let garbage: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0xff; 3],
+            good[..200].to_vec(),
+            good[..241].to_vec(),
+            unknown_type,
+            vec![1; 576],
+        ];
+        for bytes in &garbage {
+            client.send_to(bytes, server_addr).await.unwrap();
+        }
+        client.send_to(&good, server_addr).await.unwrap();
+        let mut buf = [0u8; 1500];
+        let (len, _) = tokio::time::timeout(std::time::Duration::from_secs(5), client.recv_from(&mut buf))
+            .await
+            .expect("the good request is answered")
+            .unwrap();
+        assert!(len > 240);
+        assert_eq!(buf[0], 2, "a BOOTREPLY");
+        assert_eq!(server.stats.dropped_malformed.load(Ordering::Relaxed), garbage.len() as u64);
+        assert_eq!(server.stats.received.load(Ordering::Relaxed), garbage.len() as u64 + 1);
+        assert_eq!(server.stats.replied.load(Ordering::Relaxed), 1);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn no_reply_when_the_lease_cannot_be_stored() {
+        let recorder = Arc::new(Recorder { fail: true, ..Default::default() });
+        let server = DhcpServer::new(config(), Ports::default(), LeaseTable::default(), recorder);
+        assert!(server.handle(&ipxe_discover([2, 0, 0, 0, 0, 1]), 0).await.is_none());
+        assert_eq!(server.stats.store_errors.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn replies_are_broadcast_unless_relayed() {
+        let server = DhcpServer::new(config(), Ports::default(), LeaseTable::default(), Arc::new(Recorder::default()));
+        let (_, dest) = server.handle(&ipxe_discover([2, 0, 0, 0, 0, 1]), 0).await.unwrap();
+        assert_eq!(dest, "255.255.255.255:68".parse().unwrap());
+        let (_, dest) = server.handle(&relayed(ipxe_discover([2, 0, 0, 0, 0, 2])), 0).await.unwrap();
+        assert_eq!(dest, "127.0.0.1:67".parse().unwrap());
+    }
+}
