@@ -1,1 +1,117 @@
-fn main() {}
+//! `slipway-agent`: the one small binary that runs on machines.
+//!
+//! In the discovery ramdisk it brings up the boot NIC, says hello, posts the
+//! in-band inventory with the credential it was given for this boot, then
+//! follows instructions (wait, power off, reboot). It never exits on a
+//! network error: it retries with backoff, because the ramdisk has no one
+//! to report to but the appliance.
+
+mod cmdline;
+mod facts;
+mod net;
+
+use std::time::Duration;
+
+use wire::{Hello, Instruction};
+
+fn main() {
+    let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let args = match cmdline::parse(&text) {
+        Ok(args) => args,
+        Err(err) => {
+            // Nothing to talk to: stay visible on the console, do not spin.
+            log(&format!("no usable boot parameters: {err}"));
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+    };
+    log(&format!("starting, api {} mac {}", args.api, args.mac));
+    retry("bring the network up", || net::bring_up(&args.mac));
+
+    let client = Client::new(&args);
+    let hello = Hello { mac: args.mac.clone(), agent_version: env!("CARGO_PKG_VERSION").into(), mode: "discovery".into() };
+    retry("say hello", || client.post(wire::HELLO_PATH, &hello));
+    let inventory = inventory::inband::collect(&facts::Sysfs);
+    log(&format!(
+        "inventory: {} cpus, {} MiB, {} disks, {} nics",
+        inventory.cpu.count,
+        inventory.memory.total_bytes >> 20,
+        inventory.disks.len(),
+        inventory.nics.len()
+    ));
+    retry("post inventory", || client.post(wire::INVENTORY_PATH, &inventory));
+    log("inventory accepted; waiting for instructions");
+
+    loop {
+        let instruction = client.instruction().unwrap_or(Instruction::Wait { poll_seconds: 10 });
+        match instruction {
+            Instruction::Wait { poll_seconds } => std::thread::sleep(Duration::from_secs(poll_seconds.clamp(1, 300).into())),
+            Instruction::PowerOff => run_final("poweroff"),
+            Instruction::Reboot => run_final("reboot"),
+        }
+    }
+}
+
+fn log(msg: &str) {
+    eprintln!("slipway-agent: {msg}");
+}
+
+/// Retries `op` with backoff from 1 s to 30 s until it succeeds.
+fn retry(what: &str, mut op: impl FnMut() -> Result<(), String>) {
+    let mut delay = 1;
+    loop {
+        match op() {
+            Ok(()) => return,
+            Err(err) => {
+                log(&format!("could not {what}: {err}; retrying in {delay} s"));
+                std::thread::sleep(Duration::from_secs(delay));
+                delay = (delay * 2).min(30);
+            }
+        }
+    }
+}
+
+fn run_final(command: &str) {
+    log(&format!("instructed to {command}"));
+    let _ = std::process::Command::new(command).arg("-f").status();
+}
+
+struct Client {
+    agent: ureq::Agent,
+    api: String,
+    auth: String,
+}
+
+impl Client {
+    fn new(args: &cmdline::Args) -> Client {
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build();
+        Client { agent, api: args.api.clone(), auth: format!("Bearer {}", args.token) }
+    }
+
+    fn post<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<(), String> {
+        self.agent
+            .post(&format!("{}{path}", self.api))
+            .set("Authorization", &self.auth)
+            .send_json(body)
+            .map(|_| ())
+            .map_err(describe)
+    }
+
+    fn instruction(&self) -> Result<Instruction, String> {
+        self.agent
+            .get(&format!("{}{}", self.api, wire::INSTRUCTIONS_PATH))
+            .set("Authorization", &self.auth)
+            .call()
+            .map_err(describe)?
+            .into_json()
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn describe(err: ureq::Error) -> String {
+    match err {
+        ureq::Error::Status(code, resp) => format!("HTTP {code}: {}", resp.into_string().unwrap_or_default()),
+        other => other.to_string(),
+    }
+}
