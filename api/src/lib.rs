@@ -1,1 +1,39 @@
-//! placeholder
+//! Slipway's REST API, persistence, machine lifecycle and the `serve`
+//! process that wires the boot services to them.
+//!
+//! Handlers are thin: extract, call the store or the lifecycle, map the
+//! result. [`operator_router`] and [`boot_router`] build the two HTTP
+//! faces (operators on `api.listen`; booting machines and agents on the
+//! provisioning address) so tests drive them with `oneshot`, no listener.
+
+pub mod auth;
+pub mod config;
+mod dhcp_backend;
+pub mod error;
+pub mod lifecycle;
+mod routes;
+pub mod serve;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use routes::{boot_router, operator_router};
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: store::Store,
+    pub admin_token_digest: [u8; 32],
+    pub boot: Option<Arc<BootContext>>,
+    pub discovery_timeout_ms: i64,
+}
+
+/// What the boot HTTP face needs: where clients reach it, and the ramdisk.
+#[derive(Debug)]
+pub struct BootContext {
+    /// `http://10.77.0.1:8081`, as written into DHCP replies and scripts.
+    pub http_base: String,
+    /// Holds `vmlinuz` and `initrd.img`.
+    pub ramdisk_dir: PathBuf,
+}

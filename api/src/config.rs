@@ -1,0 +1,290 @@
+//! The appliance configuration: embedded defaults, then a TOML file, then
+//! `SLIPWAY_*` environment variables (one per key: `api.listen` is
+//! `SLIPWAY_API_LISTEN`). `slipway.example.toml` documents every key with
+//! its default; a test keeps the two equal.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Database, generated secrets and state.
+    pub data_dir: PathBuf,
+    /// Built artifacts (the discovery ramdisk), shared between runs.
+    pub cache_dir: PathBuf,
+    /// `text` or `json`.
+    pub log_format: String,
+    pub api: ApiConfig,
+    pub database: DatabaseConfig,
+    pub provisioning: ProvisioningConfig,
+    pub boot: BootFilesConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// Admin bearer token. Empty: one is generated at first start, stored
+    /// in `data_dir/admin-token` and printed once.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Empty: SQLite at `data_dir/slipway.db`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningConfig {
+    /// Interface the boot services listen on. Empty: DHCP, TFTP and boot
+    /// HTTP are off.
+    pub interface: String,
+    /// Our IPv4 address on that interface.
+    pub address: String,
+    pub prefix_len: u8,
+    pub pool_start: String,
+    pub pool_end: String,
+    /// Default gateway handed to clients; empty for none.
+    pub router: String,
+    pub dns: Vec<String>,
+    pub lease_secs: u32,
+    pub dhcp_port: u16,
+    pub tftp_port: u16,
+    /// Boot files, iPXE scripts and the agent API are served here.
+    pub http_port: u16,
+    /// A machine still `discovering` after this long is marked failed.
+    pub discovery_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootFilesConfig {
+    /// Served over TFTP: Debian's `ipxe` package.
+    pub ipxe_dir: PathBuf,
+    pub bios_file: String,
+    pub uefi_file: String,
+    /// A directory with `vmlinuz` and `initrd.img`. Empty: build the
+    /// discovery ramdisk (cached in `cache_dir`) at start.
+    pub ramdisk_dir: String,
+    /// Empty: `slipway-agent` next to the running binary.
+    pub agent_binary: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: "./slipway-data".into(),
+            cache_dir: "/var/cache/slipway".into(),
+            log_format: "text".into(),
+            api: ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), token: String::new() },
+            database: DatabaseConfig { url: String::new() },
+            provisioning: ProvisioningConfig {
+                interface: String::new(),
+                address: String::new(),
+                prefix_len: 24,
+                pool_start: String::new(),
+                pool_end: String::new(),
+                router: String::new(),
+                dns: vec![],
+                lease_secs: 3600,
+                dhcp_port: 67,
+                tftp_port: 69,
+                http_port: 8081,
+                discovery_timeout_secs: 900,
+            },
+            boot: BootFilesConfig {
+                ipxe_dir: "/usr/lib/ipxe".into(),
+                bios_file: "undionly.kpxe".into(),
+                uefi_file: "snponly.efi".into(),
+                ramdisk_dir: String::new(),
+                agent_binary: String::new(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, #[source] source: std::io::Error },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+fn invalid(origin: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid { origin: origin.into(), message: message.to_string() }
+}
+
+/// The boot network, validated.
+#[derive(Debug, Clone)]
+pub struct Provisioning {
+    pub interface: String,
+    pub address: Ipv4Addr,
+    pub netmask: Ipv4Addr,
+    pub pool_start: Ipv4Addr,
+    pub pool_end: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+impl Config {
+    /// Defaults, overlaid by `file` (if given), overlaid by the environment.
+    pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut value = toml::Value::try_from(Config::default()).map_err(|e| invalid("defaults", e))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+            let overlay: toml::Value = text.parse::<toml::Table>().map(toml::Value::Table).map_err(|e| invalid(path.display().to_string(), e))?;
+            merge(&mut value, overlay);
+        }
+        let env: std::collections::BTreeMap<String, String> = env.filter(|(k, _)| k.starts_with("SLIPWAY_")).collect();
+        apply_env(&mut value, &mut Vec::new(), &env)?;
+        let origin = file.map_or("environment".to_string(), |p| p.display().to_string());
+        value.try_into().map_err(|e| invalid(origin, e))
+    }
+
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}?mode=rwc", self.data_dir.join("slipway.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    /// `None` when boot services are off.
+    pub fn provisioning(&self) -> Result<Option<Provisioning>, ConfigError> {
+        let p = &self.provisioning;
+        if p.interface.is_empty() {
+            return Ok(None);
+        }
+        let ip = |key: &str, v: &str| v.parse::<Ipv4Addr>().map_err(|_| invalid(format!("provisioning.{key}"), format!("{v:?} is not an IPv4 address")));
+        if p.prefix_len == 0 || p.prefix_len > 30 {
+            return Err(invalid("provisioning.prefix_len", "must be 1..=30"));
+        }
+        let address = ip("address", &p.address)?;
+        let (pool_start, pool_end) = (ip("pool_start", &p.pool_start)?, ip("pool_end", &p.pool_end)?);
+        let netmask = Ipv4Addr::from(u32::MAX << (32 - p.prefix_len));
+        let net = |a: Ipv4Addr| u32::from(a) & u32::from(netmask);
+        if net(pool_start) != net(address) || net(pool_end) != net(address) || pool_start > pool_end {
+            return Err(invalid("provisioning.pool_start", "the pool must be an ascending range inside the provisioning subnet"));
+        }
+        if (pool_start..=pool_end).contains(&address) {
+            return Err(invalid("provisioning.address", "our own address lies inside the pool"));
+        }
+        let router = if p.router.is_empty() { None } else { Some(ip("router", &p.router)?) };
+        let dns = p.dns.iter().map(|d| ip("dns", d)).collect::<Result<_, _>>()?;
+        Ok(Some(Provisioning { interface: p.interface.clone(), address, netmask, pool_start, pool_end, router, dns }))
+    }
+}
+
+fn merge(base: &mut toml::Value, overlay: toml::Value) {
+    match (base, overlay) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v); // unknown keys are reported by deserialization
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Overrides each leaf from `SLIPWAY_<PATH>`, parsed as the type of the
+/// default (strings taken verbatim, others as TOML literals).
+fn apply_env(value: &mut toml::Value, path: &mut Vec<String>, env: &std::collections::BTreeMap<String, String>) -> Result<(), ConfigError> {
+    if let toml::Value::Table(table) = value {
+        for (k, v) in table.iter_mut() {
+            path.push(k.clone());
+            apply_env(v, path, env)?;
+            path.pop();
+        }
+        return Ok(());
+    }
+    let name = format!("SLIPWAY_{}", path.join("_").to_ascii_uppercase());
+    let Some(raw) = env.get(&name) else { return Ok(()) };
+    *value = match value {
+        toml::Value::String(_) => toml::Value::String(raw.clone()),
+        _ => format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .ok_or_else(|| invalid(&name, format!("{raw:?} is not a valid value")))?,
+    };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>().into_iter()
+    }
+
+    #[test]
+    fn no_config_means_defaults() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.provisioning().unwrap().is_none(), "boot services are off by default");
+    }
+
+    #[test]
+    fn environment_overrides_every_kind_of_key() {
+        let c = Config::load(None, env(&[
+            ("SLIPWAY_API_LISTEN", "127.0.0.1:9000"),
+            ("SLIPWAY_DATA_DIR", "/tmp/x"),
+            ("SLIPWAY_PROVISIONING_LEASE_SECS", "600"),
+            ("SLIPWAY_PROVISIONING_DNS", "[\"10.0.0.53\"]"),
+            ("OTHER_API_LISTEN", "ignored"),
+        ])).unwrap();
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.provisioning.lease_secs, 600);
+        assert_eq!(c.provisioning.dns, vec!["10.0.0.53".to_string()]);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = Config::load(None, env(&[("SLIPWAY_PROVISIONING_LEASE_SECS", "soon")])).unwrap_err();
+        assert!(err.to_string().contains("SLIPWAY_PROVISIONING_LEASE_SECS"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[api]\nlisen = \"x\"\n").unwrap();
+        let err = Config::load(Some(&file), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn provisioning_is_validated() {
+        let mut c = Config::default();
+        c.provisioning.interface = "br0".into();
+        c.provisioning.address = "10.77.0.1".into();
+        c.provisioning.pool_start = "10.77.0.100".into();
+        c.provisioning.pool_end = "10.77.0.199".into();
+        let p = c.provisioning().unwrap().unwrap();
+        assert_eq!(p.netmask, Ipv4Addr::new(255, 255, 255, 0));
+        c.provisioning.pool_end = "10.78.0.1".into();
+        assert!(c.provisioning().unwrap_err().to_string().contains("pool"));
+    }
+
+    /// The example file documents every key with its default value.
+    #[test]
+    fn example_file_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../slipway.example.toml");
+        assert_eq!(Config::load(Some(&path), env(&[])).unwrap(), Config::default());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let example: toml::Value = text.parse::<toml::Table>().unwrap().into();
+        assert_eq!(example, toml::Value::try_from(Config::default()).unwrap(), "every key is in the example");
+    }
+}

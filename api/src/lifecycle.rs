@@ -1,0 +1,149 @@
+//! The machine lifecycle as pure functions: which transitions a trigger may
+//! cause, what a network boot gets in each state, and which states wait
+//! with a deadline. The store applies the results; nothing here does I/O.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MachineState {
+    Discovering,
+    Ready,
+    Deploying,
+    Deployed,
+    Joined,
+    Releasing,
+    Refreshing,
+    Failed,
+    Retired,
+}
+
+pub const ALL_STATES: [MachineState; 9] = [
+    MachineState::Discovering,
+    MachineState::Ready,
+    MachineState::Deploying,
+    MachineState::Deployed,
+    MachineState::Joined,
+    MachineState::Releasing,
+    MachineState::Refreshing,
+    MachineState::Failed,
+    MachineState::Retired,
+];
+
+impl MachineState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineState::Discovering => "discovering",
+            MachineState::Ready => "ready",
+            MachineState::Deploying => "deploying",
+            MachineState::Deployed => "deployed",
+            MachineState::Joined => "joined",
+            MachineState::Releasing => "releasing",
+            MachineState::Refreshing => "refreshing",
+            MachineState::Failed => "failed",
+            MachineState::Retired => "retired",
+        }
+    }
+}
+
+impl fmt::Display for MachineState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MachineState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ALL_STATES.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown state {s:?}"))
+    }
+}
+
+/// Something that happened to a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The discovery agent posted an inventory.
+    InventoryReceived,
+    /// The discovering deadline passed without an inventory.
+    DiscoveryTimedOut,
+}
+
+impl Trigger {
+    pub fn cause(self) -> &'static str {
+        match self {
+            Trigger::InventoryReceived => "inventory received from the discovery agent",
+            Trigger::DiscoveryTimedOut => "no inventory before the discovery deadline",
+        }
+    }
+}
+
+/// A transition to apply, with the failure phase when it goes to `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub to: MachineState,
+    pub failed_phase: Option<MachineState>,
+}
+
+/// The state `trigger` moves a machine in `state` to, or `None` when the
+/// trigger does not apply there (it is recorded and otherwise ignored).
+pub fn next(state: MachineState, trigger: Trigger) -> Option<Transition> {
+    use MachineState::*;
+    let to = |to| Some(Transition { to, failed_phase: None });
+    match (state, trigger) {
+        // A failed discovery is retried by simply booting again.
+        (Discovering | Ready | Failed, Trigger::InventoryReceived) => to(Ready),
+        (Discovering, Trigger::DiscoveryTimedOut) => Some(Transition { to: Failed, failed_phase: Some(Discovering) }),
+        _ => None,
+    }
+}
+
+/// What a network boot of a machine in `state` gets (the brief's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootKind {
+    Discovery,
+    LocalDisk,
+}
+
+pub fn boot_kind(state: Option<MachineState>) -> BootKind {
+    use MachineState::*;
+    match state {
+        Some(Deployed | Joined) => BootKind::LocalDisk,
+        // Unknown, discovering, ready, failed: the discovery ramdisk, which
+        // reports and waits. Installer states arrive with the deploy work.
+        _ => BootKind::Discovery,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use MachineState::*;
+
+    #[test]
+    fn discovery_path() {
+        assert_eq!(next(Discovering, Trigger::InventoryReceived).unwrap().to, Ready);
+        assert_eq!(next(Ready, Trigger::InventoryReceived).unwrap().to, Ready);
+        let t = next(Discovering, Trigger::DiscoveryTimedOut).unwrap();
+        assert_eq!((t.to, t.failed_phase), (Failed, Some(Discovering)));
+        assert_eq!(next(Ready, Trigger::DiscoveryTimedOut), None, "only discovering times out");
+        assert_eq!(next(Deployed, Trigger::InventoryReceived), None, "a deployed machine is never rediscovered");
+    }
+
+    #[test]
+    fn deployed_machines_never_get_the_ramdisk() {
+        assert_eq!(boot_kind(None), BootKind::Discovery);
+        assert_eq!(boot_kind(Some(Ready)), BootKind::Discovery);
+        assert_eq!(boot_kind(Some(Deployed)), BootKind::LocalDisk);
+        assert_eq!(boot_kind(Some(Joined)), BootKind::LocalDisk);
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in ALL_STATES {
+            assert_eq!(s.as_str().parse::<MachineState>(), Ok(s));
+        }
+    }
+}

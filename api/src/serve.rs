@@ -1,0 +1,179 @@
+//! `slipway serve`: one process with the operator API and, when a
+//! provisioning interface is configured, DHCP, TFTP and boot HTTP.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::dhcp_backend::StoreBackend;
+use crate::lifecycle::Trigger;
+use crate::store::{now_ms, Store};
+use crate::{auth, boot_router, operator_router, AppState, BootContext};
+use pxe::boot::BootConfig;
+use pxe::dhcp::server::{bind_socket, DhcpServer, Ports};
+use pxe::dhcp::{DhcpConfig, LeaseTable};
+use pxe::tftp::server::TftpServer;
+use pxe::tftp::SessionOptions;
+
+/// The admin token: from the config, else from `data_dir/admin-token`,
+/// else generated there (mode 0600) and printed this once.
+fn admin_token(config: &Config) -> anyhow::Result<String> {
+    if !config.api.token.is_empty() {
+        return Ok(config.api.token.clone());
+    }
+    let path = config.data_dir.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_string());
+    }
+    let token = auth::random_token();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{token}")?;
+    eprintln!("First start: the admin API token is\n\n    {token}\n\nIt is stored in {} (mode 0600) and will not be shown again.", path.display());
+    Ok(token)
+}
+
+fn agent_binary(config: &Config) -> anyhow::Result<PathBuf> {
+    if !config.boot.agent_binary.is_empty() {
+        return Ok(config.boot.agent_binary.clone().into());
+    }
+    let exe = std::env::current_exe().context("locating the slipway binary")?;
+    Ok(exe.with_file_name("slipway-agent"))
+}
+
+async fn ramdisk_dir(config: &Config) -> anyhow::Result<PathBuf> {
+    if !config.boot.ramdisk_dir.is_empty() {
+        let dir = PathBuf::from(&config.boot.ramdisk_dir);
+        for file in [pxe::boot::KERNEL_FILE, pxe::boot::INITRD_FILE] {
+            if !dir.join(file).is_file() {
+                bail!("boot.ramdisk_dir {} has no {file}", dir.display());
+            }
+        }
+        return Ok(dir);
+    }
+    let inputs = images::RamdiskInputs { agent_binary: agent_binary(config)?, cache_dir: config.cache_dir.clone() };
+    let ramdisk = tokio::task::spawn_blocking(move || images::ensure_ramdisk(&inputs)).await??;
+    Ok(ramdisk.dir)
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let token = admin_token(&config)?;
+    let store = Store::connect(&config.database_url()).await.context("opening the database")?;
+    crate::routes::metrics_handle();
+    let provisioning = config.provisioning()?;
+    let discovery_timeout_ms = i64::try_from(config.provisioning.discovery_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+
+    let mut tasks = JoinSet::new();
+    let boot = match &provisioning {
+        None => {
+            info!("no provisioning interface configured: DHCP, TFTP and boot HTTP are off");
+            None
+        }
+        Some(p) => {
+            let http_base = format!("http://{}:{}", p.address, config.provisioning.http_port);
+            let ramdisk_dir = ramdisk_dir(&config).await.context("preparing the discovery ramdisk")?;
+            Some(Arc::new(BootContext { http_base, ramdisk_dir }))
+        }
+    };
+    let state = AppState { store: store.clone(), admin_token_digest: auth::digest(&token), boot: boot.clone(), discovery_timeout_ms };
+
+    if let (Some(p), Some(boot)) = (&provisioning, &boot) {
+        let dhcp_config = DhcpConfig {
+            server_ip: p.address,
+            netmask: p.netmask,
+            router: p.router,
+            dns: p.dns.clone(),
+            pool_start: p.pool_start,
+            pool_end: p.pool_end,
+            lease_secs: config.provisioning.lease_secs,
+            offer_hold_secs: 60,
+            boot: BootConfig {
+                tftp_server: p.address,
+                http_base: boot.http_base.clone(),
+                bios_file: config.boot.bios_file.clone(),
+                uefi_file: config.boot.uefi_file.clone(),
+            },
+        };
+        let mut table = LeaseTable::default();
+        let ops = store.lease_ops().await?;
+        for op in &ops {
+            table.apply(op);
+        }
+        info!(leases = table.len(), "DHCP leases restored");
+        let ports = Ports { server: config.provisioning.dhcp_port, ..Ports::default() };
+        let socket = bind_socket(Some(&p.interface), SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, ports.server))
+            .with_context(|| format!("binding DHCP to {}:{}", p.interface, ports.server))?;
+        let dhcp = DhcpServer::new(dhcp_config, ports, table, StoreBackend { store: store.clone(), discovery_timeout_ms });
+        tasks.spawn(async move { dhcp.run(socket).await.context("DHCP server") });
+
+        let tftp_addr = SocketAddr::from((p.address, config.provisioning.tftp_port));
+        let tftp_socket = tokio::net::UdpSocket::bind(tftp_addr).await.with_context(|| format!("binding TFTP to {tftp_addr}"))?;
+        let tftp = TftpServer::new(Path::new(&config.boot.ipxe_dir), SessionOptions::default())
+            .with_context(|| format!("TFTP root {}", config.boot.ipxe_dir.display()))?;
+        tasks.spawn(async move { tftp.run(tftp_socket).await.context("TFTP server") });
+
+        let http_addr = SocketAddr::from((p.address, config.provisioning.http_port));
+        let listener = tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding boot HTTP to {http_addr}"))?;
+        let router = boot_router(state.clone());
+        tasks.spawn(async move { axum::serve(listener, router).await.context("boot HTTP server") });
+        info!(interface = p.interface, dhcp = %format!("{}:{}", p.interface, ports.server), tftp = %tftp_addr, http = %http_addr,
+              ramdisk = %boot.ramdisk_dir.display(), "boot services up");
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.api.listen).await.with_context(|| format!("binding the API to {}", config.api.listen))?;
+    let router = operator_router(state.clone());
+    tasks.spawn(async move { axum::serve(listener, router).await.context("API server") });
+    tasks.spawn(deadline_reaper(store));
+    info!(api = %config.api.listen, "slipway is serving");
+
+    tokio::select! {
+        Some(result) = tasks.join_next() => {
+            let err = match result {
+                Ok(Ok(())) => anyhow::anyhow!("a server task stopped"),
+                Ok(Err(err)) => err,
+                Err(join) => anyhow::anyhow!("a server task panicked: {join}"),
+            };
+            Err(err)
+        }
+        _ = shutdown_signal() => {
+            info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+/// Moves machines whose waiting state passed its deadline to `failed`.
+async fn deadline_reaper(store: Store) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        match store.overdue(now_ms()).await {
+            Ok(ids) => {
+                for id in ids {
+                    warn!(machine = id, "discovery deadline passed");
+                    if let Err(err) = store.fire(&id, Trigger::DiscoveryTimedOut).await {
+                        warn!(machine = id, error = %err, "marking an overdue machine failed");
+                    }
+                }
+            }
+            Err(err) => warn!(error = %err, "checking deadlines failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
