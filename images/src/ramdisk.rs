@@ -140,6 +140,7 @@ fn build(
     agent: &[u8],
     libs: &[PathBuf],
 ) -> Result<Ramdisk, RamdiskError> {
+    fs::create_dir_all(work).map_err(io_err(work))?;
     let kernel_tree = work.join("kernel");
     let busybox_tree = work.join("busybox");
     run(Command::new("dpkg-deb").arg("-x").arg(kernel_deb).arg(&kernel_tree))?;

@@ -146,7 +146,7 @@ pub fn render_script(target: &ScriptTarget, mac: &[u8; 6], http_base: &str) -> S
             let _ = write!(
                 s,
                 "# Slipway discovery for {mac_text}\n\
-                 kernel {files}/{KERNEL_FILE} initrd={INITRD_FILE} console=ttyS0,115200 console=tty0 \
+                 kernel {files}/{KERNEL_FILE} initrd={INITRD_FILE} console=tty0 console=ttyS0,115200 \
                  quiet panic=30 slipway.api={http_base} slipway.token={token} slipway.mac={mac_text} \
                  || goto failed\n\
                  initrd --name {INITRD_FILE} {files}/{INITRD_FILE} || goto failed\n\
@@ -224,7 +224,7 @@ mod tests {
         let script = render_script(&ScriptTarget::Discovery { token: "tok123".into() }, &MAC, "http://10.77.0.1:8081");
         let expected = "#!ipxe
 # Slipway discovery for 52-54-00-ab-cd-01
-kernel http://10.77.0.1:8081/boot/files/vmlinuz initrd=initrd.img console=ttyS0,115200 console=tty0 quiet panic=30 slipway.api=http://10.77.0.1:8081 slipway.token=tok123 slipway.mac=52-54-00-ab-cd-01 || goto failed
+kernel http://10.77.0.1:8081/boot/files/vmlinuz initrd=initrd.img console=tty0 console=ttyS0,115200 quiet panic=30 slipway.api=http://10.77.0.1:8081 slipway.token=tok123 slipway.mac=52-54-00-ab-cd-01 || goto failed
 initrd --name initrd.img http://10.77.0.1:8081/boot/files/initrd.img || goto failed
 boot || goto failed
 :failed

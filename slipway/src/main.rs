@@ -1,1 +1,134 @@
-fn main() {}
+//! The `slipway` binary: `serve` (the appliance in one process), `lab`
+//! (the QEMU lab), and `ramdisk` (build the discovery ramdisk).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use hardware_tests::lab::{self, Accel, FirmwareChoice, LabOptions};
+
+#[derive(Parser)]
+#[command(name = "slipway", version, about = "Bare-metal provisioning appliance")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the appliance: API, and DHCP/TFTP/boot HTTP when a provisioning
+    /// interface is configured.
+    Serve {
+        /// TOML configuration (see slipway.example.toml). Without one,
+        /// embedded defaults and SLIPWAY_* environment variables apply.
+        #[arg(long, env = "SLIPWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// The QEMU lab: VMs that network-boot from a Slipway in a private
+    /// network namespace.
+    Lab {
+        #[command(subcommand)]
+        command: LabCmd,
+    },
+    /// Build (or find cached) the discovery ramdisk and print its manifest.
+    Ramdisk {
+        #[arg(long, default_value = "/var/cache/slipway")]
+        cache_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Boot N VMs through Slipway and wait until each is ready in the API.
+    Up {
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        #[arg(long, value_enum, default_value_t = FirmwareArg::Bios)]
+        firmware: FirmwareArg,
+        /// Write the JSON report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Leave the lab running; `slipway lab down` removes it.
+        #[arg(long)]
+        keep: bool,
+        /// Seconds to wait for every node to be ready.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[arg(long, value_enum)]
+        accel: Option<AccelArg>,
+        #[arg(long, default_value_t = 512)]
+        memory_mib: u32,
+        #[arg(long, default_value = "/var/cache/slipway")]
+        cache_dir: PathBuf,
+    },
+    /// Tear down a lab left by `lab up --keep`.
+    Down,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FirmwareArg {
+    Bios,
+    Uefi,
+    Mixed,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccelArg {
+    Kvm,
+    Tcg,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Serve { config } => {
+            let config = api::config::Config::load(config.as_deref(), std::env::vars())?;
+            init_tracing(&config.log_format);
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(api::serve::run(config))
+        }
+        Cmd::Lab { command: LabCmd::Up { nodes, firmware, report, keep, timeout, accel, memory_mib, cache_dir } } => {
+            init_tracing("text");
+            let opts = LabOptions {
+                nodes,
+                firmware: match firmware {
+                    FirmwareArg::Bios => FirmwareChoice::Bios,
+                    FirmwareArg::Uefi => FirmwareChoice::Uefi,
+                    FirmwareArg::Mixed => FirmwareChoice::Mixed,
+                },
+                report,
+                keep,
+                timeout: Duration::from_secs(timeout),
+                accel: accel.map(|a| match a {
+                    AccelArg::Kvm => Accel::Kvm,
+                    AccelArg::Tcg => Accel::Tcg,
+                }),
+                memory_mib,
+                slipway_bin: std::env::current_exe()?,
+                cache_dir,
+            };
+            lab::up(&opts).map(|_| ())
+        }
+        Cmd::Lab { command: LabCmd::Down } => lab::down(),
+        Cmd::Ramdisk { cache_dir } => {
+            init_tracing("text");
+            let agent = std::env::current_exe()?.with_file_name("slipway-agent");
+            let ramdisk = images::ensure_ramdisk(&images::RamdiskInputs { agent_binary: agent, cache_dir })?;
+            println!("{}", serde_json::to_string_pretty(&ramdisk)?);
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

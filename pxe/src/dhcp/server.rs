@@ -86,11 +86,11 @@ impl<B: DhcpBackend> DhcpServer<B> {
         let mut table = self.table.lock().await;
         let decision = decide(&req, &table, &self.cfg, now);
         let mac = req.mac_string();
-        let reply_ip = decision.reply.as_ref().map(|r| r.yiaddr);
+        let reply_ip = decision.reply.as_ref().map_or_else(String::new, |r| r.yiaddr.to_string());
         info!(
-            mac, xid = req.xid, message = req.message_type.label(), client = decision.client.label(),
+            mac, xid = req.xid, msg_type = req.message_type.label(), client = decision.client.label(),
             firmware = decision.client.firmware.label(), outcome = decision.outcome.label(),
-            reason = outcome_reason(decision.outcome), ip = ?reply_ip,
+            reason = outcome_reason(decision.outcome), ip = reply_ip,
             "dhcp decision"
         );
         metrics::counter!("slipway_dhcp_decisions_total", "outcome" => decision.outcome.label(), "client" => decision.client.label()).increment(1);

@@ -1,0 +1,289 @@
+//! `slipway lab up` / `slipway lab down`.
+
+mod net;
+mod procs;
+mod qemu;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+pub use qemu::{Accel, Firmware};
+pub use report::{LabReport, NodeReport};
+
+use procs::Children;
+
+/// The lab's namespace; one lab at a time per machine.
+pub const NETNS: &str = "slipway-lab";
+/// Where a lab keeps its config, logs, disks and (when kept) its state.
+pub const WORK_DIR: &str = "/run/slipway-lab";
+const BRIDGE: &str = "slbr0";
+const SERVER_IP: &str = "10.77.0.1";
+const API: &str = "http://127.0.0.1:8080";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirmwareChoice {
+    Bios,
+    Uefi,
+    /// Alternating, BIOS first.
+    Mixed,
+}
+
+impl FirmwareChoice {
+    fn for_node(self, index: usize) -> Firmware {
+        match self {
+            FirmwareChoice::Bios => Firmware::Bios,
+            FirmwareChoice::Uefi => Firmware::Uefi,
+            FirmwareChoice::Mixed if index % 2 == 0 => Firmware::Bios,
+            FirmwareChoice::Mixed => Firmware::Uefi,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    pub nodes: usize,
+    pub firmware: FirmwareChoice,
+    pub report: Option<PathBuf>,
+    pub keep: bool,
+    /// Give up on nodes not ready after this long.
+    pub timeout: Duration,
+    pub accel: Option<Accel>,
+    pub memory_mib: u32,
+    /// The `slipway` binary to run as the appliance (normally this one).
+    pub slipway_bin: PathBuf,
+    /// Where the discovery ramdisk is cached.
+    pub cache_dir: PathBuf,
+}
+
+/// Brings the lab up, waits for every node to be `ready`, writes the
+/// report, and tears everything down unless `keep` is set. Errors (and
+/// Ctrl-C) tear down too.
+pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
+    if opts.nodes == 0 || opts.nodes > 64 {
+        bail!("--nodes must be 1..=64");
+    }
+    qemu::check_prerequisites(opts.nodes, opts.firmware != FirmwareChoice::Bios)?;
+    if net::netns_exists(NETNS) {
+        bail!("a lab is already up (namespace {NETNS} exists); run `slipway lab down` first");
+    }
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    // Ctrl-C and SIGTERM only set a flag; the wait loop sees it and returns
+    // an error, and the guards below tear everything down.
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+
+    progress(&format!("preparing the discovery ramdisk (cache {})", opts.cache_dir.display()));
+    let agent = opts.slipway_bin.with_file_name("slipway-agent");
+    let ramdisk = images::ensure_ramdisk(&images::RamdiskInputs { agent_binary: agent, cache_dir: opts.cache_dir.clone() })
+        .context("building the discovery ramdisk")?;
+    progress(&format!(
+        "ramdisk {} ready: kernel {} ({:.1} MiB), initrd {:.1} MiB",
+        ramdisk.key, ramdisk.kernel_release, mib(ramdisk.kernel_bytes), mib(ramdisk.initrd_bytes)
+    ));
+
+    let work = Path::new(WORK_DIR);
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work).with_context(|| format!("creating {WORK_DIR}"))?;
+    let accel = opts.accel.unwrap_or_else(qemu::detect_accel);
+
+    // From here on, `lab` tears down whatever was set up when dropped.
+    let mut lab = Lab { children: Children::default(), netns: false, keep: false, succeeded: false };
+    net::create_and_enter(NETNS)?;
+    lab.netns = true;
+    net::setup_bridge(BRIDGE, &format!("{SERVER_IP}/24"))?;
+
+    let token = random_hex();
+    let config = work.join("slipway.toml");
+    std::fs::write(&config, lab_config(work, &ramdisk.dir))?;
+    std::fs::write(work.join("admin-token"), &token)?;
+    lab.children.spawn_appliance(&opts.slipway_bin, &config, &token, &work.join("serve.log"))?;
+    let client = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+    wait_for_health(&client, &mut lab.children, &interrupted)?;
+    progress(&format!("appliance serving in namespace {NETNS} on {SERVER_IP} ({} accel)", accel.name()));
+
+    let mut nodes = Vec::new();
+    for i in 0..opts.nodes {
+        let spec = qemu::NodeSpec::lab_node(i, opts.firmware.for_node(i), opts.memory_mib, work);
+        net::add_tap(&spec.tap, BRIDGE)?;
+        spec.prepare_disks()?;
+        let started_ms = now_ms();
+        lab.children.spawn_vm(&spec, accel)?;
+        progress(&format!("started {} ({}, {}, {} MiB, {} GiB disk)", spec.name, spec.mac, spec.firmware.name(), spec.memory_mib, spec.disk_gib));
+        nodes.push((spec, started_ms));
+    }
+
+    let started = Instant::now();
+    let outcome = wait_until_ready(&client, &token, &nodes, opts.timeout, &mut lab.children, &interrupted, started);
+    let report = report::build(&client, API, &token, &nodes, accel, &ramdisk)?;
+    if let Some(path) = &opts.report {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    report::print_summary(&report);
+    outcome?;
+    lab.succeeded = true;
+    if opts.keep {
+        lab.keep = true;
+        lab.children.save_state(&work.join("state.json"))?;
+        println!(
+            "\nThe lab is kept. Reach the API with:\n  ip netns exec {NETNS} curl -s -H \"Authorization: Bearer $(cat {WORK_DIR}/admin-token)\" {API}/api/v1/machines\nTear it down with: slipway lab down"
+        );
+    }
+    Ok(report)
+}
+
+/// Tears down a lab kept with `--keep` (or left by a killed `lab up`).
+pub fn down() -> anyhow::Result<()> {
+    let state = Path::new(WORK_DIR).join("state.json");
+    let stopped = procs::stop_saved(&state)?;
+    let had_netns = net::netns_exists(NETNS);
+    if had_netns {
+        net::delete(NETNS)?;
+    }
+    let _ = std::fs::remove_dir_all(WORK_DIR);
+    println!("lab down: stopped {stopped} processes{}", if had_netns { ", removed namespace" } else { "" });
+    Ok(())
+}
+
+/// Owns what `up` created; dropping it tears the lab down unless kept.
+struct Lab {
+    children: Children,
+    netns: bool,
+    keep: bool,
+    /// On failure the work directory (logs, serial consoles) is kept.
+    succeeded: bool,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        self.children.stop_all();
+        if self.netns {
+            if let Err(err) = net::delete(NETNS) {
+                eprintln!("lab: removing namespace {NETNS}: {err:#}");
+            }
+        }
+        if self.succeeded {
+            let _ = std::fs::remove_dir_all(WORK_DIR);
+        } else {
+            eprintln!("lab: logs and serial consoles are in {WORK_DIR}");
+        }
+    }
+}
+
+fn lab_config(work: &Path, ramdisk_dir: &Path) -> String {
+    format!(
+        r#"data_dir = "{data}"
+log_format = "json"
+
+[api]
+listen = "127.0.0.1:8080"
+
+[provisioning]
+interface = "{BRIDGE}"
+address = "{SERVER_IP}"
+prefix_len = 24
+pool_start = "10.77.0.100"
+pool_end = "10.77.0.199"
+lease_secs = 3600
+discovery_timeout_secs = 900
+
+[boot]
+ramdisk_dir = "{ramdisk}"
+"#,
+        data = work.join("data").display(),
+        ramdisk = ramdisk_dir.display(),
+    )
+}
+
+fn wait_for_health(client: &ureq::Agent, children: &mut Children, interrupted: &AtomicBool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if interrupted.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        children.check_alive()?;
+        if client.get(&format!("{API}/healthz")).call().is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("the appliance did not answer /healthz within 60 s; see {WORK_DIR}/serve.log")
+}
+
+fn wait_until_ready(
+    client: &ureq::Agent,
+    token: &str,
+    nodes: &[(qemu::NodeSpec, i64)],
+    timeout: Duration,
+    children: &mut Children,
+    interrupted: &AtomicBool,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let mut last: Vec<String> = vec!["booting".into(); nodes.len()];
+    let mut last_line = Instant::now();
+    loop {
+        if interrupted.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        children.check_alive()?;
+        let machines: Value = client
+            .get(&format!("{API}/api/v1/machines"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .call()
+            .context("listing machines")?
+            .into_json()?;
+        let states: Vec<String> = nodes
+            .iter()
+            .map(|(spec, _)| report::machine_for(&machines, &spec.mac).and_then(|m| m["state"].as_str().map(str::to_string)).unwrap_or_else(|| "booting".into()))
+            .collect();
+        for (i, state) in states.iter().enumerate() {
+            if *state != last[i] {
+                progress_at(started, &format!("{} {}: {} -> {}", nodes[i].0.name, nodes[i].0.mac, last[i], state));
+            }
+        }
+        last = states;
+        if last.iter().all(|s| s == "ready") {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("not every node was ready after {} s: {:?} (serial logs in {WORK_DIR})", timeout.as_secs(), last);
+        }
+        if last_line.elapsed() > Duration::from_secs(15) {
+            let ready = last.iter().filter(|s| *s == "ready").count();
+            progress_at(started, &format!("waiting: {ready}/{} ready", nodes.len()));
+            last_line = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn progress(msg: &str) {
+    println!("lab: {msg}");
+}
+
+fn progress_at(started: Instant, msg: &str) {
+    println!("lab: [{:6.1}s] {msg}", started.elapsed().as_secs_f64());
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn random_hex() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,48 @@
+//! The lab's network: a namespace with a bridge and taps, made with
+//! iproute2. The namespace gets no default route and no link to the host,
+//! so lab traffic cannot leave the machine.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+pub fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output().context("running ip (is iproute2 installed?)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Creates the namespace and moves this thread into it. Call from the main
+/// thread before starting children: they inherit the namespace.
+pub fn create_and_enter(name: &str) -> anyhow::Result<()> {
+    ip(&["netns", "add", name])?;
+    let file = std::fs::File::open(Path::new("/run/netns").join(name)).context("opening the lab namespace")?;
+    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).context("entering the lab namespace (are you root?)")?;
+    ip(&["link", "set", "lo", "up"])
+}
+
+pub fn setup_bridge(bridge: &str, cidr: &str) -> anyhow::Result<()> {
+    ip(&["link", "add", bridge, "type", "bridge"])?;
+    ip(&["addr", "add", cidr, "dev", bridge])?;
+    ip(&["link", "set", bridge, "up"])
+}
+
+pub fn add_tap(tap: &str, bridge: &str) -> anyhow::Result<()> {
+    ip(&["tuntap", "add", "dev", tap, "mode", "tap"])?;
+    ip(&["link", "set", tap, "master", bridge])?;
+    ip(&["link", "set", tap, "up"])
+}
+
+/// Removes the namespace; its bridge and taps go with it once the last
+/// process in it has exited.
+pub fn delete(name: &str) -> anyhow::Result<()> {
+    ip(&["netns", "del", name])
+}

@@ -1,0 +1,120 @@
+//! The lab's child processes: the appliance and one QEMU per node. Each
+//! runs in its own process group (a terminal's Ctrl-C reaches only us, and
+//! we stop them in order) with its output in a log file.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use super::qemu::{Accel, NodeSpec};
+
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+#[derive(Default)]
+pub struct Children {
+    procs: Vec<Proc>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    name: String,
+    pid: u32,
+}
+
+impl Children {
+    fn spawn(&mut self, name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<()> {
+        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).process_group(0);
+        let child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
+        self.procs.push(Proc { name: name.to_string(), child, log: log.to_path_buf() });
+        Ok(())
+    }
+
+    pub fn spawn_appliance(&mut self, bin: &Path, config: &Path, token: &str, log: &Path) -> anyhow::Result<()> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve").arg("--config").arg(config);
+        // The lab's config is the whole truth: drop the caller's overrides.
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLIPWAY_")) {
+            cmd.env_remove(key);
+        }
+        cmd.env("SLIPWAY_API_TOKEN", token);
+        self.spawn("appliance", cmd, log)
+    }
+
+    pub fn spawn_vm(&mut self, spec: &NodeSpec, accel: Accel) -> anyhow::Result<()> {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(spec.args(accel));
+        self.spawn(&spec.name, cmd, &spec.dir.join(format!("{}.qemu.log", spec.name)))
+    }
+
+    /// Fails if any child has exited, quoting the end of its log.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.procs {
+            if let Some(status) = p.child.try_wait()? {
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                bail!("{} exited ({status}); last lines of {}:\n{}", p.name, p.log.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops VMs first, then the appliance: SIGTERM, then SIGKILL after 5 s.
+    pub fn stop_all(&mut self) {
+        for p in self.procs.iter().rev() {
+            let _ = kill(Pid::from_raw(p.child.id() as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for p in self.procs.iter_mut().rev() {
+            while Instant::now() < deadline && matches!(p.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if matches!(p.child.try_wait(), Ok(None)) {
+                let _ = p.child.kill();
+            }
+            let _ = p.child.wait();
+        }
+        self.procs.clear();
+    }
+
+    pub fn save_state(&self, path: &Path) -> anyhow::Result<()> {
+        let saved: Vec<Saved> = self.procs.iter().map(|p| Saved { name: p.name.clone(), pid: p.child.id() }).collect();
+        std::fs::write(path, serde_json::to_string_pretty(&saved)?)?;
+        Ok(())
+    }
+}
+
+/// Stops processes recorded by `save_state`, if they are still ours (their
+/// command line names qemu or slipway: PIDs get reused). Returns how many.
+pub fn stop_saved(path: &Path) -> anyhow::Result<usize> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(0) };
+    let saved: Vec<Saved> = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    let mut stopped = 0;
+    for s in saved {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", s.pid)).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if !(cmdline.contains("qemu-system") || cmdline.contains("slipway")) {
+            continue;
+        }
+        let pid = Pid::from_raw(s.pid as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && Path::new(&format!("/proc/{}", s.pid)).exists() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+        stopped += 1;
+    }
+    Ok(stopped)
+}

@@ -1,0 +1,173 @@
+//! QEMU command lines for lab nodes, and choosing an accelerator.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl Firmware {
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// KVM only when the CPU advertises hardware virtualization and /dev/kvm
+/// opens. Some hosts expose a /dev/kvm that cannot boot Linux guests
+/// (nested PVM, no vmx/svm flag); those get TCG.
+pub fn detect_accel() -> Accel {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw_virt = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    let kvm_opens = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    if hw_virt && kvm_opens {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    }
+}
+
+pub fn check_prerequisites(_nodes: usize, uefi: bool) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the lab needs root (network namespaces, bridges, taps)");
+    }
+    for tool in ["qemu-system-x86_64", "qemu-img", "ip"] {
+        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| !o.status.success()).unwrap_or(true) {
+            bail!("{tool} is not installed (apt-get install qemu-system-x86 qemu-utils iproute2 ipxe-qemu)");
+        }
+    }
+    if uefi && !(Path::new(OVMF_CODE).exists() && Path::new(OVMF_VARS).exists()) {
+        bail!("UEFI nodes need OVMF (apt-get install ovmf)");
+    }
+    Ok(())
+}
+
+/// One lab VM: everything its command line needs.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub mac: String,
+    pub tap: String,
+    pub firmware: Firmware,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub disk_gib: u32,
+    pub uuid: String,
+    pub serial: String,
+    pub dir: PathBuf,
+}
+
+impl NodeSpec {
+    /// Node `index` (0-based). Disk sizes differ per node so inventories
+    /// can be told apart.
+    pub fn lab_node(index: usize, firmware: Firmware, memory_mib: u32, dir: &Path) -> NodeSpec {
+        let n = index + 1;
+        NodeSpec {
+            name: format!("node{n}"),
+            mac: format!("52:54:00:5e:{:02x}:{:02x}", n / 256, n % 256),
+            tap: format!("sltap{n}"),
+            firmware,
+            memory_mib,
+            cpus: 1,
+            disk_gib: 8 + index as u32,
+            uuid: format!("5f1a0000-0000-4000-8000-{n:012}"),
+            serial: format!("LAB-{n:04}"),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn disk(&self) -> PathBuf {
+        self.dir.join(format!("{}.qcow2", self.name))
+    }
+
+    fn vars(&self) -> PathBuf {
+        self.dir.join(format!("{}.vars.fd", self.name))
+    }
+
+    /// A blank sparse disk, and a private copy of the UEFI variable store.
+    pub fn prepare_disks(&self) -> anyhow::Result<()> {
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(self.disk())
+            .arg(format!("{}G", self.disk_gib))
+            .output()
+            .context("running qemu-img")?;
+        if !out.status.success() {
+            bail!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if self.firmware == Firmware::Uefi {
+            std::fs::copy(OVMF_VARS, self.vars()).context("copying the OVMF variable store")?;
+        }
+        Ok(())
+    }
+
+    pub fn args(&self, accel: Accel) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "-name".into(), self.name.clone(),
+            "-machine".into(), "q35".into(),
+            "-accel".into(), accel.name().into(),
+            "-m".into(), self.memory_mib.to_string(),
+            "-smp".into(), self.cpus.to_string(),
+            "-display".into(), "none".into(),
+            "-monitor".into(), "none".into(),
+            "-serial".into(), format!("file:{}", self.dir.join(format!("{}.serial.log", self.name)).display()),
+            "-uuid".into(), self.uuid.clone(),
+            "-smbios".into(), format!("type=1,manufacturer=Slipway Lab,product=QEMU Lab Node,serial={}", self.serial),
+            "-netdev".into(), format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap),
+            "-device".into(), format!("virtio-net-pci,netdev=n0,mac={},bootindex=1", self.mac),
+            "-drive".into(), format!("file={},if=none,id=d0,format=qcow2", self.disk().display()),
+            "-device".into(), format!("virtio-blk-pci,drive=d0,serial=DISK-{}", self.serial),
+        ];
+        if self.firmware == Firmware::Uefi {
+            a.extend([
+                "-drive".into(), format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                "-drive".into(), format!("if=pflash,format=raw,unit=1,file={}", self.vars().display()),
+            ]);
+        }
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uefi_nodes_get_their_own_variable_store() {
+        let spec = NodeSpec::lab_node(1, Firmware::Uefi, 512, Path::new("/lab"));
+        let args = spec.args(Accel::Tcg).join(" ");
+        assert!(args.contains("mac=52:54:00:5e:00:02,bootindex=1"));
+        assert!(args.contains("if=pflash,format=raw,unit=1,file=/lab/node2.vars.fd"));
+        assert!(args.contains("-accel tcg"));
+        let bios = NodeSpec::lab_node(0, Firmware::Bios, 512, Path::new("/lab")).args(Accel::Kvm).join(" ");
+        assert!(!bios.contains("pflash"));
+    }
+}

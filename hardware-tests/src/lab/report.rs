@@ -1,0 +1,141 @@
+//! The lab report: per node, what the API says and how long each step
+//! took, measured from the VM's start to the appliance's event times.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::qemu::{Accel, NodeSpec};
+
+#[derive(Debug, Serialize)]
+pub struct LabReport {
+    pub accel: &'static str,
+    pub ramdisk: RamdiskFacts,
+    pub nodes: Vec<NodeReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RamdiskFacts {
+    pub key: String,
+    pub kernel_release: String,
+    pub kernel_bytes: u64,
+    pub initrd_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeReport {
+    pub name: String,
+    pub mac: String,
+    pub firmware: &'static str,
+    pub machine_id: Option<String>,
+    pub state: String,
+    /// What QEMU was told to give the VM, to compare with `inventory`.
+    pub configured: Configured,
+    pub inventory: Value,
+    pub seconds: Seconds,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Configured {
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub disk_bytes: u64,
+    pub serial: String,
+    pub uuid: String,
+}
+
+/// Seconds from VM start; `None` when the step never happened.
+#[derive(Debug, Serialize)]
+pub struct Seconds {
+    pub dhcp_ack: Option<f64>,
+    pub discovered: Option<f64>,
+    pub ready: Option<f64>,
+}
+
+pub fn machine_for<'a>(machines: &'a Value, mac: &str) -> Option<&'a Value> {
+    machines["machines"].as_array()?.iter().find(|m| m["macs"].as_array().is_some_and(|macs| macs.iter().any(|x| x == mac)))
+}
+
+/// Seconds from `start_ms` to the first event matching `pred`.
+fn first(events: &[Value], start_ms: i64, pred: impl Fn(&Value) -> bool) -> Option<f64> {
+    events.iter().find(|e| pred(e)).and_then(|e| e["at_ms"].as_i64()).map(|at| (at - start_ms) as f64 / 1000.0)
+}
+
+pub fn build(
+    client: &ureq::Agent,
+    api: &str,
+    token: &str,
+    nodes: &[(NodeSpec, i64)],
+    accel: Accel,
+    ramdisk: &images::Ramdisk,
+) -> anyhow::Result<LabReport> {
+    let auth = format!("Bearer {token}");
+    let machines: Value = client.get(&format!("{api}/api/v1/machines")).set("Authorization", &auth).call()?.into_json()?;
+    let mut out = Vec::new();
+    for (spec, start_ms) in nodes {
+        let machine = machine_for(&machines, &spec.mac);
+        let id = machine.and_then(|m| m["id"].as_str()).map(str::to_string);
+        let events: Vec<Value> = match &id {
+            Some(id) => client
+                .get(&format!("{api}/api/v1/machines/{id}/events?limit=1000"))
+                .set("Authorization", &auth)
+                .call()?
+                .into_json::<Value>()?["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+            None => vec![],
+        };
+        out.push(NodeReport {
+            name: spec.name.clone(),
+            mac: spec.mac.clone(),
+            firmware: spec.firmware.name(),
+            machine_id: id,
+            state: machine.and_then(|m| m["state"].as_str()).unwrap_or("absent").to_string(),
+            configured: Configured {
+                cpus: spec.cpus,
+                memory_mib: spec.memory_mib,
+                disk_bytes: u64::from(spec.disk_gib) << 30,
+                serial: spec.serial.clone(),
+                uuid: spec.uuid.clone(),
+            },
+            inventory: machine.map(|m| m["inventory"].clone()).unwrap_or(Value::Null),
+            seconds: Seconds {
+                dhcp_ack: first(&events, *start_ms, |e| e["kind"] == "dhcp.ack"),
+                discovered: first(&events, *start_ms, |e| e["kind"] == "agent.hello"),
+                ready: first(&events, *start_ms, |e| e["kind"] == "state.changed" && e["detail"]["to"] == "ready"),
+            },
+        });
+    }
+    Ok(LabReport {
+        accel: accel.name(),
+        ramdisk: RamdiskFacts {
+            key: ramdisk.key.clone(),
+            kernel_release: ramdisk.kernel_release.clone(),
+            kernel_bytes: ramdisk.kernel_bytes,
+            initrd_bytes: ramdisk.initrd_bytes,
+        },
+        nodes: out,
+    })
+}
+
+pub fn print_summary(report: &LabReport) {
+    println!("\n{:<7} {:<18} {:<5} {:<12} {:>4} {:>8} {:>9} {:>8} {:>11} {:>7}", "node", "mac", "fw", "state", "cpus", "mem MiB", "disk GiB", "dhcp s", "discovered s", "ready s");
+    let secs = |s: Option<f64>| s.map_or("-".to_string(), |v| format!("{v:.1}"));
+    for n in &report.nodes {
+        let inv = &n.inventory;
+        let disk_gib = inv["disks"].as_array().and_then(|d| d.first()).and_then(|d| d["size_bytes"].as_u64()).map_or("-".into(), |b| format!("{:.1}", b as f64 / (1u64 << 30) as f64));
+        println!(
+            "{:<7} {:<18} {:<5} {:<12} {:>4} {:>8} {:>9} {:>8} {:>11} {:>7}",
+            n.name,
+            n.mac,
+            n.firmware,
+            n.state,
+            inv["cpu"]["count"].as_u64().map_or("-".into(), |c| c.to_string()),
+            inv["memory"]["total_bytes"].as_u64().map_or("-".into(), |b| (b >> 20).to_string()),
+            disk_gib,
+            secs(n.seconds.dhcp_ack),
+            secs(n.seconds.discovered),
+            secs(n.seconds.ready),
+        );
+    }
+}
