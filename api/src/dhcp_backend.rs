@@ -16,7 +16,10 @@ pub struct StoreBackend {
 
 impl DhcpBackend for StoreBackend {
     async fn save(&self, ops: &[LeaseOp]) -> Result<(), String> {
-        self.store.save_lease_ops(ops).await.map_err(|e| e.to_string())
+        self.store
+            .save_lease_ops(ops)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn bound(&self, mac: [u8; 6], ip: Ipv4Addr, client: ClientKind) {
@@ -24,7 +27,10 @@ impl DhcpBackend for StoreBackend {
         // Only network boots create machines: a laptop on the provisioning
         // network is not a server to inventory.
         let id = if client.is_pxe() {
-            self.store.ensure_machine(&mac, "network boot (DHCP)", self.discovery_timeout_ms).await.map(|(id, _)| Some(id))
+            self.store
+                .ensure_machine(&mac, "network boot (DHCP)", self.discovery_timeout_ms)
+                .await
+                .map(|(id, _)| Some(id))
         } else {
             self.store.machine_id_by_mac(&mac).await
         };

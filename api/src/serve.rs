@@ -34,7 +34,11 @@ fn admin_token(config: &Config) -> anyhow::Result<String> {
     let token = auth::random_token();
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
         .with_context(|| format!("writing {}", path.display()))?;
     writeln!(file, "{token}")?;
     eprintln!("First start: the admin API token is\n\n    {token}\n\nIt is stored in {} (mode 0600) and will not be shown again.", path.display());
@@ -59,18 +63,30 @@ async fn ramdisk_dir(config: &Config) -> anyhow::Result<PathBuf> {
         }
         return Ok(dir);
     }
-    let inputs = images::RamdiskInputs { agent_binary: agent_binary(config)?, cache_dir: config.cache_dir.clone() };
+    let inputs = images::RamdiskInputs {
+        agent_binary: agent_binary(config)?,
+        cache_dir: config.cache_dir.clone(),
+    };
     let ramdisk = tokio::task::spawn_blocking(move || images::ensure_ramdisk(&inputs)).await??;
     Ok(ramdisk.dir)
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let token = admin_token(&config)?;
-    let store = Store::connect(&config.database_url()).await.context("opening the database")?;
+    let store = Store::connect(&config.database_url())
+        .await
+        .context("opening the database")?;
     crate::routes::metrics_handle();
     let provisioning = config.provisioning()?;
-    let discovery_timeout_ms = i64::try_from(config.provisioning.discovery_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let discovery_timeout_ms = i64::try_from(
+        config
+            .provisioning
+            .discovery_timeout_secs
+            .saturating_mul(1000),
+    )
+    .unwrap_or(i64::MAX);
 
     let mut tasks = JoinSet::new();
     let boot = match &provisioning {
@@ -80,11 +96,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         Some(p) => {
             let http_base = format!("http://{}:{}", p.address, config.provisioning.http_port);
-            let ramdisk_dir = ramdisk_dir(&config).await.context("preparing the discovery ramdisk")?;
-            Some(Arc::new(BootContext { http_base, ramdisk_dir }))
+            let ramdisk_dir = ramdisk_dir(&config)
+                .await
+                .context("preparing the discovery ramdisk")?;
+            Some(Arc::new(BootContext {
+                http_base,
+                ramdisk_dir,
+            }))
         }
     };
-    let state = AppState { store: store.clone(), admin_token_digest: auth::digest(&token), boot: boot.clone(), discovery_timeout_ms };
+    let state = AppState {
+        store: store.clone(),
+        admin_token_digest: auth::digest(&token),
+        boot: boot.clone(),
+        discovery_timeout_ms,
+    };
 
     if let (Some(p), Some(boot)) = (&provisioning, &boot) {
         let dhcp_config = DhcpConfig {
@@ -109,27 +135,51 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             table.apply(op);
         }
         info!(leases = table.len(), "DHCP leases restored");
-        let ports = Ports { server: config.provisioning.dhcp_port, ..Ports::default() };
-        let socket = bind_socket(Some(&p.interface), SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, ports.server))
-            .with_context(|| format!("binding DHCP to {}:{}", p.interface, ports.server))?;
-        let dhcp = DhcpServer::new(dhcp_config, ports, table, StoreBackend { store: store.clone(), discovery_timeout_ms });
+        let ports = Ports {
+            server: config.provisioning.dhcp_port,
+            ..Ports::default()
+        };
+        let socket = bind_socket(
+            Some(&p.interface),
+            SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, ports.server),
+        )
+        .with_context(|| format!("binding DHCP to {}:{}", p.interface, ports.server))?;
+        let dhcp = DhcpServer::new(
+            dhcp_config,
+            ports,
+            table,
+            StoreBackend {
+                store: store.clone(),
+                discovery_timeout_ms,
+            },
+        );
         tasks.spawn(async move { dhcp.run(socket).await.context("DHCP server") });
 
         let tftp_addr = SocketAddr::from((p.address, config.provisioning.tftp_port));
-        let tftp_socket = tokio::net::UdpSocket::bind(tftp_addr).await.with_context(|| format!("binding TFTP to {tftp_addr}"))?;
+        let tftp_socket = tokio::net::UdpSocket::bind(tftp_addr)
+            .await
+            .with_context(|| format!("binding TFTP to {tftp_addr}"))?;
         let tftp = TftpServer::new(Path::new(&config.boot.ipxe_dir), SessionOptions::default())
             .with_context(|| format!("TFTP root {}", config.boot.ipxe_dir.display()))?;
         tasks.spawn(async move { tftp.run(tftp_socket).await.context("TFTP server") });
 
         let http_addr = SocketAddr::from((p.address, config.provisioning.http_port));
-        let listener = tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding boot HTTP to {http_addr}"))?;
+        let listener = tokio::net::TcpListener::bind(http_addr)
+            .await
+            .with_context(|| format!("binding boot HTTP to {http_addr}"))?;
         let router = boot_router(state.clone());
-        tasks.spawn(async move { axum::serve(listener, router).await.context("boot HTTP server") });
+        tasks.spawn(async move {
+            axum::serve(listener, router)
+                .await
+                .context("boot HTTP server")
+        });
         info!(interface = p.interface, dhcp = %format!("{}:{}", p.interface, ports.server), tftp = %tftp_addr, http = %http_addr,
               ramdisk = %boot.ramdisk_dir.display(), "boot services up");
     }
 
-    let listener = tokio::net::TcpListener::bind(config.api.listen).await.with_context(|| format!("binding the API to {}", config.api.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("binding the API to {}", config.api.listen))?;
     let router = operator_router(state.clone());
     tasks.spawn(async move { axum::serve(listener, router).await.context("API server") });
     tasks.spawn(deadline_reaper(store));

@@ -7,3 +7,4 @@
 //! child inherits it and the API is reached on the namespace's loopback.
 
 pub mod lab;
+pub mod support;

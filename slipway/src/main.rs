@@ -89,7 +89,19 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(api::serve::run(config))
         }
-        Cmd::Lab { command: LabCmd::Up { nodes, firmware, report, keep, timeout, accel, memory_mib, cache_dir } } => {
+        Cmd::Lab {
+            command:
+                LabCmd::Up {
+                    nodes,
+                    firmware,
+                    report,
+                    keep,
+                    timeout,
+                    accel,
+                    memory_mib,
+                    cache_dir,
+                },
+        } => {
             init_tracing("text");
             let opts = LabOptions {
                 nodes,
@@ -111,11 +123,16 @@ fn main() -> anyhow::Result<()> {
             };
             lab::up(&opts).map(|_| ())
         }
-        Cmd::Lab { command: LabCmd::Down } => lab::down(),
+        Cmd::Lab {
+            command: LabCmd::Down,
+        } => lab::down(),
         Cmd::Ramdisk { cache_dir } => {
             init_tracing("text");
             let agent = std::env::current_exe()?.with_file_name("slipway-agent");
-            let ramdisk = images::ensure_ramdisk(&images::RamdiskInputs { agent_binary: agent, cache_dir })?;
+            let ramdisk = images::ensure_ramdisk(&images::RamdiskInputs {
+                agent_binary: agent,
+                cache_dir,
+            })?;
             println!("{}", serde_json::to_string_pretty(&ramdisk)?);
             Ok(())
         }
@@ -123,8 +140,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {
         builder.json().init();

@@ -27,7 +27,9 @@ pub struct Hello {
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum Instruction {
     /// Stay up and ask again after `poll_seconds`.
-    Wait { poll_seconds: u32 },
+    Wait {
+        poll_seconds: u32,
+    },
     PowerOff,
     Reboot,
 }

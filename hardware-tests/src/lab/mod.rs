@@ -39,7 +39,7 @@ impl FirmwareChoice {
         match self {
             FirmwareChoice::Bios => Firmware::Bios,
             FirmwareChoice::Uefi => Firmware::Uefi,
-            FirmwareChoice::Mixed if index % 2 == 0 => Firmware::Bios,
+            FirmwareChoice::Mixed if index.is_multiple_of(2) => Firmware::Bios,
             FirmwareChoice::Mixed => Firmware::Uefi,
         }
     }
@@ -78,13 +78,22 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     // an error, and the guards below tear everything down.
     let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
 
-    progress(&format!("preparing the discovery ramdisk (cache {})", opts.cache_dir.display()));
+    progress(&format!(
+        "preparing the discovery ramdisk (cache {})",
+        opts.cache_dir.display()
+    ));
     let agent = opts.slipway_bin.with_file_name("slipway-agent");
-    let ramdisk = images::ensure_ramdisk(&images::RamdiskInputs { agent_binary: agent, cache_dir: opts.cache_dir.clone() })
-        .context("building the discovery ramdisk")?;
+    let ramdisk = images::ensure_ramdisk(&images::RamdiskInputs {
+        agent_binary: agent,
+        cache_dir: opts.cache_dir.clone(),
+    })
+    .context("building the discovery ramdisk")?;
     progress(&format!(
         "ramdisk {} ready: kernel {} ({:.1} MiB), initrd {:.1} MiB",
-        ramdisk.key, ramdisk.kernel_release, mib(ramdisk.kernel_bytes), mib(ramdisk.initrd_bytes)
+        ramdisk.key,
+        ramdisk.kernel_release,
+        mib(ramdisk.kernel_bytes),
+        mib(ramdisk.initrd_bytes)
     ));
 
     let work = Path::new(WORK_DIR);
@@ -93,7 +102,12 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     let accel = opts.accel.unwrap_or_else(qemu::detect_accel);
 
     // From here on, `lab` tears down whatever was set up when dropped.
-    let mut lab = Lab { children: Children::default(), netns: false, keep: false, succeeded: false };
+    let mut lab = Lab {
+        children: Children::default(),
+        netns: false,
+        keep: false,
+        succeeded: false,
+    };
     net::create_and_enter(NETNS)?;
     lab.netns = true;
     net::setup_bridge(BRIDGE, &format!("{SERVER_IP}/24"))?;
@@ -102,10 +116,16 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     let config = work.join("slipway.toml");
     std::fs::write(&config, lab_config(work, &ramdisk.dir))?;
     std::fs::write(work.join("admin-token"), &token)?;
-    lab.children.spawn_appliance(&opts.slipway_bin, &config, &token, &work.join("serve.log"))?;
-    let client = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+    lab.children
+        .spawn_appliance(&opts.slipway_bin, &config, &token, &work.join("serve.log"))?;
+    let client = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
     wait_for_health(&client, &mut lab.children, &interrupted)?;
-    progress(&format!("appliance serving in namespace {NETNS} on {SERVER_IP} ({} accel)", accel.name()));
+    progress(&format!(
+        "appliance serving in namespace {NETNS} on {SERVER_IP} ({} accel)",
+        accel.name()
+    ));
 
     let mut nodes = Vec::new();
     for i in 0..opts.nodes {
@@ -114,15 +134,31 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         spec.prepare_disks()?;
         let started_ms = now_ms();
         lab.children.spawn_vm(&spec, accel)?;
-        progress(&format!("started {} ({}, {}, {} MiB, {} GiB disk)", spec.name, spec.mac, spec.firmware.name(), spec.memory_mib, spec.disk_gib));
+        progress(&format!(
+            "started {} ({}, {}, {} MiB, {} GiB disk)",
+            spec.name,
+            spec.mac,
+            spec.firmware.name(),
+            spec.memory_mib,
+            spec.disk_gib
+        ));
         nodes.push((spec, started_ms));
     }
 
     let started = Instant::now();
-    let outcome = wait_until_ready(&client, &token, &nodes, opts.timeout, &mut lab.children, &interrupted, started);
+    let outcome = wait_until_ready(
+        &client,
+        &token,
+        &nodes,
+        opts.timeout,
+        &mut lab.children,
+        &interrupted,
+        started,
+    );
     let report = report::build(&client, API, &token, &nodes, accel, &ramdisk)?;
     if let Some(path) = &opts.report {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     report::print_summary(&report);
     outcome?;
@@ -146,7 +182,10 @@ pub fn down() -> anyhow::Result<()> {
         net::delete(NETNS)?;
     }
     let _ = std::fs::remove_dir_all(WORK_DIR);
-    println!("lab down: stopped {stopped} processes{}", if had_netns { ", removed namespace" } else { "" });
+    println!(
+        "lab down: stopped {stopped} processes{}",
+        if had_netns { ", removed namespace" } else { "" }
+    );
     Ok(())
 }
 
@@ -203,7 +242,11 @@ ramdisk_dir = "{ramdisk}"
     )
 }
 
-fn wait_for_health(client: &ureq::Agent, children: &mut Children, interrupted: &AtomicBool) -> anyhow::Result<()> {
+fn wait_for_health(
+    client: &ureq::Agent,
+    children: &mut Children,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if interrupted.load(Ordering::SeqCst) {
@@ -242,11 +285,21 @@ fn wait_until_ready(
             .into_json()?;
         let states: Vec<String> = nodes
             .iter()
-            .map(|(spec, _)| report::machine_for(&machines, &spec.mac).and_then(|m| m["state"].as_str().map(str::to_string)).unwrap_or_else(|| "booting".into()))
+            .map(|(spec, _)| {
+                report::machine_for(&machines, &spec.mac)
+                    .and_then(|m| m["state"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "booting".into())
+            })
             .collect();
         for (i, state) in states.iter().enumerate() {
             if *state != last[i] {
-                progress_at(started, &format!("{} {}: {} -> {}", nodes[i].0.name, nodes[i].0.mac, last[i], state));
+                progress_at(
+                    started,
+                    &format!(
+                        "{} {}: {} -> {}",
+                        nodes[i].0.name, nodes[i].0.mac, last[i], state
+                    ),
+                );
             }
         }
         last = states;
@@ -254,7 +307,11 @@ fn wait_until_ready(
             return Ok(());
         }
         if started.elapsed() > timeout {
-            bail!("not every node was ready after {} s: {:?} (serial logs in {WORK_DIR})", timeout.as_secs(), last);
+            bail!(
+                "not every node was ready after {} s: {:?} (serial logs in {WORK_DIR})",
+                timeout.as_secs(),
+                last
+            );
         }
         if last_line.elapsed() > Duration::from_secs(15) {
             let ready = last.iter().filter(|s| *s == "ready").count();
@@ -278,7 +335,10 @@ fn mib(bytes: u64) -> f64 {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn random_hex() -> String {

@@ -35,13 +35,28 @@ struct Saved {
 impl Children {
     fn spawn(&mut self, name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<()> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).process_group(0);
-        let child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
-        self.procs.push(Proc { name: name.to_string(), child, log: log.to_path_buf() });
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        self.procs.push(Proc {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+        });
         Ok(())
     }
 
-    pub fn spawn_appliance(&mut self, bin: &Path, config: &Path, token: &str, log: &Path) -> anyhow::Result<()> {
+    pub fn spawn_appliance(
+        &mut self,
+        bin: &Path,
+        config: &Path,
+        token: &str,
+        log: &Path,
+    ) -> anyhow::Result<()> {
         let mut cmd = Command::new(bin);
         cmd.arg("serve").arg("--config").arg(config);
         // The lab's config is the whole truth: drop the caller's overrides.
@@ -55,7 +70,11 @@ impl Children {
     pub fn spawn_vm(&mut self, spec: &NodeSpec, accel: Accel) -> anyhow::Result<()> {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(spec.args(accel));
-        self.spawn(&spec.name, cmd, &spec.dir.join(format!("{}.qemu.log", spec.name)))
+        self.spawn(
+            &spec.name,
+            cmd,
+            &spec.dir.join(format!("{}.qemu.log", spec.name)),
+        )
     }
 
     /// Fails if any child has exited, quoting the end of its log.
@@ -64,7 +83,12 @@ impl Children {
             if let Some(status) = p.child.try_wait()? {
                 let log = std::fs::read_to_string(&p.log).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                bail!("{} exited ({status}); last lines of {}:\n{}", p.name, p.log.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                bail!(
+                    "{} exited ({status}); last lines of {}:\n{}",
+                    p.name,
+                    p.log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
         }
         Ok(())
@@ -89,7 +113,14 @@ impl Children {
     }
 
     pub fn save_state(&self, path: &Path) -> anyhow::Result<()> {
-        let saved: Vec<Saved> = self.procs.iter().map(|p| Saved { name: p.name.clone(), pid: p.child.id() }).collect();
+        let saved: Vec<Saved> = self
+            .procs
+            .iter()
+            .map(|p| Saved {
+                name: p.name.clone(),
+                pid: p.child.id(),
+            })
+            .collect();
         std::fs::write(path, serde_json::to_string_pretty(&saved)?)?;
         Ok(())
     }
@@ -98,8 +129,11 @@ impl Children {
 /// Stops processes recorded by `save_state`, if they are still ours (their
 /// command line names qemu or slipway: PIDs get reused). Returns how many.
 pub fn stop_saved(path: &Path) -> anyhow::Result<usize> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(0) };
-    let saved: Vec<Saved> = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(0);
+    };
+    let saved: Vec<Saved> =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
     let mut stopped = 0;
     for s in saved {
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", s.pid)).unwrap_or_default();

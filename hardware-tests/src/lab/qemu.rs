@@ -47,7 +47,11 @@ pub fn detect_accel() -> Accel {
         .lines()
         .filter(|l| l.starts_with("flags"))
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    let kvm_opens = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let kvm_opens = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     if hw_virt && kvm_opens {
         Accel::Kvm
     } else {
@@ -60,7 +64,12 @@ pub fn check_prerequisites(_nodes: usize, uefi: bool) -> anyhow::Result<()> {
         bail!("the lab needs root (network namespaces, bridges, taps)");
     }
     for tool in ["qemu-system-x86_64", "qemu-img", "ip"] {
-        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| !o.status.success()).unwrap_or(true) {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
             bail!("{tool} is not installed (apt-get install qemu-system-x86 qemu-utils iproute2 ipxe-qemu)");
         }
     }
@@ -131,25 +140,47 @@ impl NodeSpec {
 
     pub fn args(&self, accel: Accel) -> Vec<String> {
         let mut a: Vec<String> = vec![
-            "-name".into(), self.name.clone(),
-            "-machine".into(), "q35".into(),
-            "-accel".into(), accel.name().into(),
-            "-m".into(), self.memory_mib.to_string(),
-            "-smp".into(), self.cpus.to_string(),
-            "-display".into(), "none".into(),
-            "-monitor".into(), "none".into(),
-            "-serial".into(), format!("file:{}", self.dir.join(format!("{}.serial.log", self.name)).display()),
-            "-uuid".into(), self.uuid.clone(),
-            "-smbios".into(), format!("type=1,manufacturer=Slipway Lab,product=QEMU Lab Node,serial={}", self.serial),
-            "-netdev".into(), format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap),
-            "-device".into(), format!("virtio-net-pci,netdev=n0,mac={},bootindex=1", self.mac),
-            "-drive".into(), format!("file={},if=none,id=d0,format=qcow2", self.disk().display()),
-            "-device".into(), format!("virtio-blk-pci,drive=d0,serial=DISK-{}", self.serial),
+            "-name".into(),
+            self.name.clone(),
+            "-machine".into(),
+            "q35".into(),
+            "-accel".into(),
+            accel.name().into(),
+            "-m".into(),
+            self.memory_mib.to_string(),
+            "-smp".into(),
+            self.cpus.to_string(),
+            "-display".into(),
+            "none".into(),
+            "-monitor".into(),
+            "none".into(),
+            "-serial".into(),
+            format!(
+                "file:{}",
+                self.dir.join(format!("{}.serial.log", self.name)).display()
+            ),
+            "-uuid".into(),
+            self.uuid.clone(),
+            "-smbios".into(),
+            format!(
+                "type=1,manufacturer=Slipway Lab,product=QEMU Lab Node,serial={}",
+                self.serial
+            ),
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={},bootindex=1", self.mac),
+            "-drive".into(),
+            format!("file={},if=none,id=d0,format=qcow2", self.disk().display()),
+            "-device".into(),
+            format!("virtio-blk-pci,drive=d0,serial=DISK-{}", self.serial),
         ];
         if self.firmware == Firmware::Uefi {
             a.extend([
-                "-drive".into(), format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
-                "-drive".into(), format!("if=pflash,format=raw,unit=1,file={}", self.vars().display()),
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=1,file={}", self.vars().display()),
             ]);
         }
         a
@@ -167,7 +198,9 @@ mod tests {
         assert!(args.contains("mac=52:54:00:5e:00:02,bootindex=1"));
         assert!(args.contains("if=pflash,format=raw,unit=1,file=/lab/node2.vars.fd"));
         assert!(args.contains("-accel tcg"));
-        let bios = NodeSpec::lab_node(0, Firmware::Bios, 512, Path::new("/lab")).args(Accel::Kvm).join(" ");
+        let bios = NodeSpec::lab_node(0, Firmware::Bios, 512, Path::new("/lab"))
+            .args(Accel::Kvm)
+            .join(" ");
         assert!(!bios.contains("pflash"));
     }
 }

@@ -28,10 +28,15 @@ pub struct Lease {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseOp {
     Upsert(Lease),
-    Remove { mac: [u8; 6] },
+    Remove {
+        mac: [u8; 6],
+    },
     /// Another host answered on this address (DHCPDECLINE): keep it out of
     /// the pool until `until`.
-    Quarantine { ip: Ipv4Addr, until: u64 },
+    Quarantine {
+        ip: Ipv4Addr,
+        until: u64,
+    },
 }
 
 #[derive(Debug, Default, Clone)]

@@ -9,5 +9,5 @@ pub mod server;
 
 pub use decide::{decide, Decision, DhcpConfig, Outcome};
 pub use leases::{Lease, LeaseOp, LeaseState, LeaseTable};
-pub use packet::{MessageType, Malformed, Request};
+pub use packet::{Malformed, MessageType, Request};
 pub use reply::encode_reply;

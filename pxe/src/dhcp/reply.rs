@@ -14,7 +14,11 @@ pub fn encode_reply(req: &Request, reply: &Reply, cfg: &DhcpConfig) -> Vec<u8> {
         req.xid,
         req.ciaddr,
         reply.yiaddr,
-        if reply.kind == ReplyKind::Nak { std::net::Ipv4Addr::UNSPECIFIED } else { cfg.boot.tftp_server },
+        if reply.kind == ReplyKind::Nak {
+            std::net::Ipv4Addr::UNSPECIFIED
+        } else {
+            cfg.boot.tftp_server
+        },
         req.giaddr,
         &req.mac,
     );
@@ -48,7 +52,11 @@ pub fn encode_reply(req: &Request, reply: &Reply, cfg: &DhcpConfig) -> Vec<u8> {
             opts.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
         }
     }
-    if let Some(file) = reply.boot_file.as_ref().filter(|f| f.len() < FILE_FIELD_LEN) {
+    if let Some(file) = reply
+        .boot_file
+        .as_ref()
+        .filter(|f| f.len() < FILE_FIELD_LEN)
+    {
         if reply.kind != ReplyKind::Nak {
             msg.set_fname_str(file);
         }

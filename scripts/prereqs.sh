@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what Slipway's lab and tests need on Debian 12 (run as root).
+# Idempotent: does nothing when everything is already there.
+set -euo pipefail
+
+packages=(
+  qemu-system-x86 qemu-utils ipxe ipxe-qemu ovmf   # the lab's VMs and firmware
+  iproute2 cpio zstd                               # namespaces, ramdisk tools
+  busybox udhcpc isc-dhcp-client tftp-hpa curl     # real protocol peers in tests
+  ca-certificates gcc pkg-config                    # building crates
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ] || ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
+  echo "prereqs: installing ${missing[*]:-(package lists only)}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  [ "${#missing[@]}" -eq 0 ] || apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  # Debian's own toolchain is older than this workspace needs; a rustup
+  # toolchain is expected on the machine. Try Debian's as a last resort.
+  echo "prereqs: cargo not found; trying Debian's rustc/cargo"
+  apt-get install -y -qq cargo rustc >/dev/null
+fi
