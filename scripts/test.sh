@@ -19,4 +19,9 @@ export SLIPWAY_LAB_TESTS=1
 
 echo "== unit, peer and lab tests"
 # The lab tests share one namespace name: run test binaries one thread each.
-cargo test --locked --workspace -- --test-threads=1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked --workspace -- --test-threads=1 2>&1 | tee "$log"
+# One closing line for the whole run (the last cargo line is a doc-test
+# binary with nothing in it).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"

@@ -59,6 +59,9 @@ pub struct ProvisioningConfig {
     pub tftp_port: u16,
     /// Boot files, iPXE scripts and the agent API are served here.
     pub http_port: u16,
+    /// Send IPv6 router advertisements (no prefix, lifetime 0) so iPXE
+    /// does not wait ~13 s for one on every boot.
+    pub router_advertisements: bool,
     /// A machine still `discovering` after this long is marked failed.
     pub discovery_timeout_secs: u64,
 }
@@ -100,6 +103,7 @@ impl Default for Config {
                 dhcp_port: 67,
                 tftp_port: 69,
                 http_port: 8081,
+                router_advertisements: true,
                 discovery_timeout_secs: 900,
             },
             boot: BootFilesConfig {

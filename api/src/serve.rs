@@ -163,6 +163,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("TFTP root {}", config.boot.ipxe_dir.display()))?;
         tasks.spawn(async move { tftp.run(tftp_socket).await.context("TFTP server") });
 
+        if config.provisioning.router_advertisements {
+            let interface = p.interface.clone();
+            // Optional: without IPv6 on the interface boots are just slower.
+            tasks.spawn(async move {
+                if let Err(err) = pxe::ra::run(interface).await {
+                    warn!(error = %err, "router advertisements are off; iPXE will wait ~13 s for one");
+                }
+                std::future::pending::<anyhow::Result<()>>().await
+            });
+        }
+
         let http_addr = SocketAddr::from((p.address, config.provisioning.http_port));
         let listener = tokio::net::TcpListener::bind(http_addr)
             .await

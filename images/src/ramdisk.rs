@@ -121,18 +121,17 @@ pub fn ensure_ramdisk(inputs: &RamdiskInputs) -> Result<Ramdisk, RamdiskError> {
     let agent = fs::read(&inputs.agent_binary).map_err(io_err(&inputs.agent_binary))?;
     let libs = shared_libraries(&inputs.agent_binary)?;
 
-    let mut h = Sha256::new();
-    for part in [BUILDER_VERSION, INIT, UDHCPC_SCRIPT, &MODULES.join(",")] {
-        h.update(part.as_bytes());
-    }
-    for path in [&kernel_deb, &busybox_deb] {
-        h.update(path.file_name().unwrap_or_default().as_encoded_bytes());
-    }
-    h.update(&agent);
-    for lib in &libs {
-        h.update(fs::read(lib).map_err(io_err(lib))?);
-    }
-    let key = hex::encode(&h.finalize()[..8]);
+    let lib_contents = libs
+        .iter()
+        .map(|lib| fs::read(lib).map_err(io_err(lib)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let deb_names = [&kernel_deb, &busybox_deb].map(|p| {
+        p.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    });
+    let key = cache_key(&deb_names, &agent, &lib_contents);
     let dir = inputs.cache_dir.join(format!("ramdisk-{key}"));
     if let Ok(text) = fs::read_to_string(dir.join("manifest.json")) {
         if let Ok(ramdisk) = serde_json::from_str::<Ramdisk>(&text) {
@@ -147,6 +146,25 @@ pub fn ensure_ramdisk(inputs: &RamdiskInputs) -> Result<Ramdisk, RamdiskError> {
     let result = build(&work, &dir, &key, &kernel_deb, &busybox_deb, &agent, &libs);
     let _ = fs::remove_dir_all(&work);
     result
+}
+
+/// Digest of every input of a build: our recipe, the package files (their
+/// names carry their versions), the agent and the libraries it links.
+fn cache_key(deb_names: &[String], agent: &[u8], libs: &[Vec<u8>]) -> String {
+    let mut h = Sha256::new();
+    for part in [BUILDER_VERSION, INIT, UDHCPC_SCRIPT, &MODULES.join(",")] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    for name in deb_names {
+        h.update(name.as_bytes());
+        h.update([0]);
+    }
+    h.update(agent);
+    for lib in libs {
+        h.update(lib);
+    }
+    hex::encode(&h.finalize()[..8])
 }
 
 fn build(
@@ -499,6 +517,39 @@ fn resolve_modules(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_key_changes_with_every_input() {
+        let debs = [
+            "linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb".to_string(),
+            "busybox-static_1.35_amd64.deb".to_string(),
+        ];
+        let base = cache_key(&debs, b"agent-v1", &[b"libc".to_vec()]);
+        assert_eq!(
+            base,
+            cache_key(&debs, b"agent-v1", &[b"libc".to_vec()]),
+            "stable for the same inputs"
+        );
+        assert_ne!(
+            base,
+            cache_key(&debs, b"agent-v2", &[b"libc".to_vec()]),
+            "a new agent"
+        );
+        assert_ne!(
+            base,
+            cache_key(&debs, b"agent-v1", &[b"libc2".to_vec()]),
+            "a new libc"
+        );
+        let newer = [
+            "linux-image-6.1.0-57-amd64_6.1.193-1_amd64.deb".to_string(),
+            debs[1].clone(),
+        ];
+        assert_ne!(
+            base,
+            cache_key(&newer, b"agent-v1", &[b"libc".to_vec()]),
+            "a new kernel"
+        );
+    }
 
     #[test]
     fn dependencies_load_first() {

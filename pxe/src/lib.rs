@@ -10,4 +10,5 @@
 
 pub mod boot;
 pub mod dhcp;
+pub mod ra;
 pub mod tftp;

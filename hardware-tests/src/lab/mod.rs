@@ -155,7 +155,8 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         &interrupted,
         started,
     );
-    let report = report::build(&client, API, &token, &nodes, accel, &ramdisk)?;
+    let mut report = report::build(&client, API, &token, &nodes, accel, &ramdisk)?;
+    report.appliance_peak_rss_kib = lab.children.peak_appliance_rss_kib;
     if let Some(path) = &opts.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -24,6 +24,8 @@ struct Proc {
 #[derive(Default)]
 pub struct Children {
     procs: Vec<Proc>,
+    /// Highest resident memory of the appliance seen by `check_alive`.
+    pub peak_appliance_rss_kib: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,8 +79,24 @@ impl Children {
         )
     }
 
+    /// Resident memory of the appliance process, from /proc.
+    fn appliance_rss_kib(&self) -> Option<u64> {
+        let p = self.procs.iter().find(|p| p.name == "appliance")?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", p.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
     /// Fails if any child has exited, quoting the end of its log.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.peak_appliance_rss_kib = self
+            .peak_appliance_rss_kib
+            .max(self.appliance_rss_kib().unwrap_or(0));
         for p in &mut self.procs {
             if let Some(status) = p.child.try_wait()? {
                 let log = std::fs::read_to_string(&p.log).unwrap_or_default();

@@ -9,6 +9,8 @@ use super::qemu::{Accel, NodeSpec};
 #[derive(Debug, Serialize)]
 pub struct LabReport {
     pub accel: &'static str,
+    /// Highest resident memory of `slipway serve` seen while waiting.
+    pub appliance_peak_rss_kib: u64,
     pub ramdisk: RamdiskFacts,
     pub nodes: Vec<NodeReport>,
 }
@@ -127,6 +129,7 @@ pub fn build(
     }
     Ok(LabReport {
         accel: accel.name(),
+        appliance_peak_rss_kib: 0,
         ramdisk: RamdiskFacts {
             key: ramdisk.key.clone(),
             kernel_release: ramdisk.kernel_release.clone(),
@@ -138,6 +141,13 @@ pub fn build(
 }
 
 pub fn print_summary(report: &LabReport) {
+    println!(
+        "\nappliance peak RSS {:.1} MiB; ramdisk: kernel {:.1} MiB + initrd {:.1} MiB; accel {}",
+        report.appliance_peak_rss_kib as f64 / 1024.0,
+        report.ramdisk.kernel_bytes as f64 / (1u64 << 20) as f64,
+        report.ramdisk.initrd_bytes as f64 / (1u64 << 20) as f64,
+        report.accel
+    );
     println!(
         "\n{:<7} {:<18} {:<5} {:<12} {:>4} {:>8} {:>9} {:>8} {:>11} {:>7}",
         "node",
