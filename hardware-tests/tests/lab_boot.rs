@@ -92,3 +92,51 @@ fn bios_and_uefi_vms_network_boot_to_ready_with_their_hardware() {
         String::from_utf8_lossy(&leftovers.stdout)
     );
 }
+
+/// Ctrl-C while VMs are booting tears everything down and says so.
+#[test]
+fn interrupted_lab_leaves_nothing_behind() {
+    use std::io::{BufRead, BufReader};
+    if !lab_tests_enabled("lab_interrupt", &["qemu-system-x86_64", "qemu-img", "ip"]) {
+        return;
+    }
+    let mut child = Command::new(slipway_bin())
+        .args(["lab", "up", "--nodes", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running slipway lab up");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("started node1") {
+            break;
+        }
+    }
+    // Keep reading so the lab's output never hits a closed pipe.
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    assert!(
+        std::path::Path::new("/run/netns/slipway-lab").exists(),
+        "the lab is up"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let rest = drain.join().unwrap();
+    assert!(!status.success(), "an interrupted lab exits non-zero");
+    assert!(!rest.iter().any(|l| l.contains("panicked")), "{rest:?}");
+    assert!(
+        !std::path::Path::new("/run/netns/slipway-lab").exists(),
+        "the lab namespace is gone"
+    );
+    let leftovers = Command::new("pgrep")
+        .args(["-f", "ifname=sltap"])
+        .output()
+        .unwrap();
+    assert!(
+        leftovers.stdout.is_empty(),
+        "QEMU processes left: {}",
+        String::from_utf8_lossy(&leftovers.stdout)
+    );
+}

@@ -161,15 +161,15 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    report::print_summary(&report);
+    say(&report::summary(&report));
     outcome?;
     lab.succeeded = true;
     if opts.keep {
         lab.keep = true;
         lab.children.save_state(&work.join("state.json"))?;
-        println!(
+        say(&format!(
             "\nThe lab is kept. Reach the API with:\n  ip netns exec {NETNS} curl -s -H \"Authorization: Bearer $(cat {WORK_DIR}/admin-token)\" {API}/api/v1/machines\nTear it down with: slipway lab down"
-        );
+        ));
     }
     Ok(report)
 }
@@ -323,12 +323,22 @@ fn wait_until_ready(
     }
 }
 
+/// Progress goes to stdout; a closed pipe (`lab up | head`) must not stop
+/// the lab before it tears down, so write errors are ignored.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{text}");
+}
+
 fn progress(msg: &str) {
-    println!("lab: {msg}");
+    say(&format!("lab: {msg}"));
 }
 
 fn progress_at(started: Instant, msg: &str) {
-    println!("lab: [{:6.1}s] {msg}", started.elapsed().as_secs_f64());
+    say(&format!(
+        "lab: [{:6.1}s] {msg}",
+        started.elapsed().as_secs_f64()
+    ));
 }
 
 fn mib(bytes: u64) -> f64 {

@@ -140,15 +140,20 @@ pub fn build(
     })
 }
 
-pub fn print_summary(report: &LabReport) {
-    println!(
+/// The human summary printed at the end of `lab up`.
+pub fn summary(report: &LabReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "\nappliance peak RSS {:.1} MiB; ramdisk: kernel {:.1} MiB + initrd {:.1} MiB; accel {}",
         report.appliance_peak_rss_kib as f64 / 1024.0,
         report.ramdisk.kernel_bytes as f64 / (1u64 << 20) as f64,
         report.ramdisk.initrd_bytes as f64 / (1u64 << 20) as f64,
         report.accel
     );
-    println!(
+    let _ = writeln!(
+        out,
         "\n{:<7} {:<18} {:<5} {:<12} {:>4} {:>8} {:>9} {:>8} {:>11} {:>7}",
         "node",
         "mac",
@@ -171,7 +176,8 @@ pub fn print_summary(report: &LabReport) {
             .map_or("-".into(), |b| {
                 format!("{:.1}", b as f64 / (1u64 << 30) as f64)
             });
-        println!(
+        let _ = writeln!(
+            out,
             "{:<7} {:<18} {:<5} {:<12} {:>4} {:>8} {:>9} {:>8} {:>11} {:>7}",
             n.name,
             n.mac,
@@ -188,5 +194,55 @@ pub fn print_summary(report: &LabReport) {
             secs(n.seconds.discovered),
             secs(n.seconds.ready),
         );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_snapshot() {
+        let report = LabReport {
+            accel: "tcg",
+            appliance_peak_rss_kib: 11_264,
+            ramdisk: RamdiskFacts {
+                key: "k".into(),
+                kernel_release: "6.1.0-56-amd64".into(),
+                kernel_bytes: 8 << 20,
+                initrd_bytes: 3 << 20,
+            },
+            nodes: vec![NodeReport {
+                name: "node1".into(),
+                mac: "52:54:00:5e:00:01".into(),
+                firmware: "bios",
+                machine_id: Some("m1".into()),
+                state: "ready".into(),
+                configured: Configured {
+                    cpus: 1,
+                    memory_mib: 512,
+                    disk_bytes: 8 << 30,
+                    serial: "LAB-0001".into(),
+                    uuid: "u".into(),
+                },
+                inventory: serde_json::json!({
+                    "cpu": { "count": 1 }, "memory": { "total_bytes": 479_641_600u64 },
+                    "disks": [{ "size_bytes": 8u64 << 30 }]
+                }),
+                seconds: Seconds {
+                    dhcp_ack: Some(2.25),
+                    discovered: Some(11.9),
+                    ready: None,
+                },
+            }],
+        };
+        let expected = "
+appliance peak RSS 11.0 MiB; ramdisk: kernel 8.0 MiB + initrd 3.0 MiB; accel tcg
+
+node    mac                fw    state        cpus  mem MiB  disk GiB   dhcp s discovered s ready s
+node1   52:54:00:5e:00:01  bios  ready           1      457       8.0      2.2        11.9       -
+";
+        assert_eq!(summary(&report), expected);
     }
 }
