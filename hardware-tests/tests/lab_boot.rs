@@ -78,19 +78,7 @@ fn bios_and_uefi_vms_network_boot_to_ready_with_their_hardware() {
     }
 
     // Torn down: no namespace, no lab process.
-    assert!(
-        !std::path::Path::new("/run/netns/slipway-lab").exists(),
-        "the lab namespace is gone"
-    );
-    let leftovers = Command::new("pgrep")
-        .args(["-f", "ifname=sltap"])
-        .output()
-        .unwrap();
-    assert!(
-        leftovers.stdout.is_empty(),
-        "QEMU processes left: {}",
-        String::from_utf8_lossy(&leftovers.stdout)
-    );
+    assert_torn_down();
 }
 
 /// Ctrl-C while VMs are booting tears everything down and says so.
@@ -126,6 +114,11 @@ fn interrupted_lab_leaves_nothing_behind() {
     let rest = drain.join().unwrap();
     assert!(!status.success(), "an interrupted lab exits non-zero");
     assert!(!rest.iter().any(|l| l.contains("panicked")), "{rest:?}");
+    assert_torn_down();
+}
+
+/// No lab namespace and no lab VM left.
+fn assert_torn_down() {
     assert!(
         !std::path::Path::new("/run/netns/slipway-lab").exists(),
         "the lab namespace is gone"
