@@ -18,13 +18,8 @@ pub fn parse(cmdline: &str) -> Result<Args, String> {
             .map(str::to_string)
             .ok_or_else(|| format!("{key} missing from the kernel command line"))
     };
-    let mac =
-        inventory::inband::normalize_mac(&get("slipway.mac")?).ok_or("slipway.mac is not a MAC")?;
-    Ok(Args {
-        api: get("slipway.api")?,
-        token: get("slipway.token")?,
-        mac,
-    })
+    let mac = inventory::inband::normalize_mac(&get("slipway.mac")?).ok_or("slipway.mac is not a MAC")?;
+    Ok(Args { api: get("slipway.api")?, token: get("slipway.token")?, mac })
 }
 
 #[cfg(test)]
@@ -36,15 +31,8 @@ mod tests {
         let line = "initrd=initrd.img console=ttyS0,115200 quiet slipway.api=http://10.77.0.1:8081 slipway.token=abc slipway.mac=52-54-00-ab-cd-01\n";
         assert_eq!(
             parse(line),
-            Ok(Args {
-                api: "http://10.77.0.1:8081".into(),
-                token: "abc".into(),
-                mac: "52:54:00:ab:cd:01".into()
-            })
+            Ok(Args { api: "http://10.77.0.1:8081".into(), token: "abc".into(), mac: "52:54:00:ab:cd:01".into() })
         );
-        assert_eq!(
-            parse("quiet"),
-            Err("slipway.mac missing from the kernel command line".into())
-        );
+        assert_eq!(parse("quiet"), Err("slipway.mac missing from the kernel command line".into()));
     }
 }

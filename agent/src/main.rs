@@ -30,11 +30,8 @@ fn main() {
     retry("bring the network up", || net::bring_up(&args.mac));
 
     let client = Client::new(&args);
-    let hello = Hello {
-        mac: args.mac.clone(),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        mode: "discovery".into(),
-    };
+    let hello =
+        Hello { mac: args.mac.clone(), agent_version: env!("CARGO_PKG_VERSION").into(), mode: "discovery".into() };
     retry("say hello", || client.post(wire::HELLO_PATH, &hello));
     let inventory = inventory::inband::collect(&facts::Sysfs);
     log(&format!(
@@ -44,15 +41,11 @@ fn main() {
         inventory.disks.len(),
         inventory.nics.len()
     ));
-    retry("post inventory", || {
-        client.post(wire::INVENTORY_PATH, &inventory)
-    });
+    retry("post inventory", || client.post(wire::INVENTORY_PATH, &inventory));
     log("inventory accepted; waiting for instructions");
 
     loop {
-        let instruction = client
-            .instruction()
-            .unwrap_or(Instruction::Wait { poll_seconds: 10 });
+        let instruction = client.instruction().unwrap_or(Instruction::Wait { poll_seconds: 10 });
         match instruction {
             Instruction::Wait { poll_seconds } => {
                 std::thread::sleep(Duration::from_secs(poll_seconds.clamp(1, 300).into()))
@@ -95,14 +88,8 @@ struct Client {
 
 impl Client {
     fn new(args: &cmdline::Args) -> Client {
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(20))
-            .build();
-        Client {
-            agent,
-            api: args.api.clone(),
-            auth: format!("Bearer {}", args.token),
-        }
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build();
+        Client { agent, api: args.api.clone(), auth: format!("Bearer {}", args.token) }
     }
 
     fn post<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<(), String> {

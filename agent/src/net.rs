@@ -15,30 +15,10 @@ pub fn bring_up(mac: &str) -> Result<(), String> {
         .ok_or_else(|| format!("no interface has MAC {mac} (driver not loaded?)"))?;
     run("ip", &["link", "set", &iface, "up"])?;
     // -n: fail instead of backgrounding; -q: exit once bound; retries 10 x 2 s.
-    run(
-        "udhcpc",
-        &[
-            "-i",
-            &iface,
-            "-n",
-            "-q",
-            "-t",
-            "10",
-            "-T",
-            "2",
-            "-s",
-            "/usr/share/udhcpc/default.script",
-        ],
-    )
+    run("udhcpc", &["-i", &iface, "-n", "-q", "-t", "10", "-T", "2", "-s", "/usr/share/udhcpc/default.script"])
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let status = Command::new(cmd)
-        .args(args)
-        .status()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    status
-        .success()
-        .then_some(())
-        .ok_or_else(|| format!("{cmd} {}: {status}", args.join(" ")))
+    let status = Command::new(cmd).args(args).status().map_err(|e| format!("{cmd}: {e}"))?;
+    status.success().then_some(()).ok_or_else(|| format!("{cmd} {}: {status}", args.join(" ")))
 }

@@ -22,13 +22,7 @@ pub fn digest(token: &str) -> [u8; 32] {
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
 /// An operator request carrying the admin token.
@@ -57,9 +51,7 @@ impl FromRequestParts<AppState> for AgentMachine {
         let token = bearer(parts).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
         match state.store.machine_for_agent_token(token).await? {
             Some(id) => Ok(AgentMachine(id)),
-            None => Err(ApiError::Unauthorized(
-                "the agent token is not valid (expired, or replaced by a newer boot)",
-            )),
+            None => Err(ApiError::Unauthorized("the agent token is not valid (expired, or replaced by a newer boot)")),
         }
     }
 }

@@ -86,10 +86,7 @@ impl Default for Config {
             data_dir: "./slipway-data".into(),
             cache_dir: "/var/cache/slipway".into(),
             log_format: "text".into(),
-            api: ApiConfig {
-                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-                token: String::new(),
-            },
+            api: ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), token: String::new() },
             database: DatabaseConfig { url: String::new() },
             provisioning: ProvisioningConfig {
                 interface: String::new(),
@@ -130,10 +127,7 @@ pub enum ConfigError {
 }
 
 fn invalid(origin: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
-    ConfigError::Invalid {
-        origin: origin.into(),
-        message: message.to_string(),
-    }
+    ConfigError::Invalid { origin: origin.into(), message: message.to_string() }
 }
 
 /// The boot network, validated.
@@ -150,25 +144,18 @@ pub struct Provisioning {
 
 impl Config {
     /// Defaults, overlaid by `file` (if given), overlaid by the environment.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl Iterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
-        let mut value =
-            toml::Value::try_from(Config::default()).map_err(|e| invalid("defaults", e))?;
+    pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut value = toml::Value::try_from(Config::default()).map_err(|e| invalid("defaults", e))?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.into(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
             let overlay: toml::Value = text
                 .parse::<toml::Table>()
                 .map(toml::Value::Table)
                 .map_err(|e| invalid(path.display().to_string(), e))?;
             merge(&mut value, overlay);
         }
-        let env: std::collections::BTreeMap<String, String> =
-            env.filter(|(k, _)| k.starts_with("SLIPWAY_")).collect();
+        let env: std::collections::BTreeMap<String, String> = env.filter(|(k, _)| k.starts_with("SLIPWAY_")).collect();
         apply_env(&mut value, &mut Vec::new(), &env)?;
         let origin = file.map_or("environment".to_string(), |p| p.display().to_string());
         value.try_into().map_err(|e| invalid(origin, e))
@@ -176,10 +163,7 @@ impl Config {
 
     pub fn database_url(&self) -> String {
         if self.database.url.is_empty() {
-            format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("slipway.db").display()
-            )
+            format!("sqlite://{}?mode=rwc", self.data_dir.join("slipway.db").display())
         } else {
             self.database.url.clone()
         }
@@ -192,55 +176,28 @@ impl Config {
             return Ok(None);
         }
         let ip = |key: &str, v: &str| {
-            v.parse::<Ipv4Addr>().map_err(|_| {
-                invalid(
-                    format!("provisioning.{key}"),
-                    format!("{v:?} is not an IPv4 address"),
-                )
-            })
+            v.parse::<Ipv4Addr>()
+                .map_err(|_| invalid(format!("provisioning.{key}"), format!("{v:?} is not an IPv4 address")))
         };
         if p.prefix_len == 0 || p.prefix_len > 30 {
             return Err(invalid("provisioning.prefix_len", "must be 1..=30"));
         }
         let address = ip("address", &p.address)?;
-        let (pool_start, pool_end) = (
-            ip("pool_start", &p.pool_start)?,
-            ip("pool_end", &p.pool_end)?,
-        );
+        let (pool_start, pool_end) = (ip("pool_start", &p.pool_start)?, ip("pool_end", &p.pool_end)?);
         let netmask = Ipv4Addr::from(u32::MAX << (32 - p.prefix_len));
         let net = |a: Ipv4Addr| u32::from(a) & u32::from(netmask);
-        if net(pool_start) != net(address) || net(pool_end) != net(address) || pool_start > pool_end
-        {
+        if net(pool_start) != net(address) || net(pool_end) != net(address) || pool_start > pool_end {
             return Err(invalid(
                 "provisioning.pool_start",
                 "the pool must be an ascending range inside the provisioning subnet",
             ));
         }
         if (pool_start..=pool_end).contains(&address) {
-            return Err(invalid(
-                "provisioning.address",
-                "our own address lies inside the pool",
-            ));
+            return Err(invalid("provisioning.address", "our own address lies inside the pool"));
         }
-        let router = if p.router.is_empty() {
-            None
-        } else {
-            Some(ip("router", &p.router)?)
-        };
-        let dns = p
-            .dns
-            .iter()
-            .map(|d| ip("dns", d))
-            .collect::<Result<_, _>>()?;
-        Ok(Some(Provisioning {
-            interface: p.interface.clone(),
-            address,
-            netmask,
-            pool_start,
-            pool_end,
-            router,
-            dns,
-        }))
+        let router = if p.router.is_empty() { None } else { Some(ip("router", &p.router)?) };
+        let dns = p.dns.iter().map(|d| ip("dns", d)).collect::<Result<_, _>>()?;
+        Ok(Some(Provisioning { interface: p.interface.clone(), address, netmask, pool_start, pool_end, router, dns }))
     }
 }
 
@@ -295,11 +252,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<Vec<_>>()
-            .into_iter()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>().into_iter()
     }
 
     #[test]
@@ -307,10 +260,7 @@ mod tests {
         let c = Config::load(None, env(&[])).unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.api.listen.to_string(), "127.0.0.1:8080");
-        assert!(
-            c.provisioning().unwrap().is_none(),
-            "boot services are off by default"
-        );
+        assert!(c.provisioning().unwrap().is_none(), "boot services are off by default");
     }
 
     #[test]
@@ -334,12 +284,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let err =
-            Config::load(None, env(&[("SLIPWAY_PROVISIONING_LEASE_SECS", "soon")])).unwrap_err();
-        assert!(
-            err.to_string().contains("SLIPWAY_PROVISIONING_LEASE_SECS"),
-            "{err}"
-        );
+        let err = Config::load(None, env(&[("SLIPWAY_PROVISIONING_LEASE_SECS", "soon")])).unwrap_err();
+        assert!(err.to_string().contains("SLIPWAY_PROVISIONING_LEASE_SECS"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "[api]\nlisen = \"x\"\n").unwrap();
@@ -364,16 +310,9 @@ mod tests {
     #[test]
     fn example_file_matches_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../slipway.example.toml");
-        assert_eq!(
-            Config::load(Some(&path), env(&[])).unwrap(),
-            Config::default()
-        );
+        assert_eq!(Config::load(Some(&path), env(&[])).unwrap(), Config::default());
         let text = std::fs::read_to_string(&path).unwrap();
         let example: toml::Value = text.parse::<toml::Table>().unwrap().into();
-        assert_eq!(
-            example,
-            toml::Value::try_from(Config::default()).unwrap(),
-            "every key is in the example"
-        );
+        assert_eq!(example, toml::Value::try_from(Config::default()).unwrap(), "every key is in the example");
     }
 }

@@ -16,10 +16,7 @@ pub struct StoreBackend {
 
 impl DhcpBackend for StoreBackend {
     async fn save(&self, ops: &[LeaseOp]) -> Result<(), String> {
-        self.store
-            .save_lease_ops(ops)
-            .await
-            .map_err(|e| e.to_string())
+        self.store.save_lease_ops(ops).await.map_err(|e| e.to_string())
     }
 
     async fn bound(&self, mac: [u8; 6], ip: Ipv4Addr, client: ClientKind) {

@@ -25,22 +25,14 @@ impl IntoResponse for ApiError {
         let (status, title, field) = match &self {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized", None),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "Not Found", None),
-            ApiError::BadRequest { field, .. } => {
-                (StatusCode::BAD_REQUEST, "Bad Request", Some(field.clone()))
-            }
+            ApiError::BadRequest { field, .. } => (StatusCode::BAD_REQUEST, "Bad Request", Some(field.clone())),
             ApiError::Store(err) => {
                 tracing::error!(error = %err, source = ?std::error::Error::source(err), "internal error");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Internal Server Error",
-                    None,
-                )
+                (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", None)
             }
         };
         let detail = match &self {
-            ApiError::Store(_) => {
-                "the server could not complete the request; see its log".to_string()
-            }
+            ApiError::Store(_) => "the server could not complete the request; see its log".to_string(),
             other => other.to_string(),
         };
         let mut body = json!({ "type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail });
@@ -48,15 +40,9 @@ impl IntoResponse for ApiError {
             body["field"] = json!(field);
         }
         let mut response = (status, body.to_string()).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            "application/problem+json".parse().expect("static header"),
-        );
+        response.headers_mut().insert(header::CONTENT_TYPE, "application/problem+json".parse().expect("static header"));
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                "Bearer".parse().expect("static header"),
-            );
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
         }
         response
     }
@@ -67,10 +53,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     serde_json::from_slice(body).map_err(|e| {
         let detail = e.to_string();
         // serde_json reports "unknown field `x`" / "missing field `x`".
-        let field = detail
-            .split('`')
-            .nth(1)
-            .map_or_else(|| "body".to_string(), str::to_string);
+        let field = detail.split('`').nth(1).map_or_else(|| "body".to_string(), str::to_string);
         ApiError::BadRequest { field, detail }
     })
 }

@@ -58,10 +58,7 @@ impl fmt::Display for MachineState {
 impl FromStr for MachineState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        ALL_STATES
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown state {s:?}"))
+        ALL_STATES.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown state {s:?}"))
     }
 }
 
@@ -94,19 +91,11 @@ pub struct Transition {
 /// trigger does not apply there (it is recorded and otherwise ignored).
 pub fn next(state: MachineState, trigger: Trigger) -> Option<Transition> {
     use MachineState::*;
-    let to = |to| {
-        Some(Transition {
-            to,
-            failed_phase: None,
-        })
-    };
+    let to = |to| Some(Transition { to, failed_phase: None });
     match (state, trigger) {
         // A failed discovery is retried by simply booting again.
         (Discovering | Ready | Failed, Trigger::InventoryReceived) => to(Ready),
-        (Discovering, Trigger::DiscoveryTimedOut) => Some(Transition {
-            to: Failed,
-            failed_phase: Some(Discovering),
-        }),
+        (Discovering, Trigger::DiscoveryTimedOut) => Some(Transition { to: Failed, failed_phase: Some(Discovering) }),
         _ => None,
     }
 }
@@ -135,23 +124,12 @@ mod tests {
 
     #[test]
     fn discovery_path() {
-        assert_eq!(
-            next(Discovering, Trigger::InventoryReceived).unwrap().to,
-            Ready
-        );
+        assert_eq!(next(Discovering, Trigger::InventoryReceived).unwrap().to, Ready);
         assert_eq!(next(Ready, Trigger::InventoryReceived).unwrap().to, Ready);
         let t = next(Discovering, Trigger::DiscoveryTimedOut).unwrap();
         assert_eq!((t.to, t.failed_phase), (Failed, Some(Discovering)));
-        assert_eq!(
-            next(Ready, Trigger::DiscoveryTimedOut),
-            None,
-            "only discovering times out"
-        );
-        assert_eq!(
-            next(Deployed, Trigger::InventoryReceived),
-            None,
-            "a deployed machine is never rediscovered"
-        );
+        assert_eq!(next(Ready, Trigger::DiscoveryTimedOut), None, "only discovering times out");
+        assert_eq!(next(Deployed, Trigger::InventoryReceived), None, "a deployed machine is never rediscovered");
     }
 
     #[test]

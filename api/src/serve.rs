@@ -63,30 +63,19 @@ async fn ramdisk_dir(config: &Config) -> anyhow::Result<PathBuf> {
         }
         return Ok(dir);
     }
-    let inputs = images::RamdiskInputs {
-        agent_binary: agent_binary(config)?,
-        cache_dir: config.cache_dir.clone(),
-    };
+    let inputs = images::RamdiskInputs { agent_binary: agent_binary(config)?, cache_dir: config.cache_dir.clone() };
     let ramdisk = tokio::task::spawn_blocking(move || images::ensure_ramdisk(&inputs)).await??;
     Ok(ramdisk.dir)
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let token = admin_token(&config)?;
-    let store = Store::connect(&config.database_url())
-        .await
-        .context("opening the database")?;
+    let store = Store::connect(&config.database_url()).await.context("opening the database")?;
     crate::routes::metrics_handle();
     let provisioning = config.provisioning()?;
-    let discovery_timeout_ms = i64::try_from(
-        config
-            .provisioning
-            .discovery_timeout_secs
-            .saturating_mul(1000),
-    )
-    .unwrap_or(i64::MAX);
+    let discovery_timeout_ms =
+        i64::try_from(config.provisioning.discovery_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
 
     let mut tasks = JoinSet::new();
     let boot = match &provisioning {
@@ -96,13 +85,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         Some(p) => {
             let http_base = format!("http://{}:{}", p.address, config.provisioning.http_port);
-            let ramdisk_dir = ramdisk_dir(&config)
-                .await
-                .context("preparing the discovery ramdisk")?;
-            Some(Arc::new(BootContext {
-                http_base,
-                ramdisk_dir,
-            }))
+            let ramdisk_dir = ramdisk_dir(&config).await.context("preparing the discovery ramdisk")?;
+            Some(Arc::new(BootContext { http_base, ramdisk_dir }))
         }
     };
     let state = AppState {
@@ -135,30 +119,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             table.apply(op);
         }
         info!(leases = table.len(), "DHCP leases restored");
-        let ports = Ports {
-            server: config.provisioning.dhcp_port,
-            ..Ports::default()
-        };
-        let socket = bind_socket(
-            Some(&p.interface),
-            SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, ports.server),
-        )
-        .with_context(|| format!("binding DHCP to {}:{}", p.interface, ports.server))?;
-        let dhcp = DhcpServer::new(
-            dhcp_config,
-            ports,
-            table,
-            StoreBackend {
-                store: store.clone(),
-                discovery_timeout_ms,
-            },
-        );
+        let ports = Ports { server: config.provisioning.dhcp_port, ..Ports::default() };
+        let socket = bind_socket(Some(&p.interface), SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, ports.server))
+            .with_context(|| format!("binding DHCP to {}:{}", p.interface, ports.server))?;
+        let dhcp =
+            DhcpServer::new(dhcp_config, ports, table, StoreBackend { store: store.clone(), discovery_timeout_ms });
         tasks.spawn(async move { dhcp.run(socket).await.context("DHCP server") });
 
         let tftp_addr = SocketAddr::from((p.address, config.provisioning.tftp_port));
-        let tftp_socket = tokio::net::UdpSocket::bind(tftp_addr)
-            .await
-            .with_context(|| format!("binding TFTP to {tftp_addr}"))?;
+        let tftp_socket =
+            tokio::net::UdpSocket::bind(tftp_addr).await.with_context(|| format!("binding TFTP to {tftp_addr}"))?;
         let tftp = TftpServer::new(Path::new(&config.boot.ipxe_dir), SessionOptions::default())
             .with_context(|| format!("TFTP root {}", config.boot.ipxe_dir.display()))?;
         tasks.spawn(async move { tftp.run(tftp_socket).await.context("TFTP server") });
@@ -179,11 +149,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding boot HTTP to {http_addr}"))?;
         let router = boot_router(state.clone());
-        tasks.spawn(async move {
-            axum::serve(listener, router)
-                .await
-                .context("boot HTTP server")
-        });
+        tasks.spawn(async move { axum::serve(listener, router).await.context("boot HTTP server") });
         info!(interface = p.interface, dhcp = %format!("{}:{}", p.interface, ports.server), tftp = %tftp_addr, http = %http_addr,
               ramdisk = %boot.ramdisk_dir.display(), "boot services up");
     }

@@ -88,11 +88,8 @@ impl Store {
                     if sqlite {
                         // WAL: readers never block the DHCP writer; a commit
                         // survives a crash of the process.
-                        for pragma in [
-                            "PRAGMA journal_mode=WAL",
-                            "PRAGMA busy_timeout=5000",
-                            "PRAGMA foreign_keys=ON",
-                        ] {
+                        for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=5000", "PRAGMA foreign_keys=ON"]
+                        {
                             sqlx::query(pragma).execute(&mut *conn).await?;
                         }
                     }
@@ -112,25 +109,18 @@ impl Store {
         kind: &str,
         detail: serde_json::Value,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO events (id, machine_id, at_ms, kind, detail) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(Uuid::now_v7().to_string())
-        .bind(machine_id.map(str::to_string))
-        .bind(at_ms)
-        .bind(kind)
-        .bind(detail.to_string())
-        .execute(exec)
-        .await?;
+        sqlx::query("INSERT INTO events (id, machine_id, at_ms, kind, detail) VALUES ($1, $2, $3, $4, $5)")
+            .bind(Uuid::now_v7().to_string())
+            .bind(machine_id.map(str::to_string))
+            .bind(at_ms)
+            .bind(kind)
+            .bind(detail.to_string())
+            .execute(exec)
+            .await?;
         Ok(())
     }
 
-    pub async fn record_event(
-        &self,
-        machine_id: Option<&str>,
-        kind: &str,
-        detail: serde_json::Value,
-    ) -> Result<()> {
+    pub async fn record_event(&self, machine_id: Option<&str>, kind: &str, detail: serde_json::Value) -> Result<()> {
         Self::event_in(&self.pool, machine_id, now_ms(), kind, detail).await
     }
 
@@ -144,12 +134,7 @@ impl Store {
 
     /// The machine that owns `mac`, created in `discovering` if none does.
     /// Returns its id and whether it was created.
-    pub async fn ensure_machine(
-        &self,
-        mac: &str,
-        cause: &str,
-        discovery_timeout_ms: i64,
-    ) -> Result<(String, bool)> {
+    pub async fn ensure_machine(&self, mac: &str, cause: &str, discovery_timeout_ms: i64) -> Result<(String, bool)> {
         if let Some(id) = self.machine_id_by_mac(mac).await? {
             return Ok((id, false));
         }
@@ -165,18 +150,17 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let inserted = sqlx::query("INSERT INTO machine_macs (mac, machine_id) VALUES ($1, $2) ON CONFLICT (mac) DO NOTHING")
-            .bind(mac)
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
+        let inserted =
+            sqlx::query("INSERT INTO machine_macs (mac, machine_id) VALUES ($1, $2) ON CONFLICT (mac) DO NOTHING")
+                .bind(mac)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
         if inserted.rows_affected() == 0 {
             // Another request created it first; use theirs.
             tx.rollback().await?;
-            let id = self
-                .machine_id_by_mac(mac)
-                .await?
-                .ok_or_else(|| StoreError::Corrupt(format!("mac {mac} vanished")))?;
+            let id =
+                self.machine_id_by_mac(mac).await?.ok_or_else(|| StoreError::Corrupt(format!("mac {mac} vanished")))?;
             return Ok((id, false));
         }
         Self::event_in(
@@ -192,10 +176,7 @@ impl Store {
     }
 
     pub async fn machine(&self, id: &str) -> Result<Option<Machine>> {
-        let row = sqlx::query("SELECT * FROM machines WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT * FROM machines WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
         match row {
             Some(row) => Ok(Some(self.machine_from_row(&row).await?)),
             None => Ok(None),
@@ -203,9 +184,7 @@ impl Store {
     }
 
     pub async fn machines(&self) -> Result<Vec<Machine>> {
-        let rows = sqlx::query("SELECT * FROM machines ORDER BY created_at_ms, id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query("SELECT * FROM machines ORDER BY created_at_ms, id").fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             out.push(self.machine_from_row(row).await?);
@@ -219,18 +198,13 @@ impl Store {
         let state = MachineState::from_str(&state_text).map_err(StoreError::Corrupt)?;
         let inventory = row
             .try_get::<Option<String>, _>("inventory")?
-            .map(|t| {
-                serde_json::from_str(&t)
-                    .map_err(|e| StoreError::Corrupt(format!("inventory of {id}: {e}")))
-            })
+            .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("inventory of {id}: {e}"))))
             .transpose()?;
         let failure = match (
             row.try_get::<Option<String>, _>("failed_phase")?,
             row.try_get::<Option<String>, _>("failure_reason")?,
         ) {
-            (Some(phase), Some(reason)) if state == MachineState::Failed => {
-                Some(Failure { phase, reason })
-            }
+            (Some(phase), Some(reason)) if state == MachineState::Failed => Some(Failure { phase, reason }),
             _ => None,
         };
         let macs = sqlx::query("SELECT mac FROM machine_macs WHERE machine_id = $1 ORDER BY mac")
@@ -245,9 +219,7 @@ impl Store {
             failure,
             macs,
             inventory,
-            state_deadline: row
-                .try_get::<Option<i64>, _>("state_deadline_ms")?
-                .map(rfc3339),
+            state_deadline: row.try_get::<Option<i64>, _>("state_deadline_ms")?.map(rfc3339),
             created_at: rfc3339(row.try_get("created_at_ms")?),
             updated_at: rfc3339(row.try_get("updated_at_ms")?),
             id,
@@ -258,15 +230,12 @@ impl Store {
     /// that the trigger did not apply) as an event. Returns the new state.
     pub async fn fire(&self, id: &str, trigger: Trigger) -> Result<Option<MachineState>> {
         let mut tx = self.pool.begin().await?;
-        let Some(row) = sqlx::query("SELECT state FROM machines WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
+        let Some(row) =
+            sqlx::query("SELECT state FROM machines WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?
         else {
             return Ok(None);
         };
-        let from = MachineState::from_str(&row.try_get::<String, _>("state")?)
-            .map_err(StoreError::Corrupt)?;
+        let from = MachineState::from_str(&row.try_get::<String, _>("state")?).map_err(StoreError::Corrupt)?;
         let now = now_ms();
         let Some(Transition { to, failed_phase }) = lifecycle::next(from, trigger) else {
             Self::event_in(
@@ -308,8 +277,7 @@ impl Store {
     }
 
     pub async fn set_inventory(&self, id: &str, inventory: &Inventory) -> Result<()> {
-        let text =
-            serde_json::to_string(inventory).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let text = serde_json::to_string(inventory).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE machines SET inventory = $1, updated_at_ms = $2 WHERE id = $3")
             .bind(text)
@@ -342,40 +310,33 @@ impl Store {
 
     /// Machines whose waiting state passed its deadline.
     pub async fn overdue(&self, now: i64) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT id FROM machines WHERE state_deadline_ms IS NOT NULL AND state_deadline_ms < $1")
-            .bind(now)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| r.try_get("id").map_err(StoreError::from))
-            .collect()
+        let rows =
+            sqlx::query("SELECT id FROM machines WHERE state_deadline_ms IS NOT NULL AND state_deadline_ms < $1")
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|r| r.try_get("id").map_err(StoreError::from)).collect()
     }
 
-    pub async fn events(
-        &self,
-        machine_id: Option<&str>,
-        after: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<Event>> {
+    pub async fn events(&self, machine_id: Option<&str>, after: Option<&str>, limit: i64) -> Result<Vec<Event>> {
         let after = after.unwrap_or("").to_string();
-        let rows =
-            match machine_id {
-                Some(id) => sqlx::query(
-                    "SELECT * FROM events WHERE machine_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-                )
-                .bind(id.to_string())
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?,
-                None => {
-                    sqlx::query("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2")
-                        .bind(after)
-                        .bind(limit)
-                        .fetch_all(&self.pool)
-                        .await?
-                }
-            };
+        let rows = match machine_id {
+            Some(id) => {
+                sqlx::query("SELECT * FROM events WHERE machine_id = $1 AND id > $2 ORDER BY id LIMIT $3")
+                    .bind(id.to_string())
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2")
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
         rows.iter()
             .map(|r| {
                 let at_ms: i64 = r.try_get("at_ms")?;
@@ -386,8 +347,7 @@ impl Store {
                     at: rfc3339(at_ms),
                     at_ms,
                     kind: r.try_get("kind")?,
-                    detail: serde_json::from_str(&detail)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    detail: serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 })
             })
             .collect()
@@ -398,10 +358,7 @@ impl Store {
     pub async fn issue_agent_token(&self, machine_id: &str, ttl_ms: i64) -> Result<String> {
         let token = crate::auth::random_token();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM agent_tokens WHERE machine_id = $1")
-            .bind(machine_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("DELETE FROM agent_tokens WHERE machine_id = $1").bind(machine_id).execute(&mut *tx).await?;
         sqlx::query("INSERT INTO agent_tokens (token_sha256, machine_id, expires_at_ms) VALUES ($1, $2, $3)")
             .bind(sha256_hex(&token))
             .bind(machine_id)
@@ -413,13 +370,11 @@ impl Store {
     }
 
     pub async fn machine_for_agent_token(&self, token: &str) -> Result<Option<String>> {
-        let row = sqlx::query(
-            "SELECT machine_id FROM agent_tokens WHERE token_sha256 = $1 AND expires_at_ms > $2",
-        )
-        .bind(sha256_hex(token))
-        .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query("SELECT machine_id FROM agent_tokens WHERE token_sha256 = $1 AND expires_at_ms > $2")
+            .bind(sha256_hex(token))
+            .bind(now_ms())
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.try_get("machine_id")).transpose()?)
     }
 
@@ -450,16 +405,10 @@ impl Store {
                         .await?;
                 }
                 LeaseOp::Remove { mac } => {
-                    sqlx::query("DELETE FROM dhcp_leases WHERE mac = $1")
-                        .bind(mac_text(mac))
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query("DELETE FROM dhcp_leases WHERE mac = $1").bind(mac_text(mac)).execute(&mut *tx).await?;
                 }
                 LeaseOp::Quarantine { ip, until } => {
-                    sqlx::query("DELETE FROM dhcp_leases WHERE ip = $1")
-                        .bind(ip.to_string())
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query("DELETE FROM dhcp_leases WHERE ip = $1").bind(ip.to_string()).execute(&mut *tx).await?;
                     sqlx::query("INSERT INTO dhcp_quarantine (ip, until_secs) VALUES ($1, $2) ON CONFLICT (ip) DO UPDATE SET until_secs = $2")
                         .bind(ip.to_string())
                         .bind(*until as i64)
@@ -475,10 +424,7 @@ impl Store {
     /// The persisted lease table as ops to replay at start.
     pub async fn lease_ops(&self) -> Result<Vec<LeaseOp>> {
         let mut ops = Vec::new();
-        for r in sqlx::query("SELECT * FROM dhcp_leases")
-            .fetch_all(&self.pool)
-            .await?
-        {
+        for r in sqlx::query("SELECT * FROM dhcp_leases").fetch_all(&self.pool).await? {
             let mac: String = r.try_get("mac")?;
             let ip: String = r.try_get("ip")?;
             let state: String = r.try_get("state")?;
@@ -487,27 +433,15 @@ impl Store {
             ops.push(LeaseOp::Upsert(Lease {
                 mac: pxe::boot::parse_dashed_mac(&mac.replace(':', "-")).ok_or_else(corrupt)?,
                 ip: ip.parse::<Ipv4Addr>().map_err(|_| corrupt())?,
-                state: if state == "bound" {
-                    LeaseState::Bound
-                } else {
-                    LeaseState::Offered
-                },
+                state: if state == "bound" { LeaseState::Bound } else { LeaseState::Offered },
                 expires_at: expires.max(0) as u64,
             }));
         }
-        for r in sqlx::query("SELECT * FROM dhcp_quarantine")
-            .fetch_all(&self.pool)
-            .await?
-        {
+        for r in sqlx::query("SELECT * FROM dhcp_quarantine").fetch_all(&self.pool).await? {
             let ip: String = r.try_get("ip")?;
             let until: i64 = r.try_get("until_secs")?;
-            let ip = ip
-                .parse()
-                .map_err(|_| StoreError::Corrupt(format!("quarantined {ip}")))?;
-            ops.push(LeaseOp::Quarantine {
-                ip,
-                until: until.max(0) as u64,
-            });
+            let ip = ip.parse().map_err(|_| StoreError::Corrupt(format!("quarantined {ip}")))?;
+            ops.push(LeaseOp::Quarantine { ip, until: until.max(0) as u64 });
         }
         Ok(ops)
     }
@@ -535,48 +469,24 @@ mod tests {
     #[tokio::test]
     async fn machine_lifecycle_is_recorded() {
         let (_d, store) = temp_store().await;
-        let (id, created) = store
-            .ensure_machine("52:54:00:00:00:01", "dhcp", 60_000)
-            .await
-            .unwrap();
+        let (id, created) = store.ensure_machine("52:54:00:00:00:01", "dhcp", 60_000).await.unwrap();
         assert!(created);
-        assert_eq!(
-            store
-                .ensure_machine("52:54:00:00:00:01", "dhcp", 60_000)
-                .await
-                .unwrap(),
-            (id.clone(), false)
-        );
-        assert_eq!(
-            store.fire(&id, Trigger::InventoryReceived).await.unwrap(),
-            Some(MachineState::Ready)
-        );
+        assert_eq!(store.ensure_machine("52:54:00:00:00:01", "dhcp", 60_000).await.unwrap(), (id.clone(), false));
+        assert_eq!(store.fire(&id, Trigger::InventoryReceived).await.unwrap(), Some(MachineState::Ready));
         let m = store.machine(&id).await.unwrap().unwrap();
         assert_eq!(
             (m.state, m.macs.clone(), m.state_deadline.clone()),
-            (
-                MachineState::Ready,
-                vec!["52:54:00:00:00:01".to_string()],
-                None
-            )
+            (MachineState::Ready, vec!["52:54:00:00:00:01".to_string()], None)
         );
-        let kinds: Vec<String> = store
-            .events(Some(&id), None, 100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
+        let kinds: Vec<String> =
+            store.events(Some(&id), None, 100).await.unwrap().into_iter().map(|e| e.kind).collect();
         assert_eq!(kinds, ["machine.created", "state.changed"]);
     }
 
     #[tokio::test]
     async fn discovery_deadline_fails_the_machine() {
         let (_d, store) = temp_store().await;
-        let (id, _) = store
-            .ensure_machine("52:54:00:00:00:02", "dhcp", 0)
-            .await
-            .unwrap();
+        let (id, _) = store.ensure_machine("52:54:00:00:00:02", "dhcp", 0).await.unwrap();
         assert_eq!(store.overdue(now_ms() + 1).await.unwrap(), vec![id.clone()]);
         store.fire(&id, Trigger::DiscoveryTimedOut).await.unwrap();
         let m = store.machine(&id).await.unwrap().unwrap();
@@ -588,25 +498,12 @@ mod tests {
     #[tokio::test]
     async fn agent_tokens_are_good_for_one_boot() {
         let (_d, store) = temp_store().await;
-        let (id, _) = store
-            .ensure_machine("52:54:00:00:00:03", "dhcp", 60_000)
-            .await
-            .unwrap();
+        let (id, _) = store.ensure_machine("52:54:00:00:00:03", "dhcp", 60_000).await.unwrap();
         let first = store.issue_agent_token(&id, 60_000).await.unwrap();
-        assert_eq!(
-            store.machine_for_agent_token(&first).await.unwrap(),
-            Some(id.clone())
-        );
+        assert_eq!(store.machine_for_agent_token(&first).await.unwrap(), Some(id.clone()));
         let second = store.issue_agent_token(&id, 60_000).await.unwrap();
-        assert_eq!(
-            store.machine_for_agent_token(&first).await.unwrap(),
-            None,
-            "the next boot's token replaces it"
-        );
-        assert_eq!(
-            store.machine_for_agent_token(&second).await.unwrap(),
-            Some(id)
-        );
+        assert_eq!(store.machine_for_agent_token(&first).await.unwrap(), None, "the next boot's token replaces it");
+        assert_eq!(store.machine_for_agent_token(&second).await.unwrap(), Some(id));
     }
 
     #[tokio::test]
@@ -619,21 +516,12 @@ mod tests {
             expires_at: 99,
             state: LeaseState::Bound,
         };
-        let quarantine = LeaseOp::Quarantine {
-            ip: Ipv4Addr::new(10, 77, 0, 101),
-            until: 50,
-        };
+        let quarantine = LeaseOp::Quarantine { ip: Ipv4Addr::new(10, 77, 0, 101), until: 50 };
         {
             let store = Store::connect(&url).await.unwrap();
-            store
-                .save_lease_ops(&[LeaseOp::Upsert(lease.clone()), quarantine.clone()])
-                .await
-                .unwrap();
+            store.save_lease_ops(&[LeaseOp::Upsert(lease.clone()), quarantine.clone()]).await.unwrap();
         }
         let store = Store::connect(&url).await.unwrap();
-        assert_eq!(
-            store.lease_ops().await.unwrap(),
-            vec![LeaseOp::Upsert(lease), quarantine]
-        );
+        assert_eq!(store.lease_ops().await.unwrap(), vec![LeaseOp::Upsert(lease), quarantine]);
     }
 }

@@ -8,9 +8,7 @@ use std::path::PathBuf;
 pub fn slipway_bin() -> PathBuf {
     std::env::var_os("SLIPWAY_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/slipway")
-        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/slipway"))
 }
 
 /// Whether a test needing root, QEMU or peer tools should run. With
@@ -32,22 +30,12 @@ pub fn lab_tests_enabled(test: &str, tools: &[&str]) -> bool {
         missing.push("root".into());
     }
     if !slipway_bin().exists() {
-        missing.push(format!(
-            "{} (cargo build --release)",
-            slipway_bin().display()
-        ));
+        missing.push(format!("{} (cargo build --release)", slipway_bin().display()));
     }
     if missing.is_empty() {
         return true;
     }
-    assert!(
-        !required,
-        "{test}: SLIPWAY_LAB_TESTS=1 but missing: {}",
-        missing.join(", ")
-    );
-    eprintln!(
-        "skipped {test}: missing {} (set SLIPWAY_LAB_TESTS=1 to make this a failure)",
-        missing.join(", ")
-    );
+    assert!(!required, "{test}: SLIPWAY_LAB_TESTS=1 but missing: {}", missing.join(", "));
+    eprintln!("skipped {test}: missing {} (set SLIPWAY_LAB_TESTS=1 to make this a failure)", missing.join(", "));
     false
 }

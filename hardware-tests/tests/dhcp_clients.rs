@@ -18,25 +18,13 @@ struct Namespaces {
 impl Namespaces {
     fn new() -> Namespaces {
         let id = std::process::id();
-        let ns = Namespaces {
-            server: format!("slw-dhcp-s{id}"),
-            client: format!("slw-dhcp-c{id}"),
-        };
+        let ns = Namespaces { server: format!("slw-dhcp-s{id}"), client: format!("slw-dhcp-c{id}") };
         ip(&["netns", "add", &ns.server]);
         ip(&["netns", "add", &ns.client]);
         ip(&[
-            "link", "add", "slw-vs", "netns", &ns.server, "type", "veth", "peer", "name", "slw-vc",
-            "netns", &ns.client,
+            "link", "add", "slw-vs", "netns", &ns.server, "type", "veth", "peer", "name", "slw-vc", "netns", &ns.client,
         ]);
-        ip(&[
-            "-n",
-            &ns.server,
-            "addr",
-            "add",
-            "10.79.0.1/24",
-            "dev",
-            "slw-vs",
-        ]);
+        ip(&["-n", &ns.server, "addr", "add", "10.79.0.1/24", "dev", "slw-vs"]);
         for (n, dev) in [(&ns.server, "slw-vs"), (&ns.client, "slw-vc")] {
             ip(&["-n", n, "link", "set", dev, "up"]);
             ip(&["-n", n, "link", "set", "lo", "up"]);
@@ -53,12 +41,8 @@ impl Namespaces {
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.server])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.client])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.server]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.client]).status();
     }
 }
 
@@ -82,13 +66,7 @@ fn api_get(ns: &Namespaces, path: &str) -> Value {
     let out = ns
         .exec(
             &ns.server,
-            &[
-                "curl",
-                "-sf",
-                "-H",
-                &format!("Authorization: Bearer {TOKEN}"),
-                &format!("http://127.0.0.1:18080{path}"),
-            ],
+            &["curl", "-sf", "-H", &format!("Authorization: Bearer {TOKEN}"), &format!("http://127.0.0.1:18080{path}")],
         )
         .output()
         .unwrap();
@@ -100,42 +78,18 @@ fn udhcpc(ns: &Namespaces, dir: &Path, name: &str, mac: &str, extra: &[&str]) ->
     ip(&["-n", &ns.client, "link", "set", "slw-vc", "address", mac]);
     let out = dir.join(format!("{name}.env"));
     let script = dir.join(format!("{name}.sh"));
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n[ \"$1\" = bound ] && env > {}\nexit 0\n",
-            out.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&script, format!("#!/bin/sh\n[ \"$1\" = bound ] && env > {}\nexit 0\n", out.display())).unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut args = vec![
-        "udhcpc",
-        "-i",
-        "slw-vc",
-        "-n",
-        "-q",
-        "-f",
-        "-t",
-        "5",
-        "-T",
-        "1",
-        "-s",
-        script.to_str().unwrap(),
-    ];
+    let mut args =
+        vec!["udhcpc", "-i", "slw-vc", "-n", "-q", "-f", "-t", "5", "-T", "1", "-s", script.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let status = ns
-        .exec(&ns.client, &args)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
+    let status = ns.exec(&ns.client, &args).stdout(Stdio::null()).status().unwrap();
     assert!(status.success(), "{name}: udhcpc got no lease");
     std::fs::read_to_string(out).unwrap()
 }
 
 fn var<'a>(env: &'a str, key: &str) -> Option<&'a str> {
-    env.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+    env.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
 }
 
 #[test]
@@ -164,19 +118,11 @@ fn real_clients_get_leases_and_pxe_clients_get_boot_files() {
     let ns = Namespaces::new();
     let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
     let _serve = Serve(
-        ns.exec(
-            &ns.server,
-            &[
-                slipway_bin().to_str().unwrap(),
-                "serve",
-                "--config",
-                config.to_str().unwrap(),
-            ],
-        )
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap(),
+        ns.exec(&ns.server, &[slipway_bin().to_str().unwrap(), "serve", "--config", config.to_str().unwrap()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     while api_get(&ns, "/healthz")["status"] != "ok" {
@@ -196,10 +142,7 @@ fn real_clients_get_leases_and_pxe_clients_get_boot_files() {
         "52:54:00:7e:00:01",
         &["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000"],
     );
-    assert!(
-        var(&pxe, "ip").is_some_and(|ip| ip.starts_with("10.79.0.1")),
-        "{pxe}"
-    );
+    assert!(var(&pxe, "ip").is_some_and(|ip| ip.starts_with("10.79.0.1")), "{pxe}");
     assert_eq!(var(&pxe, "boot_file"), Some("undionly.kpxe"));
     assert_eq!(var(&pxe, "siaddr"), Some("10.79.0.1"));
     assert_eq!(var(&pxe, "serverid"), Some("10.79.0.1"));
@@ -210,35 +153,13 @@ fn real_clients_get_leases_and_pxe_clients_get_boot_files() {
         dir.path(),
         "ipxe",
         "52:54:00:7e:00:02",
-        &[
-            "-V",
-            "PXEClient:Arch:00007:UNDI:003016",
-            "-x",
-            "0x5d:0007",
-            "-x",
-            "0x4d:69505845",
-        ],
+        &["-V", "PXEClient:Arch:00007:UNDI:003016", "-x", "0x5d:0007", "-x", "0x4d:69505845"],
     );
-    assert_eq!(
-        var(&ipxe, "boot_file"),
-        Some("http://10.79.0.1:8081/boot/52-54-00-7e-00-02.ipxe")
-    );
-    assert_ne!(
-        var(&ipxe, "ip"),
-        var(&pxe, "ip"),
-        "two clients, two addresses"
-    );
+    assert_eq!(var(&ipxe, "boot_file"), Some("http://10.79.0.1:8081/boot/52-54-00-7e-00-02.ipxe"));
+    assert_ne!(var(&ipxe, "ip"), var(&pxe, "ip"), "two clients, two addresses");
 
     // ISC dhclient, an ordinary OS client: a lease, no boot file, no machine.
-    ip(&[
-        "-n",
-        &ns.client,
-        "link",
-        "set",
-        "slw-vc",
-        "address",
-        "52:54:00:7e:00:03",
-    ]);
+    ip(&["-n", &ns.client, "link", "set", "slw-vc", "address", "52:54:00:7e:00:03"]);
     let lease_file = dir.path().join("dhclient.leases");
     let pid_file = dir.path().join("dhclient.pid");
     let status = ns
@@ -261,33 +182,16 @@ fn real_clients_get_leases_and_pxe_clients_get_boot_files() {
         .status()
         .unwrap();
     let leases = std::fs::read_to_string(&lease_file).unwrap_or_default();
-    let _ = ns
-        .exec(
-            &ns.client,
-            &["dhclient", "-x", "-pf", pid_file.to_str().unwrap()],
-        )
-        .stderr(Stdio::null())
-        .status();
+    let _ = ns.exec(&ns.client, &["dhclient", "-x", "-pf", pid_file.to_str().unwrap()]).stderr(Stdio::null()).status();
     assert!(status.success(), "dhclient got no lease");
     assert!(leases.contains("fixed-address 10.79.0.1"), "{leases}");
-    assert!(
-        !leases.contains("filename"),
-        "an OS client gets no boot file: {leases}"
-    );
+    assert!(!leases.contains("filename"), "an OS client gets no boot file: {leases}");
 
     // PXE clients became machines in discovering; the OS client did not.
     let machines = api_get(&ns, "/api/v1/machines");
-    let macs: Vec<&str> = machines["machines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["macs"][0].as_str().unwrap())
-        .collect();
+    let macs: Vec<&str> =
+        machines["machines"].as_array().unwrap().iter().map(|m| m["macs"][0].as_str().unwrap()).collect();
     assert_eq!(macs.len(), 2, "{machines}");
     assert!(macs.contains(&"52:54:00:7e:00:01") && macs.contains(&"52:54:00:7e:00:02"));
-    assert!(machines["machines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|m| m["state"] == "discovering"));
+    assert!(machines["machines"].as_array().unwrap().iter().all(|m| m["state"] == "discovering"));
 }

@@ -1,5 +1,6 @@
 //! The whole discovery path with real QEMU VMs: DHCP -> iPXE -> HTTP ->
-//! ramdisk -> agent -> API, for a BIOS and a UEFI node at once, exactly as
+//! ramdisk -> agent -> API, for a BIOS iPXE, a UEFI iPXE and a UEFI native
+//! PXE node (which fetches snponly.efi over TFTP first) at once, exactly as
 //! a user runs it (`slipway lab up`), checked against what QEMU was given.
 
 use std::process::Command;
@@ -8,40 +9,27 @@ use hardware_tests::support::{lab_tests_enabled, slipway_bin};
 use serde_json::Value;
 
 #[test]
-fn bios_and_uefi_vms_network_boot_to_ready_with_their_hardware() {
+fn bios_uefi_and_native_pxe_vms_network_boot_to_ready_with_their_hardware() {
     if !lab_tests_enabled("lab_boot", &["qemu-system-x86_64", "qemu-img", "ip"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let report_path = dir.path().join("report.json");
     let status = Command::new(slipway_bin())
-        .args([
-            "lab",
-            "up",
-            "--nodes",
-            "2",
-            "--firmware",
-            "mixed",
-            "--timeout",
-            "480",
-            "--report",
-        ])
+        .args(["lab", "up", "--nodes", "3", "--firmware", "mixed", "--timeout", "480", "--report"])
         .arg(&report_path)
         .status()
         .expect("running slipway lab up");
     let report: Value =
-        serde_json::from_slice(&std::fs::read(&report_path).expect("the lab writes its report"))
-            .unwrap();
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&report["nodes"]).unwrap()
-    );
+        serde_json::from_slice(&std::fs::read(&report_path).expect("the lab writes its report")).unwrap();
+    println!("{}", serde_json::to_string_pretty(&report["nodes"]).unwrap());
     assert!(status.success(), "slipway lab up failed: {status}");
 
     let nodes = report["nodes"].as_array().unwrap();
-    assert_eq!(nodes.len(), 2);
+    assert_eq!(nodes.len(), 3);
     assert_eq!(nodes[0]["firmware"], "bios");
     assert_eq!(nodes[1]["firmware"], "uefi");
+    assert_eq!(nodes[2]["firmware"], "pxe-uefi");
     for node in nodes {
         let name = node["name"].as_str().unwrap();
         let (inv, cfg) = (&node["inventory"], &node["configured"]);
@@ -49,14 +37,8 @@ fn bios_and_uefi_vms_network_boot_to_ready_with_their_hardware() {
         assert_eq!(inv["cpu"]["count"], cfg["cpus"], "{name}: vCPUs");
         let mem = inv["memory"]["total_bytes"].as_u64().unwrap();
         let given = cfg["memory_mib"].as_u64().unwrap() << 20;
-        assert!(
-            mem <= given && mem > given - (128 << 20),
-            "{name}: MemTotal {mem} vs {given} given"
-        );
-        assert_eq!(
-            inv["disks"][0]["size_bytes"], cfg["disk_bytes"],
-            "{name}: disk size"
-        );
+        assert!(mem <= given && mem > given - (128 << 20), "{name}: MemTotal {mem} vs {given} given");
+        assert_eq!(inv["disks"][0]["size_bytes"], cfg["disk_bytes"], "{name}: disk size");
         assert_eq!(
             inv["disks"][0]["serial"],
             format!("DISK-{}", cfg["serial"].as_str().unwrap()),
@@ -66,15 +48,9 @@ fn bios_and_uefi_vms_network_boot_to_ready_with_their_hardware() {
         assert_eq!(inv["system"]["serial"], cfg["serial"], "{name}: DMI serial");
         assert_eq!(inv["system"]["uuid"], cfg["uuid"], "{name}: system UUID");
         let s = &node["seconds"];
-        let (ack, hello, ready) = (
-            s["dhcp_ack"].as_f64().unwrap(),
-            s["discovered"].as_f64().unwrap(),
-            s["ready"].as_f64().unwrap(),
-        );
-        assert!(
-            0.0 < ack && ack <= hello && hello <= ready,
-            "{name}: steps out of order: {s}"
-        );
+        let (ack, hello, ready) =
+            (s["dhcp_ack"].as_f64().unwrap(), s["discovered"].as_f64().unwrap(), s["ready"].as_f64().unwrap());
+        assert!(0.0 < ack && ack <= hello && hello <= ready, "{name}: steps out of order: {s}");
     }
 
     // Torn down: no namespace, no lab process.
@@ -101,15 +77,8 @@ fn interrupted_lab_leaves_nothing_behind() {
     }
     // Keep reading so the lab's output never hits a closed pipe.
     let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    assert!(
-        std::path::Path::new("/run/netns/slipway-lab").exists(),
-        "the lab is up"
-    );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    assert!(std::path::Path::new("/run/netns/slipway-lab").exists(), "the lab is up");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let status = child.wait().unwrap();
     let rest = drain.join().unwrap();
     assert!(!status.success(), "an interrupted lab exits non-zero");
@@ -119,17 +88,7 @@ fn interrupted_lab_leaves_nothing_behind() {
 
 /// No lab namespace and no lab VM left.
 fn assert_torn_down() {
-    assert!(
-        !std::path::Path::new("/run/netns/slipway-lab").exists(),
-        "the lab namespace is gone"
-    );
-    let leftovers = Command::new("pgrep")
-        .args(["-f", "ifname=sltap"])
-        .output()
-        .unwrap();
-    assert!(
-        leftovers.stdout.is_empty(),
-        "QEMU processes left: {}",
-        String::from_utf8_lossy(&leftovers.stdout)
-    );
+    assert!(!std::path::Path::new("/run/netns/slipway-lab").exists(), "the lab namespace is gone");
+    let leftovers = Command::new("pgrep").args(["-f", "ifname=sltap"]).output().unwrap();
+    assert!(leftovers.stdout.is_empty(), "QEMU processes left: {}", String::from_utf8_lossy(&leftovers.stdout));
 }

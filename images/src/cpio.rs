@@ -18,19 +18,13 @@ pub struct Writer<W: Write> {
 
 impl<W: Write> Writer<W> {
     pub fn new(out: W) -> Self {
-        Writer {
-            out,
-            written: 0,
-            ino: 1,
-        }
+        Writer { out, written: 0, ino: 1 }
     }
 
     pub fn add(&mut self, path: &str, entry: Entry<'_>) -> io::Result<()> {
         let (mode, data): (u32, &[u8]) = match entry {
             Entry::Dir => (0o040_755, &[]),
-            Entry::File { data, executable } => {
-                (if executable { 0o100_755 } else { 0o100_644 }, data)
-            }
+            Entry::File { data, executable } => (if executable { 0o100_755 } else { 0o100_644 }, data),
             Entry::Symlink { target } => (0o120_777, target.as_bytes()),
         };
         self.record(path, mode, data)
@@ -39,10 +33,21 @@ impl<W: Write> Writer<W> {
     fn record(&mut self, path: &str, mode: u32, data: &[u8]) -> io::Result<()> {
         let name_len = path.len() + 1;
         let nlink = if mode & 0o040_000 != 0 { 2 } else { 1 };
-        let header =
-            format!(
+        let header = format!(
             "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            self.ino, mode, 0, 0, nlink, 0, data.len(), 0, 0, 0, 0, name_len, 0
+            self.ino,
+            mode,
+            0,
+            0,
+            nlink,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            name_len,
+            0
         );
         self.ino += 1;
         self.put(header.as_bytes())?;
@@ -79,16 +84,8 @@ mod tests {
     fn gnu_cpio_reads_our_archive() {
         let mut w = Writer::new(Vec::new());
         w.add("bin", Entry::Dir).unwrap();
-        w.add(
-            "bin/hello",
-            Entry::File {
-                data: b"hi\n",
-                executable: true,
-            },
-        )
-        .unwrap();
-        w.add("bin/sh", Entry::Symlink { target: "busybox" })
-            .unwrap();
+        w.add("bin/hello", Entry::File { data: b"hi\n", executable: true }).unwrap();
+        w.add("bin/sh", Entry::Symlink { target: "busybox" }).unwrap();
         let bytes = w.finish().unwrap();
         let Ok(mut child) = std::process::Command::new("cpio")
             .args(["-t", "--quiet"])
@@ -102,9 +99,6 @@ mod tests {
         child.stdin.take().unwrap().write_all(&bytes).unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success());
-        assert_eq!(
-            String::from_utf8(out.stdout).unwrap(),
-            "bin\nbin/hello\nbin/sh\n"
-        );
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), "bin\nbin/hello\nbin/sh\n");
     }
 }

@@ -87,10 +87,7 @@ pub enum RamdiskError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RamdiskError + '_ {
-    move |source| RamdiskError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| RamdiskError::Io { path: path.to_path_buf(), source }
 }
 
 #[derive(Debug, Clone)]
@@ -121,16 +118,9 @@ pub fn ensure_ramdisk(inputs: &RamdiskInputs) -> Result<Ramdisk, RamdiskError> {
     let agent = fs::read(&inputs.agent_binary).map_err(io_err(&inputs.agent_binary))?;
     let libs = shared_libraries(&inputs.agent_binary)?;
 
-    let lib_contents = libs
-        .iter()
-        .map(|lib| fs::read(lib).map_err(io_err(lib)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let deb_names = [&kernel_deb, &busybox_deb].map(|p| {
-        p.file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned()
-    });
+    let lib_contents = libs.iter().map(|lib| fs::read(lib).map_err(io_err(lib))).collect::<Result<Vec<_>, _>>()?;
+    let deb_names =
+        [&kernel_deb, &busybox_deb].map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned());
     let key = cache_key(&deb_names, &agent, &lib_contents);
     let dir = inputs.cache_dir.join(format!("ramdisk-{key}"));
     if let Ok(text) = fs::read_to_string(dir.join("manifest.json")) {
@@ -140,9 +130,7 @@ pub fn ensure_ramdisk(inputs: &RamdiskInputs) -> Result<Ramdisk, RamdiskError> {
         }
     }
     info!(key, "building the discovery ramdisk");
-    let work = inputs
-        .cache_dir
-        .join(format!("build-{key}-{}", std::process::id()));
+    let work = inputs.cache_dir.join(format!("build-{key}-{}", std::process::id()));
     let result = build(&work, &dir, &key, &kernel_deb, &busybox_deb, &agent, &libs);
     let _ = fs::remove_dir_all(&work);
     result
@@ -179,14 +167,8 @@ fn build(
     fs::create_dir_all(work).map_err(io_err(work))?;
     let kernel_tree = work.join("kernel");
     let busybox_tree = work.join("busybox");
-    run(Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(kernel_deb)
-        .arg(&kernel_tree))?;
-    run(Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(busybox_deb)
-        .arg(&busybox_tree))?;
+    run(Command::new("dpkg-deb").arg("-x").arg(kernel_deb).arg(&kernel_tree))?;
+    run(Command::new("dpkg-deb").arg("-x").arg(busybox_deb).arg(&busybox_tree))?;
 
     let modules_root = kernel_tree.join("lib/modules");
     let release = single_entry(&modules_root)?;
@@ -201,18 +183,11 @@ fn build(
         .arg(&initrd_path)
         .stdin(Stdio::piped())
         .spawn()
-        .map_err(|e| RamdiskError::Command {
-            command: "zstd".into(),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| RamdiskError::Command { command: "zstd".into(), detail: e.to_string() })?;
     {
-        let stdin = zstd
-            .stdin
-            .take()
-            .ok_or_else(|| RamdiskError::Missing("zstd stdin".into()))?;
+        let stdin = zstd.stdin.take().ok_or_else(|| RamdiskError::Missing("zstd stdin".into()))?;
         let mut w = Writer::new(std::io::BufWriter::new(stdin));
-        let mut add =
-            |path: &str, entry: Entry<'_>| w.add(path, entry).map_err(io_err(Path::new(path)));
+        let mut add = |path: &str, entry: Entry<'_>| w.add(path, entry).map_err(io_err(Path::new(path)));
         for d in [
             "bin",
             "sbin",
@@ -233,91 +208,39 @@ fn build(
             add(d, Entry::Dir)?;
         }
         let busybox = fs::read(busybox_tree.join("bin/busybox")).map_err(io_err(&busybox_tree))?;
-        add(
-            "bin/busybox",
-            Entry::File {
-                data: &busybox,
-                executable: true,
-            },
-        )?;
+        add("bin/busybox", Entry::File { data: &busybox, executable: true })?;
         add("bin/sh", Entry::Symlink { target: "busybox" })?;
-        add(
-            "init",
-            Entry::File {
-                data: INIT.as_bytes(),
-                executable: true,
-            },
-        )?;
-        add(
-            "usr/share/udhcpc/default.script",
-            Entry::File {
-                data: UDHCPC_SCRIPT.as_bytes(),
-                executable: true,
-            },
-        )?;
-        add(
-            "usr/bin/slipway-agent",
-            Entry::File {
-                data: agent,
-                executable: true,
-            },
-        )?;
+        add("init", Entry::File { data: INIT.as_bytes(), executable: true })?;
+        add("usr/share/udhcpc/default.script", Entry::File { data: UDHCPC_SCRIPT.as_bytes(), executable: true })?;
+        add("usr/bin/slipway-agent", Entry::File { data: agent, executable: true })?;
         let mut lib_dirs = std::collections::BTreeSet::new();
         for lib in libs {
-            let rel = lib
-                .strip_prefix("/")
-                .unwrap_or(lib)
-                .to_string_lossy()
-                .into_owned();
+            let rel = lib.strip_prefix("/").unwrap_or(lib).to_string_lossy().into_owned();
             if let Some(parent) = Path::new(&rel).parent() {
                 let mut acc = PathBuf::new();
                 for c in parent.components() {
                     acc.push(c);
                     let d = acc.to_string_lossy().into_owned();
-                    if !["lib", "lib64", "usr"].contains(&d.as_str()) && lib_dirs.insert(d.clone())
-                    {
+                    if !["lib", "lib64", "usr"].contains(&d.as_str()) && lib_dirs.insert(d.clone()) {
                         add(&d, Entry::Dir)?;
                     }
                 }
             }
             let data = fs::read(lib).map_err(io_err(lib))?;
-            add(
-                &rel,
-                Entry::File {
-                    data: &data,
-                    executable: true,
-                },
-            )?;
+            add(&rel, Entry::File { data: &data, executable: true })?;
         }
         for name in &order {
             let path = &module_files[name];
             let data = fs::read(path).map_err(io_err(path))?;
-            add(
-                &format!("lib/slipway-modules/{name}.ko"),
-                Entry::File {
-                    data: &data,
-                    executable: false,
-                },
-            )?;
+            add(&format!("lib/slipway-modules/{name}.ko"), Entry::File { data: &data, executable: false })?;
         }
         let order_text = order.join("\n") + "\n";
-        add(
-            "lib/slipway-modules/order",
-            Entry::File {
-                data: order_text.as_bytes(),
-                executable: false,
-            },
-        )?;
-        w.finish()
-            .and_then(|mut out| out.flush())
-            .map_err(io_err(&initrd_path))?;
+        add("lib/slipway-modules/order", Entry::File { data: order_text.as_bytes(), executable: false })?;
+        w.finish().and_then(|mut out| out.flush()).map_err(io_err(&initrd_path))?;
     }
     let status = zstd.wait().map_err(io_err(&initrd_path))?;
     if !status.success() {
-        return Err(RamdiskError::Command {
-            command: "zstd".into(),
-            detail: status.to_string(),
-        });
+        return Err(RamdiskError::Command { command: "zstd".into(), detail: status.to_string() });
     }
     let vmlinuz = kernel_tree.join(format!("boot/vmlinuz-{release}"));
     fs::copy(&vmlinuz, staged.join("vmlinuz")).map_err(io_err(&vmlinuz))?;
@@ -326,11 +249,7 @@ fn build(
     let ramdisk = Ramdisk {
         dir: dir.to_path_buf(),
         key: key.to_string(),
-        kernel_package: kernel_deb
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned(),
+        kernel_package: kernel_deb.file_name().unwrap_or_default().to_string_lossy().into_owned(),
         kernel_release: release,
         kernel_bytes: size(&staged.join("vmlinuz")),
         initrd_bytes: size(&initrd_path),
@@ -342,20 +261,12 @@ fn build(
     // that looks cached.
     let _ = fs::remove_dir_all(dir);
     fs::rename(&staged, dir).map_err(io_err(dir))?;
-    info!(
-        key,
-        kernel_bytes = ramdisk.kernel_bytes,
-        initrd_bytes = ramdisk.initrd_bytes,
-        "discovery ramdisk built"
-    );
+    info!(key, kernel_bytes = ramdisk.kernel_bytes, initrd_bytes = ramdisk.initrd_bytes, "discovery ramdisk built");
     Ok(ramdisk)
 }
 
 fn run(cmd: &mut Command) -> Result<String, RamdiskError> {
-    let out = cmd.output().map_err(|e| RamdiskError::Command {
-        command: format!("{cmd:?}"),
-        detail: e.to_string(),
-    })?;
+    let out = cmd.output().map_err(|e| RamdiskError::Command { command: format!("{cmd:?}"), detail: e.to_string() })?;
     if !out.status.success() {
         return Err(RamdiskError::Command {
             command: format!("{cmd:?}"),
@@ -372,11 +283,7 @@ fn kernel_package_name() -> Result<String, RamdiskError> {
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-"))
         .map(str::to_string)
-        .ok_or_else(|| {
-            RamdiskError::Missing(
-                "apt-cache knows no linux-image-amd64 (run apt-get update)".into(),
-            )
-        })
+        .ok_or_else(|| RamdiskError::Missing("apt-cache knows no linux-image-amd64 (run apt-get update)".into()))
 }
 
 /// Downloads the candidate version of `package` into `debs` unless present.
@@ -394,18 +301,13 @@ fn fetch_deb(debs: &Path, package: &str) -> Result<PathBuf, RamdiskError> {
             .ok()?
             .flatten()
             .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-            })
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
     };
     if let Some(path) = find() {
         return Ok(path);
     }
     info!(package, version, "downloading");
-    run(Command::new("apt-get")
-        .args(["download", "-q", &format!("{package}={version}")])
-        .current_dir(debs))?;
+    run(Command::new("apt-get").args(["download", "-q", &format!("{package}={version}")]).current_dir(debs))?;
     find().ok_or_else(|| RamdiskError::Missing(format!("apt-get download left no {prefix}*.deb")))
 }
 
@@ -432,9 +334,7 @@ fn single_entry(dir: &Path) -> Result<String, RamdiskError> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    names
-        .pop()
-        .ok_or_else(|| RamdiskError::Missing(format!("nothing in {}", dir.display())))
+    names.pop().ok_or_else(|| RamdiskError::Missing(format!("nothing in {}", dir.display())))
 }
 
 /// Module name (`virtio_net`, `nvme-core`) -> its `.ko` file.
@@ -446,11 +346,7 @@ fn index_modules(dir: &Path) -> Result<BTreeMap<String, PathBuf>, RamdiskError> 
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if let Some(name) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".ko"))
-            {
+            } else if let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".ko")) {
                 index.insert(name.to_string(), path);
             }
         }
@@ -466,21 +362,14 @@ fn module_depends(ko: &[u8]) -> Vec<String> {
         .map(|at| {
             let rest = &ko[at + key.len()..];
             let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
-            String::from_utf8_lossy(&rest[..end])
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect()
+            String::from_utf8_lossy(&rest[..end]).split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
         })
         .unwrap_or_default()
 }
 
 /// Wanted modules plus their dependencies, dependencies first. Modules the
 /// kernel builds in (absent as files) are skipped.
-fn resolve_modules(
-    index: &BTreeMap<String, PathBuf>,
-    wanted: &[&str],
-) -> Result<Vec<String>, RamdiskError> {
+fn resolve_modules(index: &BTreeMap<String, PathBuf>, wanted: &[&str]) -> Result<Vec<String>, RamdiskError> {
     fn visit(
         name: &str,
         index: &BTreeMap<String, PathBuf>,
@@ -488,13 +377,9 @@ fn resolve_modules(
         seen: &mut std::collections::BTreeSet<String>,
     ) -> Result<(), RamdiskError> {
         // depends= uses '_' or '-' as the file does; try both spellings.
-        let key = [
-            name.to_string(),
-            name.replace('_', "-"),
-            name.replace('-', "_"),
-        ]
-        .into_iter()
-        .find(|k| index.contains_key(k));
+        let key = [name.to_string(), name.replace('_', "-"), name.replace('-', "_")]
+            .into_iter()
+            .find(|k| index.contains_key(k));
         let Some(key) = key else { return Ok(()) };
         if !seen.insert(key.clone()) {
             return Ok(());
@@ -520,35 +405,14 @@ mod tests {
 
     #[test]
     fn cache_key_changes_with_every_input() {
-        let debs = [
-            "linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb".to_string(),
-            "busybox-static_1.35_amd64.deb".to_string(),
-        ];
+        let debs =
+            ["linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb".to_string(), "busybox-static_1.35_amd64.deb".to_string()];
         let base = cache_key(&debs, b"agent-v1", &[b"libc".to_vec()]);
-        assert_eq!(
-            base,
-            cache_key(&debs, b"agent-v1", &[b"libc".to_vec()]),
-            "stable for the same inputs"
-        );
-        assert_ne!(
-            base,
-            cache_key(&debs, b"agent-v2", &[b"libc".to_vec()]),
-            "a new agent"
-        );
-        assert_ne!(
-            base,
-            cache_key(&debs, b"agent-v1", &[b"libc2".to_vec()]),
-            "a new libc"
-        );
-        let newer = [
-            "linux-image-6.1.0-57-amd64_6.1.193-1_amd64.deb".to_string(),
-            debs[1].clone(),
-        ];
-        assert_ne!(
-            base,
-            cache_key(&newer, b"agent-v1", &[b"libc".to_vec()]),
-            "a new kernel"
-        );
+        assert_eq!(base, cache_key(&debs, b"agent-v1", &[b"libc".to_vec()]), "stable for the same inputs");
+        assert_ne!(base, cache_key(&debs, b"agent-v2", &[b"libc".to_vec()]), "a new agent");
+        assert_ne!(base, cache_key(&debs, b"agent-v1", &[b"libc2".to_vec()]), "a new libc");
+        let newer = ["linux-image-6.1.0-57-amd64_6.1.193-1_amd64.deb".to_string(), debs[1].clone()];
+        assert_ne!(base, cache_key(&newer, b"agent-v1", &[b"libc".to_vec()]), "a new kernel");
     }
 
     #[test]
@@ -556,11 +420,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, deps: &str| {
             let path = dir.path().join(format!("{name}.ko"));
-            fs::write(
-                &path,
-                format!("\x7fELF junk\0license=GPL\0depends={deps}\0vermagic=6.1\0"),
-            )
-            .unwrap();
+            fs::write(&path, format!("\x7fELF junk\0license=GPL\0depends={deps}\0vermagic=6.1\0")).unwrap();
             (name.to_string(), path)
         };
         let index: BTreeMap<_, _> = [
@@ -574,17 +434,6 @@ mod tests {
         ]
         .into();
         let order = resolve_modules(&index, &["virtio_net", "nvme", "not_a_module"]).unwrap();
-        assert_eq!(
-            order,
-            [
-                "virtio_ring",
-                "virtio",
-                "failover",
-                "net_failover",
-                "virtio_net",
-                "nvme-core",
-                "nvme"
-            ]
-        );
+        assert_eq!(order, ["virtio_ring", "virtio", "failover", "net_failover", "virtio_net", "nvme-core", "nvme"]);
     }
 }

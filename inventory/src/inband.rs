@@ -23,9 +23,7 @@ pub fn collect(src: &dyn FactSource) -> Inventory {
         source: Source::InBand,
         system: system_info(src),
         cpu: parse_cpuinfo(&cpuinfo),
-        memory: Memory {
-            total_bytes: parse_meminfo_total(&meminfo).unwrap_or(0),
-        },
+        memory: Memory { total_bytes: parse_meminfo_total(&meminfo).unwrap_or(0) },
         disks: disks(src),
         nics: nics(src),
     }
@@ -55,10 +53,7 @@ pub fn parse_meminfo_total(text: &str) -> Option<u64> {
 }
 
 fn system_info(src: &dyn FactSource) -> SystemInfo {
-    let dmi = |name: &str| {
-        src.read(&format!("/sys/class/dmi/id/{name}"))
-            .and_then(|v| clean(&v))
-    };
+    let dmi = |name: &str| src.read(&format!("/sys/class/dmi/id/{name}")).and_then(|v| clean(&v));
     SystemInfo {
         vendor: dmi("sys_vendor"),
         product: dmi("product_name"),
@@ -97,39 +92,25 @@ fn disks(src: &dyn FactSource) -> Vec<Disk> {
 fn nics(src: &dyn FactSource) -> Vec<Nic> {
     src.list("/sys/class/net")
         .into_iter()
-        .filter(|name| {
-            src.read(&format!("/sys/class/net/{name}/device/uevent"))
-                .is_some()
-        })
+        .filter(|name| src.read(&format!("/sys/class/net/{name}/device/uevent")).is_some())
         .filter_map(|name| {
             let base = format!("/sys/class/net/{name}");
             let mac = normalize_mac(&src.read(&format!("{base}/address"))?)?;
-            let link = src
-                .read(&format!("{base}/carrier"))
-                .is_some_and(|c| c.trim() == "1");
+            let link = src.read(&format!("{base}/carrier")).is_some_and(|c| c.trim() == "1");
             // `speed` is -1 or unreadable without link; only positive values mean anything.
             let speed_mbps = src
                 .read(&format!("{base}/speed"))
                 .and_then(|s| s.trim().parse::<i64>().ok())
                 .filter(|s| *s > 0)
                 .and_then(|s| u32::try_from(s).ok());
-            Some(Nic {
-                name,
-                mac,
-                link,
-                speed_mbps,
-            })
+            Some(Nic { name, mac, link, speed_mbps })
         })
         .collect()
 }
 
 /// Lower-case colon-separated MAC, or `None` if `text` is not a MAC.
 pub fn normalize_mac(text: &str) -> Option<String> {
-    let hex: String = text
-        .trim()
-        .chars()
-        .filter(|c| *c != ':' && *c != '-')
-        .collect();
+    let hex: String = text.trim().chars().filter(|c| *c != ':' && *c != '-').collect();
     if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
@@ -140,14 +121,7 @@ pub fn normalize_mac(text: &str) -> Option<String> {
 
 /// Trims a firmware string and drops the placeholders vendors ship.
 fn clean(value: &str) -> Option<String> {
-    const PLACEHOLDERS: [&str; 6] = [
-        "",
-        "to be filled by o.e.m.",
-        "default string",
-        "not specified",
-        "none",
-        "0",
-    ];
+    const PLACEHOLDERS: [&str; 6] = ["", "to be filled by o.e.m.", "default string", "not specified", "none", "0"];
     let v = value.trim();
     (!PLACEHOLDERS.contains(&v.to_ascii_lowercase().as_str())).then(|| v.to_string())
 }
@@ -201,21 +175,11 @@ mod tests {
     fn collects_a_qemu_node() {
         let inv = collect(&qemu_node());
         assert_eq!(inv.cpu.count, 2);
-        assert_eq!(
-            inv.cpu.model.as_deref(),
-            Some("QEMU Virtual CPU version 2.5+")
-        );
+        assert_eq!(inv.cpu.model.as_deref(), Some("QEMU Virtual CPU version 2.5+"));
         assert_eq!(inv.memory.total_bytes, 482_556 * 1024);
         assert_eq!(inv.system.serial.as_deref(), Some("LAB-0001"));
-        assert_eq!(
-            inv.system.uuid.as_deref(),
-            Some("5f2a0b6c-0000-4000-8000-000000000001")
-        );
-        assert_eq!(
-            inv.disks.len(),
-            1,
-            "loop and empty optical drives are not disks"
-        );
+        assert_eq!(inv.system.uuid.as_deref(), Some("5f2a0b6c-0000-4000-8000-000000000001"));
+        assert_eq!(inv.disks.len(), 1, "loop and empty optical drives are not disks");
         assert_eq!(inv.disks[0].size_bytes, 8 << 30);
         assert_eq!(inv.disks[0].serial.as_deref(), Some("disk-0001"));
         assert_eq!(inv.nics.len(), 1, "lo has no device and is skipped");
@@ -240,14 +204,8 @@ mod tests {
 
     #[test]
     fn macs_normalize() {
-        assert_eq!(
-            normalize_mac("52-54-00-AB-CD-01").as_deref(),
-            Some("52:54:00:ab:cd:01")
-        );
-        assert_eq!(
-            normalize_mac("525400abcd01").as_deref(),
-            Some("52:54:00:ab:cd:01")
-        );
+        assert_eq!(normalize_mac("52-54-00-AB-CD-01").as_deref(), Some("52:54:00:ab:cd:01"));
+        assert_eq!(normalize_mac("525400abcd01").as_deref(), Some("52:54:00:ab:cd:01"));
         assert_eq!(normalize_mac("52:54:00:ab:cd"), None);
         assert_eq!(normalize_mac("zz:54:00:ab:cd:01"), None);
     }

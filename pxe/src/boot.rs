@@ -64,27 +64,17 @@ impl ClientKind {
 }
 
 pub fn classify(req: &Request) -> ClientKind {
-    let arch = req
-        .option(code::CLIENT_ARCH)
-        .map(|v| u16::from_be_bytes([v[0], v[1]]));
+    let arch = req.option(code::CLIENT_ARCH).map(|v| u16::from_be_bytes([v[0], v[1]]));
     let firmware = match arch {
         None | Some(0) => Firmware::Bios,
         Some(7) | Some(9) => Firmware::UefiX64,
         Some(other) => Firmware::Other(other),
     };
     // iPXE sends option 77 as the raw bytes "iPXE", not RFC 3004 framing.
-    let ipxe = req
-        .option(code::USER_CLASS)
-        .is_some_and(|v| v.ends_with(b"iPXE"))
-        || req.option(code::IPXE_FEATURES).is_some();
-    let pxe = req
-        .option(code::VENDOR_CLASS)
-        .is_some_and(|v| v.starts_with(b"PXEClient"));
-    ClientKind {
-        firmware,
-        pxe,
-        ipxe,
-    }
+    let ipxe =
+        req.option(code::USER_CLASS).is_some_and(|v| v.ends_with(b"iPXE")) || req.option(code::IPXE_FEATURES).is_some();
+    let pxe = req.option(code::VENDOR_CLASS).is_some_and(|v| v.starts_with(b"PXEClient"));
+    ClientKind { firmware, pxe, ipxe }
 }
 
 /// The DHCP boot file for this client, or `None` for non-PXE clients and
@@ -109,10 +99,7 @@ pub fn script_url(http_base: &str, mac: &[u8; 6]) -> String {
 }
 
 pub fn dashed_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join("-")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join("-")
 }
 
 /// Parses `52-54-00-00-00-01` (as in script URLs) into bytes.
@@ -206,11 +193,7 @@ mod tests {
 
     fn check(options: &[u8], expected: Option<&str>) {
         let req = discover(options);
-        assert_eq!(
-            boot_file(&classify(&req), &MAC, &cfg()).as_deref(),
-            expected,
-            "options {options:?}"
-        );
+        assert_eq!(boot_file(&classify(&req), &MAC, &cfg()).as_deref(), expected, "options {options:?}");
     }
 
     const PXE_BIOS: &[u8] = b"\x3c\x20PXEClient:Arch:00000:UNDI:002001\x5d\x02\x00\x00";
@@ -223,15 +206,9 @@ mod tests {
         // OVMF's own PXE: snponly.efi.
         check(PXE_UEFI, Some("snponly.efi"));
         // BIOS iPXE (77 = raw "iPXE"): the script, never a binary again.
-        check(
-            &[PXE_BIOS, b"\x4d\x04iPXE"].concat(),
-            Some("http://10.77.0.1:8081/boot/52-54-00-ab-cd-01.ipxe"),
-        );
+        check(&[PXE_BIOS, b"\x4d\x04iPXE"].concat(), Some("http://10.77.0.1:8081/boot/52-54-00-ab-cd-01.ipxe"));
         // UEFI iPXE identified only by its feature option 175.
-        check(
-            &[PXE_UEFI, b"\xaf\x03\x13\x01\x01"].concat(),
-            Some("http://10.77.0.1:8081/boot/52-54-00-ab-cd-01.ipxe"),
-        );
+        check(&[PXE_UEFI, b"\xaf\x03\x13\x01\x01"].concat(), Some("http://10.77.0.1:8081/boot/52-54-00-ab-cd-01.ipxe"));
         // A plain DHCP client (udhcpc in an OS): no boot file.
         check(b"", None);
         // An architecture we have no binary for (arm64 = 11).
@@ -240,13 +217,7 @@ mod tests {
 
     #[test]
     fn discovery_script_snapshot() {
-        let script = render_script(
-            &ScriptTarget::Discovery {
-                token: "tok123".into(),
-            },
-            &MAC,
-            "http://10.77.0.1:8081",
-        );
+        let script = render_script(&ScriptTarget::Discovery { token: "tok123".into() }, &MAC, "http://10.77.0.1:8081");
         let expected = "#!ipxe
 # Slipway discovery for 52-54-00-ab-cd-01
 kernel http://10.77.0.1:8081/boot/files/vmlinuz initrd=initrd.img console=tty0 console=ttyS0,115200 quiet panic=30 slipway.api=http://10.77.0.1:8081 slipway.token=tok123 slipway.mac=52-54-00-ab-cd-01 || goto failed
@@ -264,10 +235,7 @@ chain --replace --autofree http://10.77.0.1:8081/boot/52-54-00-ab-cd-01.ipxe
     fn deployed_machines_boot_locally() {
         let script = render_script(&ScriptTarget::LocalDisk, &MAC, "http://x");
         assert!(script.contains("sanboot --no-describe --drive 0x80"));
-        assert!(
-            !script.contains("kernel"),
-            "a deployed machine never gets a kernel"
-        );
+        assert!(!script.contains("kernel"), "a deployed machine never gets a kernel");
     }
 
     #[test]

@@ -42,37 +42,19 @@ fn ifindex(interface: &str) -> std::io::Result<u32> {
     nix::ifaddrs::getifaddrs()?
         .filter(|a| a.interface_name == interface)
         .find_map(|a| a.address?.as_link_addr()?.ifindex().try_into().ok())
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("no interface {interface}"),
-            )
-        })
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no interface {interface}")))
 }
 
 /// Advertises on `interface` until the socket fails.
 pub async fn run(interface: String) -> std::io::Result<()> {
-    let step = |what: &'static str| {
-        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
-    };
+    let step = |what: &'static str| move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"));
     let index = ifindex(&interface).map_err(step("interface index"))?;
-    let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
-        .map_err(step("raw ICMPv6 socket"))?;
-    socket
-        .bind_device(Some(interface.as_bytes()))
-        .map_err(step("bind to interface"))?;
-    socket
-        .set_multicast_hops_v6(255)
-        .map_err(step("hop limit"))?; // RFC 4861: 255 or it is ignored
-    socket
-        .set_multicast_if_v6(index)
-        .map_err(step("multicast interface"))?;
-    socket
-        .set_multicast_loop_v6(false)
-        .map_err(step("multicast loop"))?;
-    socket
-        .join_multicast_v6(&ALL_ROUTERS, index)
-        .map_err(step("join ff02::2"))?;
+    let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).map_err(step("raw ICMPv6 socket"))?;
+    socket.bind_device(Some(interface.as_bytes())).map_err(step("bind to interface"))?;
+    socket.set_multicast_hops_v6(255).map_err(step("hop limit"))?; // RFC 4861: 255 or it is ignored
+    socket.set_multicast_if_v6(index).map_err(step("multicast interface"))?;
+    socket.set_multicast_loop_v6(false).map_err(step("multicast loop"))?;
+    socket.join_multicast_v6(&ALL_ROUTERS, index).map_err(step("join ff02::2"))?;
     socket.set_nonblocking(true)?;
     // A raw ICMPv6 socket speaks sendto/recvfrom like a datagram socket, so
     // tokio's UdpSocket drives it without any unsafe registration.
@@ -81,10 +63,7 @@ pub async fn run(interface: String) -> std::io::Result<()> {
     let ra = router_advertisement();
     let mut tick = tokio::time::interval(PERIOD);
     let mut buf = [0u8; 1500];
-    info!(
-        interface,
-        "sending IPv6 router advertisements (no prefix, lifetime 0)"
-    );
+    info!(interface, "sending IPv6 router advertisements (no prefix, lifetime 0)");
     loop {
         tokio::select! {
             _ = tick.tick() => {}

@@ -12,9 +12,7 @@ use pxe::tftp::SessionOptions;
 use tokio::net::UdpSocket;
 
 /// A served root with a 1 MiB + 1 byte file, and a secret beside the root.
-async fn start(
-    limits: SessionOptions,
-) -> (tempfile::TempDir, Arc<TftpServer>, SocketAddr, Vec<u8>) {
+async fn start(limits: SessionOptions) -> (tempfile::TempDir, Arc<TftpServer>, SocketAddr, Vec<u8>) {
     use rand::{RngCore, SeedableRng};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
@@ -31,15 +29,10 @@ async fn start(
 }
 
 fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let found =
+        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
     if !found {
-        assert!(
-            std::env::var("SLIPWAY_LAB_TESTS").as_deref() != Ok("1"),
-            "{tool} is required (SLIPWAY_LAB_TESTS=1)"
-        );
+        assert!(std::env::var("SLIPWAY_LAB_TESTS").as_deref() != Ok("1"), "{tool} is required (SLIPWAY_LAB_TESTS=1)");
         eprintln!("skipped: {tool} is not installed");
     }
     found
@@ -58,26 +51,14 @@ async fn curl_fetches_with_blksize_and_tsize() {
     let out = dir.path().join("got");
     for blksize in ["512", "1468", "8192"] {
         let mut curl = Command::new("curl");
-        curl.args(["-sS", "--tftp-blksize", blksize, "-o"])
-            .arg(&out)
-            .arg(format!("tftp://{addr}/snponly.efi"));
+        curl.args(["-sS", "--tftp-blksize", blksize, "-o"]).arg(&out).arg(format!("tftp://{addr}/snponly.efi"));
         let result = run(curl).await;
-        assert!(
-            result.status.success(),
-            "blksize {blksize}: {}",
-            String::from_utf8_lossy(&result.stderr)
-        );
+        assert!(result.status.success(), "blksize {blksize}: {}", String::from_utf8_lossy(&result.stderr));
         assert_eq!(std::fs::read(&out).unwrap(), data, "blksize {blksize}");
     }
     let mut escape = Command::new("curl");
-    escape
-        .args(["-sS", "--path-as-is", "-o"])
-        .arg(dir.path().join("escaped"))
-        .arg(format!("tftp://{addr}/../secret"));
-    assert!(
-        !run(escape).await.status.success(),
-        "an escape attempt is refused"
-    );
+    escape.args(["-sS", "--path-as-is", "-o"]).arg(dir.path().join("escaped")).arg(format!("tftp://{addr}/../secret"));
+    assert!(!run(escape).await.status.success(), "an escape attempt is refused");
     assert_eq!(server.stats.completed.load(Ordering::Relaxed), 3);
     assert!(server.stats.refused.load(Ordering::Relaxed) >= 1);
 }
@@ -91,16 +72,7 @@ async fn tftp_hpa_client_fetches_and_is_refused_outside_the_root() {
     let out = dir.path().join("got");
     let get = |remote: &str| {
         let mut c = Command::new("tftp");
-        c.args([
-            "-m",
-            "binary",
-            "127.0.0.1",
-            &addr.port().to_string(),
-            "-c",
-            "get",
-            remote,
-        ])
-        .arg(&out);
+        c.args(["-m", "binary", "127.0.0.1", &addr.port().to_string(), "-c", "get", remote]).arg(&out);
         c
     };
     let result = run(get("snponly.efi")).await;
@@ -109,12 +81,8 @@ async fn tftp_hpa_client_fetches_and_is_refused_outside_the_root() {
     std::fs::remove_file(&out).unwrap();
     for escape in ["../secret", "/../secret"] {
         let result = run(get(escape)).await;
-        let said = String::from_utf8_lossy(&result.stdout).to_string()
-            + &String::from_utf8_lossy(&result.stderr);
-        assert!(
-            said.contains("Error code 2") || said.contains("leaves the TFTP root"),
-            "{escape}: {said}"
-        );
+        let said = String::from_utf8_lossy(&result.stdout).to_string() + &String::from_utf8_lossy(&result.stderr);
+        assert!(said.contains("Error code 2") || said.contains("leaves the TFTP root"), "{escape}: {said}");
         assert_ne!(std::fs::read(&out).unwrap_or_default(), b"not for clients");
     }
 }
@@ -122,34 +90,16 @@ async fn tftp_hpa_client_fetches_and_is_refused_outside_the_root() {
 /// A client that stops acknowledging costs nothing once retries run out.
 #[tokio::test]
 async fn a_vanished_client_leaks_nothing() {
-    let limits = SessionOptions {
-        default_timeout: Duration::from_millis(200),
-        max_retries: 2,
-        ..Default::default()
-    };
+    let limits = SessionOptions { default_timeout: Duration::from_millis(200), max_retries: 2, ..Default::default() };
     let (_dir, server, addr, _) = start(limits).await;
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    client
-        .send_to(b"\x00\x01snponly.efi\x00octet\x00", addr)
-        .await
-        .unwrap();
+    client.send_to(b"\x00\x01snponly.efi\x00octet\x00", addr).await.unwrap();
     let mut buf = [0u8; 600];
-    let (len, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (&buf[..4], len),
-        (&[0u8, 3, 0, 1][..], 516),
-        "first DATA block"
-    );
+    let (len, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!((&buf[..4], len), (&[0u8, 3, 0, 1][..], 516), "first DATA block");
     drop(client);
     assert_eq!(server.stats.active.load(Ordering::Relaxed), 1);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        server.stats.active.load(Ordering::Relaxed),
-        0,
-        "the session ended"
-    );
+    assert_eq!(server.stats.active.load(Ordering::Relaxed), 0, "the session ended");
     assert_eq!(server.stats.failed.load(Ordering::Relaxed), 1);
 }

@@ -69,8 +69,13 @@ enum LabCmd {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum FirmwareArg {
+    /// SeaBIOS with QEMU's iPXE ROM.
     Bios,
+    /// OVMF with QEMU's iPXE UEFI driver.
     Uefi,
+    /// OVMF's own PXE (no iPXE ROM): TFTP snponly.efi first, as real UEFI hardware.
+    PxeUefi,
+    /// Cycling bios, uefi, pxe-uefi.
     Mixed,
 }
 
@@ -89,25 +94,14 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(api::serve::run(config))
         }
-        Cmd::Lab {
-            command:
-                LabCmd::Up {
-                    nodes,
-                    firmware,
-                    report,
-                    keep,
-                    timeout,
-                    accel,
-                    memory_mib,
-                    cache_dir,
-                },
-        } => {
+        Cmd::Lab { command: LabCmd::Up { nodes, firmware, report, keep, timeout, accel, memory_mib, cache_dir } } => {
             init_tracing("text");
             let opts = LabOptions {
                 nodes,
                 firmware: match firmware {
                     FirmwareArg::Bios => FirmwareChoice::Bios,
                     FirmwareArg::Uefi => FirmwareChoice::Uefi,
+                    FirmwareArg::PxeUefi => FirmwareChoice::PxeUefi,
                     FirmwareArg::Mixed => FirmwareChoice::Mixed,
                 },
                 report,
@@ -123,16 +117,11 @@ fn main() -> anyhow::Result<()> {
             };
             lab::up(&opts).map(|_| ())
         }
-        Cmd::Lab {
-            command: LabCmd::Down,
-        } => lab::down(),
+        Cmd::Lab { command: LabCmd::Down } => lab::down(),
         Cmd::Ramdisk { cache_dir } => {
             init_tracing("text");
             let agent = std::env::current_exe()?.with_file_name("slipway-agent");
-            let ramdisk = images::ensure_ramdisk(&images::RamdiskInputs {
-                agent_binary: agent,
-                cache_dir,
-            })?;
+            let ramdisk = images::ensure_ramdisk(&images::RamdiskInputs { agent_binary: agent, cache_dir })?;
             println!("{}", serde_json::to_string_pretty(&ramdisk)?);
             Ok(())
         }
@@ -140,8 +129,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
-        .unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -36,17 +36,8 @@ async fn hello(
         mode = hello.mode,
         "agent hello"
     );
-    state
-        .store
-        .record_event(
-            Some(&id),
-            "agent.hello",
-            serde_json::to_value(&hello).unwrap_or_default(),
-        )
-        .await?;
-    Ok(Json(Instruction::Wait {
-        poll_seconds: POLL_SECONDS,
-    }))
+    state.store.record_event(Some(&id), "agent.hello", serde_json::to_value(&hello).unwrap_or_default()).await?;
+    Ok(Json(Instruction::Wait { poll_seconds: POLL_SECONDS }))
 }
 
 async fn inventory(
@@ -65,16 +56,12 @@ async fn inventory(
     let to = state.store.fire(&id, Trigger::InventoryReceived).await?;
     tracing::info!(machine = id, state = ?to, cpus = inventory.cpu.count, memory_bytes = inventory.memory.total_bytes, disks = inventory.disks.len(), "inventory stored");
     metrics::counter!("slipway_inventories_total").increment(1);
-    Ok(Json(Instruction::Wait {
-        poll_seconds: POLL_SECONDS,
-    }))
+    Ok(Json(Instruction::Wait { poll_seconds: POLL_SECONDS }))
 }
 
 async fn instructions(AgentMachine(_id): AgentMachine) -> Json<Instruction> {
     // Ready machines wait in the ramdisk; deploy instructions come later.
-    Json(Instruction::Wait {
-        poll_seconds: POLL_SECONDS,
-    })
+    Json(Instruction::Wait { poll_seconds: POLL_SECONDS })
 }
 
 #[cfg(test)]
@@ -83,14 +70,7 @@ mod tests {
     use axum::http::StatusCode;
 
     fn token_from(script: &str) -> String {
-        script
-            .split("slipway.token=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
+        script.split("slipway.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_string()
     }
 
     fn inventory_json(mac: &str) -> serde_json::Value {
@@ -110,61 +90,24 @@ mod tests {
         let (_, script) = get_text(&t.boot, "/boot/52-54-00-00-00-06.ipxe").await;
         let token = token_from(&script);
         let hello = serde_json::json!({ "mac": "52:54:00:00:00:06", "agent_version": "0.1.0", "mode": "discovery" });
-        assert_eq!(
-            post(&t.boot, wire::HELLO_PATH, &token, &hello).await.0,
-            StatusCode::OK
-        );
-        let (status, reply) = post(
-            &t.boot,
-            wire::INVENTORY_PATH,
-            &token,
-            &inventory_json("52:54:00:00:00:06"),
-        )
-        .await;
-        assert_eq!(
-            (status, reply["action"].as_str()),
-            (StatusCode::OK, Some("wait"))
-        );
-        let (_, m) = get(
-            &t.operator,
-            "/api/v1/machines/52:54:00:00:00:06",
-            Some(&t.admin),
-        )
-        .await;
+        assert_eq!(post(&t.boot, wire::HELLO_PATH, &token, &hello).await.0, StatusCode::OK);
+        let (status, reply) = post(&t.boot, wire::INVENTORY_PATH, &token, &inventory_json("52:54:00:00:00:06")).await;
+        assert_eq!((status, reply["action"].as_str()), (StatusCode::OK, Some("wait")));
+        let (_, m) = get(&t.operator, "/api/v1/machines/52:54:00:00:00:06", Some(&t.admin)).await;
         assert_eq!(m["state"], "ready");
         assert_eq!(m["inventory"]["disks"][0]["size_bytes"], 8_589_934_592u64);
-        let (_, events) = get(
-            &t.operator,
-            &format!("/api/v1/machines/{}/events", m["id"].as_str().unwrap()),
-            Some(&t.admin),
-        )
-        .await;
-        let kinds: Vec<&str> = events["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["kind"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            kinds,
-            [
-                "machine.created",
-                "boot.script",
-                "agent.hello",
-                "inventory.received",
-                "state.changed"
-            ]
-        );
+        let (_, events) =
+            get(&t.operator, &format!("/api/v1/machines/{}/events", m["id"].as_str().unwrap()), Some(&t.admin)).await;
+        let kinds: Vec<&str> =
+            events["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["machine.created", "boot.script", "agent.hello", "inventory.received", "state.changed"]);
     }
 
     #[tokio::test]
     async fn agents_need_their_own_token_and_valid_bodies() {
         let t = app().await;
         let inv = inventory_json("52:54:00:00:00:07");
-        assert_eq!(
-            post(&t.boot, wire::INVENTORY_PATH, "forged", &inv).await.0,
-            StatusCode::UNAUTHORIZED
-        );
+        assert_eq!(post(&t.boot, wire::INVENTORY_PATH, "forged", &inv).await.0, StatusCode::UNAUTHORIZED);
         assert_eq!(
             post(&t.boot, wire::INVENTORY_PATH, &t.admin, &inv).await.0,
             StatusCode::UNAUTHORIZED,
@@ -176,23 +119,12 @@ mod tests {
         bad["cpu"]["count"] = serde_json::json!("two");
         let (status, problem) = post(&t.boot, wire::INVENTORY_PATH, &token, &bad).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(
-            problem["detail"].as_str().unwrap().contains("invalid type"),
-            "{problem}"
-        );
+        assert!(problem["detail"].as_str().unwrap().contains("invalid type"), "{problem}");
         let mut extra = inv.clone();
         extra["surprise"] = serde_json::json!(1);
         let (status, problem) = post(&t.boot, wire::INVENTORY_PATH, &token, &extra).await;
-        assert_eq!(
-            (status, problem["field"].as_str()),
-            (StatusCode::BAD_REQUEST, Some("surprise"))
-        );
-        let (_, m) = get(
-            &t.operator,
-            "/api/v1/machines/52:54:00:00:00:07",
-            Some(&t.admin),
-        )
-        .await;
+        assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("surprise")));
+        let (_, m) = get(&t.operator, "/api/v1/machines/52:54:00:00:00:07", Some(&t.admin)).await;
         assert_eq!(m["state"], "discovering", "rejected reports change nothing");
     }
 }

@@ -28,65 +28,32 @@ pub fn router(state: &AppState) -> axum::Router<AppState> {
     }
 }
 
-async fn script(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    let not_found = || ApiError::NotFound {
-        what: format!("boot script {name}"),
-    };
-    let mac = name
-        .strip_suffix(".ipxe")
-        .and_then(parse_dashed_mac)
-        .ok_or_else(not_found)?;
+async fn script(State(state): State<AppState>, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let not_found = || ApiError::NotFound { what: format!("boot script {name}") };
+    let mac = name.strip_suffix(".ipxe").and_then(parse_dashed_mac).ok_or_else(not_found)?;
     let boot = state.boot.as_ref().ok_or_else(not_found)?;
     let mac_text = crate::store::mac_text(&mac);
-    let (id, _) = state
-        .store
-        .ensure_machine(
-            &mac_text,
-            "boot script requested",
-            state.discovery_timeout_ms,
-        )
-        .await?;
+    let (id, _) = state.store.ensure_machine(&mac_text, "boot script requested", state.discovery_timeout_ms).await?;
     let machine = state.store.machine(&id).await?;
     let kind = lifecycle::boot_kind(machine.as_ref().map(|m| m.state));
     let target = match kind {
-        BootKind::Discovery => ScriptTarget::Discovery {
-            token: state
-                .store
-                .issue_agent_token(&id, AGENT_TOKEN_TTL_MS)
-                .await?,
-        },
+        BootKind::Discovery => {
+            ScriptTarget::Discovery { token: state.store.issue_agent_token(&id, AGENT_TOKEN_TTL_MS).await? }
+        }
         BootKind::LocalDisk => ScriptTarget::LocalDisk,
     };
     let target_name = match kind {
         BootKind::Discovery => "discovery",
         BootKind::LocalDisk => "local_disk",
     };
-    tracing::info!(
-        mac = mac_text,
-        machine = id,
-        target = target_name,
-        "boot script served"
-    );
+    tracing::info!(mac = mac_text, machine = id, target = target_name, "boot script served");
     metrics::counter!("slipway_boot_scripts_total", "target" => target_name).increment(1);
     state
         .store
-        .record_event(
-            Some(&id),
-            "boot.script",
-            serde_json::json!({ "mac": mac_text, "target": target_name }),
-        )
+        .record_event(Some(&id), "boot.script", serde_json::json!({ "mac": mac_text, "target": target_name }))
         .await?;
     let body = render_script(&target, &mac, &boot.http_base);
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body,
-    ))
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body))
 }
 
 #[cfg(test)]
@@ -101,12 +68,7 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert!(script.starts_with("#!ipxe\n"));
         assert!(script.contains("slipway.token="));
-        let (_, m) = get(
-            &t.operator,
-            "/api/v1/machines/52:54:00:00:00:05",
-            Some(&t.admin),
-        )
-        .await;
+        let (_, m) = get(&t.operator, "/api/v1/machines/52:54:00:00:00:05", Some(&t.admin)).await;
         assert_eq!(m["state"], "discovering");
         assert_eq!(m["macs"][0], "52:54:00:00:00:05");
     }
@@ -114,16 +76,8 @@ mod tests {
     #[tokio::test]
     async fn bad_script_names_are_404() {
         let t = app().await;
-        for path in [
-            "/boot/52-54-00-00-00.ipxe",
-            "/boot/..%2f..%2fetc%2fpasswd",
-            "/boot/52-54-00-00-00-05.txt",
-        ] {
-            assert_eq!(
-                get_text(&t.boot, path).await.0,
-                StatusCode::NOT_FOUND,
-                "{path}"
-            );
+        for path in ["/boot/52-54-00-00-00.ipxe", "/boot/..%2f..%2fetc%2fpasswd", "/boot/52-54-00-00-00-05.txt"] {
+            assert_eq!(get_text(&t.boot, path).await.0, StatusCode::NOT_FOUND, "{path}");
         }
     }
 
@@ -132,21 +86,13 @@ mod tests {
         let t = app().await;
         let (status, body) = get_text(&t.boot, "/boot/files/vmlinuz").await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "kernel-bytes"));
-        assert_eq!(
-            get_text(&t.boot, "/boot/files/../secret").await.0,
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            get_text(&t.boot, "/boot/files/%2e%2e/secret").await.0,
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(get_text(&t.boot, "/boot/files/../secret").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(get_text(&t.boot, "/boot/files/%2e%2e/secret").await.0, StatusCode::NOT_FOUND);
         let req = axum::http::Request::get("/boot/files/vmlinuz")
             .header("Range", "bytes=0-5")
             .body(axum::body::Body::empty())
             .unwrap();
-        let resp = tower::ServiceExt::oneshot(t.boot.clone(), req)
-            .await
-            .unwrap();
+        let resp = tower::ServiceExt::oneshot(t.boot.clone(), req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
         assert_eq!(resp.headers()["content-length"], "6");
     }

@@ -33,16 +33,10 @@ async fn find(state: &AppState, id_or_mac: &str) -> Result<Machine, ApiError> {
         Some(id) => state.store.machine(&id).await?,
         None => None,
     };
-    machine.ok_or_else(|| ApiError::NotFound {
-        what: format!("machine {id_or_mac}"),
-    })
+    machine.ok_or_else(|| ApiError::NotFound { what: format!("machine {id_or_mac}") })
 }
 
-async fn show(
-    _: Admin,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Machine>, ApiError> {
+async fn show(_: Admin, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Machine>, ApiError> {
     Ok(Json(find(&state, &id).await?))
 }
 
@@ -57,10 +51,7 @@ struct Page {
 fn limit(page: &Page) -> Result<i64, ApiError> {
     match page.limit.unwrap_or(100) {
         n @ 1..=1000 => Ok(n),
-        n => Err(ApiError::BadRequest {
-            field: "limit".into(),
-            detail: format!("{n} is not in 1..=1000"),
-        }),
+        n => Err(ApiError::BadRequest { field: "limit".into(), detail: format!("{n} is not in 1..=1000") }),
     }
 }
 
@@ -71,10 +62,7 @@ async fn machine_events(
     Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let machine = find(&state, &id).await?;
-    let events = state
-        .store
-        .events(Some(&machine.id), page.after.as_deref(), limit(&page)?)
-        .await?;
+    let events = state.store.events(Some(&machine.id), page.after.as_deref(), limit(&page)?).await?;
     Ok(Json(json!({ "events": events })))
 }
 
@@ -83,10 +71,7 @@ async fn all_events(
     State(state): State<AppState>,
     Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
-    let events = state
-        .store
-        .events(None, page.after.as_deref(), limit(&page)?)
-        .await?;
+    let events = state.store.events(None, page.after.as_deref(), limit(&page)?).await?;
     Ok(Json(json!({ "events": events })))
 }
 
@@ -98,41 +83,20 @@ mod tests {
     #[tokio::test]
     async fn machines_need_the_admin_token() {
         let t = app().await;
-        assert_eq!(
-            get(&t.operator, "/api/v1/machines", None).await.0,
-            StatusCode::UNAUTHORIZED
-        );
-        assert_eq!(
-            get(&t.operator, "/api/v1/machines", Some("wrong")).await.0,
-            StatusCode::UNAUTHORIZED
-        );
+        assert_eq!(get(&t.operator, "/api/v1/machines", None).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(get(&t.operator, "/api/v1/machines", Some("wrong")).await.0, StatusCode::UNAUTHORIZED);
         let (status, body) = get(&t.operator, "/api/v1/machines", Some(&t.admin)).await;
-        assert_eq!(
-            (status, body["machines"].as_array().unwrap().len()),
-            (StatusCode::OK, 0)
-        );
-        assert_eq!(
-            get(&t.operator, "/healthz", None).await.0,
-            StatusCode::OK,
-            "health needs no token"
-        );
+        assert_eq!((status, body["machines"].as_array().unwrap().len()), (StatusCode::OK, 0));
+        assert_eq!(get(&t.operator, "/healthz", None).await.0, StatusCode::OK, "health needs no token");
     }
 
     #[tokio::test]
     async fn unknown_machine_is_a_404_problem() {
         let t = app().await;
-        let (status, body) = get(
-            &t.operator,
-            "/api/v1/machines/52:54:00:00:00:99",
-            Some(&t.admin),
-        )
-        .await;
+        let (status, body) = get(&t.operator, "/api/v1/machines/52:54:00:00:00:99", Some(&t.admin)).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(body["status"], 404);
         let (status, body) = get(&t.operator, "/api/v1/events?limit=0", Some(&t.admin)).await;
-        assert_eq!(
-            (status, body["field"].as_str()),
-            (StatusCode::BAD_REQUEST, Some("limit"))
-        );
+        assert_eq!((status, body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("limit")));
     }
 }

@@ -33,9 +33,7 @@ pub fn boot_router(state: AppState) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
-async fn health(
-    axum::extract::State(state): axum::extract::State<AppState>,
-) -> axum::response::Response {
+async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> axum::response::Response {
     use axum::response::IntoResponse;
     match state.store.ping().await {
         Ok(()) => axum::Json(serde_json::json!({ "status": "ok" })).into_response(),

@@ -17,12 +17,7 @@ pub struct TestApp {
 
 pub async fn app() -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("t.db").display()
-    ))
-    .await
-    .unwrap();
+    let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display())).await.unwrap();
     let ramdisk = dir.path().join("ramdisk");
     std::fs::create_dir(&ramdisk).unwrap();
     std::fs::write(ramdisk.join("vmlinuz"), "kernel-bytes").unwrap();
@@ -31,43 +26,26 @@ pub async fn app() -> TestApp {
     let state = AppState {
         store,
         admin_token_digest: auth::digest(&admin),
-        boot: Some(Arc::new(BootContext {
-            http_base: "http://10.77.0.1:8081".into(),
-            ramdisk_dir: ramdisk,
-        })),
+        boot: Some(Arc::new(BootContext { http_base: "http://10.77.0.1:8081".into(), ramdisk_dir: ramdisk })),
         discovery_timeout_ms: 60_000,
     };
-    TestApp {
-        operator: operator_router(state.clone()),
-        boot: boot_router(state),
-        admin,
-        _dir: dir,
-    }
+    TestApp { operator: operator_router(state.clone()), boot: boot_router(state), admin, _dir: dir }
 }
 
 async fn send(router: &Router, req: Request<Body>) -> (StatusCode, Vec<u8>) {
     let resp = router.clone().oneshot(req).await.unwrap();
     let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
     (status, bytes.to_vec())
 }
 
-pub async fn get(
-    router: &Router,
-    path: &str,
-    token: Option<&str>,
-) -> (StatusCode, serde_json::Value) {
+pub async fn get(router: &Router, path: &str, token: Option<&str>) -> (StatusCode, serde_json::Value) {
     let mut req = Request::get(path);
     if let Some(t) = token {
         req = req.header("Authorization", format!("Bearer {t}"));
     }
     let (status, body) = send(router, req.body(Body::empty()).unwrap()).await;
-    (
-        status,
-        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-    )
+    (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
 }
 
 pub async fn get_text(router: &Router, path: &str) -> (StatusCode, String) {
@@ -87,8 +65,5 @@ pub async fn post(
         .body(Body::from(body.to_string()))
         .unwrap();
     let (status, body) = send(router, req).await;
-    (
-        status,
-        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-    )
+    (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
 }

@@ -30,7 +30,8 @@ const API: &str = "http://127.0.0.1:8080";
 pub enum FirmwareChoice {
     Bios,
     Uefi,
-    /// Alternating, BIOS first.
+    PxeUefi,
+    /// Cycling BIOS, UEFI, UEFI native PXE (two nodes: one BIOS, one UEFI).
     Mixed,
 }
 
@@ -39,8 +40,8 @@ impl FirmwareChoice {
         match self {
             FirmwareChoice::Bios => Firmware::Bios,
             FirmwareChoice::Uefi => Firmware::Uefi,
-            FirmwareChoice::Mixed if index.is_multiple_of(2) => Firmware::Bios,
-            FirmwareChoice::Mixed => Firmware::Uefi,
+            FirmwareChoice::PxeUefi => Firmware::PxeUefi,
+            FirmwareChoice::Mixed => [Firmware::Bios, Firmware::Uefi, Firmware::PxeUefi][index % 3],
         }
     }
 }
@@ -78,16 +79,11 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     // an error, and the guards below tear everything down.
     let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
 
-    progress(&format!(
-        "preparing the discovery ramdisk (cache {})",
-        opts.cache_dir.display()
-    ));
+    progress(&format!("preparing the discovery ramdisk (cache {})", opts.cache_dir.display()));
     let agent = opts.slipway_bin.with_file_name("slipway-agent");
-    let ramdisk = images::ensure_ramdisk(&images::RamdiskInputs {
-        agent_binary: agent,
-        cache_dir: opts.cache_dir.clone(),
-    })
-    .context("building the discovery ramdisk")?;
+    let ramdisk =
+        images::ensure_ramdisk(&images::RamdiskInputs { agent_binary: agent, cache_dir: opts.cache_dir.clone() })
+            .context("building the discovery ramdisk")?;
     progress(&format!(
         "ramdisk {} ready: kernel {} ({:.1} MiB), initrd {:.1} MiB",
         ramdisk.key,
@@ -102,12 +98,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     let accel = opts.accel.unwrap_or_else(qemu::detect_accel);
 
     // From here on, `lab` tears down whatever was set up when dropped.
-    let mut lab = Lab {
-        children: Children::default(),
-        netns: false,
-        keep: false,
-        succeeded: false,
-    };
+    let mut lab = Lab { children: Children::default(), netns: false, keep: false, succeeded: false };
     net::create_and_enter(NETNS)?;
     lab.netns = true;
     net::setup_bridge(BRIDGE, &format!("{SERVER_IP}/24"))?;
@@ -116,16 +107,10 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     let config = work.join("slipway.toml");
     std::fs::write(&config, lab_config(work, &ramdisk.dir))?;
     std::fs::write(work.join("admin-token"), &token)?;
-    lab.children
-        .spawn_appliance(&opts.slipway_bin, &config, &token, &work.join("serve.log"))?;
-    let client = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(10))
-        .build();
+    lab.children.spawn_appliance(&opts.slipway_bin, &config, &token, &work.join("serve.log"))?;
+    let client = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
     wait_for_health(&client, &mut lab.children, &interrupted)?;
-    progress(&format!(
-        "appliance serving in namespace {NETNS} on {SERVER_IP} ({} accel)",
-        accel.name()
-    ));
+    progress(&format!("appliance serving in namespace {NETNS} on {SERVER_IP} ({} accel)", accel.name()));
 
     let mut nodes = Vec::new();
     for i in 0..opts.nodes {
@@ -146,15 +131,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     }
 
     let started = Instant::now();
-    let outcome = wait_until_ready(
-        &client,
-        &token,
-        &nodes,
-        opts.timeout,
-        &mut lab.children,
-        &interrupted,
-        started,
-    );
+    let outcome = wait_until_ready(&client, &token, &nodes, opts.timeout, &mut lab.children, &interrupted, started);
     let mut report = report::build(&client, API, &token, &nodes, accel, &ramdisk)?;
     report.appliance_peak_rss_kib = lab.children.peak_appliance_rss_kib;
     if let Some(path) = &opts.report {
@@ -183,10 +160,7 @@ pub fn down() -> anyhow::Result<()> {
         net::delete(NETNS)?;
     }
     let _ = std::fs::remove_dir_all(WORK_DIR);
-    println!(
-        "lab down: stopped {stopped} processes{}",
-        if had_netns { ", removed namespace" } else { "" }
-    );
+    println!("lab down: stopped {stopped} processes{}", if had_netns { ", removed namespace" } else { "" });
     Ok(())
 }
 
@@ -243,11 +217,7 @@ ramdisk_dir = "{ramdisk}"
     )
 }
 
-fn wait_for_health(
-    client: &ureq::Agent,
-    children: &mut Children,
-    interrupted: &AtomicBool,
-) -> anyhow::Result<()> {
+fn wait_for_health(client: &ureq::Agent, children: &mut Children, interrupted: &AtomicBool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if interrupted.load(Ordering::SeqCst) {
@@ -294,13 +264,7 @@ fn wait_until_ready(
             .collect();
         for (i, state) in states.iter().enumerate() {
             if *state != last[i] {
-                progress_at(
-                    started,
-                    &format!(
-                        "{} {}: {} -> {}",
-                        nodes[i].0.name, nodes[i].0.mac, last[i], state
-                    ),
-                );
+                progress_at(started, &format!("{} {}: {} -> {}", nodes[i].0.name, nodes[i].0.mac, last[i], state));
             }
         }
         last = states;
@@ -308,11 +272,7 @@ fn wait_until_ready(
             return Ok(());
         }
         if started.elapsed() > timeout {
-            bail!(
-                "not every node was ready after {} s: {:?} (serial logs in {WORK_DIR})",
-                timeout.as_secs(),
-                last
-            );
+            bail!("not every node was ready after {} s: {:?} (serial logs in {WORK_DIR})", timeout.as_secs(), last);
         }
         if last_line.elapsed() > Duration::from_secs(15) {
             let ready = last.iter().filter(|s| *s == "ready").count();
@@ -335,10 +295,7 @@ fn progress(msg: &str) {
 }
 
 fn progress_at(started: Instant, msg: &str) {
-    say(&format!(
-        "lab: [{:6.1}s] {msg}",
-        started.elapsed().as_secs_f64()
-    ));
+    say(&format!("lab: [{:6.1}s] {msg}", started.elapsed().as_secs_f64()));
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -346,10 +303,7 @@ fn mib(bytes: u64) -> f64 {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn random_hex() -> String {

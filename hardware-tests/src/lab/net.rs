@@ -13,16 +13,9 @@ pub fn netns_exists(name: &str) -> bool {
 }
 
 pub fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (is iproute2 installed?)")?;
+    let out = Command::new("ip").args(args).output().context("running ip (is iproute2 installed?)")?;
     if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -31,8 +24,7 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
 /// thread before starting children: they inherit the namespace.
 pub fn create_and_enter(name: &str) -> anyhow::Result<()> {
     ip(&["netns", "add", name])?;
-    let file = std::fs::File::open(Path::new("/run/netns").join(name))
-        .context("opening the lab namespace")?;
+    let file = std::fs::File::open(Path::new("/run/netns").join(name)).context("opening the lab namespace")?;
     nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
         .context("entering the lab namespace (are you root?)")?;
     ip(&["link", "set", "lo", "up"])

@@ -37,28 +37,13 @@ struct Saved {
 impl Children {
     fn spawn(&mut self, name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<()> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name}: {cmd:?}"))?;
-        self.procs.push(Proc {
-            name: name.to_string(),
-            child,
-            log: log.to_path_buf(),
-        });
+        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).process_group(0);
+        let child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
+        self.procs.push(Proc { name: name.to_string(), child, log: log.to_path_buf() });
         Ok(())
     }
 
-    pub fn spawn_appliance(
-        &mut self,
-        bin: &Path,
-        config: &Path,
-        token: &str,
-        log: &Path,
-    ) -> anyhow::Result<()> {
+    pub fn spawn_appliance(&mut self, bin: &Path, config: &Path, token: &str, log: &Path) -> anyhow::Result<()> {
         let mut cmd = Command::new(bin);
         cmd.arg("serve").arg("--config").arg(config);
         // The lab's config is the whole truth: drop the caller's overrides.
@@ -72,31 +57,19 @@ impl Children {
     pub fn spawn_vm(&mut self, spec: &NodeSpec, accel: Accel) -> anyhow::Result<()> {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(spec.args(accel));
-        self.spawn(
-            &spec.name,
-            cmd,
-            &spec.dir.join(format!("{}.qemu.log", spec.name)),
-        )
+        self.spawn(&spec.name, cmd, &spec.dir.join(format!("{}.qemu.log", spec.name)))
     }
 
     /// Resident memory of the appliance process, from /proc.
     fn appliance_rss_kib(&self) -> Option<u64> {
         let p = self.procs.iter().find(|p| p.name == "appliance")?;
         let status = std::fs::read_to_string(format!("/proc/{}/status", p.child.id())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()
     }
 
     /// Fails if any child has exited, quoting the end of its log.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        self.peak_appliance_rss_kib = self
-            .peak_appliance_rss_kib
-            .max(self.appliance_rss_kib().unwrap_or(0));
+        self.peak_appliance_rss_kib = self.peak_appliance_rss_kib.max(self.appliance_rss_kib().unwrap_or(0));
         for p in &mut self.procs {
             if let Some(status) = p.child.try_wait()? {
                 let log = std::fs::read_to_string(&p.log).unwrap_or_default();
@@ -131,14 +104,7 @@ impl Children {
     }
 
     pub fn save_state(&self, path: &Path) -> anyhow::Result<()> {
-        let saved: Vec<Saved> = self
-            .procs
-            .iter()
-            .map(|p| Saved {
-                name: p.name.clone(),
-                pid: p.child.id(),
-            })
-            .collect();
+        let saved: Vec<Saved> = self.procs.iter().map(|p| Saved { name: p.name.clone(), pid: p.child.id() }).collect();
         std::fs::write(path, serde_json::to_string_pretty(&saved)?)?;
         Ok(())
     }
@@ -150,8 +116,7 @@ pub fn stop_saved(path: &Path) -> anyhow::Result<usize> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(0);
     };
-    let saved: Vec<Saved> =
-        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    let saved: Vec<Saved> = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
     let mut stopped = 0;
     for s in saved {
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", s.pid)).unwrap_or_default();

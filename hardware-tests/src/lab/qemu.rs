@@ -10,8 +10,13 @@ const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Firmware {
+    /// SeaBIOS with QEMU's iPXE option ROM.
     Bios,
+    /// OVMF with QEMU's iPXE UEFI driver.
     Uefi,
+    /// OVMF's own PXE, no iPXE ROM: the path of real UEFI hardware, which
+    /// fetches `snponly.efi` over TFTP first.
+    PxeUefi,
 }
 
 impl Firmware {
@@ -19,7 +24,12 @@ impl Firmware {
         match self {
             Firmware::Bios => "bios",
             Firmware::Uefi => "uefi",
+            Firmware::PxeUefi => "pxe-uefi",
         }
+    }
+
+    pub fn is_uefi(self) -> bool {
+        matches!(self, Firmware::Uefi | Firmware::PxeUefi)
     }
 }
 
@@ -47,11 +57,7 @@ pub fn detect_accel() -> Accel {
         .lines()
         .filter(|l| l.starts_with("flags"))
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    let kvm_opens = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
+    let kvm_opens = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
     if hw_virt && kvm_opens {
         Accel::Kvm
     } else {
@@ -132,10 +138,18 @@ impl NodeSpec {
         if !out.status.success() {
             bail!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr));
         }
-        if self.firmware == Firmware::Uefi {
+        if self.firmware.is_uefi() {
             std::fs::copy(OVMF_VARS, self.vars()).context("copying the OVMF variable store")?;
         }
         Ok(())
+    }
+
+    /// An empty `romfile` removes QEMU's iPXE option ROM from the NIC.
+    fn nic_rom(&self) -> &'static str {
+        match self.firmware {
+            Firmware::PxeUefi => ",romfile=",
+            _ => "",
+        }
     }
 
     pub fn args(&self, accel: Accel) -> Vec<String> {
@@ -155,27 +169,21 @@ impl NodeSpec {
             "-monitor".into(),
             "none".into(),
             "-serial".into(),
-            format!(
-                "file:{}",
-                self.dir.join(format!("{}.serial.log", self.name)).display()
-            ),
+            format!("file:{}", self.dir.join(format!("{}.serial.log", self.name)).display()),
             "-uuid".into(),
             self.uuid.clone(),
             "-smbios".into(),
-            format!(
-                "type=1,manufacturer=Slipway Lab,product=QEMU Lab Node,serial={}",
-                self.serial
-            ),
+            format!("type=1,manufacturer=Slipway Lab,product=QEMU Lab Node,serial={}", self.serial),
             "-netdev".into(),
             format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap),
             "-device".into(),
-            format!("virtio-net-pci,netdev=n0,mac={},bootindex=1", self.mac),
+            format!("virtio-net-pci,netdev=n0,mac={},bootindex=1{}", self.mac, self.nic_rom()),
             "-drive".into(),
             format!("file={},if=none,id=d0,format=qcow2", self.disk().display()),
             "-device".into(),
             format!("virtio-blk-pci,drive=d0,serial=DISK-{}", self.serial),
         ];
-        if self.firmware == Firmware::Uefi {
+        if self.firmware.is_uefi() {
             a.extend([
                 "-drive".into(),
                 format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
@@ -198,9 +206,9 @@ mod tests {
         assert!(args.contains("mac=52:54:00:5e:00:02,bootindex=1"));
         assert!(args.contains("if=pflash,format=raw,unit=1,file=/lab/node2.vars.fd"));
         assert!(args.contains("-accel tcg"));
-        let bios = NodeSpec::lab_node(0, Firmware::Bios, 512, Path::new("/lab"))
-            .args(Accel::Kvm)
-            .join(" ");
+        let bios = NodeSpec::lab_node(0, Firmware::Bios, 512, Path::new("/lab")).args(Accel::Kvm).join(" ");
         assert!(!bios.contains("pflash"));
+        let native = NodeSpec::lab_node(2, Firmware::PxeUefi, 512, Path::new("/lab")).args(Accel::Tcg).join(" ");
+        assert!(native.contains("bootindex=1,romfile= ") && native.contains("pflash"), "{native}");
     }
 }

@@ -54,20 +54,15 @@ pub struct Seconds {
 }
 
 pub fn machine_for<'a>(machines: &'a Value, mac: &str) -> Option<&'a Value> {
-    machines["machines"].as_array()?.iter().find(|m| {
-        m["macs"]
-            .as_array()
-            .is_some_and(|macs| macs.iter().any(|x| x == mac))
-    })
+    machines["machines"]
+        .as_array()?
+        .iter()
+        .find(|m| m["macs"].as_array().is_some_and(|macs| macs.iter().any(|x| x == mac)))
 }
 
 /// Seconds from `start_ms` to the first event matching `pred`.
 fn first(events: &[Value], start_ms: i64, pred: impl Fn(&Value) -> bool) -> Option<f64> {
-    events
-        .iter()
-        .find(|e| pred(e))
-        .and_then(|e| e["at_ms"].as_i64())
-        .map(|at| (at - start_ms) as f64 / 1000.0)
+    events.iter().find(|e| pred(e)).and_then(|e| e["at_ms"].as_i64()).map(|at| (at - start_ms) as f64 / 1000.0)
 }
 
 pub fn build(
@@ -79,11 +74,8 @@ pub fn build(
     ramdisk: &images::Ramdisk,
 ) -> anyhow::Result<LabReport> {
     let auth = format!("Bearer {token}");
-    let machines: Value = client
-        .get(&format!("{api}/api/v1/machines"))
-        .set("Authorization", &auth)
-        .call()?
-        .into_json()?;
+    let machines: Value =
+        client.get(&format!("{api}/api/v1/machines")).set("Authorization", &auth).call()?.into_json()?;
     let mut out = Vec::new();
     for (spec, start_ms) in nodes {
         let machine = machine_for(&machines, &spec.mac);
@@ -104,10 +96,7 @@ pub fn build(
             mac: spec.mac.clone(),
             firmware: spec.firmware.name(),
             machine_id: id,
-            state: machine
-                .and_then(|m| m["state"].as_str())
-                .unwrap_or("absent")
-                .to_string(),
+            state: machine.and_then(|m| m["state"].as_str()).unwrap_or("absent").to_string(),
             configured: Configured {
                 cpus: spec.cpus,
                 memory_mib: spec.memory_mib,
@@ -115,15 +104,11 @@ pub fn build(
                 serial: spec.serial.clone(),
                 uuid: spec.uuid.clone(),
             },
-            inventory: machine
-                .map(|m| m["inventory"].clone())
-                .unwrap_or(Value::Null),
+            inventory: machine.map(|m| m["inventory"].clone()).unwrap_or(Value::Null),
             seconds: Seconds {
                 dhcp_ack: first(&events, *start_ms, |e| e["kind"] == "dhcp.ack"),
                 discovered: first(&events, *start_ms, |e| e["kind"] == "agent.hello"),
-                ready: first(&events, *start_ms, |e| {
-                    e["kind"] == "state.changed" && e["detail"]["to"] == "ready"
-                }),
+                ready: first(&events, *start_ms, |e| e["kind"] == "state.changed" && e["detail"]["to"] == "ready"),
             },
         });
     }
@@ -154,17 +139,8 @@ pub fn summary(report: &LabReport) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<7} {:<18} {:<5} {:<12} {:>4} {:>8} {:>9} {:>8} {:>11} {:>7}",
-        "node",
-        "mac",
-        "fw",
-        "state",
-        "cpus",
-        "mem MiB",
-        "disk GiB",
-        "dhcp s",
-        "discovered s",
-        "ready s"
+        "\n{:<7} {:<18} {:<8} {:<12} {:>4} {:>8} {:>9} {:>8} {:>11} {:>7}",
+        "node", "mac", "fw", "state", "cpus", "mem MiB", "disk GiB", "dhcp s", "discovered s", "ready s"
     );
     let secs = |s: Option<f64>| s.map_or("-".to_string(), |v| format!("{v:.1}"));
     for n in &report.nodes {
@@ -173,22 +149,16 @@ pub fn summary(report: &LabReport) -> String {
             .as_array()
             .and_then(|d| d.first())
             .and_then(|d| d["size_bytes"].as_u64())
-            .map_or("-".into(), |b| {
-                format!("{:.1}", b as f64 / (1u64 << 30) as f64)
-            });
+            .map_or("-".into(), |b| format!("{:.1}", b as f64 / (1u64 << 30) as f64));
         let _ = writeln!(
             out,
-            "{:<7} {:<18} {:<5} {:<12} {:>4} {:>8} {:>9} {:>8} {:>11} {:>7}",
+            "{:<7} {:<18} {:<8} {:<12} {:>4} {:>8} {:>9} {:>8} {:>11} {:>7}",
             n.name,
             n.mac,
             n.firmware,
             n.state,
-            inv["cpu"]["count"]
-                .as_u64()
-                .map_or("-".into(), |c| c.to_string()),
-            inv["memory"]["total_bytes"]
-                .as_u64()
-                .map_or("-".into(), |b| (b >> 20).to_string()),
+            inv["cpu"]["count"].as_u64().map_or("-".into(), |c| c.to_string()),
+            inv["memory"]["total_bytes"].as_u64().map_or("-".into(), |b| (b >> 20).to_string()),
             disk_gib,
             secs(n.seconds.dhcp_ack),
             secs(n.seconds.discovered),
@@ -230,18 +200,14 @@ mod tests {
                     "cpu": { "count": 1 }, "memory": { "total_bytes": 479_641_600u64 },
                     "disks": [{ "size_bytes": 8u64 << 30 }]
                 }),
-                seconds: Seconds {
-                    dhcp_ack: Some(2.25),
-                    discovered: Some(11.9),
-                    ready: None,
-                },
+                seconds: Seconds { dhcp_ack: Some(2.25), discovered: Some(11.9), ready: None },
             }],
         };
         let expected = "
 appliance peak RSS 11.0 MiB; ramdisk: kernel 8.0 MiB + initrd 3.0 MiB; accel tcg
 
-node    mac                fw    state        cpus  mem MiB  disk GiB   dhcp s discovered s ready s
-node1   52:54:00:5e:00:01  bios  ready           1      457       8.0      2.2        11.9       -
+node    mac                fw       state        cpus  mem MiB  disk GiB   dhcp s discovered s ready s
+node1   52:54:00:5e:00:01  bios     ready           1      457       8.0      2.2        11.9       -
 ";
         assert_eq!(summary(&report), expected);
     }

@@ -31,6 +31,9 @@ pub struct Reply {
     /// Boot file (PXE: a TFTP path; iPXE: a script URL).
     pub boot_file: Option<String>,
     pub pxe_client: bool,
+    /// A firmware PXE client (not iPXE yet): told to download the boot
+    /// file at once instead of running PXE boot-server discovery.
+    pub pxe_rom: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,43 +84,27 @@ const QUARANTINE_SECS: u64 = 600;
 
 pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64) -> Decision {
     let client = boot::classify(req);
-    let mut d = Decision {
-        reply: None,
-        ops: Vec::new(),
-        outcome: Outcome::Ignored(""),
-        client,
-    };
+    let mut d = Decision { reply: None, ops: Vec::new(), outcome: Outcome::Ignored(""), client };
     let boot_file = boot::boot_file(&client, &req.mac, &cfg.boot);
     let reply = |kind, yiaddr| Reply {
         kind,
         yiaddr,
         boot_file: boot_file.clone(),
         pxe_client: client.is_pxe(),
+        pxe_rom: client.pxe && !client.ipxe,
     };
-    let bind = |ip, state, secs: u32| {
-        LeaseOp::Upsert(Lease {
-            mac: req.mac,
-            ip,
-            expires_at: now + u64::from(secs),
-            state,
-        })
-    };
+    let bind =
+        |ip, state, secs: u32| LeaseOp::Upsert(Lease { mac: req.mac, ip, expires_at: now + u64::from(secs), state });
 
     match req.message_type {
         MessageType::Discover => match pick_address(req, leases, cfg, now) {
             Some(ip) => {
                 // Keep a bound lease bound; a fresh address is only offered.
                 let state = match leases.by_mac(&req.mac) {
-                    Some(l) if l.ip == ip && l.state == LeaseState::Bound && l.expires_at > now => {
-                        LeaseState::Bound
-                    }
+                    Some(l) if l.ip == ip && l.state == LeaseState::Bound && l.expires_at > now => LeaseState::Bound,
                     _ => LeaseState::Offered,
                 };
-                let secs = if state == LeaseState::Bound {
-                    cfg.lease_secs
-                } else {
-                    cfg.offer_hold_secs
-                };
+                let secs = if state == LeaseState::Bound { cfg.lease_secs } else { cfg.offer_hold_secs };
                 d.ops.push(bind(ip, state, secs));
                 d.reply = Some(reply(ReplyKind::Offer, ip));
                 d.outcome = Outcome::Offered;
@@ -128,10 +115,7 @@ pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64) ->
             if let Some(sid) = req.server_id() {
                 if sid != cfg.server_ip {
                     // The client chose another server's offer: free ours.
-                    if leases
-                        .by_mac(&req.mac)
-                        .is_some_and(|l| l.state == LeaseState::Offered)
-                    {
+                    if leases.by_mac(&req.mac).is_some_and(|l| l.state == LeaseState::Offered) {
                         d.ops.push(LeaseOp::Remove { mac: req.mac });
                     }
                     d.outcome = Outcome::Ignored("client chose another server");
@@ -140,9 +124,7 @@ pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64) ->
             }
             // SELECTING / INIT-REBOOT name the address in option 50;
             // RENEWING / REBINDING put it in ciaddr.
-            let wanted = req
-                .requested_ip()
-                .or((!req.ciaddr.is_unspecified()).then_some(req.ciaddr));
+            let wanted = req.requested_ip().or((!req.ciaddr.is_unspecified()).then_some(req.ciaddr));
             let Some(ip) = wanted else {
                 d.reply = Some(reply(ReplyKind::Nak, Ipv4Addr::UNSPECIFIED));
                 d.outcome = Outcome::Naked("no address requested");
@@ -172,10 +154,7 @@ pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64) ->
         }
         MessageType::Decline => match req.requested_ip() {
             Some(ip) if in_pool(ip, cfg) => {
-                d.ops.push(LeaseOp::Quarantine {
-                    ip,
-                    until: now + QUARANTINE_SECS,
-                });
+                d.ops.push(LeaseOp::Quarantine { ip, until: now + QUARANTINE_SECS });
                 d.outcome = Outcome::Declined;
             }
             _ => d.outcome = Outcome::Ignored("decline without an address of ours"),
@@ -194,12 +173,7 @@ fn in_pool(ip: Ipv4Addr, cfg: &DhcpConfig) -> bool {
 
 /// The client's current address, else the one it asks for, else the first
 /// free address in the pool.
-fn pick_address(
-    req: &Request,
-    leases: &LeaseTable,
-    cfg: &DhcpConfig,
-    now: u64,
-) -> Option<Ipv4Addr> {
+fn pick_address(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64) -> Option<Ipv4Addr> {
     let usable = |ip: Ipv4Addr| in_pool(ip, cfg) && leases.is_free_for(ip, &req.mac, now);
     if let Some(lease) = leases.by_mac(&req.mac) {
         if usable(lease.ip) {
@@ -209,9 +183,7 @@ fn pick_address(
     if let Some(ip) = req.requested_ip().filter(|ip| usable(*ip)) {
         return Some(ip);
     }
-    (u32::from(cfg.pool_start)..=u32::from(cfg.pool_end))
-        .map(Ipv4Addr::from)
-        .find(|ip| usable(*ip))
+    (u32::from(cfg.pool_start)..=u32::from(cfg.pool_end)).map(Ipv4Addr::from).find(|ip| usable(*ip))
 }
 
 #[cfg(test)]
@@ -271,34 +243,21 @@ mod tests {
         assert_eq!(ip, Ipv4Addr::new(10, 77, 0, 100));
         assert_eq!(t.by_mac(&MAC).unwrap().state, LeaseState::Offered);
 
-        let ack = run(
-            &mut t,
-            &request(MAC, 3, &[50, 4, 10, 77, 0, 100, 54, 4, 10, 77, 0, 1]),
-            1001,
-        );
+        let ack = run(&mut t, &request(MAC, 3, &[50, 4, 10, 77, 0, 100, 54, 4, 10, 77, 0, 1]), 1001);
         assert_eq!(ack.outcome, Outcome::Acked);
         let lease = t.by_mac(&MAC).unwrap();
-        assert_eq!(
-            (lease.state, lease.expires_at),
-            (LeaseState::Bound, 1001 + 3600)
-        );
+        assert_eq!((lease.state, lease.expires_at), (LeaseState::Bound, 1001 + 3600));
     }
 
     #[test]
     fn two_clients_never_share_an_address() {
         let mut t = LeaseTable::default();
         let a = run(&mut t, &request(MAC, 1, &[]), 0).reply.unwrap().yiaddr;
-        let b = run(&mut t, &request(OTHER, 1, &[]), 0)
-            .reply
-            .unwrap()
-            .yiaddr;
+        let b = run(&mut t, &request(OTHER, 1, &[]), 0).reply.unwrap().yiaddr;
         assert_ne!(a, b);
         // OTHER asking for MAC's address is refused.
         let nak = run(&mut t, &request(OTHER, 3, &[50, 4, 10, 77, 0, 100]), 1);
-        assert_eq!(
-            nak.outcome,
-            Outcome::Naked("address held by another client")
-        );
+        assert_eq!(nak.outcome, Outcome::Naked("address held by another client"));
     }
 
     #[test]
@@ -307,50 +266,29 @@ mod tests {
         run(&mut t, &request(MAC, 1, &[]), 0);
         run(&mut t, &request(OTHER, 1, &[]), 0);
         let third = [0x52, 0x54, 0, 0, 0, 3];
-        assert_eq!(
-            run(&mut t, &request(third, 1, &[]), 10).outcome,
-            Outcome::Ignored("pool exhausted")
-        );
-        assert_eq!(
-            run(&mut t, &request(third, 1, &[]), 61).outcome,
-            Outcome::Offered
-        );
+        assert_eq!(run(&mut t, &request(third, 1, &[]), 10).outcome, Outcome::Ignored("pool exhausted"));
+        assert_eq!(run(&mut t, &request(third, 1, &[]), 61).outcome, Outcome::Offered);
     }
 
     #[test]
     fn request_for_another_server_frees_our_offer() {
         let mut t = LeaseTable::default();
         run(&mut t, &request(MAC, 1, &[]), 0);
-        let d = run(
-            &mut t,
-            &request(MAC, 3, &[50, 4, 192, 168, 9, 9, 54, 4, 192, 168, 9, 1]),
-            1,
-        );
+        let d = run(&mut t, &request(MAC, 3, &[50, 4, 192, 168, 9, 9, 54, 4, 192, 168, 9, 1]), 1);
         assert_eq!(d.reply, None);
         assert!(t.by_mac(&MAC).is_none());
     }
 
     #[test]
     fn request_outside_the_pool_is_naked() {
-        let d = run(
-            &mut LeaseTable::default(),
-            &request(MAC, 3, &[50, 4, 192, 168, 1, 5]),
-            0,
-        );
+        let d = run(&mut LeaseTable::default(), &request(MAC, 3, &[50, 4, 192, 168, 1, 5]), 0);
         assert_eq!(d.reply.unwrap().kind, ReplyKind::Nak);
     }
 
     #[test]
     fn init_reboot_after_lost_state_is_granted() {
-        let d = run(
-            &mut LeaseTable::default(),
-            &request(MAC, 3, &[50, 4, 10, 77, 0, 101]),
-            0,
-        );
-        assert_eq!(
-            (d.outcome, d.reply.unwrap().yiaddr),
-            (Outcome::Acked, Ipv4Addr::new(10, 77, 0, 101))
-        );
+        let d = run(&mut LeaseTable::default(), &request(MAC, 3, &[50, 4, 10, 77, 0, 101]), 0);
+        assert_eq!((d.outcome, d.reply.unwrap().yiaddr), (Outcome::Acked, Ipv4Addr::new(10, 77, 0, 101)));
     }
 
     #[test]
@@ -359,11 +297,7 @@ mod tests {
         run(&mut t, &request(MAC, 1, &[]), 0);
         run(&mut t, &request(MAC, 4, &[50, 4, 10, 77, 0, 100]), 1);
         let next = run(&mut t, &request(MAC, 1, &[]), 2).reply.unwrap().yiaddr;
-        assert_eq!(
-            next,
-            Ipv4Addr::new(10, 77, 0, 101),
-            "declined address is skipped"
-        );
+        assert_eq!(next, Ipv4Addr::new(10, 77, 0, 101), "declined address is skipped");
 
         run(&mut t, &request(MAC, 3, &[50, 4, 10, 77, 0, 101]), 3);
         let mut release = request(MAC, 7, &[]);

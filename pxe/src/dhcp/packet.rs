@@ -115,10 +115,7 @@ impl Request {
             return Err(Malformed::NotRequest(bytes[OP]));
         }
         if bytes[HTYPE] != HTYPE_ETHERNET || bytes[HLEN] != 6 {
-            return Err(Malformed::NotEthernet {
-                htype: bytes[HTYPE],
-                hlen: bytes[HLEN],
-            });
+            return Err(Malformed::NotEthernet { htype: bytes[HTYPE], hlen: bytes[HLEN] });
         }
         if bytes[MAGIC..OPTIONS] != MAGIC_COOKIE {
             return Err(Malformed::NoCookie);
@@ -134,12 +131,7 @@ impl Request {
                 8 => MessageType::Inform,
                 other => return Err(Malformed::UnknownMessageType(*other)),
             },
-            Some(v) => {
-                return Err(Malformed::BadOptionLength {
-                    code: code::MESSAGE_TYPE,
-                    len: v.len(),
-                })
-            }
+            Some(v) => return Err(Malformed::BadOptionLength { code: code::MESSAGE_TYPE, len: v.len() }),
         };
         let mut mac = [0u8; 6];
         mac.copy_from_slice(&bytes[CHADDR..CHADDR + 6]);
@@ -173,10 +165,7 @@ impl Request {
 
     pub fn mac_string(&self) -> String {
         let m = self.mac;
-        format!(
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
     }
 }
 
@@ -202,10 +191,7 @@ fn parse_options(mut rest: &[u8]) -> Result<BTreeMap<u8, Vec<u8>>, Malformed> {
                 if tail.len() < len {
                     return Err(Malformed::OptionOverrun { code: *code });
                 }
-                options
-                    .entry(*code)
-                    .or_default()
-                    .extend_from_slice(&tail[..len]);
+                options.entry(*code).or_default().extend_from_slice(&tail[..len]);
                 rest = &tail[len..];
             }
             [code] => return Err(Malformed::OptionOverrun { code: *code }),
@@ -218,10 +204,7 @@ fn parse_options(mut rest: &[u8]) -> Result<BTreeMap<u8, Vec<u8>>, Malformed> {
             _ => true,
         };
         if !ok {
-            return Err(Malformed::BadOptionLength {
-                code: *code,
-                len: value.len(),
-            });
+            return Err(Malformed::BadOptionLength { code: *code, len: value.len() });
         }
     }
     Ok(options)

@@ -5,6 +5,12 @@ use dhcproto::v4::{self, DhcpOption, Encodable, Flags, Message, Opcode};
 use super::decide::{DhcpConfig, Reply, ReplyKind};
 use super::packet::Request;
 
+/// PXE vendor options (option 43): PXE_DISCOVERY_CONTROL (6) = 8, "boot
+/// the file named in this reply, no discovery". Without it UEFI firmware
+/// (edk2/OVMF) treats a reply with a boot file as a BINL offer, asks port
+/// 4011 for the file and gives up with PXE-E16.
+const PXE_VENDOR_OPTIONS: [u8; 4] = [6, 1, 8, 255];
+
 /// The BOOTP `file` field holds at most 128 bytes; longer names go in
 /// option 67 only.
 const FILE_FIELD_LEN: usize = 128;
@@ -14,11 +20,7 @@ pub fn encode_reply(req: &Request, reply: &Reply, cfg: &DhcpConfig) -> Vec<u8> {
         req.xid,
         req.ciaddr,
         reply.yiaddr,
-        if reply.kind == ReplyKind::Nak {
-            std::net::Ipv4Addr::UNSPECIFIED
-        } else {
-            cfg.boot.tftp_server
-        },
+        if reply.kind == ReplyKind::Nak { std::net::Ipv4Addr::UNSPECIFIED } else { cfg.boot.tftp_server },
         req.giaddr,
         &req.mac,
     );
@@ -48,15 +50,14 @@ pub fn encode_reply(req: &Request, reply: &Reply, cfg: &DhcpConfig) -> Vec<u8> {
         if reply.pxe_client {
             opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
         }
+        if reply.pxe_rom && reply.boot_file.is_some() {
+            opts.insert(DhcpOption::VendorExtensions(PXE_VENDOR_OPTIONS.to_vec()));
+        }
         if let Some(file) = &reply.boot_file {
             opts.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
         }
     }
-    if let Some(file) = reply
-        .boot_file
-        .as_ref()
-        .filter(|f| f.len() < FILE_FIELD_LEN)
-    {
+    if let Some(file) = reply.boot_file.as_ref().filter(|f| f.len() < FILE_FIELD_LEN) {
         if reply.kind != ReplyKind::Nak {
             msg.set_fname_str(file);
         }
@@ -72,6 +73,27 @@ mod tests {
     use crate::dhcp::packet::tests::ipxe_discover;
     use crate::dhcp::{decide, LeaseTable};
     use dhcproto::v4::Decodable;
+
+    /// OVMF's own PXE gives up (PXE-E16) on an offer with a boot file but
+    /// no PXE vendor options; iPXE needs none.
+    #[test]
+    fn regression_uefi_pxe_rom_gets_discovery_control() {
+        let cfg = crate::dhcp::decide::tests_support::config();
+        let mut ovmf = crate::dhcp::packet::tests::ipxe_discover([0x52, 0x54, 0, 0, 0, 8]);
+        ovmf.truncate(240);
+        ovmf.extend_from_slice(b"\x35\x01\x01\x3c\x20PXEClient:Arch:00007:UNDI:003016\x5d\x02\x00\x07\xff");
+        for (bytes, expect_43) in [(ovmf, true), (ipxe_discover([0x52, 0x54, 0, 0, 0, 9]), false)] {
+            let req = Request::parse(&bytes).unwrap();
+            let d = decide(&req, &LeaseTable::default(), &cfg, 0);
+            let msg =
+                Message::decode(&mut v4::Decoder::new(&encode_reply(&req, d.reply.as_ref().unwrap(), &cfg))).unwrap();
+            let vendor = msg.opts().get(v4::OptionCode::VendorExtensions);
+            assert_eq!(vendor.is_some(), expect_43, "{:?}", d.client);
+            if let Some(DhcpOption::VendorExtensions(v)) = vendor {
+                assert_eq!(v, &PXE_VENDOR_OPTIONS);
+            }
+        }
+    }
 
     #[test]
     fn offer_carries_address_and_script_url() {

@@ -28,12 +28,7 @@ pub trait DhcpBackend: Send + Sync + 'static {
     /// Makes `ops` durable. Called before the reply is sent.
     fn save(&self, ops: &[LeaseOp]) -> impl Future<Output = Result<(), String>> + Send;
     /// A client was ACKed an address.
-    fn bound(
-        &self,
-        mac: [u8; 6],
-        ip: Ipv4Addr,
-        client: ClientKind,
-    ) -> impl Future<Output = ()> + Send;
+    fn bound(&self, mac: [u8; 6], ip: Ipv4Addr, client: ClientKind) -> impl Future<Output = ()> + Send;
 }
 
 /// Counters readable by tests and exported as metrics.
@@ -58,11 +53,7 @@ pub struct Ports {
 
 impl Default for Ports {
     fn default() -> Self {
-        Ports {
-            server: 67,
-            client: 68,
-            relay: 67,
-        }
+        Ports { server: 67, client: 68, relay: 67 }
     }
 }
 
@@ -76,13 +67,7 @@ pub struct DhcpServer<B> {
 
 impl<B: DhcpBackend> DhcpServer<B> {
     pub fn new(cfg: DhcpConfig, ports: Ports, table: LeaseTable, backend: B) -> Arc<Self> {
-        Arc::new(DhcpServer {
-            cfg,
-            ports,
-            table: Mutex::new(table),
-            backend,
-            stats: DhcpStats::default(),
-        })
+        Arc::new(DhcpServer { cfg, ports, table: Mutex::new(table), backend, stats: DhcpStats::default() })
     }
 
     /// Handles one datagram; returns the reply and where to send it.
@@ -92,21 +77,16 @@ impl<B: DhcpBackend> DhcpServer<B> {
             Ok(req) => req,
             Err(err) => {
                 self.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("slipway_dhcp_dropped_total", "reason" => err.label())
-                    .increment(1);
+                metrics::counter!("slipway_dhcp_dropped_total", "reason" => err.label()).increment(1);
                 debug!(%err, len = bytes.len(), "dropped malformed DHCP datagram");
                 return None;
             }
         };
-        metrics::counter!("slipway_dhcp_received_total", "type" => req.message_type.label())
-            .increment(1);
+        metrics::counter!("slipway_dhcp_received_total", "type" => req.message_type.label()).increment(1);
         let mut table = self.table.lock().await;
         let decision = decide(&req, &table, &self.cfg, now);
         let mac = req.mac_string();
-        let reply_ip = decision
-            .reply
-            .as_ref()
-            .map_or_else(String::new, |r| r.yiaddr.to_string());
+        let reply_ip = decision.reply.as_ref().map_or_else(String::new, |r| r.yiaddr.to_string());
         info!(
             mac,
             xid = req.xid,
@@ -135,9 +115,7 @@ impl<B: DhcpBackend> DhcpServer<B> {
             return None;
         };
         if reply.kind == ReplyKind::Ack {
-            self.backend
-                .bound(req.mac, reply.yiaddr, decision.client)
-                .await;
+            self.backend.bound(req.mac, reply.yiaddr, decision.client).await;
         }
         self.stats.replied.fetch_add(1, Ordering::Relaxed);
         let dest = self.destination(&req, reply.kind);
@@ -181,10 +159,7 @@ fn outcome_reason(outcome: Outcome) -> &'static str {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A UDP socket on `0.0.0.0:port` bound to `interface` (when given) that
@@ -235,11 +210,7 @@ mod tests {
     #[tokio::test]
     async fn garbage_is_dropped_and_counted_without_disturbing_service() {
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let ports = Ports {
-            server: 0,
-            client: 0,
-            relay: client.local_addr().unwrap().port(),
-        };
+        let ports = Ports { server: 0, client: 0, relay: client.local_addr().unwrap().port() };
         let server_socket = bind_socket(None, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
         let server_addr = server_socket.local_addr().unwrap();
         let recorder = Arc::new(Recorder::default());
@@ -249,71 +220,39 @@ mod tests {
         let good = relayed(ipxe_discover([0x52, 0x54, 0, 0, 0, 7]));
         let mut unknown_type = good.clone();
         unknown_type[242] = 42; // option 53's value
-        let garbage: Vec<Vec<u8>> = vec![
-            vec![],
-            vec![0xff; 3],
-            good[..200].to_vec(),
-            good[..241].to_vec(),
-            unknown_type,
-            vec![1; 576],
-        ];
+        let garbage: Vec<Vec<u8>> =
+            vec![vec![], vec![0xff; 3], good[..200].to_vec(), good[..241].to_vec(), unknown_type, vec![1; 576]];
         for bytes in &garbage {
             client.send_to(bytes, server_addr).await.unwrap();
         }
         client.send_to(&good, server_addr).await.unwrap();
         let mut buf = [0u8; 1500];
-        let (len, _) = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            client.recv_from(&mut buf),
-        )
-        .await
-        .expect("the good request is answered")
-        .unwrap();
+        let (len, _) = tokio::time::timeout(std::time::Duration::from_secs(5), client.recv_from(&mut buf))
+            .await
+            .expect("the good request is answered")
+            .unwrap();
         assert!(len > 240);
         assert_eq!(buf[0], 2, "a BOOTREPLY");
-        assert_eq!(
-            server.stats.dropped_malformed.load(Ordering::Relaxed),
-            garbage.len() as u64
-        );
-        assert_eq!(
-            server.stats.received.load(Ordering::Relaxed),
-            garbage.len() as u64 + 1
-        );
+        assert_eq!(server.stats.dropped_malformed.load(Ordering::Relaxed), garbage.len() as u64);
+        assert_eq!(server.stats.received.load(Ordering::Relaxed), garbage.len() as u64 + 1);
         assert_eq!(server.stats.replied.load(Ordering::Relaxed), 1);
         task.abort();
     }
 
     #[tokio::test]
     async fn no_reply_when_the_lease_cannot_be_stored() {
-        let recorder = Arc::new(Recorder {
-            fail: true,
-            ..Default::default()
-        });
+        let recorder = Arc::new(Recorder { fail: true, ..Default::default() });
         let server = DhcpServer::new(config(), Ports::default(), LeaseTable::default(), recorder);
-        assert!(server
-            .handle(&ipxe_discover([2, 0, 0, 0, 0, 1]), 0)
-            .await
-            .is_none());
+        assert!(server.handle(&ipxe_discover([2, 0, 0, 0, 0, 1]), 0).await.is_none());
         assert_eq!(server.stats.store_errors.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
     async fn replies_are_broadcast_unless_relayed() {
-        let server = DhcpServer::new(
-            config(),
-            Ports::default(),
-            LeaseTable::default(),
-            Arc::new(Recorder::default()),
-        );
-        let (_, dest) = server
-            .handle(&ipxe_discover([2, 0, 0, 0, 0, 1]), 0)
-            .await
-            .unwrap();
+        let server = DhcpServer::new(config(), Ports::default(), LeaseTable::default(), Arc::new(Recorder::default()));
+        let (_, dest) = server.handle(&ipxe_discover([2, 0, 0, 0, 0, 1]), 0).await.unwrap();
         assert_eq!(dest, "255.255.255.255:68".parse().unwrap());
-        let (_, dest) = server
-            .handle(&relayed(ipxe_discover([2, 0, 0, 0, 0, 2])), 0)
-            .await
-            .unwrap();
+        let (_, dest) = server.handle(&relayed(ipxe_discover([2, 0, 0, 0, 0, 2])), 0).await.unwrap();
         assert_eq!(dest, "127.0.0.1:67".parse().unwrap());
     }
 }

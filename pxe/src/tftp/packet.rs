@@ -72,28 +72,20 @@ impl Packet {
                     return Err(ParseError::BadStrings);
                 };
                 if opcode == OP_WRQ {
-                    return Ok(Packet::Write {
-                        filename: filename.clone(),
-                    });
+                    return Ok(Packet::Write { filename: filename.clone() });
                 }
                 let options = rest
                     .chunks(2)
                     .filter(|pair| pair.len() == 2)
                     .map(|pair| (pair[0].to_ascii_lowercase(), pair[1].clone()))
                     .collect();
-                Ok(Packet::Read(ReadRequest {
-                    filename: filename.clone(),
-                    mode: mode.to_ascii_lowercase(),
-                    options,
-                }))
+                Ok(Packet::Read(ReadRequest { filename: filename.clone(), mode: mode.to_ascii_lowercase(), options }))
             }
             OP_ACK => Ok(Packet::Ack(u16::from_be_bytes([body[0], body[1]]))),
             OP_ERROR => {
                 let code = u16::from_be_bytes([body[0], body[1]]);
-                let message = String::from_utf8_lossy(
-                    body[2..].split(|b| *b == 0).next().unwrap_or_default(),
-                )
-                .into_owned();
+                let message =
+                    String::from_utf8_lossy(body[2..].split(|b| *b == 0).next().unwrap_or_default()).into_owned();
                 Ok(Packet::Error { code, message })
             }
             OP_DATA | OP_OACK => Ok(Packet::Unexpected(opcode)),
@@ -147,18 +139,13 @@ mod tests {
 
     #[test]
     fn parses_a_read_request_with_options() {
-        let pkt =
-            Packet::parse(b"\x00\x01undionly.kpxe\x00octet\x00blksize\x001468\x00TSIZE\x000\x00")
-                .unwrap();
+        let pkt = Packet::parse(b"\x00\x01undionly.kpxe\x00octet\x00blksize\x001468\x00TSIZE\x000\x00").unwrap();
         assert_eq!(
             pkt,
             Packet::Read(ReadRequest {
                 filename: "undionly.kpxe".into(),
                 mode: "octet".into(),
-                options: vec![
-                    ("blksize".into(), "1468".into()),
-                    ("tsize".into(), "0".into())
-                ],
+                options: vec![("blksize".into(), "1468".into()), ("tsize".into(), "0".into())],
             })
         );
     }
@@ -166,24 +153,9 @@ mod tests {
     #[test]
     fn rejects_malformed_packets() {
         assert_eq!(Packet::parse(b"\x00\x01"), Err(ParseError::Truncated));
-        assert_eq!(
-            Packet::parse(b"\x00\x09abcd"),
-            Err(ParseError::UnknownOpcode(9))
-        );
-        assert_eq!(
-            Packet::parse(b"\x00\x01file\x00octet"),
-            Err(ParseError::BadStrings)
-        );
-        assert_eq!(
-            Packet::parse(b"\x00\x01file\x00"),
-            Err(ParseError::BadStrings)
-        );
-        assert_eq!(
-            Packet::parse(b"\x00\x05\x00\x08\x00"),
-            Ok(Packet::Error {
-                code: 8,
-                message: String::new()
-            })
-        );
+        assert_eq!(Packet::parse(b"\x00\x09abcd"), Err(ParseError::UnknownOpcode(9)));
+        assert_eq!(Packet::parse(b"\x00\x01file\x00octet"), Err(ParseError::BadStrings));
+        assert_eq!(Packet::parse(b"\x00\x01file\x00"), Err(ParseError::BadStrings));
+        assert_eq!(Packet::parse(b"\x00\x05\x00\x08\x00"), Ok(Packet::Error { code: 8, message: String::new() }));
     }
 }

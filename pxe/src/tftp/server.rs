@@ -47,11 +47,7 @@ pub enum Refusal {
 impl TftpServer {
     /// `root` is canonicalized once; every request must resolve inside it.
     pub fn new(root: &Path, limits: SessionOptions) -> std::io::Result<Arc<TftpServer>> {
-        Ok(Arc::new(TftpServer {
-            root: root.canonicalize()?,
-            limits,
-            stats: TftpStats::default(),
-        }))
+        Ok(Arc::new(TftpServer { root: root.canonicalize()?, limits, stats: TftpStats::default() }))
     }
 
     /// Maps a requested name to a file inside the root: no `..`, leading
@@ -59,18 +55,10 @@ impl TftpServer {
     /// and symlinks may not lead outside it.
     pub fn resolve(&self, name: &str) -> Result<PathBuf, Refusal> {
         let relative = Path::new(name.trim_start_matches('/'));
-        if name.contains('\0')
-            || relative
-                .components()
-                .any(|c| !matches!(c, Component::Normal(_)))
-        {
+        if name.contains('\0') || relative.components().any(|c| !matches!(c, Component::Normal(_))) {
             return Err(Refusal::Access("path leaves the TFTP root"));
         }
-        let path = self
-            .root
-            .join(relative)
-            .canonicalize()
-            .map_err(|_| Refusal::NotFound)?;
+        let path = self.root.join(relative).canonicalize().map_err(|_| Refusal::NotFound)?;
         if !path.starts_with(&self.root) {
             return Err(Refusal::Access("path leaves the TFTP root"));
         }
@@ -92,14 +80,12 @@ impl TftpServer {
                     tokio::spawn(async move { server.transfer(local, peer, req).await });
                 }
                 Ok(Packet::Write { filename }) => {
-                    self.refuse(&socket, peer, &filename, ERR_ACCESS, "read-only server")
-                        .await;
+                    self.refuse(&socket, peer, &filename, ERR_ACCESS, "read-only server").await;
                 }
                 Ok(_) => {} // stray ACK/ERROR to the listening port: not a session
                 Err(err) => {
                     self.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("slipway_tftp_dropped_total", "reason" => err.label())
-                        .increment(1);
+                    metrics::counter!("slipway_tftp_dropped_total", "reason" => err.label()).increment(1);
                     debug!(%peer, %err, "dropped malformed TFTP datagram");
                 }
             }
@@ -165,8 +151,7 @@ impl TftpServer {
             }
             Err(why) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("slipway_tftp_transfers_total", "outcome" => "failed")
-                    .increment(1);
+                metrics::counter!("slipway_tftp_transfers_total", "outcome" => "failed").increment(1);
                 info!(%peer, file = req.filename, why, "tftp transfer failed");
             }
         }
@@ -177,16 +162,11 @@ impl TftpServer {
             Refusal::NotFound => (ERR_NOT_FOUND, "file not found"),
             Refusal::Access(why) => (ERR_ACCESS, why),
         })?;
-        let meta = tokio::fs::metadata(&path)
-            .await
-            .map_err(|_| (ERR_NOT_FOUND, "file not found"))?;
+        let meta = tokio::fs::metadata(&path).await.map_err(|_| (ERR_NOT_FOUND, "file not found"))?;
         if meta.len() > MAX_FILE_BYTES {
             return Err((ERR_NOT_DEFINED, "file too large for TFTP; use HTTP"));
         }
-        tokio::fs::read(&path)
-            .await
-            .map(Arc::from)
-            .map_err(|_| (ERR_NOT_FOUND, "file not found"))
+        tokio::fs::read(&path).await.map(Arc::from).map_err(|_| (ERR_NOT_FOUND, "file not found"))
     }
 }
 
@@ -211,28 +191,11 @@ mod tests {
     fn resolves_inside_the_root_only() {
         let (_dir, s) = server_with_files();
         assert!(s.resolve("undionly.kpxe").is_ok());
-        assert!(
-            s.resolve("/efi/snponly.efi").is_ok(),
-            "leading slash is relative to the root"
-        );
-        assert_eq!(
-            s.resolve("../secret"),
-            Err(Refusal::Access("path leaves the TFTP root"))
-        );
-        assert_eq!(
-            s.resolve("efi/../../secret"),
-            Err(Refusal::Access("path leaves the TFTP root"))
-        );
-        assert_eq!(
-            s.resolve("escape"),
-            Err(Refusal::Access("path leaves the TFTP root")),
-            "symlink out of the root"
-        );
-        assert_eq!(
-            s.resolve("efi"),
-            Err(Refusal::NotFound),
-            "directories are not served"
-        );
+        assert!(s.resolve("/efi/snponly.efi").is_ok(), "leading slash is relative to the root");
+        assert_eq!(s.resolve("../secret"), Err(Refusal::Access("path leaves the TFTP root")));
+        assert_eq!(s.resolve("efi/../../secret"), Err(Refusal::Access("path leaves the TFTP root")));
+        assert_eq!(s.resolve("escape"), Err(Refusal::Access("path leaves the TFTP root")), "symlink out of the root");
+        assert_eq!(s.resolve("efi"), Err(Refusal::NotFound), "directories are not served");
         assert_eq!(s.resolve("missing"), Err(Refusal::NotFound));
     }
 }

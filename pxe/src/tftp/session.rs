@@ -63,11 +63,7 @@ pub struct Session {
 impl Session {
     /// Starts a transfer of `data` for `req`; returns the session and the
     /// first datagrams to send (an OACK, or the first window).
-    pub fn start(
-        req: &ReadRequest,
-        data: Arc<[u8]>,
-        limits: &SessionOptions,
-    ) -> (Session, Vec<Output>) {
+    pub fn start(req: &ReadRequest, data: Arc<[u8]>, limits: &SessionOptions) -> (Session, Vec<Output>) {
         let mut s = Session {
             data,
             blksize: 512,
@@ -137,9 +133,7 @@ impl Session {
 
     fn send_window(&self) -> Vec<Output> {
         let last = (self.base + self.window - 1).min(self.total_blocks());
-        (self.base..=last)
-            .map(|n| Output::Send(self.block(n)))
-            .collect()
+        (self.base..=last).map(|n| Output::Send(self.block(n))).collect()
     }
 
     fn finish(&mut self, completed: bool) -> Vec<Output> {
@@ -189,10 +183,7 @@ impl Session {
         self.retries += 1;
         if self.retries > self.max_retries {
             self.phase = Phase::Finished;
-            return vec![Output::Failed(format!(
-                "no acknowledgement after {} retries",
-                self.max_retries
-            ))];
+            return vec![Output::Failed(format!("no acknowledgement after {} retries", self.max_retries))];
         }
         match (&self.phase, &self.oack) {
             (Phase::Negotiating, Some(oack)) => vec![Output::Send(oack.clone())],
@@ -209,19 +200,14 @@ mod tests {
         ReadRequest {
             filename: "f".into(),
             mode: "octet".into(),
-            options: options
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect(),
+            options: options.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
         }
     }
 
     fn sent(out: &[Output]) -> Vec<(u16, usize)> {
         out.iter()
             .filter_map(|o| match o {
-                Output::Send(b) if b[1] == 3 => {
-                    Some((u16::from_be_bytes([b[2], b[3]]), b.len() - 4))
-                }
+                Output::Send(b) if b[1] == 3 => Some((u16::from_be_bytes([b[2], b[3]]), b.len() - 4)),
                 _ => None,
             })
             .collect()
@@ -229,26 +215,15 @@ mod tests {
 
     #[test]
     fn plain_transfer_ends_with_a_short_block() {
-        let (mut s, out) = Session::start(
-            &req(&[]),
-            vec![7u8; 1000].into(),
-            &SessionOptions::default(),
-        );
+        let (mut s, out) = Session::start(&req(&[]), vec![7u8; 1000].into(), &SessionOptions::default());
         assert_eq!(sent(&out), vec![(1, 512)]);
         assert_eq!(sent(&s.on_packet(&Packet::Ack(1))), vec![(2, 488)]);
-        assert_eq!(
-            s.on_packet(&Packet::Ack(2)),
-            vec![Output::Done { completed: true }]
-        );
+        assert_eq!(s.on_packet(&Packet::Ack(2)), vec![Output::Done { completed: true }]);
     }
 
     #[test]
     fn exact_multiple_sends_an_empty_last_block() {
-        let (mut s, _) = Session::start(
-            &req(&[]),
-            vec![0u8; 1024].into(),
-            &SessionOptions::default(),
-        );
+        let (mut s, _) = Session::start(&req(&[]), vec![0u8; 1024].into(), &SessionOptions::default());
         s.on_packet(&Packet::Ack(1));
         assert_eq!(sent(&s.on_packet(&Packet::Ack(2))), vec![(3, 0)]);
     }
@@ -256,11 +231,7 @@ mod tests {
     #[test]
     fn options_are_acknowledged_then_windows_flow() {
         let opts = [("blksize", "1468"), ("tsize", "0"), ("windowsize", "4")];
-        let (mut s, out) = Session::start(
-            &req(&opts),
-            vec![1u8; 10_000].into(),
-            &SessionOptions::default(),
-        );
+        let (mut s, out) = Session::start(&req(&opts), vec![1u8; 10_000].into(), &SessionOptions::default());
         assert_eq!(
             out,
             vec![Output::Send(packet::oack(&[
@@ -269,43 +240,21 @@ mod tests {
                 ("windowsize".into(), "4".into()),
             ]))]
         );
-        assert_eq!(
-            sent(&s.on_packet(&Packet::Ack(0))),
-            vec![(1, 1468), (2, 1468), (3, 1468), (4, 1468)]
-        );
+        assert_eq!(sent(&s.on_packet(&Packet::Ack(0))), vec![(1, 1468), (2, 1468), (3, 1468), (4, 1468)]);
         // A partial ACK slides the window from the block after it.
-        assert_eq!(
-            sent(&s.on_packet(&Packet::Ack(2))),
-            vec![(3, 1468), (4, 1468), (5, 1468), (6, 1468)]
-        );
-        assert!(
-            s.on_packet(&Packet::Ack(1)).is_empty(),
-            "stale duplicate ACKs are ignored"
-        );
-        assert_eq!(
-            sent(&s.on_packet(&Packet::Ack(6))),
-            vec![(7, 10_000 - 6 * 1468)]
-        );
-        assert_eq!(
-            s.on_packet(&Packet::Ack(7)),
-            vec![Output::Done { completed: true }]
-        );
+        assert_eq!(sent(&s.on_packet(&Packet::Ack(2))), vec![(3, 1468), (4, 1468), (5, 1468), (6, 1468)]);
+        assert!(s.on_packet(&Packet::Ack(1)).is_empty(), "stale duplicate ACKs are ignored");
+        assert_eq!(sent(&s.on_packet(&Packet::Ack(6))), vec![(7, 10_000 - 6 * 1468)]);
+        assert_eq!(s.on_packet(&Packet::Ack(7)), vec![Output::Done { completed: true }]);
     }
 
     /// UEFI firmware asks for tsize, reads the OACK, and sends ERROR: the
     /// session must end at once, not re-send its OACK.
     #[test]
     fn regression_uefi_tsize_probe_ends_the_session() {
-        let (mut s, _) = Session::start(
-            &req(&[("tsize", "0")]),
-            vec![0u8; 100].into(),
-            &SessionOptions::default(),
-        );
+        let (mut s, _) = Session::start(&req(&[("tsize", "0")]), vec![0u8; 100].into(), &SessionOptions::default());
         assert_eq!(
-            s.on_packet(&Packet::Error {
-                code: 8,
-                message: String::new()
-            }),
+            s.on_packet(&Packet::Error { code: 8, message: String::new() }),
             vec![Output::Done { completed: false }]
         );
         assert!(s.on_timeout().is_empty());
@@ -313,10 +262,7 @@ mod tests {
 
     #[test]
     fn timeouts_resend_then_give_up() {
-        let limits = SessionOptions {
-            max_retries: 2,
-            ..Default::default()
-        };
+        let limits = SessionOptions { max_retries: 2, ..Default::default() };
         let (mut s, _) = Session::start(&req(&[]), vec![0u8; 2000].into(), &limits);
         assert_eq!(sent(&s.on_timeout()), vec![(1, 512)]);
         assert_eq!(sent(&s.on_timeout()), vec![(1, 512)]);
@@ -326,11 +272,8 @@ mod tests {
 
     #[test]
     fn block_numbers_wrap_past_65535() {
-        let (mut s, _) = Session::start(
-            &req(&[("blksize", "8")]),
-            vec![0u8; 8 * 70_000].into(),
-            &SessionOptions::default(),
-        );
+        let (mut s, _) =
+            Session::start(&req(&[("blksize", "8")]), vec![0u8; 8 * 70_000].into(), &SessionOptions::default());
         let mut out = s.on_packet(&Packet::Ack(0));
         for n in 1..=66_000u64 {
             assert_eq!(sent(&out)[0].0, n as u16);
