@@ -6,7 +6,8 @@ set -euo pipefail
 packages=(
   qemu-system-x86 qemu-utils ipxe ipxe-qemu ovmf   # the lab's VMs and firmware
   iproute2 cpio zstd                               # namespaces, ramdisk tools
-  busybox udhcpc isc-dhcp-client tftp-hpa curl     # real protocol peers in tests
+  busybox udhcpc isc-dhcp-client dhcpcd-base       # real DHCP clients in tests
+  tftp-hpa curl                                    # real TFTP clients in tests
   ca-certificates gcc pkg-config                    # building crates
 )
 missing=()

@@ -1,6 +1,6 @@
 //! Real DHCP clients against `slipway serve`: busybox udhcpc (as a BIOS
-//! PXE ROM and as iPXE, by their options) and ISC dhclient (an ordinary OS
-//! client). Server and clients sit in two network namespaces joined by a
+//! PXE ROM and as iPXE, by their options), ISC dhclient and dhcpcd (ordinary
+//! OS clients). Server and clients sit in two network namespaces joined by a
 //! veth pair, on a private range with no route anywhere else.
 
 use std::path::Path;
@@ -41,8 +41,20 @@ impl Namespaces {
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.server]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.client]).status();
+        for ns in [&self.client, &self.server] {
+            // Clients that daemonize (dhclient, dhcpcd's privilege-separated
+            // helpers) live on in the namespace: end them first. Only this
+            // test's namespaces are touched.
+            kill_all_in(ns);
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn kill_all_in(ns: &str) {
+    let pids = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| o.stdout).unwrap_or_default();
+    for pid in String::from_utf8_lossy(&pids).split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
 }
 
@@ -94,7 +106,7 @@ fn var<'a>(env: &'a str, key: &str) -> Option<&'a str> {
 
 #[test]
 fn real_clients_get_leases_and_pxe_clients_get_boot_files() {
-    if !lab_tests_enabled("dhcp_clients", &["udhcpc", "dhclient", "ip", "curl"]) {
+    if !lab_tests_enabled("dhcp_clients", &["udhcpc", "dhclient", "dhcpcd", "ip", "curl"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -187,7 +199,29 @@ fn real_clients_get_leases_and_pxe_clients_get_boot_files() {
     assert!(leases.contains("fixed-address 10.79.0.1"), "{leases}");
     assert!(!leases.contains("filename"), "an OS client gets no boot file: {leases}");
 
-    // PXE clients became machines in discovering; the OS client did not.
+    // dhcpcd in test mode: prints what it was offered, configures nothing.
+    ip(&["-n", &ns.client, "link", "set", "slw-vc", "address", "52:54:00:7e:00:04"]);
+    let out_path = dir.path().join("dhcpcd.out");
+    let mut dhcpcd = ns
+        .exec(&ns.client, &["dhcpcd", "-4", "-T", "-1", "-t", "10", "-f", "/dev/null", "slw-vc"])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut offered = String::new();
+    while Instant::now() < deadline && !offered.contains("new_ip_address=") {
+        std::thread::sleep(Duration::from_millis(200));
+        offered = std::fs::read_to_string(&out_path).unwrap_or_default();
+    }
+    let _ = dhcpcd.kill();
+    let _ = dhcpcd.wait();
+    kill_all_in(&ns.client);
+    assert!(offered.contains("new_ip_address='10.79.0.1"), "dhcpcd: {offered}");
+    assert!(offered.contains("new_dhcp_server_identifier='10.79.0.1'"), "dhcpcd: {offered}");
+    assert!(offered.contains("new_subnet_cidr='24'"), "dhcpcd: {offered}");
+
+    // PXE clients became machines in discovering; the OS clients did not.
     let machines = api_get(&ns, "/api/v1/machines");
     let macs: Vec<&str> =
         machines["machines"].as_array().unwrap().iter().map(|m| m["macs"][0].as_str().unwrap()).collect();

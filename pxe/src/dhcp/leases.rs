@@ -101,6 +101,10 @@ impl LeaseTable {
         }
     }
 
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.by_mac.values()
+    }
+
     pub fn len(&self) -> usize {
         self.by_mac.len()
     }
