@@ -3,6 +3,7 @@
 //! `SLIPWAY_API_LISTEN`). `slipway.example.toml` documents every key with
 //! its default; a test keeps the two equal.
 
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -62,6 +63,13 @@ pub struct ProvisioningConfig {
     /// Send IPv6 router advertisements (no prefix, lifetime 0) so iPXE
     /// does not wait ~13 s for one on every boot.
     pub router_advertisements: bool,
+    /// Answer MACs Slipway does not know yet (discovery of new hardware).
+    /// Off: only machines already in the API and reservations are answered.
+    pub answer_unknown: bool,
+    /// MACs never answered.
+    pub deny: Vec<String>,
+    /// Fixed addresses, as `"MAC=IPv4"`.
+    pub reservations: Vec<String>,
     /// A machine still `discovering` after this long is marked failed.
     pub discovery_timeout_secs: u64,
 }
@@ -101,6 +109,9 @@ impl Default for Config {
                 tftp_port: 69,
                 http_port: 8081,
                 router_advertisements: true,
+                answer_unknown: true,
+                deny: vec![],
+                reservations: vec![],
                 discovery_timeout_secs: 900,
             },
             boot: BootFilesConfig {
@@ -140,6 +151,8 @@ pub struct Provisioning {
     pub pool_end: Ipv4Addr,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
+    pub reservations: HashMap<[u8; 6], Ipv4Addr>,
+    pub deny: HashSet<[u8; 6]>,
 }
 
 impl Config {
@@ -197,7 +210,36 @@ impl Config {
         }
         let router = if p.router.is_empty() { None } else { Some(ip("router", &p.router)?) };
         let dns = p.dns.iter().map(|d| ip("dns", d)).collect::<Result<_, _>>()?;
-        Ok(Some(Provisioning { interface: p.interface.clone(), address, netmask, pool_start, pool_end, router, dns }))
+        let mac = |key: &str, v: &str| {
+            pxe::boot::parse_dashed_mac(&v.trim().to_ascii_lowercase().replace(':', "-"))
+                .ok_or_else(|| invalid(format!("provisioning.{key}"), format!("{v:?} is not a MAC address")))
+        };
+        let deny = p.deny.iter().map(|m| mac("deny", m)).collect::<Result<_, _>>()?;
+        let mut reservations = HashMap::new();
+        let mut taken = HashSet::new();
+        for entry in &p.reservations {
+            let (m, a) = entry
+                .split_once('=')
+                .ok_or_else(|| invalid("provisioning.reservations", format!("{entry:?} is not MAC=IPv4")))?;
+            let (m, a) = (mac("reservations", m)?, ip("reservations", a.trim())?);
+            if net(a) != net(address) || a == address {
+                return Err(invalid("provisioning.reservations", format!("{a} is not a client address in our subnet")));
+            }
+            if !taken.insert(a) || reservations.insert(m, a).is_some() {
+                return Err(invalid("provisioning.reservations", format!("{entry:?} repeats a MAC or an address")));
+            }
+        }
+        Ok(Some(Provisioning {
+            interface: p.interface.clone(),
+            address,
+            netmask,
+            pool_start,
+            pool_end,
+            router,
+            dns,
+            reservations,
+            deny,
+        }))
     }
 }
 
@@ -302,6 +344,20 @@ mod tests {
         c.provisioning.pool_end = "10.77.0.199".into();
         let p = c.provisioning().unwrap().unwrap();
         assert_eq!(p.netmask, Ipv4Addr::new(255, 255, 255, 0));
+        c.provisioning.reservations = vec!["52:54:00:00:00:01=10.77.0.50".into()];
+        c.provisioning.deny = vec!["52-54-00-00-00-02".into()];
+        let p = c.provisioning().unwrap().unwrap();
+        assert_eq!(p.reservations[&[0x52, 0x54, 0, 0, 0, 1]], Ipv4Addr::new(10, 77, 0, 50));
+        assert!(p.deny.contains(&[0x52, 0x54, 0, 0, 0, 2]));
+        for (bad, key) in [
+            ("52:54:00:00:00:01=10.99.0.5", "reservations"),
+            ("52:54:00:00:00:01", "reservations"),
+            ("nonsense=10.77.0.5", "reservations"),
+        ] {
+            c.provisioning.reservations = vec![bad.into()];
+            assert!(c.provisioning().unwrap_err().to_string().contains(key), "{bad}");
+        }
+        c.provisioning.reservations = vec![];
         c.provisioning.pool_end = "10.78.0.1".into();
         assert!(c.provisioning().unwrap_err().to_string().contains("pool"));
     }

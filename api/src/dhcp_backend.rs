@@ -19,6 +19,12 @@ impl DhcpBackend for StoreBackend {
         self.store.save_lease_ops(ops).await.map_err(|e| e.to_string())
     }
 
+    async fn known(&self, mac: [u8; 6]) -> bool {
+        // A database error counts as unknown: refusing to answer is safer
+        // than booting a machine we cannot see.
+        matches!(self.store.machine_id_by_mac(&mac_text(&mac)).await, Ok(Some(_)))
+    }
+
     async fn bound(&self, mac: [u8; 6], ip: Ipv4Addr, client: ClientKind) {
         let mac = mac_text(&mac);
         // Only network boots create machines: a laptop on the provisioning

@@ -112,6 +112,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 bios_file: config.boot.bios_file.clone(),
                 uefi_file: config.boot.uefi_file.clone(),
             },
+            reservations: p.reservations.clone(),
+            deny: p.deny.clone(),
+            answer_unknown: config.provisioning.answer_unknown,
         };
         let mut table = LeaseTable::default();
         let ops = store.lease_ops().await?;

@@ -28,6 +28,9 @@ fn config() -> DhcpConfig {
             bios_file: "undionly.kpxe".into(),
             uefi_file: "snponly.efi".into(),
         },
+        reservations: Default::default(),
+        deny: Default::default(),
+        answer_unknown: true,
     }
 }
 
@@ -97,7 +100,7 @@ proptest! {
                 Step::Decline(c) => packet(c, 4, None, &[(50, offered.get(&c).copied().unwrap_or(Ipv4Addr::UNSPECIFIED).octets().to_vec())]),
             };
             let client = req.mac[5];
-            let d = decide(&req, &table, &cfg, now);
+            let d = decide(&req, &table, &cfg, now, false);
             if let Some(reply) = &d.reply {
                 if matches!(d.outcome, Outcome::Offered | Outcome::Acked) {
                     let ip = reply.yiaddr;

@@ -1,6 +1,7 @@
 //! The DHCP decision: a pure function from a request, the lease table, the
 //! configuration and the time to a reply and the lease changes it implies.
 
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use super::leases::{Lease, LeaseOp, LeaseState, LeaseTable};
@@ -21,6 +22,14 @@ pub struct DhcpConfig {
     /// How long an offered address is held for the client's REQUEST.
     pub offer_hold_secs: u32,
     pub boot: BootConfig,
+    /// Fixed addresses by MAC (inside or outside the pool, inside the
+    /// subnet); never given to another client.
+    pub reservations: HashMap<[u8; 6], Ipv4Addr>,
+    /// MACs that are never answered.
+    pub deny: HashSet<[u8; 6]>,
+    /// Answer MACs Slipway does not know yet (discovery of new hardware).
+    /// When false, only known machines and reservations get replies.
+    pub answer_unknown: bool,
 }
 
 /// The reply to send, before encoding.
@@ -82,9 +91,20 @@ pub struct Decision {
 /// How long a declined address stays out of the pool.
 const QUARANTINE_SECS: u64 = 600;
 
-pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64) -> Decision {
+/// `known`: the MAC belongs to a machine Slipway already has (only
+/// consulted when `cfg.answer_unknown` is false).
+pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64, known: bool) -> Decision {
     let client = boot::classify(req);
     let mut d = Decision { reply: None, ops: Vec::new(), outcome: Outcome::Ignored(""), client };
+    if cfg.deny.contains(&req.mac) {
+        d.outcome = Outcome::Ignored("denied MAC");
+        return d;
+    }
+    let reserved = cfg.reservations.get(&req.mac).copied();
+    if !cfg.answer_unknown && !known && reserved.is_none() {
+        d.outcome = Outcome::Ignored("unknown MAC (answer_unknown is off)");
+        return d;
+    }
     let boot_file = boot::boot_file(&client, &req.mac, &cfg.boot);
     let reply = |kind, yiaddr| Reply {
         kind,
@@ -130,9 +150,15 @@ pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64) ->
                 d.outcome = Outcome::Naked("no address requested");
                 return d;
             };
-            if !in_pool(ip, cfg) {
+            if reserved.is_some_and(|r| r != ip) {
+                d.reply = Some(reply(ReplyKind::Nak, Ipv4Addr::UNSPECIFIED));
+                d.outcome = Outcome::Naked("client has a different reserved address");
+            } else if reserved.is_none() && !in_pool(ip, cfg) {
                 d.reply = Some(reply(ReplyKind::Nak, Ipv4Addr::UNSPECIFIED));
                 d.outcome = Outcome::Naked("address outside our pool");
+            } else if reserved_for_another(ip, &req.mac, cfg) {
+                d.reply = Some(reply(ReplyKind::Nak, Ipv4Addr::UNSPECIFIED));
+                d.outcome = Outcome::Naked("address reserved for another client");
             } else if !leases.is_free_for(ip, &req.mac, now) {
                 d.reply = Some(reply(ReplyKind::Nak, Ipv4Addr::UNSPECIFIED));
                 d.outcome = Outcome::Naked("address held by another client");
@@ -171,10 +197,19 @@ fn in_pool(ip: Ipv4Addr, cfg: &DhcpConfig) -> bool {
     (cfg.pool_start..=cfg.pool_end).contains(&ip)
 }
 
+fn reserved_for_another(ip: Ipv4Addr, mac: &[u8; 6], cfg: &DhcpConfig) -> bool {
+    cfg.reservations.iter().any(|(m, r)| *r == ip && m != mac)
+}
+
 /// The client's current address, else the one it asks for, else the first
 /// free address in the pool.
 fn pick_address(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64) -> Option<Ipv4Addr> {
-    let usable = |ip: Ipv4Addr| in_pool(ip, cfg) && leases.is_free_for(ip, &req.mac, now);
+    if let Some(ip) = cfg.reservations.get(&req.mac) {
+        return leases.is_free_for(*ip, &req.mac, now).then_some(*ip);
+    }
+    let usable = |ip: Ipv4Addr| {
+        in_pool(ip, cfg) && !reserved_for_another(ip, &req.mac, cfg) && leases.is_free_for(ip, &req.mac, now)
+    };
     if let Some(lease) = leases.by_mac(&req.mac) {
         if usable(lease.ip) {
             return Some(lease.ip);
@@ -215,6 +250,9 @@ mod tests {
                 bios_file: "undionly.kpxe".into(),
                 uefi_file: "snponly.efi".into(),
             },
+            reservations: HashMap::new(),
+            deny: HashSet::new(),
+            answer_unknown: true,
         }
     }
 
@@ -228,7 +266,7 @@ mod tests {
     }
 
     fn run(table: &mut LeaseTable, req: &Request, now: u64) -> Decision {
-        let d = decide(req, table, &config(), now);
+        let d = decide(req, table, &config(), now, false);
         for op in &d.ops {
             table.apply(op);
         }
@@ -304,5 +342,57 @@ mod tests {
         release.ciaddr = Ipv4Addr::new(10, 77, 0, 101);
         assert_eq!(run(&mut t, &release, 4).outcome, Outcome::Released);
         assert!(t.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::tests_support::config;
+    use super::*;
+    use crate::dhcp::packet::tests::ipxe_discover;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
+
+    fn discover(mac: [u8; 6]) -> Request {
+        Request::parse(&ipxe_discover(mac)).unwrap()
+    }
+
+    #[test]
+    fn denied_macs_are_never_answered() {
+        let mut cfg = config();
+        cfg.deny.insert(MAC);
+        let d = decide(&discover(MAC), &LeaseTable::default(), &cfg, 0, true);
+        assert_eq!((d.reply, d.outcome), (None, Outcome::Ignored("denied MAC")));
+    }
+
+    #[test]
+    fn known_only_networks_ignore_strangers() {
+        let mut cfg = config();
+        cfg.answer_unknown = false;
+        assert_eq!(decide(&discover(MAC), &LeaseTable::default(), &cfg, 0, false).reply, None);
+        assert_eq!(decide(&discover(MAC), &LeaseTable::default(), &cfg, 0, true).outcome, Outcome::Offered);
+        cfg.reservations.insert(MAC, Ipv4Addr::new(10, 77, 0, 50));
+        assert_eq!(
+            decide(&discover(MAC), &LeaseTable::default(), &cfg, 0, false).outcome,
+            Outcome::Offered,
+            "a reservation makes a MAC known"
+        );
+    }
+
+    #[test]
+    fn reservations_are_kept_for_their_owner() {
+        let mut cfg = config();
+        let other = [0x52, 0x54, 0, 0, 0, 2];
+        cfg.reservations.insert(other, Ipv4Addr::new(10, 77, 0, 100)); // inside the pool
+        cfg.reservations.insert(MAC, Ipv4Addr::new(10, 77, 0, 50)); // outside it
+        let d = decide(&discover(MAC), &LeaseTable::default(), &cfg, 0, true);
+        assert_eq!(d.reply.unwrap().yiaddr, Ipv4Addr::new(10, 77, 0, 50));
+        let third = decide(&discover([0x52, 0x54, 0, 0, 0, 3]), &LeaseTable::default(), &cfg, 0, true);
+        assert_eq!(third.reply.unwrap().yiaddr, Ipv4Addr::new(10, 77, 0, 101), "the reserved pool address is skipped");
+        let mut steal = ipxe_discover([0x52, 0x54, 0, 0, 0, 3]);
+        steal.truncate(240);
+        steal.extend_from_slice(&[53, 1, 3, 50, 4, 10, 77, 0, 100, 255]);
+        let d = decide(&Request::parse(&steal).unwrap(), &LeaseTable::default(), &cfg, 0, true);
+        assert_eq!(d.outcome, Outcome::Naked("address reserved for another client"));
     }
 }

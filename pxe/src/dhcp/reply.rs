@@ -84,7 +84,7 @@ mod tests {
         ovmf.extend_from_slice(b"\x35\x01\x01\x3c\x20PXEClient:Arch:00007:UNDI:003016\x5d\x02\x00\x07\xff");
         for (bytes, expect_43) in [(ovmf, true), (ipxe_discover([0x52, 0x54, 0, 0, 0, 9]), false)] {
             let req = Request::parse(&bytes).unwrap();
-            let d = decide(&req, &LeaseTable::default(), &cfg, 0);
+            let d = decide(&req, &LeaseTable::default(), &cfg, 0, false);
             let msg =
                 Message::decode(&mut v4::Decoder::new(&encode_reply(&req, d.reply.as_ref().unwrap(), &cfg))).unwrap();
             let vendor = msg.opts().get(v4::OptionCode::VendorExtensions);
@@ -99,7 +99,7 @@ mod tests {
     fn offer_carries_address_and_script_url() {
         let req = Request::parse(&ipxe_discover([0x52, 0x54, 0, 0, 0, 9])).unwrap();
         let cfg = crate::dhcp::decide::tests_support::config();
-        let d = decide(&req, &LeaseTable::default(), &cfg, 0);
+        let d = decide(&req, &LeaseTable::default(), &cfg, 0, false);
         let bytes = encode_reply(&req, d.reply.as_ref().unwrap(), &cfg);
         let msg = Message::decode(&mut v4::Decoder::new(&bytes)).unwrap();
         assert_eq!(msg.opcode(), Opcode::BootReply);

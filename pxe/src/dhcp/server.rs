@@ -27,6 +27,9 @@ use crate::boot::ClientKind;
 pub trait DhcpBackend: Send + Sync + 'static {
     /// Makes `ops` durable. Called before the reply is sent.
     fn save(&self, ops: &[LeaseOp]) -> impl Future<Output = Result<(), String>> + Send;
+    /// Whether `mac` belongs to a machine Slipway knows. Asked only when
+    /// the network does not answer unknown clients.
+    fn known(&self, mac: [u8; 6]) -> impl Future<Output = bool> + Send;
     /// A client was ACKed an address.
     fn bound(&self, mac: [u8; 6], ip: Ipv4Addr, client: ClientKind) -> impl Future<Output = ()> + Send;
 }
@@ -83,8 +86,9 @@ impl<B: DhcpBackend> DhcpServer<B> {
             }
         };
         metrics::counter!("slipway_dhcp_received_total", "type" => req.message_type.label()).increment(1);
+        let known = !self.cfg.answer_unknown && self.backend.known(req.mac).await;
         let mut table = self.table.lock().await;
-        let decision = decide(&req, &table, &self.cfg, now);
+        let decision = decide(&req, &table, &self.cfg, now, known);
         let mac = req.mac_string();
         let reply_ip = decision.reply.as_ref().map_or_else(String::new, |r| r.yiaddr.to_string());
         info!(
@@ -98,7 +102,13 @@ impl<B: DhcpBackend> DhcpServer<B> {
             ip = reply_ip,
             "dhcp decision"
         );
-        metrics::counter!("slipway_dhcp_decisions_total", "outcome" => decision.outcome.label(), "client" => decision.client.label()).increment(1);
+        metrics::counter!(
+            "slipway_dhcp_decisions_total",
+            "outcome" => decision.outcome.label(),
+            "reason" => outcome_reason(decision.outcome),
+            "client" => decision.client.label()
+        )
+        .increment(1);
         if !decision.ops.is_empty() {
             if let Err(err) = self.backend.save(&decision.ops).await {
                 self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
@@ -196,6 +206,9 @@ mod tests {
             }
             self.saved.lock().unwrap().extend_from_slice(ops);
             Ok(())
+        }
+        async fn known(&self, _: [u8; 6]) -> bool {
+            false
         }
         async fn bound(&self, _: [u8; 6], _: Ipv4Addr, _: ClientKind) {}
     }
