@@ -81,6 +81,9 @@ pub struct BootFilesConfig {
     pub ipxe_dir: PathBuf,
     pub bios_file: String,
     pub uefi_file: String,
+    /// iPXE for arm64 UEFI, relative to `ipxe_dir`; empty: arm64 clients
+    /// get no boot file (Debian 12 packages none).
+    pub arm64_file: String,
     /// A directory with `vmlinuz` and `initrd.img`. Empty: build the
     /// discovery ramdisk (cached in `cache_dir`) at start.
     pub ramdisk_dir: String,
@@ -118,6 +121,7 @@ impl Default for Config {
                 ipxe_dir: "/usr/lib/ipxe".into(),
                 bios_file: "undionly.kpxe".into(),
                 uefi_file: "snponly.efi".into(),
+                arm64_file: String::new(),
                 ramdisk_dir: String::new(),
                 agent_binary: String::new(),
             },

@@ -36,4 +36,6 @@ pub struct BootContext {
     pub http_base: String,
     /// Holds `vmlinuz` and `initrd.img`.
     pub ramdisk_dir: PathBuf,
+    /// iPXE binaries, served under `/boot/ipxe/` to UEFI HTTP Boot clients.
+    pub ipxe_dir: PathBuf,
 }

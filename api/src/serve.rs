@@ -86,7 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(p) => {
             let http_base = format!("http://{}:{}", p.address, config.provisioning.http_port);
             let ramdisk_dir = ramdisk_dir(&config).await.context("preparing the discovery ramdisk")?;
-            Some(Arc::new(BootContext { http_base, ramdisk_dir }))
+            Some(Arc::new(BootContext { http_base, ramdisk_dir, ipxe_dir: config.boot.ipxe_dir.clone() }))
         }
     };
     let state = AppState {
@@ -111,6 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 http_base: boot.http_base.clone(),
                 bios_file: config.boot.bios_file.clone(),
                 uefi_file: config.boot.uefi_file.clone(),
+                arm64_file: config.boot.arm64_file.clone(),
             },
             reservations: p.reservations.clone(),
             deny: p.deny.clone(),

@@ -20,13 +20,23 @@ pub struct BootConfig {
     pub bios_file: String,
     /// TFTP path of the iPXE binary for x86-64 UEFI PXE.
     pub uefi_file: String,
+    /// TFTP path of the iPXE binary for arm64 UEFI; empty when there is
+    /// none (Debian 12 ships no arm64 iPXE), and arm64 clients get no file.
+    pub arm64_file: String,
 }
+
+/// URL path under the boot HTTP server where the iPXE binaries are served
+/// to UEFI HTTP Boot clients.
+pub const IPXE_HTTP_DIR: &str = "/boot/ipxe";
 
 /// Client system architecture (RFC 4578 option 93, IANA registry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Firmware {
     Bios,
+    /// x86-64 UEFI (7, 9; 16 for HTTP Boot).
     UefiX64,
+    /// arm64 UEFI (11; 19 for HTTP Boot).
+    Arm64,
     Other(u16),
 }
 
@@ -35,6 +45,7 @@ impl Firmware {
         match self {
             Firmware::Bios => "bios",
             Firmware::UefiX64 => "uefi",
+            Firmware::Arm64 => "arm64",
             Firmware::Other(_) => "other",
         }
     }
@@ -47,18 +58,39 @@ pub struct ClientKind {
     pub pxe: bool,
     /// Is already iPXE (user class `iPXE` or iPXE's feature option 175).
     pub ipxe: bool,
+    /// UEFI HTTP Boot (vendor class `HTTPClient...`): wants a URL.
+    pub http: bool,
 }
 
 impl ClientKind {
+    /// A network-boot client of any kind (creates a machine record).
     pub fn is_pxe(&self) -> bool {
-        self.pxe || self.ipxe
+        self.pxe || self.ipxe || self.http
+    }
+
+    /// The vendor class our reply must carry: UEFI HTTP Boot and PXE
+    /// clients ignore replies without theirs.
+    pub fn reply_vendor_class(&self) -> Option<&'static [u8]> {
+        if self.http && !self.ipxe {
+            Some(b"HTTPClient")
+        } else if self.is_pxe() {
+            Some(b"PXEClient")
+        } else {
+            None
+        }
+    }
+
+    /// Firmware PXE, not iPXE yet.
+    pub fn is_pxe_rom(&self) -> bool {
+        self.pxe && !self.ipxe && !self.http
     }
 
     pub fn label(&self) -> &'static str {
-        match (self.ipxe, self.pxe) {
-            (true, _) => "ipxe",
-            (false, true) => "pxe",
-            (false, false) => "plain",
+        match (self.ipxe, self.http, self.pxe) {
+            (true, _, _) => "ipxe",
+            (false, true, _) => "uefi_http",
+            (false, false, true) => "pxe",
+            (false, false, false) => "plain",
         }
     }
 }
@@ -67,14 +99,17 @@ pub fn classify(req: &Request) -> ClientKind {
     let arch = req.option(code::CLIENT_ARCH).map(|v| u16::from_be_bytes([v[0], v[1]]));
     let firmware = match arch {
         None | Some(0) => Firmware::Bios,
-        Some(7) | Some(9) => Firmware::UefiX64,
+        Some(7 | 9 | 16) => Firmware::UefiX64,
+        Some(11 | 19) => Firmware::Arm64,
         Some(other) => Firmware::Other(other),
     };
     // iPXE sends option 77 as the raw bytes "iPXE", not RFC 3004 framing.
     let ipxe =
         req.option(code::USER_CLASS).is_some_and(|v| v.ends_with(b"iPXE")) || req.option(code::IPXE_FEATURES).is_some();
-    let pxe = req.option(code::VENDOR_CLASS).is_some_and(|v| v.starts_with(b"PXEClient"));
-    ClientKind { firmware, pxe, ipxe }
+    let class = req.option(code::VENDOR_CLASS).unwrap_or_default();
+    let pxe = class.starts_with(b"PXEClient");
+    let http = class.starts_with(b"HTTPClient");
+    ClientKind { firmware, pxe, ipxe, http }
 }
 
 /// The DHCP boot file for this client, or `None` for non-PXE clients and
@@ -83,14 +118,17 @@ pub fn boot_file(client: &ClientKind, mac: &[u8; 6], cfg: &BootConfig) -> Option
     if client.ipxe {
         return Some(script_url(&cfg.http_base, mac));
     }
-    if !client.pxe {
+    if !client.pxe && !client.http {
         return None;
     }
-    match client.firmware {
-        Firmware::Bios => Some(cfg.bios_file.clone()),
-        Firmware::UefiX64 => Some(cfg.uefi_file.clone()),
-        Firmware::Other(_) => None,
-    }
+    let file = match client.firmware {
+        Firmware::Bios if !client.http => &cfg.bios_file,
+        Firmware::UefiX64 => &cfg.uefi_file,
+        Firmware::Arm64 if !cfg.arm64_file.is_empty() => &cfg.arm64_file,
+        _ => return None,
+    };
+    // HTTP Boot fetches the same iPXE binary by URL instead of TFTP.
+    Some(if client.http { format!("{}{IPXE_HTTP_DIR}/{file}", cfg.http_base) } else { file.clone() })
 }
 
 /// `http://host:port/boot/52-54-00-00-00-01.ipxe`
@@ -178,6 +216,7 @@ mod tests {
             http_base: "http://10.77.0.1:8081".into(),
             bios_file: "undionly.kpxe".into(),
             uefi_file: "snponly.efi".into(),
+            arm64_file: String::new(),
         }
     }
 
@@ -211,8 +250,23 @@ mod tests {
         check(&[PXE_UEFI, b"\xaf\x03\x13\x01\x01"].concat(), Some("http://10.77.0.1:8081/boot/52-54-00-ab-cd-01.ipxe"));
         // A plain DHCP client (udhcpc in an OS): no boot file.
         check(b"", None);
-        // An architecture we have no binary for (arm64 = 11).
+        // arm64 UEFI (11) with no arm64 binary configured: nothing.
         check(b"\x3c\x09PXEClient\x5d\x02\x00\x0b", None);
+        // UEFI HTTP Boot (vendor class HTTPClient, arch 16): a URL.
+        check(
+            b"\x3c\x21HTTPClient:Arch:00016:UNDI:003001\x5d\x02\x00\x10",
+            Some("http://10.77.0.1:8081/boot/ipxe/snponly.efi"),
+        );
+        // An architecture nobody supports (RISC-V 64 = 27).
+        check(b"\x3c\x09PXEClient\x5d\x02\x00\x1b", None);
+    }
+
+    #[test]
+    fn arm64_gets_its_configured_binary() {
+        let mut c = cfg();
+        c.arm64_file = "arm64/snponly.efi".into();
+        let req = discover(b"\x3c\x09PXEClient\x5d\x02\x00\x0b");
+        assert_eq!(boot_file(&classify(&req), &MAC, &c).as_deref(), Some("arm64/snponly.efi"));
     }
 
     #[test]

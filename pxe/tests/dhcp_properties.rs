@@ -27,6 +27,7 @@ fn config() -> DhcpConfig {
             http_base: "http://10.77.0.1:8081".into(),
             bios_file: "undionly.kpxe".into(),
             uefi_file: "snponly.efi".into(),
+            arm64_file: String::new(),
         },
         reservations: Default::default(),
         deny: Default::default(),

@@ -23,7 +23,9 @@ const AGENT_TOKEN_TTL_MS: i64 = 24 * 3600 * 1000;
 pub fn router(state: &AppState) -> axum::Router<AppState> {
     let router = Router::new().route("/boot/{script}", get(script));
     match &state.boot {
-        Some(boot) => router.nest_service("/boot/files", ServeDir::new(&boot.ramdisk_dir)),
+        Some(boot) => router
+            .nest_service("/boot/files", ServeDir::new(&boot.ramdisk_dir))
+            .nest_service(pxe::boot::IPXE_HTTP_DIR, ServeDir::new(&boot.ipxe_dir)),
         None => router,
     }
 }
@@ -95,5 +97,9 @@ mod tests {
         let resp = tower::ServiceExt::oneshot(t.boot.clone(), req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
         assert_eq!(resp.headers()["content-length"], "6");
+        // iPXE binaries for UEFI HTTP Boot.
+        let (status, body) = get_text(&t.boot, "/boot/ipxe/snponly.efi").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "efi-bytes"));
+        assert_eq!(get_text(&t.boot, "/boot/ipxe/../files/vmlinuz").await.0, StatusCode::NOT_FOUND);
     }
 }

@@ -21,12 +21,19 @@ pub async fn app() -> TestApp {
     let ramdisk = dir.path().join("ramdisk");
     std::fs::create_dir(&ramdisk).unwrap();
     std::fs::write(ramdisk.join("vmlinuz"), "kernel-bytes").unwrap();
+    let ipxe = dir.path().join("ipxe");
+    std::fs::create_dir(&ipxe).unwrap();
+    std::fs::write(ipxe.join("snponly.efi"), "efi-bytes").unwrap();
     std::fs::write(dir.path().join("secret"), "secret").unwrap();
     let admin = auth::random_token();
     let state = AppState {
         store,
         admin_token_digest: auth::digest(&admin),
-        boot: Some(Arc::new(BootContext { http_base: "http://10.77.0.1:8081".into(), ramdisk_dir: ramdisk })),
+        boot: Some(Arc::new(BootContext {
+            http_base: "http://10.77.0.1:8081".into(),
+            ramdisk_dir: ramdisk,
+            ipxe_dir: ipxe,
+        })),
         discovery_timeout_ms: 60_000,
     };
     TestApp { operator: operator_router(state.clone()), boot: boot_router(state), admin, _dir: dir }

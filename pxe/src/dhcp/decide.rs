@@ -39,7 +39,8 @@ pub struct Reply {
     pub yiaddr: Ipv4Addr,
     /// Boot file (PXE: a TFTP path; iPXE: a script URL).
     pub boot_file: Option<String>,
-    pub pxe_client: bool,
+    /// Option 60 to echo (`PXEClient` or `HTTPClient`).
+    pub vendor_class: Option<&'static [u8]>,
     /// A firmware PXE client (not iPXE yet): told to download the boot
     /// file at once instead of running PXE boot-server discovery.
     pub pxe_rom: bool,
@@ -110,8 +111,8 @@ pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64, kn
         kind,
         yiaddr,
         boot_file: boot_file.clone(),
-        pxe_client: client.is_pxe(),
-        pxe_rom: client.pxe && !client.ipxe,
+        vendor_class: client.reply_vendor_class(),
+        pxe_rom: client.is_pxe_rom(),
     };
     let bind =
         |ip, state, secs: u32| LeaseOp::Upsert(Lease { mac: req.mac, ip, expires_at: now + u64::from(secs), state });
@@ -249,6 +250,7 @@ mod tests {
                 http_base: "http://10.77.0.1:8081".into(),
                 bios_file: "undionly.kpxe".into(),
                 uefi_file: "snponly.efi".into(),
+                arm64_file: String::new(),
             },
             reservations: HashMap::new(),
             deny: HashSet::new(),

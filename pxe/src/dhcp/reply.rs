@@ -47,8 +47,8 @@ pub fn encode_reply(req: &Request, reply: &Reply, cfg: &DhcpConfig) -> Vec<u8> {
         if !cfg.dns.is_empty() {
             opts.insert(DhcpOption::DomainNameServer(cfg.dns.clone()));
         }
-        if reply.pxe_client {
-            opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+        if let Some(class) = reply.vendor_class {
+            opts.insert(DhcpOption::ClassIdentifier(class.to_vec()));
         }
         if reply.pxe_rom && reply.boot_file.is_some() {
             opts.insert(DhcpOption::VendorExtensions(PXE_VENDOR_OPTIONS.to_vec()));
