@@ -8,6 +8,7 @@ packages=(
   iproute2 cpio zstd                               # namespaces, ramdisk tools
   busybox udhcpc isc-dhcp-client dhcpcd-base       # real DHCP clients in tests
   tftp-hpa curl                                    # real TFTP clients in tests
+  dnsmasq-base                                     # the other DHCP server (proxy mode)
   ca-certificates gcc pkg-config                    # building crates
 )
 missing=()

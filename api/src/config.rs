@@ -47,6 +47,10 @@ pub struct ProvisioningConfig {
     /// Interface the boot services listen on. Empty: DHCP, TFTP and boot
     /// HTTP are off.
     pub interface: String,
+    /// `authoritative` (we hand out addresses) or `proxy` (another DHCP
+    /// server does; we answer network-boot clients with boot information
+    /// only, on ports 67 and 4011).
+    pub dhcp_mode: String,
     /// Our IPv4 address on that interface.
     pub address: String,
     pub prefix_len: u8,
@@ -101,6 +105,7 @@ impl Default for Config {
             database: DatabaseConfig { url: String::new() },
             provisioning: ProvisioningConfig {
                 interface: String::new(),
+                dhcp_mode: "authoritative".into(),
                 address: String::new(),
                 prefix_len: 24,
                 pool_start: String::new(),
@@ -157,6 +162,7 @@ pub struct Provisioning {
     pub dns: Vec<Ipv4Addr>,
     pub reservations: HashMap<[u8; 6], Ipv4Addr>,
     pub deny: HashSet<[u8; 6]>,
+    pub mode: pxe::dhcp::DhcpMode,
 }
 
 impl Config {
@@ -195,6 +201,11 @@ impl Config {
         let ip = |key: &str, v: &str| {
             v.parse::<Ipv4Addr>()
                 .map_err(|_| invalid(format!("provisioning.{key}"), format!("{v:?} is not an IPv4 address")))
+        };
+        let mode = match p.dhcp_mode.as_str() {
+            "authoritative" => pxe::dhcp::DhcpMode::Authoritative,
+            "proxy" => pxe::dhcp::DhcpMode::Proxy,
+            other => return Err(invalid("provisioning.dhcp_mode", format!("{other:?} is not authoritative or proxy"))),
         };
         if p.prefix_len == 0 || p.prefix_len > 30 {
             return Err(invalid("provisioning.prefix_len", "must be 1..=30"));
@@ -243,6 +254,7 @@ impl Config {
             dns,
             reservations,
             deny,
+            mode,
         }))
     }
 }

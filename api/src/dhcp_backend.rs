@@ -38,8 +38,10 @@ impl DhcpBackend for StoreBackend {
             self.store.machine_id_by_mac(&mac).await
         };
         let detail = serde_json::json!({ "mac": mac, "ip": ip.to_string(), "client": client.label(), "firmware": client.firmware.label() });
+        // Proxy mode answers with boot information only (no address).
+        let kind = if ip.is_unspecified() { "dhcp.proxy" } else { "dhcp.ack" };
         let result = match id {
-            Ok(Some(id)) => self.store.record_event(Some(&id), "dhcp.ack", detail).await,
+            Ok(Some(id)) => self.store.record_event(Some(&id), kind, detail).await,
             Ok(None) => Ok(()),
             Err(err) => Err(err),
         };

@@ -113,6 +113,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 uefi_file: config.boot.uefi_file.clone(),
                 arm64_file: config.boot.arm64_file.clone(),
             },
+            mode: p.mode,
             reservations: p.reservations.clone(),
             deny: p.deny.clone(),
             answer_unknown: config.provisioning.answer_unknown,
@@ -124,11 +125,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         info!(leases = table.len(), "DHCP leases restored");
         let ports = Ports { server: config.provisioning.dhcp_port, ..Ports::default() };
-        let socket = bind_socket(Some(&p.interface), SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, ports.server))
+        let any = std::net::Ipv4Addr::UNSPECIFIED;
+        let socket = bind_socket(Some(&p.interface), SocketAddrV4::new(any, ports.server))
             .with_context(|| format!("binding DHCP to {}:{}", p.interface, ports.server))?;
         let dhcp =
             DhcpServer::new(dhcp_config, ports, table, StoreBackend { store: store.clone(), discovery_timeout_ms });
-        tasks.spawn(async move { dhcp.run(socket).await.context("DHCP server") });
+        if dhcp.mode() == pxe::dhcp::DhcpMode::Proxy {
+            let pxe_socket = bind_socket(Some(&p.interface), SocketAddrV4::new(any, ports.pxe))
+                .with_context(|| format!("binding proxyDHCP to {}:{}", p.interface, ports.pxe))?;
+            let proxy = dhcp.clone();
+            tasks.spawn(async move { proxy.run(pxe_socket, true).await.context("proxyDHCP server (4011)") });
+        }
+        tasks.spawn(async move { dhcp.run(socket, false).await.context("DHCP server") });
 
         let tftp_addr = SocketAddr::from((p.address, config.provisioning.tftp_port));
         let tftp_socket =

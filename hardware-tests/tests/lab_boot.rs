@@ -1,7 +1,8 @@
 //! The whole discovery path with real QEMU VMs: DHCP -> iPXE -> HTTP ->
 //! ramdisk -> agent -> API, for a BIOS iPXE, a UEFI iPXE and a UEFI native
-//! PXE node (which fetches snponly.efi over TFTP first) at once, exactly as
-//! a user runs it (`slipway lab up`), checked against what QEMU was given.
+//! PXE node (which fetches snponly.efi over TFTP first) at once, with
+//! Slipway as the DHCP server and as proxyDHCP beside dnsmasq, exactly as a
+//! user runs it (`slipway lab up`), checked against what QEMU was given.
 
 use std::process::Command;
 
@@ -13,23 +14,48 @@ fn bios_uefi_and_native_pxe_vms_network_boot_to_ready_with_their_hardware() {
     if !lab_tests_enabled("lab_boot", &["qemu-system-x86_64", "qemu-img", "ip"]) {
         return;
     }
+    let report = run_lab(&["--nodes", "3", "--firmware", "mixed"]);
+    assert_every_node_ready_with_its_hardware(&report, &["bios", "uefi", "pxe-uefi"]);
+    assert_torn_down();
+}
+
+/// proxyDHCP beside a real DHCP server (dnsmasq on another host of the
+/// bridge, handing out the addresses): all three firmware paths still boot.
+#[test]
+fn proxy_dhcp_beside_dnsmasq_boots_every_firmware() {
+    if !lab_tests_enabled("lab_proxy", &["qemu-system-x86_64", "qemu-img", "ip", "dnsmasq"]) {
+        return;
+    }
+    let report = run_lab(&["--nodes", "3", "--firmware", "mixed", "--dhcp", "proxy"]);
+    assert_every_node_ready_with_its_hardware(&report, &["bios", "uefi", "pxe-uefi"]);
+    assert!(!std::path::Path::new("/run/netns/slipway-lab-dhcp").exists(), "the DHCP host is gone");
+    assert_torn_down();
+}
+
+/// Runs `slipway lab up ARGS --report FILE`; returns the report after
+/// asserting the command succeeded.
+fn run_lab(args: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let report_path = dir.path().join("report.json");
     let status = Command::new(slipway_bin())
-        .args(["lab", "up", "--nodes", "3", "--firmware", "mixed", "--timeout", "480", "--report"])
+        .args(["lab", "up", "--timeout", "480"])
+        .args(args)
+        .arg("--report")
         .arg(&report_path)
         .status()
         .expect("running slipway lab up");
     let report: Value =
         serde_json::from_slice(&std::fs::read(&report_path).expect("the lab writes its report")).unwrap();
     println!("{}", serde_json::to_string_pretty(&report["nodes"]).unwrap());
-    assert!(status.success(), "slipway lab up failed: {status}");
+    assert!(status.success(), "slipway lab up {args:?} failed: {status}");
+    report
+}
 
+/// Each node is ready and its inventory is what QEMU was told to give it.
+fn assert_every_node_ready_with_its_hardware(report: &Value, firmwares: &[&str]) {
     let nodes = report["nodes"].as_array().unwrap();
-    assert_eq!(nodes.len(), 3);
-    assert_eq!(nodes[0]["firmware"], "bios");
-    assert_eq!(nodes[1]["firmware"], "uefi");
-    assert_eq!(nodes[2]["firmware"], "pxe-uefi");
+    let got: Vec<&str> = nodes.iter().map(|n| n["firmware"].as_str().unwrap()).collect();
+    assert_eq!(got, firmwares);
     for node in nodes {
         let name = node["name"].as_str().unwrap();
         let (inv, cfg) = (&node["inventory"], &node["configured"]);
@@ -52,9 +78,6 @@ fn bios_uefi_and_native_pxe_vms_network_boot_to_ready_with_their_hardware() {
             (s["dhcp_ack"].as_f64().unwrap(), s["discovered"].as_f64().unwrap(), s["ready"].as_f64().unwrap());
         assert!(0.0 < ack && ack <= hello && hello <= ready, "{name}: steps out of order: {s}");
     }
-
-    // Torn down: no namespace, no lab process.
-    assert_torn_down();
 }
 
 /// Ctrl-C while VMs are booting tears everything down and says so.

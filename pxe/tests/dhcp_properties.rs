@@ -29,6 +29,7 @@ fn config() -> DhcpConfig {
             uefi_file: "snponly.efi".into(),
             arm64_file: String::new(),
         },
+        mode: pxe::dhcp::DhcpMode::Authoritative,
         reservations: Default::default(),
         deny: Default::default(),
         answer_unknown: true,

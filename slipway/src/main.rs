@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use hardware_tests::lab::{self, Accel, FirmwareChoice, LabOptions};
+use hardware_tests::lab::{self, Accel, DhcpChoice, FirmwareChoice, LabOptions};
 
 #[derive(Parser)]
 #[command(name = "slipway", version, about = "Bare-metal provisioning appliance")]
@@ -47,6 +47,9 @@ enum LabCmd {
         nodes: usize,
         #[arg(long, value_enum, default_value_t = FirmwareArg::Bios)]
         firmware: FirmwareArg,
+        /// Who hands out addresses: Slipway, or dnsmasq with Slipway as proxyDHCP.
+        #[arg(long, value_enum, default_value_t = DhcpArg::Authoritative)]
+        dhcp: DhcpArg,
         /// Write the JSON report here.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -80,6 +83,12 @@ enum FirmwareArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum DhcpArg {
+    Authoritative,
+    Proxy,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum AccelArg {
     Kvm,
     Tcg,
@@ -94,10 +103,16 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(api::serve::run(config))
         }
-        Cmd::Lab { command: LabCmd::Up { nodes, firmware, report, keep, timeout, accel, memory_mib, cache_dir } } => {
+        Cmd::Lab {
+            command: LabCmd::Up { nodes, firmware, dhcp, report, keep, timeout, accel, memory_mib, cache_dir },
+        } => {
             init_tracing("text");
             let opts = LabOptions {
                 nodes,
+                dhcp: match dhcp {
+                    DhcpArg::Authoritative => DhcpChoice::Authoritative,
+                    DhcpArg::Proxy => DhcpChoice::Proxy,
+                },
                 firmware: match firmware {
                     FirmwareArg::Bios => FirmwareChoice::Bios,
                     FirmwareArg::Uefi => FirmwareChoice::Uefi,

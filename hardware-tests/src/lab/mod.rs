@@ -20,6 +20,10 @@ use procs::Children;
 
 /// The lab's namespace; one lab at a time per machine.
 pub const NETNS: &str = "slipway-lab";
+/// `--dhcp proxy`: the "existing" DHCP server (dnsmasq) lives here, a
+/// second host on the lab bridge.
+pub const DHCP_NETNS: &str = "slipway-lab-dhcp";
+const DHCP_SERVER_IP: &str = "10.77.0.2";
 /// Where a lab keeps its config, logs, disks and (when kept) its state.
 pub const WORK_DIR: &str = "/run/slipway-lab";
 const BRIDGE: &str = "slbr0";
@@ -46,9 +50,19 @@ impl FirmwareChoice {
     }
 }
 
+/// Who hands out addresses on the lab network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhcpChoice {
+    /// Slipway.
+    Authoritative,
+    /// dnsmasq on another host of the bridge; Slipway is proxyDHCP.
+    Proxy,
+}
+
 #[derive(Debug, Clone)]
 pub struct LabOptions {
     pub nodes: usize,
+    pub dhcp: DhcpChoice,
     pub firmware: FirmwareChoice,
     pub report: Option<PathBuf>,
     pub keep: bool,
@@ -70,6 +84,9 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         bail!("--nodes must be 1..=64");
     }
     qemu::check_prerequisites(opts.nodes, opts.firmware != FirmwareChoice::Bios)?;
+    if opts.dhcp == DhcpChoice::Proxy && !Path::new("/usr/sbin/dnsmasq").exists() {
+        bail!("--dhcp proxy needs dnsmasq as the network's DHCP server (apt-get install dnsmasq-base)");
+    }
     if net::netns_exists(NETNS) {
         bail!("a lab is already up (namespace {NETNS} exists); run `slipway lab down` first");
     }
@@ -98,14 +115,20 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     let accel = opts.accel.unwrap_or_else(qemu::detect_accel);
 
     // From here on, `lab` tears down whatever was set up when dropped.
-    let mut lab = Lab { children: Children::default(), netns: false, keep: false, succeeded: false };
+    let mut lab = Lab { children: Children::default(), netns: false, dhcp_netns: false, keep: false, succeeded: false };
     net::create_and_enter(NETNS)?;
     lab.netns = true;
     net::setup_bridge(BRIDGE, &format!("{SERVER_IP}/24"))?;
+    if opts.dhcp == DhcpChoice::Proxy {
+        lab.dhcp_netns = true;
+        net::add_host(DHCP_NETNS, BRIDGE, "sldhcp", &format!("{DHCP_SERVER_IP}/24"))?;
+        lab.children.spawn_dnsmasq(DHCP_NETNS, "sldhcp1", work)?;
+        progress(&format!("dnsmasq hands out addresses from {DHCP_SERVER_IP}; Slipway answers as proxyDHCP"));
+    }
 
     let token = random_hex();
     let config = work.join("slipway.toml");
-    std::fs::write(&config, lab_config(work, &ramdisk.dir))?;
+    std::fs::write(&config, lab_config(work, &ramdisk.dir, opts.dhcp))?;
     std::fs::write(work.join("admin-token"), &token)?;
     lab.children.spawn_appliance(&opts.slipway_bin, &config, &token, &work.join("serve.log"))?;
     let client = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
@@ -159,6 +182,9 @@ pub fn down() -> anyhow::Result<()> {
     if had_netns {
         net::delete(NETNS)?;
     }
+    if net::netns_exists(DHCP_NETNS) {
+        net::delete(DHCP_NETNS)?;
+    }
     let _ = std::fs::remove_dir_all(WORK_DIR);
     println!("lab down: stopped {stopped} processes{}", if had_netns { ", removed namespace" } else { "" });
     Ok(())
@@ -168,6 +194,7 @@ pub fn down() -> anyhow::Result<()> {
 struct Lab {
     children: Children,
     netns: bool,
+    dhcp_netns: bool,
     keep: bool,
     /// On failure the work directory (logs, serial consoles) is kept.
     succeeded: bool,
@@ -179,9 +206,11 @@ impl Drop for Lab {
             return;
         }
         self.children.stop_all();
-        if self.netns {
-            if let Err(err) = net::delete(NETNS) {
-                eprintln!("lab: removing namespace {NETNS}: {err:#}");
+        for (made, ns) in [(self.netns, NETNS), (self.dhcp_netns, DHCP_NETNS)] {
+            if made {
+                if let Err(err) = net::delete(ns) {
+                    eprintln!("lab: removing namespace {ns}: {err:#}");
+                }
             }
         }
         if self.succeeded {
@@ -192,7 +221,11 @@ impl Drop for Lab {
     }
 }
 
-fn lab_config(work: &Path, ramdisk_dir: &Path) -> String {
+fn lab_config(work: &Path, ramdisk_dir: &Path, dhcp: DhcpChoice) -> String {
+    let mode = match dhcp {
+        DhcpChoice::Authoritative => "authoritative",
+        DhcpChoice::Proxy => "proxy",
+    };
     format!(
         r#"data_dir = "{data}"
 log_format = "json"
@@ -202,6 +235,7 @@ listen = "127.0.0.1:8080"
 
 [provisioning]
 interface = "{BRIDGE}"
+dhcp_mode = "{mode}"
 address = "{SERVER_IP}"
 prefix_len = 24
 pool_start = "10.77.0.100"

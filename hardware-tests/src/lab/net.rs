@@ -47,3 +47,16 @@ pub fn add_tap(tap: &str, bridge: &str) -> anyhow::Result<()> {
 pub fn delete(name: &str) -> anyhow::Result<()> {
     ip(&["netns", "del", name])
 }
+
+/// A second host on the bridge: namespace `ns` joined by a veth pair
+/// (`{prefix}0` on the bridge, `{prefix}1` in `ns` with `cidr`).
+pub fn add_host(ns: &str, bridge: &str, prefix: &str, cidr: &str) -> anyhow::Result<()> {
+    let (near, far) = (format!("{prefix}0"), format!("{prefix}1"));
+    ip(&["netns", "add", ns])?;
+    ip(&["link", "add", &near, "type", "veth", "peer", "name", &far, "netns", ns])?;
+    ip(&["link", "set", &near, "master", bridge])?;
+    ip(&["link", "set", &near, "up"])?;
+    ip(&["-n", ns, "addr", "add", cidr, "dev", &far])?;
+    ip(&["-n", ns, "link", "set", &far, "up"])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])
+}

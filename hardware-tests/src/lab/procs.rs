@@ -54,6 +54,21 @@ impl Children {
         self.spawn("appliance", cmd, log)
     }
 
+    /// dnsmasq as the network's own DHCP server (no DNS, no PXE options),
+    /// inside namespace `ns`.
+    pub fn spawn_dnsmasq(&mut self, ns: &str, interface: &str, work: &Path) -> anyhow::Result<()> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--log-dhcp"])
+            .arg(format!("--interface={interface}"))
+            .args([
+                "--bind-interfaces",
+                "--dhcp-range=10.77.0.150,10.77.0.199,255.255.255.0,1h",
+                "--dhcp-authoritative",
+            ])
+            .arg(format!("--dhcp-leasefile={}", work.join("dnsmasq.leases").display()));
+        self.spawn("dnsmasq", cmd, &work.join("dnsmasq.log"))
+    }
+
     pub fn spawn_vm(&mut self, spec: &NodeSpec, accel: Accel) -> anyhow::Result<()> {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(spec.args(accel));
@@ -121,7 +136,7 @@ pub fn stop_saved(path: &Path) -> anyhow::Result<usize> {
     for s in saved {
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", s.pid)).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
-        if !(cmdline.contains("qemu-system") || cmdline.contains("slipway")) {
+        if !(cmdline.contains("qemu-system") || cmdline.contains("slipway") || cmdline.contains("dnsmasq")) {
             continue;
         }
         let pid = Pid::from_raw(s.pid as i32);

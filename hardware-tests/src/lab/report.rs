@@ -106,7 +106,8 @@ pub fn build(
             },
             inventory: machine.map(|m| m["inventory"].clone()).unwrap_or(Value::Null),
             seconds: Seconds {
-                dhcp_ack: first(&events, *start_ms, |e| e["kind"] == "dhcp.ack"),
+                // In proxy mode another server ACKs; our proxy answer stands in.
+                dhcp_ack: first(&events, *start_ms, |e| e["kind"] == "dhcp.ack" || e["kind"] == "dhcp.proxy"),
                 discovered: first(&events, *start_ms, |e| e["kind"] == "agent.hello"),
                 ready: first(&events, *start_ms, |e| e["kind"] == "state.changed" && e["detail"]["to"] == "ready"),
             },

@@ -22,6 +22,7 @@ pub struct DhcpConfig {
     /// How long an offered address is held for the client's REQUEST.
     pub offer_hold_secs: u32,
     pub boot: BootConfig,
+    pub mode: DhcpMode,
     /// Fixed addresses by MAC (inside or outside the pool, inside the
     /// subnet); never given to another client.
     pub reservations: HashMap<[u8; 6], Ipv4Addr>,
@@ -30,6 +31,16 @@ pub struct DhcpConfig {
     /// Answer MACs Slipway does not know yet (discovery of new hardware).
     /// When false, only known machines and reservations get replies.
     pub answer_unknown: bool,
+}
+
+/// How this network's DHCP is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhcpMode {
+    /// We hand out addresses and boot information.
+    Authoritative,
+    /// Another server hands out addresses; we answer PXE clients with boot
+    /// information only (ports 67 and 4011).
+    Proxy,
 }
 
 /// The reply to send, before encoding.
@@ -53,11 +64,18 @@ pub enum ReplyKind {
     /// ACK to a DHCPINFORM: configuration only, no lease.
     InformAck,
     Nak,
+    /// proxyDHCP: boot information only, no address (yiaddr 0).
+    ProxyOffer,
+    /// proxyDHCP on port 4011: the boot file for a client that has an
+    /// address from another server.
+    ProxyAck,
 }
 
 /// What happened, for the log line and the metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    ProxyOffered,
+    ProxyAcked,
     Offered,
     Acked,
     Informed,
@@ -70,6 +88,8 @@ pub enum Outcome {
 impl Outcome {
     pub fn label(self) -> &'static str {
         match self {
+            Outcome::ProxyOffered => "proxy_offer",
+            Outcome::ProxyAcked => "proxy_ack",
             Outcome::Offered => "offer",
             Outcome::Acked => "ack",
             Outcome::Informed => "inform_ack",
@@ -97,15 +117,11 @@ const QUARANTINE_SECS: u64 = 600;
 pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64, known: bool) -> Decision {
     let client = boot::classify(req);
     let mut d = Decision { reply: None, ops: Vec::new(), outcome: Outcome::Ignored(""), client };
-    if cfg.deny.contains(&req.mac) {
-        d.outcome = Outcome::Ignored("denied MAC");
+    if let Some(why) = policy_refusal(req, cfg, known) {
+        d.outcome = Outcome::Ignored(why);
         return d;
     }
     let reserved = cfg.reservations.get(&req.mac).copied();
-    if !cfg.answer_unknown && !known && reserved.is_none() {
-        d.outcome = Outcome::Ignored("unknown MAC (answer_unknown is off)");
-        return d;
-    }
     let boot_file = boot::boot_file(&client, &req.mac, &cfg.boot);
     let reply = |kind, yiaddr| Reply {
         kind,
@@ -194,6 +210,17 @@ pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64, kn
     d
 }
 
+/// Why this network does not answer this MAC at all, if it does not.
+pub(super) fn policy_refusal(req: &Request, cfg: &DhcpConfig, known: bool) -> Option<&'static str> {
+    if cfg.deny.contains(&req.mac) {
+        Some("denied MAC")
+    } else if !cfg.answer_unknown && !known && !cfg.reservations.contains_key(&req.mac) {
+        Some("unknown MAC (answer_unknown is off)")
+    } else {
+        None
+    }
+}
+
 fn in_pool(ip: Ipv4Addr, cfg: &DhcpConfig) -> bool {
     (cfg.pool_start..=cfg.pool_end).contains(&ip)
 }
@@ -252,6 +279,7 @@ mod tests {
                 uefi_file: "snponly.efi".into(),
                 arm64_file: String::new(),
             },
+            mode: DhcpMode::Authoritative,
             reservations: HashMap::new(),
             deny: HashSet::new(),
             answer_unknown: true,

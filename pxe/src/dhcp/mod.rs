@@ -4,10 +4,12 @@
 mod decide;
 mod leases;
 pub mod packet;
+mod proxy;
 mod reply;
 pub mod server;
 
-pub use decide::{decide, Decision, DhcpConfig, Outcome};
+pub use decide::{decide, Decision, DhcpConfig, DhcpMode, Outcome, Reply, ReplyKind};
 pub use leases::{Lease, LeaseOp, LeaseState, LeaseTable};
 pub use packet::{Malformed, MessageType, Request};
+pub use proxy::decide_proxy;
 pub use reply::encode_reply;

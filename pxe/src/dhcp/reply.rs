@@ -28,10 +28,11 @@ pub fn encode_reply(req: &Request, reply: &Reply, cfg: &DhcpConfig) -> Vec<u8> {
     msg.set_flags(Flags::new(req.flags));
     let opts = msg.opts_mut();
     let ty = match reply.kind {
-        ReplyKind::Offer => v4::MessageType::Offer,
-        ReplyKind::Ack | ReplyKind::InformAck => v4::MessageType::Ack,
+        ReplyKind::Offer | ReplyKind::ProxyOffer => v4::MessageType::Offer,
+        ReplyKind::Ack | ReplyKind::InformAck | ReplyKind::ProxyAck => v4::MessageType::Ack,
         ReplyKind::Nak => v4::MessageType::Nak,
     };
+    let proxy = matches!(reply.kind, ReplyKind::ProxyOffer | ReplyKind::ProxyAck);
     opts.insert(DhcpOption::MessageType(ty));
     opts.insert(DhcpOption::ServerIdentifier(cfg.server_ip));
     if reply.kind != ReplyKind::Nak {
@@ -40,12 +41,16 @@ pub fn encode_reply(req: &Request, reply: &Reply, cfg: &DhcpConfig) -> Vec<u8> {
             opts.insert(DhcpOption::Renewal(cfg.lease_secs / 2));
             opts.insert(DhcpOption::Rebinding(cfg.lease_secs / 8 * 7));
         }
-        opts.insert(DhcpOption::SubnetMask(cfg.netmask));
-        if let Some(router) = cfg.router {
-            opts.insert(DhcpOption::Router(vec![router]));
-        }
-        if !cfg.dns.is_empty() {
-            opts.insert(DhcpOption::DomainNameServer(cfg.dns.clone()));
+        // A proxy reply carries boot information only: the network
+        // configuration is the other server's.
+        if !proxy {
+            opts.insert(DhcpOption::SubnetMask(cfg.netmask));
+            if let Some(router) = cfg.router {
+                opts.insert(DhcpOption::Router(vec![router]));
+            }
+            if !cfg.dns.is_empty() {
+                opts.insert(DhcpOption::DomainNameServer(cfg.dns.clone()));
+            }
         }
         if let Some(class) = reply.vendor_class {
             opts.insert(DhcpOption::ClassIdentifier(class.to_vec()));

@@ -17,9 +17,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
-use super::decide::{decide, DhcpConfig, Outcome, ReplyKind};
+use super::decide::{decide, DhcpConfig, DhcpMode, Outcome, ReplyKind};
 use super::leases::{LeaseOp, LeaseTable};
 use super::packet::Request;
+use super::proxy::decide_proxy;
 use super::reply::encode_reply;
 use crate::boot::ClientKind;
 
@@ -30,7 +31,8 @@ pub trait DhcpBackend: Send + Sync + 'static {
     /// Whether `mac` belongs to a machine Slipway knows. Asked only when
     /// the network does not answer unknown clients.
     fn known(&self, mac: [u8; 6]) -> impl Future<Output = bool> + Send;
-    /// A client was ACKed an address.
+    /// A client was ACKed an address, or (proxy mode, `ip` unspecified)
+    /// offered boot information.
     fn bound(&self, mac: [u8; 6], ip: Ipv4Addr, client: ClientKind) -> impl Future<Output = ()> + Send;
 }
 
@@ -52,11 +54,13 @@ pub struct Ports {
     pub client: u16,
     /// Replies to a relay (giaddr set) go to this port.
     pub relay: u16,
+    /// proxyDHCP's second port (PXE boot server).
+    pub pxe: u16,
 }
 
 impl Default for Ports {
     fn default() -> Self {
-        Ports { server: 67, client: 68, relay: 67 }
+        Ports { server: 67, client: 68, relay: 67, pxe: 4011 }
     }
 }
 
@@ -73,8 +77,19 @@ impl<B: DhcpBackend> DhcpServer<B> {
         Arc::new(DhcpServer { cfg, ports, table: Mutex::new(table), backend, stats: DhcpStats::default() })
     }
 
-    /// Handles one datagram; returns the reply and where to send it.
-    pub async fn handle(&self, bytes: &[u8], now: u64) -> Option<(Vec<u8>, SocketAddr)> {
+    pub fn mode(&self) -> DhcpMode {
+        self.cfg.mode
+    }
+
+    /// Handles one datagram from `from` (arriving on the proxyDHCP port
+    /// when `on_pxe_port`); returns the reply and where to send it.
+    pub async fn handle(
+        &self,
+        bytes: &[u8],
+        now: u64,
+        from: SocketAddr,
+        on_pxe_port: bool,
+    ) -> Option<(Vec<u8>, SocketAddr)> {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let req = match Request::parse(bytes) {
             Ok(req) => req,
@@ -88,7 +103,10 @@ impl<B: DhcpBackend> DhcpServer<B> {
         metrics::counter!("slipway_dhcp_received_total", "type" => req.message_type.label()).increment(1);
         let known = !self.cfg.answer_unknown && self.backend.known(req.mac).await;
         let mut table = self.table.lock().await;
-        let decision = decide(&req, &table, &self.cfg, now, known);
+        let decision = match self.cfg.mode {
+            DhcpMode::Authoritative => decide(&req, &table, &self.cfg, now, known),
+            DhcpMode::Proxy => decide_proxy(&req, &self.cfg, known, on_pxe_port),
+        };
         let mac = req.mac_string();
         let reply_ip = decision.reply.as_ref().map_or_else(String::new, |r| r.yiaddr.to_string());
         info!(
@@ -124,11 +142,11 @@ impl<B: DhcpBackend> DhcpServer<B> {
             self.stats.ignored.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        if reply.kind == ReplyKind::Ack {
+        if matches!(reply.kind, ReplyKind::Ack | ReplyKind::ProxyOffer) {
             self.backend.bound(req.mac, reply.yiaddr, decision.client).await;
         }
         self.stats.replied.fetch_add(1, Ordering::Relaxed);
-        let dest = self.destination(&req, reply.kind);
+        let dest = if reply.kind == ReplyKind::ProxyAck { from } else { self.destination(&req, reply.kind) };
         Some((encode_reply(&req, &reply, &self.cfg), dest))
     }
 
@@ -147,12 +165,12 @@ impl<B: DhcpBackend> DhcpServer<B> {
 
     /// Serves until the socket fails. Cancel-safe at every await: dropping
     /// the future loses at most one in-flight reply.
-    pub async fn run(self: Arc<Self>, socket: UdpSocket) -> std::io::Result<()> {
+    pub async fn run(self: Arc<Self>, socket: UdpSocket, on_pxe_port: bool) -> std::io::Result<()> {
         let mut buf = vec![0u8; 1500];
         loop {
             let (len, from) = socket.recv_from(&mut buf).await?;
             let now = unix_now();
-            if let Some((bytes, dest)) = self.handle(&buf[..len], now).await {
+            if let Some((bytes, dest)) = self.handle(&buf[..len], now, from, on_pxe_port).await {
                 if let Err(err) = socket.send_to(&bytes, dest).await {
                     warn!(%from, %dest, error = %err, "sending DHCP reply failed");
                 }
@@ -213,6 +231,8 @@ mod tests {
         async fn bound(&self, _: [u8; 6], _: Ipv4Addr, _: ClientKind) {}
     }
 
+    const FROM: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+
     fn relayed(mut bytes: Vec<u8>) -> Vec<u8> {
         bytes[24..28].copy_from_slice(&[127, 0, 0, 1]); // giaddr: the reply comes back to us
         bytes
@@ -223,12 +243,12 @@ mod tests {
     #[tokio::test]
     async fn garbage_is_dropped_and_counted_without_disturbing_service() {
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let ports = Ports { server: 0, client: 0, relay: client.local_addr().unwrap().port() };
+        let ports = Ports { server: 0, client: 0, relay: client.local_addr().unwrap().port(), pxe: 0 };
         let server_socket = bind_socket(None, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
         let server_addr = server_socket.local_addr().unwrap();
         let recorder = Arc::new(Recorder::default());
         let server = DhcpServer::new(config(), ports, LeaseTable::default(), recorder.clone());
-        let task = tokio::spawn(server.clone().run(server_socket));
+        let task = tokio::spawn(server.clone().run(server_socket, false));
 
         let good = relayed(ipxe_discover([0x52, 0x54, 0, 0, 0, 7]));
         let mut unknown_type = good.clone();
@@ -256,16 +276,16 @@ mod tests {
     async fn no_reply_when_the_lease_cannot_be_stored() {
         let recorder = Arc::new(Recorder { fail: true, ..Default::default() });
         let server = DhcpServer::new(config(), Ports::default(), LeaseTable::default(), recorder);
-        assert!(server.handle(&ipxe_discover([2, 0, 0, 0, 0, 1]), 0).await.is_none());
+        assert!(server.handle(&ipxe_discover([2, 0, 0, 0, 0, 1]), 0, FROM, false).await.is_none());
         assert_eq!(server.stats.store_errors.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
     async fn replies_are_broadcast_unless_relayed() {
         let server = DhcpServer::new(config(), Ports::default(), LeaseTable::default(), Arc::new(Recorder::default()));
-        let (_, dest) = server.handle(&ipxe_discover([2, 0, 0, 0, 0, 1]), 0).await.unwrap();
+        let (_, dest) = server.handle(&ipxe_discover([2, 0, 0, 0, 0, 1]), 0, FROM, false).await.unwrap();
         assert_eq!(dest, "255.255.255.255:68".parse().unwrap());
-        let (_, dest) = server.handle(&relayed(ipxe_discover([2, 0, 0, 0, 0, 2])), 0).await.unwrap();
+        let (_, dest) = server.handle(&relayed(ipxe_discover([2, 0, 0, 0, 0, 2])), 0, FROM, false).await.unwrap();
         assert_eq!(dest, "127.0.0.1:67".parse().unwrap());
     }
 }
