@@ -74,8 +74,22 @@ pub struct ProvisioningConfig {
     pub deny: Vec<String>,
     /// Fixed addresses, as `"MAC=IPv4"`.
     pub reservations: Vec<String>,
+    /// Subnets behind DHCP relays (one per rack), chosen by the relay's
+    /// giaddr.
+    pub relay_subnets: Vec<RelaySubnetConfig>,
     /// A machine still `discovering` after this long is marked failed.
     pub discovery_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySubnetConfig {
+    /// `10.78.0.0/24`
+    pub subnet: String,
+    pub pool_start: String,
+    pub pool_end: String,
+    /// The relay's address on that subnet, handed out as the gateway.
+    pub router: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,6 +134,7 @@ impl Default for Config {
                 answer_unknown: true,
                 deny: vec![],
                 reservations: vec![],
+                relay_subnets: vec![],
                 discovery_timeout_secs: 900,
             },
             boot: BootFilesConfig {
@@ -163,6 +178,7 @@ pub struct Provisioning {
     pub reservations: HashMap<[u8; 6], Ipv4Addr>,
     pub deny: HashSet<[u8; 6]>,
     pub mode: pxe::dhcp::DhcpMode,
+    pub relay_subnets: Vec<pxe::dhcp::Subnet>,
 }
 
 impl Config {
@@ -244,6 +260,33 @@ impl Config {
                 return Err(invalid("provisioning.reservations", format!("{entry:?} repeats a MAC or an address")));
             }
         }
+        let mut relay_subnets = Vec::new();
+        for r in &p.relay_subnets {
+            let key = "provisioning.relay_subnets";
+            let (net_text, len) = r
+                .subnet
+                .split_once('/')
+                .ok_or_else(|| invalid(key, format!("{:?} is not ADDRESS/PREFIX", r.subnet)))?;
+            let len: u8 = len
+                .parse()
+                .ok()
+                .filter(|l| (1..=30).contains(l))
+                .ok_or_else(|| invalid(key, format!("bad prefix in {:?}", r.subnet)))?;
+            let subnet = pxe::dhcp::Subnet {
+                network: ip("relay_subnets", net_text)?,
+                netmask: Ipv4Addr::from(u32::MAX << (32 - len)),
+                pool_start: ip("relay_subnets", &r.pool_start)?,
+                pool_end: ip("relay_subnets", &r.pool_end)?,
+                router: Some(ip("relay_subnets", &r.router)?),
+            };
+            if !subnet.contains(subnet.pool_start)
+                || !subnet.contains(subnet.pool_end)
+                || subnet.pool_start > subnet.pool_end
+            {
+                return Err(invalid(key, format!("the pool of {} must be an ascending range inside it", r.subnet)));
+            }
+            relay_subnets.push(subnet);
+        }
         Ok(Some(Provisioning {
             interface: p.interface.clone(),
             address,
@@ -255,6 +298,7 @@ impl Config {
             reservations,
             deny,
             mode,
+            relay_subnets,
         }))
     }
 }
@@ -374,6 +418,17 @@ mod tests {
             assert!(c.provisioning().unwrap_err().to_string().contains(key), "{bad}");
         }
         c.provisioning.reservations = vec![];
+        let rack2 = RelaySubnetConfig {
+            subnet: "10.78.0.0/24".into(),
+            pool_start: "10.78.0.100".into(),
+            pool_end: "10.78.0.199".into(),
+            router: "10.78.0.1".into(),
+        };
+        c.provisioning.relay_subnets = vec![rack2.clone()];
+        assert_eq!(c.provisioning().unwrap().unwrap().relay_subnets[0].netmask, Ipv4Addr::new(255, 255, 255, 0));
+        c.provisioning.relay_subnets = vec![RelaySubnetConfig { pool_end: "10.79.0.5".into(), ..rack2 }];
+        assert!(c.provisioning().unwrap_err().to_string().contains("relay_subnets"));
+        c.provisioning.relay_subnets = vec![];
         c.provisioning.pool_end = "10.78.0.1".into();
         assert!(c.provisioning().unwrap_err().to_string().contains("pool"));
     }

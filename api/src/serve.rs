@@ -104,6 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             dns: p.dns.clone(),
             pool_start: p.pool_start,
             pool_end: p.pool_end,
+            relay_subnets: p.relay_subnets.clone(),
             lease_secs: config.provisioning.lease_secs,
             offer_hold_secs: 60,
             boot: BootConfig {

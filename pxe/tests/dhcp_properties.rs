@@ -20,6 +20,7 @@ fn config() -> DhcpConfig {
         dns: vec![],
         pool_start: Ipv4Addr::new(10, 77, 0, 100),
         pool_end: Ipv4Addr::new(10, 77, 0, 115),
+        relay_subnets: vec![],
         lease_secs: 600,
         offer_hold_secs: 30,
         boot: BootConfig {

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use super::leases::{Lease, LeaseOp, LeaseState, LeaseTable};
-use super::packet::{MessageType, Request};
+use super::packet::{code, MessageType, Request};
 use crate::boot::{self, BootConfig, ClientKind};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub struct DhcpConfig {
     pub dns: Vec<Ipv4Addr>,
     pub pool_start: Ipv4Addr,
     pub pool_end: Ipv4Addr,
+    /// Subnets behind DHCP relays (one per rack), chosen by giaddr.
+    pub relay_subnets: Vec<Subnet>,
     pub lease_secs: u32,
     /// How long an offered address is held for the client's REQUEST.
     pub offer_hold_secs: u32,
@@ -31,6 +33,43 @@ pub struct DhcpConfig {
     /// Answer MACs Slipway does not know yet (discovery of new hardware).
     /// When false, only known machines and reservations get replies.
     pub answer_unknown: bool,
+}
+
+/// A subnet we hand addresses out on: the local one, or one behind a relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    /// Any address of the subnet (a relay's giaddr matches by netmask).
+    pub network: Ipv4Addr,
+    pub netmask: Ipv4Addr,
+    pub pool_start: Ipv4Addr,
+    pub pool_end: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+}
+
+impl Subnet {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & u32::from(self.netmask) == u32::from(self.network) & u32::from(self.netmask)
+    }
+
+    fn in_pool(&self, ip: Ipv4Addr) -> bool {
+        (self.pool_start..=self.pool_end).contains(&ip)
+    }
+}
+
+impl DhcpConfig {
+    /// The subnet a request is for: by its relay's giaddr, else ours.
+    pub fn subnet_for(&self, req: &Request) -> Option<Subnet> {
+        if req.giaddr.is_unspecified() {
+            return Some(Subnet {
+                network: self.server_ip,
+                netmask: self.netmask,
+                pool_start: self.pool_start,
+                pool_end: self.pool_end,
+                router: self.router,
+            });
+        }
+        self.relay_subnets.iter().find(|s| s.contains(req.giaddr)).cloned()
+    }
 }
 
 /// How this network's DHCP is served.
@@ -55,6 +94,11 @@ pub struct Reply {
     /// A firmware PXE client (not iPXE yet): told to download the boot
     /// file at once instead of running PXE boot-server discovery.
     pub pxe_rom: bool,
+    /// The client's subnet mask and router (its relay's subnet, if relayed).
+    pub netmask: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+    /// Relay agent information (option 82), echoed as RFC 3046 requires.
+    pub relay_info: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +166,10 @@ pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64, kn
         return d;
     }
     let reserved = cfg.reservations.get(&req.mac).copied();
+    let Some(subnet) = cfg.subnet_for(req) else {
+        d.outcome = Outcome::Ignored("relayed from a subnet we have no pool for");
+        return d;
+    };
     let boot_file = boot::boot_file(&client, &req.mac, &cfg.boot);
     let reply = |kind, yiaddr| Reply {
         kind,
@@ -129,12 +177,15 @@ pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64, kn
         boot_file: boot_file.clone(),
         vendor_class: client.reply_vendor_class(),
         pxe_rom: client.is_pxe_rom(),
+        netmask: subnet.netmask,
+        router: subnet.router,
+        relay_info: req.option(code::RELAY_AGENT_INFO).map(<[u8]>::to_vec),
     };
     let bind =
         |ip, state, secs: u32| LeaseOp::Upsert(Lease { mac: req.mac, ip, expires_at: now + u64::from(secs), state });
 
     match req.message_type {
-        MessageType::Discover => match pick_address(req, leases, cfg, now) {
+        MessageType::Discover => match pick_address(req, leases, cfg, &subnet, now) {
             Some(ip) => {
                 // Keep a bound lease bound; a fresh address is only offered.
                 let state = match leases.by_mac(&req.mac) {
@@ -170,7 +221,7 @@ pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64, kn
             if reserved.is_some_and(|r| r != ip) {
                 d.reply = Some(reply(ReplyKind::Nak, Ipv4Addr::UNSPECIFIED));
                 d.outcome = Outcome::Naked("client has a different reserved address");
-            } else if reserved.is_none() && !in_pool(ip, cfg) {
+            } else if reserved.is_none() && !subnet.in_pool(ip) {
                 d.reply = Some(reply(ReplyKind::Nak, Ipv4Addr::UNSPECIFIED));
                 d.outcome = Outcome::Naked("address outside our pool");
             } else if reserved_for_another(ip, &req.mac, cfg) {
@@ -196,7 +247,7 @@ pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64, kn
             }
         }
         MessageType::Decline => match req.requested_ip() {
-            Some(ip) if in_pool(ip, cfg) => {
+            Some(ip) if subnet.in_pool(ip) => {
                 d.ops.push(LeaseOp::Quarantine { ip, until: now + QUARANTINE_SECS });
                 d.outcome = Outcome::Declined;
             }
@@ -221,22 +272,18 @@ pub(super) fn policy_refusal(req: &Request, cfg: &DhcpConfig, known: bool) -> Op
     }
 }
 
-fn in_pool(ip: Ipv4Addr, cfg: &DhcpConfig) -> bool {
-    (cfg.pool_start..=cfg.pool_end).contains(&ip)
-}
-
 fn reserved_for_another(ip: Ipv4Addr, mac: &[u8; 6], cfg: &DhcpConfig) -> bool {
     cfg.reservations.iter().any(|(m, r)| *r == ip && m != mac)
 }
 
 /// The client's current address, else the one it asks for, else the first
 /// free address in the pool.
-fn pick_address(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64) -> Option<Ipv4Addr> {
+fn pick_address(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, subnet: &Subnet, now: u64) -> Option<Ipv4Addr> {
     if let Some(ip) = cfg.reservations.get(&req.mac) {
         return leases.is_free_for(*ip, &req.mac, now).then_some(*ip);
     }
     let usable = |ip: Ipv4Addr| {
-        in_pool(ip, cfg) && !reserved_for_another(ip, &req.mac, cfg) && leases.is_free_for(ip, &req.mac, now)
+        subnet.in_pool(ip) && !reserved_for_another(ip, &req.mac, cfg) && leases.is_free_for(ip, &req.mac, now)
     };
     if let Some(lease) = leases.by_mac(&req.mac) {
         if usable(lease.ip) {
@@ -246,7 +293,7 @@ fn pick_address(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64) 
     if let Some(ip) = req.requested_ip().filter(|ip| usable(*ip)) {
         return Some(ip);
     }
-    (u32::from(cfg.pool_start)..=u32::from(cfg.pool_end)).map(Ipv4Addr::from).find(|ip| usable(*ip))
+    (u32::from(subnet.pool_start)..=u32::from(subnet.pool_end)).map(Ipv4Addr::from).find(|ip| usable(*ip))
 }
 
 #[cfg(test)]
@@ -270,6 +317,13 @@ mod tests {
             dns: vec![],
             pool_start: Ipv4Addr::new(10, 77, 0, 100),
             pool_end: Ipv4Addr::new(10, 77, 0, 101),
+            relay_subnets: vec![Subnet {
+                network: Ipv4Addr::new(10, 78, 0, 0),
+                netmask: Ipv4Addr::new(255, 255, 255, 0),
+                pool_start: Ipv4Addr::new(10, 78, 0, 100),
+                pool_end: Ipv4Addr::new(10, 78, 0, 199),
+                router: Some(Ipv4Addr::new(10, 78, 0, 1)),
+            }],
             lease_secs: 3600,
             offer_hold_secs: 60,
             boot: BootConfig {
@@ -424,5 +478,35 @@ mod policy_tests {
         steal.extend_from_slice(&[53, 1, 3, 50, 4, 10, 77, 0, 100, 255]);
         let d = decide(&Request::parse(&steal).unwrap(), &LeaseTable::default(), &cfg, 0, true);
         assert_eq!(d.outcome, Outcome::Naked("address reserved for another client"));
+    }
+}
+
+#[cfg(test)]
+mod relay_tests {
+    use super::tests_support::config;
+    use super::*;
+    use crate::dhcp::packet::tests::ipxe_discover;
+
+    fn relayed(giaddr: [u8; 4]) -> Request {
+        let mut b = ipxe_discover([0x52, 0x54, 0, 0, 0, 1]);
+        b[24..28].copy_from_slice(&giaddr);
+        b.truncate(b.len() - 1);
+        b.extend_from_slice(&[82, 6, 1, 4, b'r', b'k', b'0', b'1', 255]); // circuit id "rk01"
+        Request::parse(&b).unwrap()
+    }
+
+    #[test]
+    fn relayed_requests_get_their_subnet_pool_and_router() {
+        let d = decide(&relayed([10, 78, 0, 1]), &LeaseTable::default(), &config(), 0, false);
+        let reply = d.reply.unwrap();
+        assert_eq!(reply.yiaddr, Ipv4Addr::new(10, 78, 0, 100));
+        assert_eq!(reply.router, Some(Ipv4Addr::new(10, 78, 0, 1)));
+        assert_eq!(reply.relay_info.as_deref(), Some(&[1, 4, b'r', b'k', b'0', b'1'][..]), "option 82 is echoed");
+    }
+
+    #[test]
+    fn unknown_relay_subnets_are_ignored() {
+        let d = decide(&relayed([192, 168, 5, 1]), &LeaseTable::default(), &config(), 0, false);
+        assert_eq!(d.outcome, Outcome::Ignored("relayed from a subnet we have no pool for"));
     }
 }

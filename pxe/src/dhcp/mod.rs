@@ -8,7 +8,7 @@ mod proxy;
 mod reply;
 pub mod server;
 
-pub use decide::{decide, Decision, DhcpConfig, DhcpMode, Outcome, Reply, ReplyKind};
+pub use decide::{decide, Decision, DhcpConfig, DhcpMode, Outcome, Reply, ReplyKind, Subnet};
 pub use leases::{Lease, LeaseOp, LeaseState, LeaseTable};
 pub use packet::{Malformed, MessageType, Request};
 pub use proxy::decide_proxy;

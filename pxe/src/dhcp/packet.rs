@@ -98,6 +98,7 @@ pub struct Request {
 
 pub mod code {
     pub const REQUESTED_IP: u8 = 50;
+    pub const RELAY_AGENT_INFO: u8 = 82;
     pub const MESSAGE_TYPE: u8 = 53;
     pub const SERVER_ID: u8 = 54;
     pub const VENDOR_CLASS: u8 = 60;

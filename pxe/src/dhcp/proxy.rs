@@ -40,6 +40,9 @@ pub fn decide_proxy(req: &Request, cfg: &DhcpConfig, known: bool, on_pxe_port: b
         boot_file: Some(boot_file),
         vendor_class: client.reply_vendor_class(),
         pxe_rom: client.is_pxe_rom(),
+        netmask: cfg.netmask,
+        router: None,
+        relay_info: None,
     });
     d.outcome = outcome;
     d

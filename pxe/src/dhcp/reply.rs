@@ -44,8 +44,8 @@ pub fn encode_reply(req: &Request, reply: &Reply, cfg: &DhcpConfig) -> Vec<u8> {
         // A proxy reply carries boot information only: the network
         // configuration is the other server's.
         if !proxy {
-            opts.insert(DhcpOption::SubnetMask(cfg.netmask));
-            if let Some(router) = cfg.router {
+            opts.insert(DhcpOption::SubnetMask(reply.netmask));
+            if let Some(router) = reply.router {
                 opts.insert(DhcpOption::Router(vec![router]));
             }
             if !cfg.dns.is_empty() {
@@ -61,6 +61,9 @@ pub fn encode_reply(req: &Request, reply: &Reply, cfg: &DhcpConfig) -> Vec<u8> {
         if let Some(file) = &reply.boot_file {
             opts.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
         }
+    }
+    if let Some(info) = &reply.relay_info {
+        opts.insert(DhcpOption::Unknown(v4::UnknownOption::new(v4::OptionCode::from(82u8), info.clone())));
     }
     if let Some(file) = reply.boot_file.as_ref().filter(|f| f.len() < FILE_FIELD_LEN) {
         if reply.kind != ReplyKind::Nak {

@@ -207,7 +207,6 @@ pub fn bind_socket(interface: Option<&str>, addr: SocketAddrV4) -> std::io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dhcp::decide::tests_support::config;
     use crate::dhcp::packet::tests::ipxe_discover;
     use std::sync::Mutex as StdMutex;
 
@@ -229,6 +228,20 @@ mod tests {
             false
         }
         async fn bound(&self, _: [u8; 6], _: Ipv4Addr, _: ClientKind) {}
+    }
+
+    /// Our test config plus a relayed subnet on loopback, so a test can
+    /// play the relay and receive replies at giaddr 127.0.0.1.
+    fn config() -> DhcpConfig {
+        let mut cfg = crate::dhcp::decide::tests_support::config();
+        cfg.relay_subnets.push(crate::dhcp::Subnet {
+            network: Ipv4Addr::new(127, 0, 0, 0),
+            netmask: Ipv4Addr::new(255, 0, 0, 0),
+            pool_start: Ipv4Addr::new(127, 0, 9, 100),
+            pool_end: Ipv4Addr::new(127, 0, 9, 199),
+            router: None,
+        });
+        cfg
     }
 
     const FROM: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
