@@ -9,6 +9,7 @@ packages=(
   busybox udhcpc isc-dhcp-client dhcpcd-base       # real DHCP clients in tests
   tftp-hpa curl                                    # real TFTP clients in tests
   dnsmasq-base                                     # the other DHCP server (proxy mode)
+  isc-dhcp-relay                                   # a real DHCP relay (relay mode)
   ca-certificates gcc pkg-config                    # building crates
 )
 missing=()

@@ -1,8 +1,9 @@
 //! The whole discovery path with real QEMU VMs: DHCP -> iPXE -> HTTP ->
 //! ramdisk -> agent -> API, for a BIOS iPXE, a UEFI iPXE and a UEFI native
 //! PXE node (which fetches snponly.efi over TFTP first) at once, with
-//! Slipway as the DHCP server and as proxyDHCP beside dnsmasq, exactly as a
-//! user runs it (`slipway lab up`), checked against what QEMU was given.
+//! Slipway as the DHCP server, as proxyDHCP beside dnsmasq, and behind a
+//! DHCP relay, exactly as a user runs it (`slipway lab up`), checked
+//! against what QEMU was given.
 
 use std::process::Command;
 
@@ -29,6 +30,20 @@ fn proxy_dhcp_beside_dnsmasq_boots_every_firmware() {
     let report = run_lab(&["--nodes", "3", "--firmware", "mixed", "--dhcp", "proxy"]);
     assert_every_node_ready_with_its_hardware(&report, &["bios", "uefi", "pxe-uefi"]);
     assert!(!std::path::Path::new("/run/netns/slipway-lab-dhcp").exists(), "the DHCP host is gone");
+    assert_torn_down();
+}
+
+/// A second rack behind a real DHCP relay (ISC dhcrelay, adding option 82)
+/// and router: addresses come from the relayed subnet's pool, and every
+/// firmware path boots through the router.
+#[test]
+fn relayed_rack_boots_every_firmware() {
+    if !lab_tests_enabled("lab_relay", &["qemu-system-x86_64", "qemu-img", "ip", "dhcrelay"]) {
+        return;
+    }
+    let report = run_lab(&["--nodes", "3", "--firmware", "mixed", "--dhcp", "relay"]);
+    assert_every_node_ready_with_its_hardware(&report, &["bios", "uefi", "pxe-uefi"]);
+    assert!(!std::path::Path::new("/run/netns/slipway-lab-relay").exists(), "the relay host is gone");
     assert_torn_down();
 }
 

@@ -47,7 +47,7 @@ enum LabCmd {
         nodes: usize,
         #[arg(long, value_enum, default_value_t = FirmwareArg::Bios)]
         firmware: FirmwareArg,
-        /// Who hands out addresses: Slipway, or dnsmasq with Slipway as proxyDHCP.
+        /// Who hands out addresses and how requests reach Slipway.
         #[arg(long, value_enum, default_value_t = DhcpArg::Authoritative)]
         dhcp: DhcpArg,
         /// Write the JSON report here.
@@ -84,8 +84,12 @@ enum FirmwareArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum DhcpArg {
+    /// Slipway hands out the addresses.
     Authoritative,
+    /// dnsmasq hands out addresses; Slipway is proxyDHCP.
     Proxy,
+    /// VMs on a second rack bridge behind ISC dhcrelay.
+    Relay,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -112,6 +116,7 @@ fn main() -> anyhow::Result<()> {
                 dhcp: match dhcp {
                     DhcpArg::Authoritative => DhcpChoice::Authoritative,
                     DhcpArg::Proxy => DhcpChoice::Proxy,
+                    DhcpArg::Relay => DhcpChoice::Relay,
                 },
                 firmware: match firmware {
                     FirmwareArg::Bios => FirmwareChoice::Bios,

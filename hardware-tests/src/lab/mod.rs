@@ -24,6 +24,12 @@ pub const NETNS: &str = "slipway-lab";
 /// second host on the lab bridge.
 pub const DHCP_NETNS: &str = "slipway-lab-dhcp";
 const DHCP_SERVER_IP: &str = "10.77.0.2";
+/// `--dhcp relay`: the VMs sit on a second bridge (a second rack, 10.78.0.0/24)
+/// behind ISC dhcrelay on a router host joining both bridges.
+pub const RELAY_NETNS: &str = "slipway-lab-relay";
+const RACK_BRIDGE: &str = "slbr1";
+const RELAY_UPLINK: &str = "10.77.0.3";
+const RELAY_RACK_IP: &str = "10.78.0.1";
 /// Where a lab keeps its config, logs, disks and (when kept) its state.
 pub const WORK_DIR: &str = "/run/slipway-lab";
 const BRIDGE: &str = "slbr0";
@@ -57,6 +63,8 @@ pub enum DhcpChoice {
     Authoritative,
     /// dnsmasq on another host of the bridge; Slipway is proxyDHCP.
     Proxy,
+    /// VMs on a second bridge behind a DHCP relay and router.
+    Relay,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +95,9 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     if opts.dhcp == DhcpChoice::Proxy && !Path::new("/usr/sbin/dnsmasq").exists() {
         bail!("--dhcp proxy needs dnsmasq as the network's DHCP server (apt-get install dnsmasq-base)");
     }
+    if opts.dhcp == DhcpChoice::Relay && !Path::new("/usr/sbin/dhcrelay").exists() {
+        bail!("--dhcp relay needs ISC dhcrelay (apt-get install isc-dhcp-relay)");
+    }
     if net::netns_exists(NETNS) {
         bail!("a lab is already up (namespace {NETNS} exists); run `slipway lab down` first");
     }
@@ -115,15 +126,31 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     let accel = opts.accel.unwrap_or_else(qemu::detect_accel);
 
     // From here on, `lab` tears down whatever was set up when dropped.
-    let mut lab = Lab { children: Children::default(), netns: false, dhcp_netns: false, keep: false, succeeded: false };
+    let mut lab =
+        Lab { children: Children::default(), netns: false, extra_netns: vec![], keep: false, succeeded: false };
     net::create_and_enter(NETNS)?;
     lab.netns = true;
     net::setup_bridge(BRIDGE, &format!("{SERVER_IP}/24"))?;
-    if opts.dhcp == DhcpChoice::Proxy {
-        lab.dhcp_netns = true;
-        net::add_host(DHCP_NETNS, BRIDGE, "sldhcp", &format!("{DHCP_SERVER_IP}/24"))?;
-        lab.children.spawn_dnsmasq(DHCP_NETNS, "sldhcp1", work)?;
-        progress(&format!("dnsmasq hands out addresses from {DHCP_SERVER_IP}; Slipway answers as proxyDHCP"));
+    let mut vm_bridge = BRIDGE;
+    match opts.dhcp {
+        DhcpChoice::Authoritative => {}
+        DhcpChoice::Proxy => {
+            lab.extra_netns.push(DHCP_NETNS);
+            net::add_host(DHCP_NETNS, BRIDGE, "sldhcp", &format!("{DHCP_SERVER_IP}/24"))?;
+            lab.children.spawn_dnsmasq(DHCP_NETNS, "sldhcp1", work)?;
+            progress(&format!("dnsmasq hands out addresses from {DHCP_SERVER_IP}; Slipway answers as proxyDHCP"));
+        }
+        DhcpChoice::Relay => {
+            lab.extra_netns.push(RELAY_NETNS);
+            net::setup_bridge(RACK_BRIDGE, "")?;
+            net::add_host(RELAY_NETNS, BRIDGE, "slrly", &format!("{RELAY_UPLINK}/24"))?;
+            net::add_leg(RELAY_NETNS, RACK_BRIDGE, "slrlb", &format!("{RELAY_RACK_IP}/24"))?;
+            net::enable_forwarding(RELAY_NETNS)?;
+            net::ip(&["route", "add", "10.78.0.0/24", "via", RELAY_UPLINK])?;
+            lab.children.spawn_dhcrelay(RELAY_NETNS, "slrly1", "slrlb1", SERVER_IP, work)?;
+            vm_bridge = RACK_BRIDGE;
+            progress(&format!("VMs on rack bridge {RACK_BRIDGE} (10.78.0.0/24) behind dhcrelay at {RELAY_RACK_IP}"));
+        }
     }
 
     let token = random_hex();
@@ -138,7 +165,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     let mut nodes = Vec::new();
     for i in 0..opts.nodes {
         let spec = qemu::NodeSpec::lab_node(i, opts.firmware.for_node(i), opts.memory_mib, work);
-        net::add_tap(&spec.tap, BRIDGE)?;
+        net::add_tap(&spec.tap, vm_bridge)?;
         spec.prepare_disks()?;
         let started_ms = now_ms();
         lab.children.spawn_vm(&spec, accel)?;
@@ -182,8 +209,10 @@ pub fn down() -> anyhow::Result<()> {
     if had_netns {
         net::delete(NETNS)?;
     }
-    if net::netns_exists(DHCP_NETNS) {
-        net::delete(DHCP_NETNS)?;
+    for ns in [DHCP_NETNS, RELAY_NETNS] {
+        if net::netns_exists(ns) {
+            net::delete(ns)?;
+        }
     }
     let _ = std::fs::remove_dir_all(WORK_DIR);
     println!("lab down: stopped {stopped} processes{}", if had_netns { ", removed namespace" } else { "" });
@@ -194,7 +223,8 @@ pub fn down() -> anyhow::Result<()> {
 struct Lab {
     children: Children,
     netns: bool,
-    dhcp_netns: bool,
+    /// Other hosts' namespaces (DHCP server, relay) created for this lab.
+    extra_netns: Vec<&'static str>,
     keep: bool,
     /// On failure the work directory (logs, serial consoles) is kept.
     succeeded: bool,
@@ -206,11 +236,10 @@ impl Drop for Lab {
             return;
         }
         self.children.stop_all();
-        for (made, ns) in [(self.netns, NETNS), (self.dhcp_netns, DHCP_NETNS)] {
-            if made {
-                if let Err(err) = net::delete(ns) {
-                    eprintln!("lab: removing namespace {ns}: {err:#}");
-                }
+        let ours = self.netns.then_some(NETNS).into_iter().chain(self.extra_netns.iter().copied());
+        for ns in ours {
+            if let Err(err) = net::delete(ns) {
+                eprintln!("lab: removing namespace {ns}: {err:#}");
             }
         }
         if self.succeeded {
@@ -222,9 +251,13 @@ impl Drop for Lab {
 }
 
 fn lab_config(work: &Path, ramdisk_dir: &Path, dhcp: DhcpChoice) -> String {
-    let mode = match dhcp {
-        DhcpChoice::Authoritative => "authoritative",
-        DhcpChoice::Proxy => "proxy",
+    let (mode, relay_subnets) = match dhcp {
+        DhcpChoice::Authoritative => ("authoritative", ""),
+        DhcpChoice::Proxy => ("proxy", ""),
+        DhcpChoice::Relay => (
+            "authoritative",
+            r#"relay_subnets = [{ subnet = "10.78.0.0/24", pool_start = "10.78.0.100", pool_end = "10.78.0.199", router = "10.78.0.1" }]"#,
+        ),
     };
     format!(
         r#"data_dir = "{data}"
@@ -242,6 +275,7 @@ pool_start = "10.77.0.100"
 pool_end = "10.77.0.199"
 lease_secs = 3600
 discovery_timeout_secs = 900
+{relay_subnets}
 
 [boot]
 ramdisk_dir = "{ramdisk}"

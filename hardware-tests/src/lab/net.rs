@@ -30,9 +30,12 @@ pub fn create_and_enter(name: &str) -> anyhow::Result<()> {
     ip(&["link", "set", "lo", "up"])
 }
 
+/// A bridge, with our address `cidr` on it unless `cidr` is empty.
 pub fn setup_bridge(bridge: &str, cidr: &str) -> anyhow::Result<()> {
     ip(&["link", "add", bridge, "type", "bridge"])?;
-    ip(&["addr", "add", cidr, "dev", bridge])?;
+    if !cidr.is_empty() {
+        ip(&["addr", "add", cidr, "dev", bridge])?;
+    }
     ip(&["link", "set", bridge, "up"])
 }
 
@@ -51,12 +54,27 @@ pub fn delete(name: &str) -> anyhow::Result<()> {
 /// A second host on the bridge: namespace `ns` joined by a veth pair
 /// (`{prefix}0` on the bridge, `{prefix}1` in `ns` with `cidr`).
 pub fn add_host(ns: &str, bridge: &str, prefix: &str, cidr: &str) -> anyhow::Result<()> {
-    let (near, far) = (format!("{prefix}0"), format!("{prefix}1"));
     ip(&["netns", "add", ns])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    add_leg(ns, bridge, prefix, cidr)
+}
+
+/// Joins existing namespace `ns` to another bridge the same way.
+pub fn add_leg(ns: &str, bridge: &str, prefix: &str, cidr: &str) -> anyhow::Result<()> {
+    let (near, far) = (format!("{prefix}0"), format!("{prefix}1"));
     ip(&["link", "add", &near, "type", "veth", "peer", "name", &far, "netns", ns])?;
     ip(&["link", "set", &near, "master", bridge])?;
     ip(&["link", "set", &near, "up"])?;
     ip(&["-n", ns, "addr", "add", cidr, "dev", &far])?;
-    ip(&["-n", ns, "link", "set", &far, "up"])?;
-    ip(&["-n", ns, "link", "set", "lo", "up"])
+    ip(&["-n", ns, "link", "set", &far, "up"])
+}
+
+/// Lets namespace `ns` route between its legs (the relay host is the
+/// rack's router). Only that namespace's setting changes.
+pub fn enable_forwarding(ns: &str) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"]).output()?;
+    if !out.status.success() {
+        bail!("enabling forwarding in {ns}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }

@@ -69,6 +69,23 @@ impl Children {
         self.spawn("dnsmasq", cmd, &work.join("dnsmasq.log"))
     }
 
+    /// ISC dhcrelay in namespace `ns`, relaying from `downstream` to
+    /// `server` through `upstream`, adding relay agent information (82).
+    pub fn spawn_dhcrelay(
+        &mut self,
+        ns: &str,
+        upstream: &str,
+        downstream: &str,
+        server: &str,
+        work: &Path,
+    ) -> anyhow::Result<()> {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns", "exec", ns, "dhcrelay", "-d", "-4", "-a", "--no-pid", "-iu", upstream, "-id", downstream, server,
+        ]);
+        self.spawn("dhcrelay", cmd, &work.join("dhcrelay.log"))
+    }
+
     pub fn spawn_vm(&mut self, spec: &NodeSpec, accel: Accel) -> anyhow::Result<()> {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(spec.args(accel));
@@ -136,7 +153,11 @@ pub fn stop_saved(path: &Path) -> anyhow::Result<usize> {
     for s in saved {
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", s.pid)).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
-        if !(cmdline.contains("qemu-system") || cmdline.contains("slipway") || cmdline.contains("dnsmasq")) {
+        if !(cmdline.contains("qemu-system")
+            || cmdline.contains("slipway")
+            || cmdline.contains("dnsmasq")
+            || cmdline.contains("dhcrelay"))
+        {
             continue;
         }
         let pid = Pid::from_raw(s.pid as i32);
