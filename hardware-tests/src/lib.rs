@@ -6,5 +6,7 @@
 //! enters that namespace (`setns`) before it starts anything, so every
 //! child inherits it and the API is reached on the namespace's loopback.
 
+pub mod bench;
 pub mod lab;
+pub mod storm;
 pub mod support;

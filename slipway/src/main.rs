@@ -32,6 +32,11 @@ enum Cmd {
         #[command(subcommand)]
         command: LabCmd,
     },
+    /// Benchmarks against real peers, side by side (a report, not a test).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCmd,
+    },
     /// Build (or find cached) the discovery ramdisk and print its manifest.
     Ramdisk {
         #[arg(long, default_value = "/var/cache/slipway")]
@@ -68,6 +73,19 @@ enum LabCmd {
     },
     /// Tear down a lab left by `lab up --keep`.
     Down,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// A DHCP storm (full DORA, PXE options, half iPXE) against Slipway,
+    /// Kea (memfile) and dnsmasq in turn.
+    Dhcp {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,6 +156,14 @@ fn main() -> anyhow::Result<()> {
             lab::up(&opts).map(|_| ())
         }
         Cmd::Lab { command: LabCmd::Down } => lab::down(),
+        Cmd::Bench { command: BenchCmd::Dhcp { clients, report } } => {
+            let results = hardware_tests::bench::run_dhcp(clients, &std::env::current_exe()?)?;
+            print!("{}", hardware_tests::bench::table(&results));
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
+            }
+            Ok(())
+        }
         Cmd::Ramdisk { cache_dir } => {
             init_tracing("text");
             let agent = std::env::current_exe()?.with_file_name("slipway-agent");

@@ -1,6 +1,6 @@
 //! `slipway lab up` / `slipway lab down`.
 
-mod net;
+pub mod net;
 mod procs;
 mod qemu;
 mod report;

@@ -20,13 +20,18 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Moves this thread into an existing namespace; children inherit it.
+pub fn enter(name: &str) -> anyhow::Result<()> {
+    let file = std::fs::File::open(Path::new("/run/netns").join(name)).context("opening the namespace")?;
+    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("entering the namespace (are you root?)")
+}
+
 /// Creates the namespace and moves this thread into it. Call from the main
 /// thread before starting children: they inherit the namespace.
 pub fn create_and_enter(name: &str) -> anyhow::Result<()> {
     ip(&["netns", "add", name])?;
-    let file = std::fs::File::open(Path::new("/run/netns").join(name)).context("opening the lab namespace")?;
-    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-        .context("entering the lab namespace (are you root?)")?;
+    enter(name)?;
     ip(&["link", "set", "lo", "up"])
 }
 

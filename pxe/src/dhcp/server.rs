@@ -84,7 +84,7 @@ impl<B: DhcpBackend> DhcpServer<B> {
     /// Handles one datagram from `from` (arriving on the proxyDHCP port
     /// when `on_pxe_port`); returns the reply and where to send it.
     pub async fn handle(
-        &self,
+        self: &Arc<Self>,
         bytes: &[u8],
         now: u64,
         from: SocketAddr,
@@ -127,15 +127,19 @@ impl<B: DhcpBackend> DhcpServer<B> {
             "client" => decision.client.label()
         )
         .increment(1);
-        if !decision.ops.is_empty() {
-            if let Err(err) = self.backend.save(&decision.ops).await {
+        // Offers are held in memory only: losing one in a crash costs the
+        // client a retransmitted DISCOVER, while writing each one would halve
+        // the rate a PXE storm is answered at.
+        let durable: Vec<LeaseOp> = decision.ops.iter().filter(|op| !is_offer(op)).cloned().collect();
+        if !durable.is_empty() {
+            if let Err(err) = self.backend.save(&durable).await {
                 self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(mac, error = %err, "lease store failed; not replying");
                 return None;
             }
-            for op in &decision.ops {
-                table.apply(op);
-            }
+        }
+        for op in &decision.ops {
+            table.apply(op);
         }
         drop(table);
         let Some(reply) = decision.reply else {
@@ -143,7 +147,10 @@ impl<B: DhcpBackend> DhcpServer<B> {
             return None;
         };
         if matches!(reply.kind, ReplyKind::Ack | ReplyKind::ProxyOffer) {
-            self.backend.bound(req.mac, reply.yiaddr, decision.client).await;
+            // Bookkeeping (machine record, event) runs beside the loop, not
+            // in front of the next client's reply.
+            let (this, mac, ip, client) = (self.clone(), req.mac, reply.yiaddr, decision.client);
+            tokio::spawn(async move { this.backend.bound(mac, ip, client).await });
         }
         self.stats.replied.fetch_add(1, Ordering::Relaxed);
         let dest = if reply.kind == ReplyKind::ProxyAck { from } else { self.destination(&req, reply.kind) };
@@ -179,6 +186,10 @@ impl<B: DhcpBackend> DhcpServer<B> {
     }
 }
 
+fn is_offer(op: &LeaseOp) -> bool {
+    matches!(op, LeaseOp::Upsert(lease) if lease.state == super::leases::LeaseState::Offered)
+}
+
 fn outcome_reason(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Naked(r) | Outcome::Ignored(r) => r,
@@ -196,6 +207,8 @@ pub fn bind_socket(interface: Option<&str>, addr: SocketAddrV4) -> std::io::Resu
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     socket.set_broadcast(true)?;
+    // Room for a PXE storm's burst while a lease is being written.
+    let _ = socket.set_recv_buffer_size(4 << 20);
     if let Some(iface) = interface {
         socket.bind_device(Some(iface.as_bytes()))?;
     }
@@ -286,10 +299,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_reply_when_the_lease_cannot_be_stored() {
+    async fn no_ack_when_the_lease_cannot_be_stored() {
         let recorder = Arc::new(Recorder { fail: true, ..Default::default() });
         let server = DhcpServer::new(config(), Ports::default(), LeaseTable::default(), recorder);
-        assert!(server.handle(&ipxe_discover([2, 0, 0, 0, 0, 1]), 0, FROM, false).await.is_none());
+        // The offer needs no disk; the ACK does.
+        assert!(server.handle(&ipxe_discover([2, 0, 0, 0, 0, 1]), 0, FROM, false).await.is_some());
+        let mut request = ipxe_discover([2, 0, 0, 0, 0, 1]);
+        request.truncate(240);
+        request.extend_from_slice(&[53, 1, 3, 50, 4, 10, 77, 0, 100, 255]);
+        assert!(server.handle(&request, 0, FROM, false).await.is_none());
         assert_eq!(server.stats.store_errors.load(Ordering::Relaxed), 1);
     }
 

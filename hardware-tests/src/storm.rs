@@ -1,0 +1,232 @@
+//! A DHCP storm: N simulated PXE clients (distinct MACs) doing full DORA
+//! against a real server over one socket, retransmitting as iPXE does
+//! (after 1, 2, 4, 8 s). Used by `slipway bench dhcp` and by the tests that
+//! kill the server mid-storm. Run it inside a namespace whose only link
+//! leads to the server under test.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use dhcproto::v4::{Decodable, Decoder, DhcpOption, Message, MessageType, OptionCode};
+use serde::Serialize;
+
+/// Retransmission schedule (seconds after the previous send), as iPXE.
+const BACKOFF: [u64; 4] = [1, 2, 4, 8];
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Discovering,
+    Requesting { ip: Ipv4Addr, server: Ipv4Addr },
+    Done,
+    Failed,
+}
+
+struct Client {
+    mac: [u8; 6],
+    xid: u32,
+    ipxe: bool,
+    phase: Phase,
+    first_sent: Instant,
+    last_sent: Instant,
+    attempts: usize,
+    offer_ms: Option<f64>,
+    ack_ms: Option<f64>,
+    bound: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StormResult {
+    pub clients: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub retransmissions: usize,
+    /// Addresses ACKed to more than one MAC.
+    pub duplicate_addresses: usize,
+    pub offer_p50_ms: f64,
+    pub offer_p99_ms: f64,
+    pub ack_p50_ms: f64,
+    pub ack_p99_ms: f64,
+    pub seconds: f64,
+    /// Completed DORA exchanges per second over the whole storm.
+    pub exchanges_per_sec: f64,
+    /// MAC -> address, for checks across runs.
+    #[serde(skip)]
+    pub leases: HashMap<[u8; 6], Ipv4Addr>,
+}
+
+/// Broadcasts from `interface` (bound to it: a limited broadcast needs no
+/// route then). `first_mac_byte` separates client populations across runs;
+/// `ipxe_every` makes every n-th client announce itself as iPXE (0: none).
+pub fn run(
+    interface: &str,
+    clients: usize,
+    first_mac_byte: u8,
+    ipxe_every: usize,
+    deadline: Duration,
+) -> anyhow::Result<StormResult> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_broadcast(true)?;
+    socket.bind_device(Some(interface.as_bytes())).context("binding to the storm interface")?;
+    socket.bind(&SocketAddr::from(([0, 0, 0, 0], 68)).into()).context("binding UDP 68 (another DHCP client here?)")?;
+    let socket: UdpSocket = socket.into();
+    socket.set_read_timeout(Some(Duration::from_millis(5)))?;
+    let server: SocketAddr = "255.255.255.255:67".parse()?;
+    let started = Instant::now();
+    let mut all: Vec<Client> = (0..clients)
+        .map(|i| Client {
+            mac: [0x52, 0x54, first_mac_byte, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+            xid: 0x5100_0000 | i as u32,
+            ipxe: ipxe_every > 0 && i % ipxe_every == 0,
+            phase: Phase::Discovering,
+            first_sent: started,
+            last_sent: started,
+            attempts: 0,
+            offer_ms: None,
+            ack_ms: None,
+            bound: None,
+        })
+        .collect();
+    let by_xid: HashMap<u32, usize> = all.iter().enumerate().map(|(i, c)| (c.xid, i)).collect();
+    let mut retransmissions = 0;
+    for c in &mut all {
+        send(&socket, server, c)?;
+        c.first_sent = Instant::now();
+        c.last_sent = c.first_sent;
+    }
+    let mut buf = [0u8; 1500];
+    while started.elapsed() < deadline
+        && all.iter().any(|c| matches!(c.phase, Phase::Discovering | Phase::Requesting { .. }))
+    {
+        match socket.recv_from(&mut buf) {
+            Ok((len, _)) => on_reply(&buf[..len], &by_xid, &mut all, &socket, server)?,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let now = Instant::now();
+        for c in all.iter_mut().filter(|c| matches!(c.phase, Phase::Discovering | Phase::Requesting { .. })) {
+            let wait = BACKOFF.get(c.attempts - 1).copied();
+            match wait {
+                Some(secs) if now.duration_since(c.last_sent) >= Duration::from_secs(secs) => {
+                    send(&socket, server, c)?;
+                    c.last_sent = now;
+                    retransmissions += 1;
+                }
+                None if now.duration_since(c.last_sent) >= Duration::from_secs(8) => c.phase = Phase::Failed,
+                _ => {}
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let mut owners: HashMap<Ipv4Addr, usize> = HashMap::new();
+    for ip in all.iter().filter_map(|c| c.bound) {
+        *owners.entry(ip).or_default() += 1;
+    }
+    let completed = all.iter().filter(|c| matches!(c.phase, Phase::Done)).count();
+    let mut offers: Vec<f64> = all.iter().filter_map(|c| c.offer_ms).collect();
+    let mut acks: Vec<f64> = all.iter().filter_map(|c| c.ack_ms).collect();
+    Ok(StormResult {
+        clients,
+        completed,
+        failed: clients - completed,
+        retransmissions,
+        duplicate_addresses: owners.values().filter(|n| **n > 1).count(),
+        offer_p50_ms: percentile(&mut offers, 0.50),
+        offer_p99_ms: percentile(&mut offers, 0.99),
+        ack_p50_ms: percentile(&mut acks, 0.50),
+        ack_p99_ms: percentile(&mut acks, 0.99),
+        seconds,
+        exchanges_per_sec: completed as f64 / seconds,
+        leases: all.iter().filter_map(|c| c.bound.map(|ip| (c.mac, ip))).collect(),
+    })
+}
+
+fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[((samples.len() - 1) as f64 * q).round() as usize]
+}
+
+fn on_reply(
+    bytes: &[u8],
+    by_xid: &HashMap<u32, usize>,
+    all: &mut [Client],
+    socket: &UdpSocket,
+    server: SocketAddr,
+) -> anyhow::Result<()> {
+    let Ok(msg) = Message::decode(&mut Decoder::new(bytes)) else { return Ok(()) };
+    let Some(&i) = by_xid.get(&msg.xid()) else { return Ok(()) };
+    let c = &mut all[i];
+    if msg.chaddr().get(..6) != Some(&c.mac[..]) {
+        return Ok(());
+    }
+    let elapsed_ms = c.first_sent.elapsed().as_secs_f64() * 1000.0;
+    let server_id = match msg.opts().get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(ip)) => *ip,
+        _ => return Ok(()),
+    };
+    match (c.phase, msg.opts().msg_type()) {
+        (Phase::Discovering, Some(MessageType::Offer)) => {
+            c.offer_ms = Some(elapsed_ms);
+            c.phase = Phase::Requesting { ip: msg.yiaddr(), server: server_id };
+            c.attempts = 0;
+            c.first_sent = Instant::now();
+            send(socket, server, c)?;
+            c.last_sent = Instant::now();
+            // Offer latency is from the first DISCOVER; ack latency from the
+            // first REQUEST.
+            c.first_sent = c.last_sent;
+        }
+        (Phase::Requesting { ip, .. }, Some(MessageType::Ack)) if msg.yiaddr() == ip => {
+            c.ack_ms = Some(elapsed_ms);
+            c.bound = Some(ip);
+            c.phase = Phase::Done;
+        }
+        (Phase::Requesting { .. }, Some(MessageType::Nak)) => {
+            c.phase = Phase::Discovering;
+            c.attempts = 0;
+            send(socket, server, c)?;
+            c.last_sent = Instant::now();
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn send(socket: &UdpSocket, server: SocketAddr, c: &mut Client) -> anyhow::Result<()> {
+    c.attempts += 1;
+    let mut b = vec![0u8; 240];
+    b[0] = 1;
+    b[1] = 1;
+    b[2] = 6;
+    b[4..8].copy_from_slice(&c.xid.to_be_bytes());
+    b[10] = 0x80; // broadcast replies: we have no address yet
+    b[28..34].copy_from_slice(&c.mac);
+    b[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    let class = b"PXEClient:Arch:00000:UNDI:002001";
+    match c.phase {
+        Phase::Discovering => b.extend_from_slice(&[53, 1, 1]),
+        Phase::Requesting { ip, server } => {
+            b.extend_from_slice(&[53, 1, 3, 50, 4]);
+            b.extend_from_slice(&ip.octets());
+            b.extend_from_slice(&[54, 4]);
+            b.extend_from_slice(&server.octets());
+        }
+        Phase::Done | Phase::Failed => return Ok(()),
+    }
+    b.extend_from_slice(&[60, class.len() as u8]);
+    b.extend_from_slice(class);
+    b.extend_from_slice(&[93, 2, 0, 0, 57, 2, 5, 192, 55, 4, 1, 3, 6, 67]);
+    if c.ipxe {
+        b.extend_from_slice(&[77, 4]);
+        b.extend_from_slice(b"iPXE");
+        b.extend_from_slice(&[175, 3, 0x13, 1, 1]);
+    }
+    b.push(255);
+    socket.send_to(&b, server)?;
+    Ok(())
+}
