@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Benchmarks side by side with real peers (a report, not a test).
+#   bash scripts/bench.sh            # DHCP storm of 1,000 clients: Slipway, Kea, dnsmasq
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/prereqs.sh
+if ! command -v kea-dhcp4 >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kea-dhcp4-server >/dev/null
+fi
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/slipway/cargo-target}"
+cargo build --release --locked --bins
+exec "$CARGO_TARGET_DIR/release/slipway" bench dhcp --clients "${CLIENTS:-1000}" --report bench-dhcp.json
