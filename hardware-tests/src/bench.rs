@@ -93,7 +93,8 @@ impl Server {
     }
 }
 
-pub fn run_dhcp(clients: usize, slipway_bin: &Path) -> anyhow::Result<Vec<ServerResult>> {
+/// Runs the storm against each of `servers` (`slipway`, `kea`, `dnsmasq`).
+pub fn run_dhcp(clients: usize, servers: &[String], slipway_bin: &Path) -> anyhow::Result<Vec<ServerResult>> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the bench needs root (network namespaces)");
     }
@@ -101,7 +102,8 @@ pub fn run_dhcp(clients: usize, slipway_bin: &Path) -> anyhow::Result<Vec<Server
     let _net = BenchNet::create()?;
 
     let mut results = Vec::new();
-    for (name, round) in [("slipway", 1u8), ("kea", 2), ("dnsmasq", 3)] {
+    let all = [("slipway", 1u8), ("kea", 2), ("dnsmasq", 3)];
+    for (name, round) in all.into_iter().filter(|(n, _)| servers.iter().any(|s| s == n)) {
         eprintln!("bench: {name}: starting");
         let server = match start(name, slipway_bin, &work.join(name)) {
             Ok(s) => s,

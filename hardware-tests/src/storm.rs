@@ -69,6 +69,11 @@ pub fn run(
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     socket.set_broadcast(true)?;
+    // The storm sends its whole burst before it reads: without room for
+    // every reply, the client itself would drop them and blame the server.
+    if nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &(16 << 20)).is_err() {
+        socket.set_recv_buffer_size(16 << 20)?;
+    }
     socket.bind_device(Some(interface.as_bytes())).context("binding to the storm interface")?;
     socket.bind(&SocketAddr::from(([0, 0, 0, 0], 68)).into()).context("binding UDP 68 (another DHCP client here?)")?;
     let socket: UdpSocket = socket.into();

@@ -82,6 +82,9 @@ enum BenchCmd {
     Dhcp {
         #[arg(long, default_value_t = 1000)]
         clients: usize,
+        /// Which servers, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "slipway,kea,dnsmasq")]
+        servers: Vec<String>,
         /// Write the results as JSON here.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -156,8 +159,8 @@ fn main() -> anyhow::Result<()> {
             lab::up(&opts).map(|_| ())
         }
         Cmd::Lab { command: LabCmd::Down } => lab::down(),
-        Cmd::Bench { command: BenchCmd::Dhcp { clients, report } } => {
-            let results = hardware_tests::bench::run_dhcp(clients, &std::env::current_exe()?)?;
+        Cmd::Bench { command: BenchCmd::Dhcp { clients, servers, report } } => {
+            let results = hardware_tests::bench::run_dhcp(clients, &servers, &std::env::current_exe()?)?;
             print!("{}", hardware_tests::bench::table(&results));
             if let Some(path) = report {
                 std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;

@@ -90,71 +90,75 @@ impl<B: DhcpBackend> DhcpServer<B> {
         from: SocketAddr,
         on_pxe_port: bool,
     ) -> Option<(Vec<u8>, SocketAddr)> {
-        self.stats.received.fetch_add(1, Ordering::Relaxed);
-        let req = match Request::parse(bytes) {
-            Ok(req) => req,
-            Err(err) => {
-                self.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("slipway_dhcp_dropped_total", "reason" => err.label()).increment(1);
-                debug!(%err, len = bytes.len(), "dropped malformed DHCP datagram");
-                return None;
-            }
-        };
-        metrics::counter!("slipway_dhcp_received_total", "type" => req.message_type.label()).increment(1);
-        let known = !self.cfg.answer_unknown && self.backend.known(req.mac).await;
+        self.handle_batch(&[(bytes.to_vec(), from)], now, on_pxe_port).await.pop()
+    }
+
+    /// Handles datagrams that arrived together, in order, and commits all
+    /// their lease changes in one write (group commit) before any reply of
+    /// the batch leaves. If the write fails, the whole batch goes
+    /// unanswered and the in-memory table is restored: clients retransmit.
+    pub async fn handle_batch(
+        self: &Arc<Self>,
+        datagrams: &[(Vec<u8>, SocketAddr)],
+        now: u64,
+        on_pxe_port: bool,
+    ) -> Vec<(Vec<u8>, SocketAddr)> {
         let mut table = self.table.lock().await;
-        let decision = match self.cfg.mode {
-            DhcpMode::Authoritative => decide(&req, &table, &self.cfg, now, known),
-            DhcpMode::Proxy => decide_proxy(&req, &self.cfg, known, on_pxe_port),
-        };
-        let mac = req.mac_string();
-        let reply_ip = decision.reply.as_ref().map_or_else(String::new, |r| r.yiaddr.to_string());
-        info!(
-            mac,
-            xid = req.xid,
-            msg_type = req.message_type.label(),
-            client = decision.client.label(),
-            firmware = decision.client.firmware.label(),
-            outcome = decision.outcome.label(),
-            reason = outcome_reason(decision.outcome),
-            ip = reply_ip,
-            "dhcp decision"
-        );
-        metrics::counter!(
-            "slipway_dhcp_decisions_total",
-            "outcome" => decision.outcome.label(),
-            "reason" => outcome_reason(decision.outcome),
-            "client" => decision.client.label()
-        )
-        .increment(1);
-        // Offers are held in memory only: losing one in a crash costs the
-        // client a retransmitted DISCOVER, while writing each one would halve
-        // the rate a PXE storm is answered at.
-        let durable: Vec<LeaseOp> = decision.ops.iter().filter(|op| !is_offer(op)).cloned().collect();
+        let snapshot = table.clone();
+        let mut durable = Vec::new();
+        let mut replies = Vec::new();
+        let mut bound = Vec::new();
+        for (bytes, from) in datagrams {
+            self.stats.received.fetch_add(1, Ordering::Relaxed);
+            let req = match Request::parse(bytes) {
+                Ok(req) => req,
+                Err(err) => {
+                    self.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("slipway_dhcp_dropped_total", "reason" => err.label()).increment(1);
+                    debug!(%err, len = bytes.len(), "dropped malformed DHCP datagram");
+                    continue;
+                }
+            };
+            metrics::counter!("slipway_dhcp_received_total", "type" => req.message_type.label()).increment(1);
+            let known = !self.cfg.answer_unknown && self.backend.known(req.mac).await;
+            let decision = match self.cfg.mode {
+                DhcpMode::Authoritative => decide(&req, &table, &self.cfg, now, known),
+                DhcpMode::Proxy => decide_proxy(&req, &self.cfg, known, on_pxe_port),
+            };
+            log_decision(&req, &decision);
+            for op in &decision.ops {
+                table.apply(op);
+            }
+            // Offers are held in memory only: losing one in a crash costs
+            // the client a retransmitted DISCOVER.
+            durable.extend(decision.ops.iter().filter(|op| !is_offer(op)).cloned());
+            let Some(reply) = decision.reply else {
+                self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if matches!(reply.kind, ReplyKind::Ack | ReplyKind::ProxyOffer) {
+                bound.push((req.mac, reply.yiaddr, decision.client));
+            }
+            let dest = if reply.kind == ReplyKind::ProxyAck { *from } else { self.destination(&req, reply.kind) };
+            replies.push((encode_reply(&req, &reply, &self.cfg), dest));
+        }
         if !durable.is_empty() {
             if let Err(err) = self.backend.save(&durable).await {
                 self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                warn!(mac, error = %err, "lease store failed; not replying");
-                return None;
+                warn!(requests = datagrams.len(), error = %err, "lease store failed; not replying to this batch");
+                *table = snapshot;
+                return Vec::new();
             }
         }
-        for op in &decision.ops {
-            table.apply(op);
-        }
         drop(table);
-        let Some(reply) = decision.reply else {
-            self.stats.ignored.fetch_add(1, Ordering::Relaxed);
-            return None;
-        };
-        if matches!(reply.kind, ReplyKind::Ack | ReplyKind::ProxyOffer) {
-            // Bookkeeping (machine record, event) runs beside the loop, not
-            // in front of the next client's reply.
-            let (this, mac, ip, client) = (self.clone(), req.mac, reply.yiaddr, decision.client);
+        // Bookkeeping (machine record, event) runs beside the loop, not in
+        // front of the next client's reply.
+        for (mac, ip, client) in bound {
+            let this = self.clone();
             tokio::spawn(async move { this.backend.bound(mac, ip, client).await });
         }
-        self.stats.replied.fetch_add(1, Ordering::Relaxed);
-        let dest = if reply.kind == ReplyKind::ProxyAck { from } else { self.destination(&req, reply.kind) };
-        Some((encode_reply(&req, &reply, &self.cfg), dest))
+        self.stats.replied.fetch_add(replies.len() as u64, Ordering::Relaxed);
+        replies
     }
 
     fn destination(&self, req: &Request, kind: ReplyKind) -> SocketAddr {
@@ -170,20 +174,53 @@ impl<B: DhcpBackend> DhcpServer<B> {
         SocketAddr::V4(addr)
     }
 
-    /// Serves until the socket fails. Cancel-safe at every await: dropping
-    /// the future loses at most one in-flight reply.
+    /// Serves until the socket fails. Whatever has queued on the socket
+    /// while a batch was being written forms the next batch. Cancel-safe at
+    /// every await: dropping the future loses at most one batch's replies.
     pub async fn run(self: Arc<Self>, socket: UdpSocket, on_pxe_port: bool) -> std::io::Result<()> {
         let mut buf = vec![0u8; 1500];
         loop {
             let (len, from) = socket.recv_from(&mut buf).await?;
-            let now = unix_now();
-            if let Some((bytes, dest)) = self.handle(&buf[..len], now, from, on_pxe_port).await {
+            let mut batch = vec![(buf[..len].to_vec(), from)];
+            while batch.len() < MAX_BATCH {
+                match socket.try_recv_from(&mut buf) {
+                    Ok((len, from)) => batch.push((buf[..len].to_vec(), from)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            for (bytes, dest) in self.handle_batch(&batch, unix_now(), on_pxe_port).await {
                 if let Err(err) = socket.send_to(&bytes, dest).await {
-                    warn!(%from, %dest, error = %err, "sending DHCP reply failed");
+                    warn!(%dest, error = %err, "sending DHCP reply failed");
                 }
             }
         }
     }
+}
+
+/// Most requests answered per lease write.
+const MAX_BATCH: usize = 64;
+
+fn log_decision(req: &Request, decision: &super::decide::Decision) {
+    let reply_ip = decision.reply.as_ref().map_or_else(String::new, |r| r.yiaddr.to_string());
+    info!(
+        mac = req.mac_string(),
+        xid = req.xid,
+        msg_type = req.message_type.label(),
+        client = decision.client.label(),
+        firmware = decision.client.firmware.label(),
+        outcome = decision.outcome.label(),
+        reason = outcome_reason(decision.outcome),
+        ip = reply_ip,
+        "dhcp decision"
+    );
+    metrics::counter!(
+        "slipway_dhcp_decisions_total",
+        "outcome" => decision.outcome.label(),
+        "reason" => outcome_reason(decision.outcome),
+        "client" => decision.client.label()
+    )
+    .increment(1);
 }
 
 fn is_offer(op: &LeaseOp) -> bool {
@@ -207,8 +244,12 @@ pub fn bind_socket(interface: Option<&str>, addr: SocketAddrV4) -> std::io::Resu
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     socket.set_broadcast(true)?;
-    // Room for a PXE storm's burst while a lease is being written.
-    let _ = socket.set_recv_buffer_size(4 << 20);
+    // Room for a PXE storm's burst (1,000 DISCOVERs arrive within
+    // milliseconds) while a batch is being written. As root, force past
+    // net.core.rmem_max; otherwise take what the kernel allows.
+    if nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20)).is_err() {
+        let _ = socket.set_recv_buffer_size(8 << 20);
+    }
     if let Some(iface) = interface {
         socket.bind_device(Some(iface.as_bytes()))?;
     }
@@ -309,6 +350,27 @@ mod tests {
         request.extend_from_slice(&[53, 1, 3, 50, 4, 10, 77, 0, 100, 255]);
         assert!(server.handle(&request, 0, FROM, false).await.is_none());
         assert_eq!(server.stats.store_errors.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_batch_commits_once_and_fails_whole() {
+        let request = |last: u8| {
+            let mut b = ipxe_discover([2, 0, 0, 0, 0, last]);
+            b.truncate(240);
+            b.extend_from_slice(&[53, 1, 3, 50, 4, 10, 77, 0, 99 + last, 255]);
+            (b, FROM)
+        };
+        let recorder = Arc::new(Recorder::default());
+        let server = DhcpServer::new(config(), Ports::default(), LeaseTable::default(), recorder.clone());
+        let replies = server.handle_batch(&[request(1), request(2)], 0, false).await;
+        assert_eq!(replies.len(), 2);
+        assert_eq!(recorder.saved.lock().unwrap().len(), 2, "both leases stored");
+
+        let failing = Arc::new(Recorder { fail: true, ..Default::default() });
+        let server = DhcpServer::new(config(), Ports::default(), LeaseTable::default(), failing);
+        let discover = (ipxe_discover([2, 0, 0, 0, 0, 3]), FROM);
+        assert!(server.handle_batch(&[request(1), discover], 0, false).await.is_empty(), "nothing leaves unstored");
+        assert!(server.table.lock().await.is_empty(), "memory is rolled back with the write");
     }
 
     #[tokio::test]
