@@ -203,6 +203,9 @@ pub fn start(name: &str, slipway_bin: &Path, dir: &Path) -> anyhow::Result<Serve
             )?;
             cmd.args(["kea-dhcp4", "-c"]).arg(&config).env("KEA_PIDFILE_DIR", dir).env("KEA_LOCKFILE_DIR", dir);
         }
+        "tftpd-hpa" => {
+            cmd.args(["in.tftpd", "--foreground", "--secure", "--address", "10.90.0.1:69", "/usr/lib/ipxe"]);
+        }
         "dnsmasq" => {
             cmd.args([
                 "dnsmasq",
@@ -269,6 +272,93 @@ pub fn table(results: &[ServerResult]) -> String {
                 let _ = writeln!(out, "{:<8} failed: {}", r.server, r.error.as_deref().unwrap_or("?"));
             }
         }
+    }
+    out
+}
+
+/// One TFTP measurement: `parallel` curl clients each fetching `file` once.
+#[derive(Debug, Serialize)]
+pub struct TftpResult {
+    pub server: String,
+    pub blksize: u32,
+    pub parallel: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub seconds: f64,
+    /// Aggregate payload throughput.
+    pub mbytes_per_sec: f64,
+}
+
+/// Fetches `/usr/lib/ipxe/snponly.efi` with curl from Slipway's TFTP server
+/// and from tftpd-hpa, 1 and `parallel` clients at a time, at blksize 512
+/// and 1468. curl has no windowsize option, so windowsize is not compared.
+pub fn run_tftp(parallel: usize, slipway_bin: &Path) -> anyhow::Result<Vec<TftpResult>> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the bench needs root (network namespaces)");
+    }
+    let size = std::fs::metadata("/usr/lib/ipxe/snponly.efi").context("snponly.efi (apt-get install ipxe)")?.len();
+    let work = tempfile_dir()?;
+    let _net = BenchNet::create()?;
+    let mut results = Vec::new();
+    for name in ["slipway", "tftpd-hpa"] {
+        let _server = start(name, slipway_bin, &work.join(name))?;
+        std::thread::sleep(Duration::from_millis(800));
+        for blksize in [512u32, 1468] {
+            for clients in [1, parallel] {
+                let started = Instant::now();
+                let children: Vec<Child> = (0..clients)
+                    .map(|_| {
+                        Command::new("curl")
+                            .args([
+                                "-sf",
+                                "--max-time",
+                                "60",
+                                "--tftp-blksize",
+                                &blksize.to_string(),
+                                "-o",
+                                "/dev/null",
+                            ])
+                            .arg("tftp://10.90.0.1/snponly.efi")
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .spawn()
+                    })
+                    .collect::<Result<_, _>>()?;
+                let mut completed = 0;
+                for mut child in children {
+                    if child.wait()?.success() {
+                        completed += 1;
+                    }
+                }
+                let seconds = started.elapsed().as_secs_f64();
+                results.push(TftpResult {
+                    server: name.into(),
+                    blksize,
+                    parallel: clients,
+                    completed,
+                    failed: clients - completed,
+                    seconds,
+                    mbytes_per_sec: (completed as u64 * size) as f64 / seconds / 1e6,
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(results)
+}
+
+pub fn tftp_table(results: &[TftpResult]) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "{:<10} {:>7} {:>8} {:>9} {:>6} {:>8} {:>8}\n",
+        "server", "blksize", "parallel", "completed", "failed", "seconds", "MB/s"
+    );
+    for r in results {
+        let _ = writeln!(
+            out,
+            "{:<10} {:>7} {:>8} {:>9} {:>6} {:>8.2} {:>8.1}",
+            r.server, r.blksize, r.parallel, r.completed, r.failed, r.seconds, r.mbytes_per_sec
+        );
     }
     out
 }

@@ -89,6 +89,14 @@ enum BenchCmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// curl fetching snponly.efi from Slipway and from tftpd-hpa, 1 and
+    /// --parallel at a time, at blksize 512 and 1468.
+    Tftp {
+        #[arg(long, default_value_t = 200)]
+        parallel: usize,
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -159,6 +167,14 @@ fn main() -> anyhow::Result<()> {
             lab::up(&opts).map(|_| ())
         }
         Cmd::Lab { command: LabCmd::Down } => lab::down(),
+        Cmd::Bench { command: BenchCmd::Tftp { parallel, report } } => {
+            let results = hardware_tests::bench::run_tftp(parallel, &std::env::current_exe()?)?;
+            print!("{}", hardware_tests::bench::tftp_table(&results));
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
+            }
+            Ok(())
+        }
         Cmd::Bench { command: BenchCmd::Dhcp { clients, servers, report } } => {
             let results = hardware_tests::bench::run_dhcp(clients, &servers, &std::env::current_exe()?)?;
             print!("{}", hardware_tests::bench::table(&results));
