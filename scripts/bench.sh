@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks side by side with real peers (a report, not a test).
 #   bash scripts/bench.sh            # DHCP storm of 1,000 clients (Slipway, Kea, dnsmasq),
-#                                    # then TFTP with curl (Slipway, tftpd-hpa)
+#                                    # then TFTP with atftp (Slipway, tftpd-hpa)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/prereqs.sh

@@ -7,7 +7,7 @@ packages=(
   qemu-system-x86 qemu-utils ipxe ipxe-qemu ovmf   # the lab's VMs and firmware
   iproute2 cpio zstd                               # namespaces, ramdisk tools
   busybox udhcpc isc-dhcp-client dhcpcd-base       # real DHCP clients in tests
-  tftp-hpa curl                                    # real TFTP clients in tests
+  tftp-hpa curl atftp                              # real TFTP clients in tests
   dnsmasq-base                                     # the other DHCP server (proxy mode)
   isc-dhcp-relay                                   # a real DHCP relay (relay mode)
   ca-certificates gcc pkg-config                    # building crates

@@ -281,6 +281,7 @@ pub fn table(results: &[ServerResult]) -> String {
 pub struct TftpResult {
     pub server: String,
     pub blksize: u32,
+    pub windowsize: u32,
     pub parallel: usize,
     pub completed: usize,
     pub failed: usize,
@@ -289,9 +290,10 @@ pub struct TftpResult {
     pub mbytes_per_sec: f64,
 }
 
-/// Fetches `/usr/lib/ipxe/snponly.efi` with curl from Slipway's TFTP server
-/// and from tftpd-hpa, 1 and `parallel` clients at a time, at blksize 512
-/// and 1468. curl has no windowsize option, so windowsize is not compared.
+/// Fetches `/usr/lib/ipxe/snponly.efi` with atftp from Slipway's TFTP
+/// server and from tftpd-hpa, 1 and `parallel` clients at a time, at
+/// blksize 512 and 1468 and windowsize 1 and 16 (tftpd-hpa 5.2 does not
+/// implement windowsize and answers such requests with windowsize 1).
 pub fn run_tftp(parallel: usize, slipway_bin: &Path) -> anyhow::Result<Vec<TftpResult>> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the bench needs root (network namespaces)");
@@ -303,37 +305,36 @@ pub fn run_tftp(parallel: usize, slipway_bin: &Path) -> anyhow::Result<Vec<TftpR
     for name in ["slipway", "tftpd-hpa"] {
         let _server = start(name, slipway_bin, &work.join(name))?;
         std::thread::sleep(Duration::from_millis(800));
-        for blksize in [512u32, 1468] {
+        for (blksize, windowsize) in [(512u32, 1u32), (1468, 1), (1468, 16)] {
             for clients in [1, parallel] {
                 let started = Instant::now();
                 let children: Vec<Child> = (0..clients)
-                    .map(|_| {
-                        Command::new("curl")
-                            .args([
-                                "-sf",
-                                "--max-time",
-                                "60",
-                                "--tftp-blksize",
-                                &blksize.to_string(),
-                                "-o",
-                                "/dev/null",
-                            ])
-                            .arg("tftp://10.90.0.1/snponly.efi")
+                    .map(|i| {
+                        let out = work.join(format!("got-{i}"));
+                        Command::new("atftp")
+                            .args(["--option", &format!("blksize {blksize}")])
+                            .args(["--option", &format!("windowsize {windowsize}")])
+                            .args(["-g", "-r", "snponly.efi", "-l"])
+                            .arg(out)
+                            .args(["10.90.0.1", "69"])
                             .stdout(Stdio::null())
                             .stderr(Stdio::null())
                             .spawn()
                     })
                     .collect::<Result<_, _>>()?;
                 let mut completed = 0;
-                for mut child in children {
-                    if child.wait()?.success() {
+                for (i, mut child) in children.into_iter().enumerate() {
+                    let got = work.join(format!("got-{i}"));
+                    if child.wait()?.success() && std::fs::metadata(&got).map(|m| m.len()).ok() == Some(size) {
                         completed += 1;
                     }
+                    let _ = std::fs::remove_file(got);
                 }
                 let seconds = started.elapsed().as_secs_f64();
                 results.push(TftpResult {
                     server: name.into(),
                     blksize,
+                    windowsize,
                     parallel: clients,
                     completed,
                     failed: clients - completed,
@@ -350,14 +351,14 @@ pub fn run_tftp(parallel: usize, slipway_bin: &Path) -> anyhow::Result<Vec<TftpR
 pub fn tftp_table(results: &[TftpResult]) -> String {
     use std::fmt::Write;
     let mut out = format!(
-        "{:<10} {:>7} {:>8} {:>9} {:>6} {:>8} {:>8}\n",
-        "server", "blksize", "parallel", "completed", "failed", "seconds", "MB/s"
+        "{:<10} {:>7} {:>6} {:>8} {:>9} {:>6} {:>8} {:>8}\n",
+        "server", "blksize", "window", "parallel", "completed", "failed", "seconds", "MB/s"
     );
     for r in results {
         let _ = writeln!(
             out,
-            "{:<10} {:>7} {:>8} {:>9} {:>6} {:>8.2} {:>8.1}",
-            r.server, r.blksize, r.parallel, r.completed, r.failed, r.seconds, r.mbytes_per_sec
+            "{:<10} {:>7} {:>6} {:>8} {:>9} {:>6} {:>8.2} {:>8.1}",
+            r.server, r.blksize, r.windowsize, r.parallel, r.completed, r.failed, r.seconds, r.mbytes_per_sec
         );
     }
     out

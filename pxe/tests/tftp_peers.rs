@@ -1,5 +1,5 @@
-//! The TFTP server against real clients: curl (blksize, tsize) and the
-//! tftp-hpa client, on loopback. Plus a client that vanishes mid-transfer.
+//! The TFTP server against real clients: curl (blksize, tsize), the
+//! tftp-hpa client and atftp (windowsize), on loopback. Plus a client that vanishes mid-transfer.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -85,6 +85,37 @@ async fn tftp_hpa_client_fetches_and_is_refused_outside_the_root() {
         assert!(said.contains("Error code 2") || said.contains("leaves the TFTP root"), "{escape}: {said}");
         assert_ne!(std::fs::read(&out).unwrap_or_default(), b"not for clients");
     }
+}
+
+/// RFC 7440 windowsize with a real client: atftp negotiates 16-block
+/// windows (ACKing every 16th block) and gets the file intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atftp_fetches_with_windowsize() {
+    if !have("atftp") {
+        return;
+    }
+    let (dir, server, addr, data) = start(SessionOptions::default()).await;
+    for window in ["1", "16"] {
+        let out = dir.path().join(format!("got-{window}"));
+        let mut atftp = Command::new("atftp");
+        atftp
+            .args([
+                "--option",
+                &format!("windowsize {window}"),
+                "--option",
+                "blksize 1468",
+                "-g",
+                "-r",
+                "snponly.efi",
+                "-l",
+            ])
+            .arg(&out)
+            .args(["127.0.0.1", &addr.port().to_string()]);
+        let result = run(atftp).await;
+        assert!(result.status.success(), "windowsize {window}: {}", String::from_utf8_lossy(&result.stderr));
+        assert_eq!(std::fs::read(&out).unwrap(), data, "windowsize {window}");
+    }
+    assert_eq!(server.stats.completed.load(Ordering::Relaxed), 2);
 }
 
 /// A client that stops acknowledging costs nothing once retries run out.

@@ -89,8 +89,8 @@ enum BenchCmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
-    /// curl fetching snponly.efi from Slipway and from tftpd-hpa, 1 and
-    /// --parallel at a time, at blksize 512 and 1468.
+    /// atftp fetching snponly.efi from Slipway and from tftpd-hpa, 1 and
+    /// --parallel at a time, at blksize 512/1468 and windowsize 1/16.
     Tftp {
         #[arg(long, default_value_t = 200)]
         parallel: usize,
