@@ -94,7 +94,12 @@ impl Server {
 }
 
 /// Runs the storm against each of `servers` (`slipway`, `kea`, `dnsmasq`).
-pub fn run_dhcp(clients: usize, servers: &[String], slipway_bin: &Path) -> anyhow::Result<Vec<ServerResult>> {
+pub fn run_dhcp(
+    clients: usize,
+    spread: Duration,
+    servers: &[String],
+    slipway_bin: &Path,
+) -> anyhow::Result<Vec<ServerResult>> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the bench needs root (network namespaces)");
     }
@@ -125,7 +130,7 @@ pub fn run_dhcp(clients: usize, servers: &[String], slipway_bin: &Path) -> anyho
             }
             Ok(()) => {
                 eprintln!("bench: {name}: {clients} clients");
-                let storm = storm::run(CLIENT_IF, clients, round * 16, 2, Duration::from_secs(60))?;
+                let storm = storm::run_spread(CLIENT_IF, clients, round * 16, 2, spread, Duration::from_secs(60))?;
                 ServerResult {
                     server: name.into(),
                     peak_rss_kib: server.peak_rss_kib(),

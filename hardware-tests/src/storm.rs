@@ -66,6 +66,19 @@ pub fn run(
     ipxe_every: usize,
     deadline: Duration,
 ) -> anyhow::Result<StormResult> {
+    run_spread(interface, clients, first_mac_byte, ipxe_every, Duration::ZERO, deadline)
+}
+
+/// As [`run`], with the clients' first DISCOVERs spread evenly over
+/// `spread` instead of sent as one burst (racks power on over seconds).
+pub fn run_spread(
+    interface: &str,
+    clients: usize,
+    first_mac_byte: u8,
+    ipxe_every: usize,
+    spread: Duration,
+    deadline: Duration,
+) -> anyhow::Result<StormResult> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     socket.set_broadcast(true)?;
@@ -96,22 +109,33 @@ pub fn run(
         .collect();
     let by_xid: HashMap<u32, usize> = all.iter().enumerate().map(|(i, c)| (c.xid, i)).collect();
     let mut retransmissions = 0;
-    for c in &mut all {
-        send(&socket, server, c)?;
-        c.first_sent = Instant::now();
-        c.last_sent = c.first_sent;
-    }
+    let mut started_clients = 0;
     let mut buf = [0u8; 1500];
     while started.elapsed() < deadline
         && all.iter().any(|c| matches!(c.phase, Phase::Discovering | Phase::Requesting { .. }))
     {
+        // Start every client whose turn has come (all at once with no spread).
+        let due = if spread.is_zero() {
+            clients
+        } else {
+            ((started.elapsed().as_secs_f64() / spread.as_secs_f64()) * clients as f64).ceil() as usize
+        };
+        while started_clients < due.min(clients) {
+            let c = &mut all[started_clients];
+            send(&socket, server, c)?;
+            c.first_sent = Instant::now();
+            c.last_sent = c.first_sent;
+            started_clients += 1;
+        }
         match socket.recv_from(&mut buf) {
             Ok((len, _)) => on_reply(&buf[..len], &by_xid, &mut all, &socket, server)?,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(e) => return Err(e.into()),
         }
         let now = Instant::now();
-        for c in all.iter_mut().filter(|c| matches!(c.phase, Phase::Discovering | Phase::Requesting { .. })) {
+        let pending =
+            |c: &&mut Client| c.attempts > 0 && matches!(c.phase, Phase::Discovering | Phase::Requesting { .. });
+        for c in all.iter_mut().filter(pending) {
             let wait = BACKOFF.get(c.attempts - 1).copied();
             match wait {
                 Some(secs) if now.duration_since(c.last_sent) >= Duration::from_secs(secs) => {

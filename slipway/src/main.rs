@@ -82,6 +82,10 @@ enum BenchCmd {
     Dhcp {
         #[arg(long, default_value_t = 1000)]
         clients: usize,
+        /// Spread the clients' first DISCOVERs over this many milliseconds
+        /// (0: one burst).
+        #[arg(long, default_value_t = 0)]
+        spread_ms: u64,
         /// Which servers, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "slipway,kea,dnsmasq")]
         servers: Vec<String>,
@@ -175,8 +179,9 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { command: BenchCmd::Dhcp { clients, servers, report } } => {
-            let results = hardware_tests::bench::run_dhcp(clients, &servers, &std::env::current_exe()?)?;
+        Cmd::Bench { command: BenchCmd::Dhcp { clients, spread_ms, servers, report } } => {
+            let spread = std::time::Duration::from_millis(spread_ms);
+            let results = hardware_tests::bench::run_dhcp(clients, spread, &servers, &std::env::current_exe()?)?;
             print!("{}", hardware_tests::bench::table(&results));
             if let Some(path) = report {
                 std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
