@@ -199,6 +199,19 @@ impl Store {
         Ok(out)
     }
 
+    /// Machines per state, in one query (a scrape must not load every
+    /// machine with its MACs and inventory).
+    pub async fn count_by_state(&self) -> Result<std::collections::HashMap<MachineState, i64>> {
+        let rows =
+            sqlx::query("SELECT state, COUNT(*) AS n FROM machines GROUP BY state").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let state = MachineState::from_str(&r.try_get::<String, _>("state")?).map_err(StoreError::Corrupt)?;
+                Ok((state, r.try_get::<i64, _>("n")?))
+            })
+            .collect()
+    }
+
     async fn machine_from_row(&self, row: &AnyRow) -> Result<Machine> {
         let id: String = row.try_get("id")?;
         let state_text: String = row.try_get("state")?;
@@ -485,6 +498,7 @@ mod tests {
             (m.state, m.macs.clone(), m.state_deadline.clone()),
             (MachineState::Ready, vec!["52:54:00:00:00:01".to_string()], None)
         );
+        assert_eq!(store.count_by_state().await.unwrap().get(&MachineState::Ready), Some(&1));
         let kinds: Vec<String> =
             store.events(Some(&id), None, 100).await.unwrap().into_iter().map(|e| e.kind).collect();
         assert_eq!(kinds, ["machine.created", "state.changed"]);

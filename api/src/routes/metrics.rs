@@ -29,9 +29,9 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn render(_: Admin, State(state): State<AppState>) -> Result<String, ApiError> {
-    let machines = state.store.machines().await?;
+    let counts = state.store.count_by_state().await?;
     for s in ALL_STATES {
-        let n = machines.iter().filter(|m| m.state == s).count();
+        let n = counts.get(&s).copied().unwrap_or(0);
         metrics::gauge!("slipway_machines", "state" => s.as_str()).set(n as f64);
     }
     Ok(handle().render())

@@ -104,7 +104,9 @@ impl<B: DhcpBackend> DhcpServer<B> {
         on_pxe_port: bool,
     ) -> Vec<(Vec<u8>, SocketAddr)> {
         let mut table = self.table.lock().await;
-        let snapshot = table.clone();
+        // Taken before the first change that must be written, so a batch of
+        // offers alone (a DISCOVER burst) never copies the table.
+        let mut snapshot = None;
         let mut durable = Vec::new();
         let mut replies = Vec::new();
         let mut bound = Vec::new();
@@ -126,12 +128,16 @@ impl<B: DhcpBackend> DhcpServer<B> {
                 DhcpMode::Proxy => decide_proxy(&req, &self.cfg, known, on_pxe_port),
             };
             log_decision(&req, &decision);
+            // Offers are held in memory only: losing one in a crash costs
+            // the client a retransmitted DISCOVER.
+            let to_write: Vec<LeaseOp> = decision.ops.iter().filter(|op| !is_offer(op)).cloned().collect();
+            if !to_write.is_empty() && snapshot.is_none() {
+                snapshot = Some(table.clone());
+            }
             for op in &decision.ops {
                 table.apply(op);
             }
-            // Offers are held in memory only: losing one in a crash costs
-            // the client a retransmitted DISCOVER.
-            durable.extend(decision.ops.iter().filter(|op| !is_offer(op)).cloned());
+            durable.extend(to_write);
             let Some(reply) = decision.reply else {
                 self.stats.ignored.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -146,7 +152,9 @@ impl<B: DhcpBackend> DhcpServer<B> {
             if let Err(err) = self.backend.save(&durable).await {
                 self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(requests = datagrams.len(), error = %err, "lease store failed; not replying to this batch");
-                *table = snapshot;
+                if let Some(before) = snapshot {
+                    *table = before;
+                }
                 return Vec::new();
             }
         }
