@@ -6,12 +6,39 @@ use std::net::Ipv4Addr;
 use pxe::boot::ClientKind;
 use pxe::dhcp::server::DhcpBackend;
 use pxe::dhcp::LeaseOp;
+use tokio::sync::mpsc;
 
-use crate::store::{mac_text, Store};
+use crate::store::{mac_text, DhcpBinding, Store};
+
+/// Bindings waiting to be recorded. A storm beyond this drops bookkeeping
+/// (counted), never a reply: the boot script request creates the machine
+/// too.
+const BOOKKEEPING_QUEUE: usize = 4096;
+/// Bindings recorded per transaction: large enough that a storm costs few
+/// commits, small enough that a lease write queued behind it waits little.
+const BOOKKEEPING_BATCH: usize = 32;
 
 pub struct StoreBackend {
-    pub store: Store,
-    pub discovery_timeout_ms: i64,
+    store: Store,
+    bookkeeping: mpsc::Sender<DhcpBinding>,
+}
+
+impl StoreBackend {
+    /// Starts the task that records bindings beside the DHCP loop.
+    pub fn start(store: Store, discovery_timeout_ms: i64) -> StoreBackend {
+        let (tx, mut rx) = mpsc::channel::<DhcpBinding>(BOOKKEEPING_QUEUE);
+        let recorder = store.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BOOKKEEPING_BATCH);
+            while rx.recv_many(&mut batch, BOOKKEEPING_BATCH).await > 0 {
+                if let Err(err) = recorder.record_dhcp_bindings(&batch, discovery_timeout_ms).await {
+                    tracing::warn!(bindings = batch.len(), error = %err, "recording DHCP bindings failed");
+                }
+                batch.clear();
+            }
+        });
+        StoreBackend { store, bookkeeping: tx }
+    }
 }
 
 impl DhcpBackend for StoreBackend {
@@ -25,28 +52,14 @@ impl DhcpBackend for StoreBackend {
         matches!(self.store.machine_id_by_mac(&mac_text(&mac)).await, Ok(Some(_)))
     }
 
-    async fn bound(&self, mac: [u8; 6], ip: Ipv4Addr, client: ClientKind) {
+    fn bound(&self, mac: [u8; 6], ip: Ipv4Addr, client: ClientKind) {
         let mac = mac_text(&mac);
+        let detail = serde_json::json!({ "mac": mac, "ip": ip.to_string(), "client": client.label(), "firmware": client.firmware.label() });
         // Only network boots create machines: a laptop on the provisioning
         // network is not a server to inventory.
-        let id = if client.is_pxe() {
-            self.store
-                .ensure_machine(&mac, "network boot (DHCP)", self.discovery_timeout_ms)
-                .await
-                .map(|(id, _)| Some(id))
-        } else {
-            self.store.machine_id_by_mac(&mac).await
-        };
-        let detail = serde_json::json!({ "mac": mac, "ip": ip.to_string(), "client": client.label(), "firmware": client.firmware.label() });
-        // Proxy mode answers with boot information only (no address).
-        let kind = if ip.is_unspecified() { "dhcp.proxy" } else { "dhcp.ack" };
-        let result = match id {
-            Ok(Some(id)) => self.store.record_event(Some(&id), kind, detail).await,
-            Ok(None) => Ok(()),
-            Err(err) => Err(err),
-        };
-        if let Err(err) = result {
-            tracing::warn!(mac, error = %err, "recording a DHCP lease event failed");
+        let binding = DhcpBinding { mac, ip, network_boot: client.is_pxe(), detail };
+        if self.bookkeeping.try_send(binding).is_err() {
+            metrics::counter!("slipway_dhcp_bookkeeping_dropped_total").increment(1);
         }
     }
 }

@@ -129,8 +129,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let any = std::net::Ipv4Addr::UNSPECIFIED;
         let socket = bind_socket(Some(&p.interface), SocketAddrV4::new(any, ports.server))
             .with_context(|| format!("binding DHCP to {}:{}", p.interface, ports.server))?;
-        let dhcp =
-            DhcpServer::new(dhcp_config, ports, table, StoreBackend { store: store.clone(), discovery_timeout_ms });
+        let dhcp = DhcpServer::new(dhcp_config, ports, table, StoreBackend::start(store.clone(), discovery_timeout_ms));
         if dhcp.mode() == pxe::dhcp::DhcpMode::Proxy {
             let pxe_socket = bind_socket(Some(&p.interface), SocketAddrV4::new(any, ports.pxe))
                 .with_context(|| format!("binding proxyDHCP to {}:{}", p.interface, ports.pxe))?;

@@ -31,7 +31,25 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Clone)]
 pub struct Store {
+    /// Reads.
     pool: AnyPool,
+    /// Writes. On SQLite a pool of one connection: SQLite has one writer
+    /// anyway, and queueing writers here is first-come-first-served, where
+    /// SQLite's own busy handler sleeps 1, 2, 5, 10 ms between retries
+    /// (that sleep was most of the DHCP ACK latency in a PXE storm). On
+    /// PostgreSQL the same pool as reads.
+    writer: AnyPool,
+}
+
+/// A DHCP client that was ACKed (or, in proxy mode, given boot information
+/// only: `ip` unspecified).
+#[derive(Debug, Clone)]
+pub struct DhcpBinding {
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    /// A network boot (PXE/iPXE/HTTP boot) rather than an ordinary client.
+    pub network_boot: bool,
+    pub detail: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,12 +99,19 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
+        let pool = Self::open_pool(url, if sqlite { 4 } else { 16 }, sqlite).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        let writer = if sqlite { Self::open_pool(url, 1, true).await? } else { pool.clone() };
+        Ok(Store { pool, writer })
+    }
+
+    async fn open_pool(url: &str, connections: u32, sqlite: bool) -> Result<AnyPool> {
         let pool = AnyPoolOptions::new()
-            .max_connections(if sqlite { 4 } else { 16 })
+            .max_connections(connections)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {
-                        // WAL: readers never block the DHCP writer. With
+                        // WAL: readers never block the writer. With
                         // synchronous=NORMAL a commit survives a crash of the
                         // process (kill -9), not a power cut: the trade that
                         // lets a PXE storm be answered without an fsync per
@@ -105,8 +130,7 @@ impl Store {
             })
             .connect(url)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(pool)
     }
 
     async fn event_in<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
@@ -128,7 +152,7 @@ impl Store {
     }
 
     pub async fn record_event(&self, machine_id: Option<&str>, kind: &str, detail: serde_json::Value) -> Result<()> {
-        Self::event_in(&self.pool, machine_id, now_ms(), kind, detail).await
+        Self::event_in(&self.writer, machine_id, now_ms(), kind, detail).await
     }
 
     pub async fn machine_id_by_mac(&self, mac: &str) -> Result<Option<String>> {
@@ -145,41 +169,82 @@ impl Store {
         if let Some(id) = self.machine_id_by_mac(mac).await? {
             return Ok((id, false));
         }
+        let mut tx = self.writer.begin().await?;
+        let found = Self::ensure_machine_in(&mut tx, mac, cause, now_ms() + discovery_timeout_ms).await?;
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    async fn ensure_machine_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        mac: &str,
+        cause: &str,
+        deadline_ms: i64,
+    ) -> Result<(String, bool)> {
+        let owner = |row: Option<AnyRow>| row.map(|r| r.try_get::<String, _>("machine_id")).transpose();
+        let lookup = "SELECT machine_id FROM machine_macs WHERE mac = $1";
+        if let Some(id) = owner(sqlx::query(lookup).bind(mac).fetch_optional(&mut **tx).await?)? {
+            return Ok((id, false));
+        }
         let id = Uuid::new_v4().to_string();
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO machines (id, state, state_deadline_ms, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $4)",
         )
         .bind(&id)
         .bind(MachineState::Discovering.as_str())
-        .bind(now + discovery_timeout_ms)
+        .bind(deadline_ms)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         let inserted =
             sqlx::query("INSERT INTO machine_macs (mac, machine_id) VALUES ($1, $2) ON CONFLICT (mac) DO NOTHING")
                 .bind(mac)
                 .bind(&id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         if inserted.rows_affected() == 0 {
-            // Another request created it first; use theirs.
-            tx.rollback().await?;
-            let id =
-                self.machine_id_by_mac(mac).await?.ok_or_else(|| StoreError::Corrupt(format!("mac {mac} vanished")))?;
-            return Ok((id, false));
+            // Another appliance on a shared database created it first (on
+            // PostgreSQL); use theirs.
+            sqlx::query("DELETE FROM machines WHERE id = $1").bind(&id).execute(&mut **tx).await?;
+            let theirs = owner(sqlx::query(lookup).bind(mac).fetch_optional(&mut **tx).await?)?;
+            return Ok((theirs.ok_or_else(|| StoreError::Corrupt(format!("mac {mac} vanished")))?, false));
         }
         Self::event_in(
-            &mut *tx,
+            &mut **tx,
             Some(&id),
             now,
             "machine.created",
             serde_json::json!({ "mac": mac, "cause": cause, "state": "discovering" }),
         )
         .await?;
-        tx.commit().await?;
         Ok((id, true))
+    }
+
+    /// Records DHCP bindings in one transaction: a network-booting client's
+    /// machine is created if new, and each binding of a known machine is
+    /// an event. Batched so a PXE storm costs one commit per batch.
+    pub async fn record_dhcp_bindings(&self, bindings: &[DhcpBinding], discovery_timeout_ms: i64) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let deadline = now_ms() + discovery_timeout_ms;
+        for b in bindings {
+            let id = if b.network_boot {
+                Some(Self::ensure_machine_in(&mut tx, &b.mac, "network boot (DHCP)", deadline).await?.0)
+            } else {
+                let row = sqlx::query("SELECT machine_id FROM machine_macs WHERE mac = $1")
+                    .bind(&b.mac)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                row.map(|r| r.try_get::<String, _>("machine_id")).transpose()?
+            };
+            if let Some(id) = id {
+                // Proxy mode answers with boot information only (no address).
+                let kind = if b.ip.is_unspecified() { "dhcp.proxy" } else { "dhcp.ack" };
+                Self::event_in(&mut *tx, Some(&id), now_ms(), kind, b.detail.clone()).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn machine(&self, id: &str) -> Result<Option<Machine>> {
@@ -249,7 +314,7 @@ impl Store {
     /// Applies `trigger` through the lifecycle; records the state change (or
     /// that the trigger did not apply) as an event. Returns the new state.
     pub async fn fire(&self, id: &str, trigger: Trigger) -> Result<Option<MachineState>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let Some(row) =
             sqlx::query("SELECT state FROM machines WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?
         else {
@@ -298,7 +363,7 @@ impl Store {
 
     pub async fn set_inventory(&self, id: &str, inventory: &Inventory) -> Result<()> {
         let text = serde_json::to_string(inventory).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("UPDATE machines SET inventory = $1, updated_at_ms = $2 WHERE id = $3")
             .bind(text)
             .bind(now_ms())
@@ -377,7 +442,7 @@ impl Store {
     /// working, so a token is good for the boot it was issued to.
     pub async fn issue_agent_token(&self, machine_id: &str, ttl_ms: i64) -> Result<String> {
         let token = crate::auth::random_token();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("DELETE FROM agent_tokens WHERE machine_id = $1").bind(machine_id).execute(&mut *tx).await?;
         sqlx::query("INSERT INTO agent_tokens (token_sha256, machine_id, expires_at_ms) VALUES ($1, $2, $3)")
             .bind(sha256_hex(&token))
@@ -399,7 +464,7 @@ impl Store {
     }
 
     pub async fn save_lease_ops(&self, ops: &[LeaseOp]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for op in ops {
             match op {
                 LeaseOp::Upsert(l) => {
@@ -502,6 +567,25 @@ mod tests {
         let kinds: Vec<String> =
             store.events(Some(&id), None, 100).await.unwrap().into_iter().map(|e| e.kind).collect();
         assert_eq!(kinds, ["machine.created", "state.changed"]);
+    }
+
+    #[tokio::test]
+    async fn dhcp_bindings_create_network_booting_machines_once() {
+        let (_d, store) = temp_store().await;
+        let binding = |mac: &str, network_boot| DhcpBinding {
+            mac: mac.to_string(),
+            ip: Ipv4Addr::new(10, 0, 0, 9),
+            network_boot,
+            detail: serde_json::json!({}),
+        };
+        let pxe = binding("52:54:00:00:00:0a", true);
+        let laptop = binding("52:54:00:00:00:0b", false);
+        store.record_dhcp_bindings(&[pxe.clone(), laptop.clone(), pxe.clone()], 60_000).await.unwrap();
+        let machines = store.machines().await.unwrap();
+        assert_eq!(machines.len(), 1, "one machine for the PXE client, none for the laptop");
+        let kinds: Vec<String> =
+            store.events(Some(&machines[0].id), None, 10).await.unwrap().into_iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["machine.created", "dhcp.ack", "dhcp.ack"]);
     }
 
     #[tokio::test]

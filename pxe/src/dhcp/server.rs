@@ -32,8 +32,9 @@ pub trait DhcpBackend: Send + Sync + 'static {
     /// the network does not answer unknown clients.
     fn known(&self, mac: [u8; 6]) -> impl Future<Output = bool> + Send;
     /// A client was ACKed an address, or (proxy mode, `ip` unspecified)
-    /// offered boot information.
-    fn bound(&self, mac: [u8; 6], ip: Ipv4Addr, client: ClientKind) -> impl Future<Output = ()> + Send;
+    /// offered boot information. Called inside the DHCP loop: it must only
+    /// queue its work, never wait on it.
+    fn bound(&self, mac: [u8; 6], ip: Ipv4Addr, client: ClientKind);
 }
 
 /// Counters readable by tests and exported as metrics.
@@ -159,11 +160,10 @@ impl<B: DhcpBackend> DhcpServer<B> {
             }
         }
         drop(table);
-        // Bookkeeping (machine record, event) runs beside the loop, not in
-        // front of the next client's reply.
+        // Bookkeeping (machine record, event) is queued to run beside the
+        // loop, not in front of the next client's reply.
         for (mac, ip, client) in bound {
-            let this = self.clone();
-            tokio::spawn(async move { this.backend.bound(mac, ip, client).await });
+            self.backend.bound(mac, ip, client);
         }
         self.stats.replied.fetch_add(replies.len() as u64, Ordering::Relaxed);
         replies
@@ -289,7 +289,7 @@ mod tests {
         async fn known(&self, _: [u8; 6]) -> bool {
             false
         }
-        async fn bound(&self, _: [u8; 6], _: Ipv4Addr, _: ClientKind) {}
+        fn bound(&self, _: [u8; 6], _: Ipv4Addr, _: ClientKind) {}
     }
 
     /// Our test config plus a relayed subnet on loopback, so a test can
