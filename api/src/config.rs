@@ -60,6 +60,9 @@ pub struct ProvisioningConfig {
     pub router: String,
     pub dns: Vec<String>,
     pub lease_secs: u32,
+    /// fdatasync the lease journal (`data_dir/dhcp-leases`) before each
+    /// batch of ACKs leaves: leases survive a power cut, not only a crash.
+    pub lease_fsync: bool,
     pub dhcp_port: u16,
     pub tftp_port: u16,
     /// Boot files, iPXE scripts and the agent API are served here.
@@ -127,6 +130,7 @@ impl Default for Config {
                 router: String::new(),
                 dns: vec![],
                 lease_secs: 3600,
+                lease_fsync: true,
                 dhcp_port: 67,
                 tftp_port: 69,
                 http_port: 8081,

@@ -1,11 +1,12 @@
-//! Connects the DHCP server to the store: leases persist in the database,
-//! and a PXE client's first ACK creates its machine in `discovering`.
+//! Connects the DHCP server to the appliance: leases persist in the lease
+//! journal on local disk, and a PXE client's first ACK creates its machine
+//! (in `discovering`) in the database.
 
 use std::net::Ipv4Addr;
 
 use pxe::boot::ClientKind;
 use pxe::dhcp::server::DhcpBackend;
-use pxe::dhcp::LeaseOp;
+use pxe::dhcp::{LeaseJournal, LeaseOp, LeaseTable};
 use tokio::sync::mpsc;
 
 use crate::store::{mac_text, DhcpBinding, Store};
@@ -20,12 +21,13 @@ const BOOKKEEPING_BATCH: usize = 32;
 
 pub struct StoreBackend {
     store: Store,
+    journal: std::sync::Mutex<LeaseJournal>,
     bookkeeping: mpsc::Sender<DhcpBinding>,
 }
 
 impl StoreBackend {
     /// Starts the task that records bindings beside the DHCP loop.
-    pub fn start(store: Store, discovery_timeout_ms: i64) -> StoreBackend {
+    pub fn start(store: Store, journal: LeaseJournal, discovery_timeout_ms: i64) -> StoreBackend {
         let (tx, mut rx) = mpsc::channel::<DhcpBinding>(BOOKKEEPING_QUEUE);
         let recorder = store.clone();
         tokio::spawn(async move {
@@ -37,13 +39,22 @@ impl StoreBackend {
                 batch.clear();
             }
         });
-        StoreBackend { store, bookkeeping: tx }
+        StoreBackend { store, journal: std::sync::Mutex::new(journal), bookkeeping: tx }
     }
 }
 
 impl DhcpBackend for StoreBackend {
-    async fn save(&self, ops: &[LeaseOp]) -> Result<(), String> {
-        self.store.save_lease_ops(ops).await.map_err(|e| e.to_string())
+    async fn save(&self, ops: &[LeaseOp], table: &LeaseTable) -> Result<(), String> {
+        // One write (and fdatasync) of a few KiB: short enough to do in
+        // place; the DHCP loop waits for it either way.
+        let mut journal = self.journal.lock().map_err(|_| "lease journal lock poisoned".to_string())?;
+        journal.append(ops).map_err(|e| format!("appending to the lease journal: {e}"))?;
+        if journal.wants_compaction(table) {
+            let started = std::time::Instant::now();
+            journal.compact(table).map_err(|e| format!("compacting the lease journal: {e}"))?;
+            tracing::info!(leases = table.len(), ms = started.elapsed().as_millis() as u64, "lease journal compacted");
+        }
+        Ok(())
     }
 
     async fn known(&self, mac: [u8; 6]) -> bool {

@@ -17,7 +17,7 @@ use crate::store::{now_ms, Store};
 use crate::{auth, boot_router, operator_router, AppState, BootContext};
 use pxe::boot::BootConfig;
 use pxe::dhcp::server::{bind_socket, DhcpServer, Ports};
-use pxe::dhcp::{DhcpConfig, LeaseTable};
+use pxe::dhcp::{DhcpConfig, LeaseJournal};
 use pxe::tftp::server::TftpServer;
 use pxe::tftp::SessionOptions;
 
@@ -119,17 +119,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             deny: p.deny.clone(),
             answer_unknown: config.provisioning.answer_unknown,
         };
-        let mut table = LeaseTable::default();
-        let ops = store.lease_ops().await?;
-        for op in &ops {
-            table.apply(op);
+        let journal_path = config.data_dir.join("dhcp-leases");
+        let (journal, table, loaded) = LeaseJournal::open(&journal_path, config.provisioning.lease_fsync)
+            .with_context(|| format!("opening the lease journal {}", journal_path.display()))?;
+        if loaded.skipped > 0 {
+            warn!(skipped = loaded.skipped, path = %journal_path.display(), "lease journal lines unreadable (a torn last write?); skipped");
         }
         info!(leases = table.len(), "DHCP leases restored");
         let ports = Ports { server: config.provisioning.dhcp_port, ..Ports::default() };
         let any = std::net::Ipv4Addr::UNSPECIFIED;
         let socket = bind_socket(Some(&p.interface), SocketAddrV4::new(any, ports.server))
             .with_context(|| format!("binding DHCP to {}:{}", p.interface, ports.server))?;
-        let dhcp = DhcpServer::new(dhcp_config, ports, table, StoreBackend::start(store.clone(), discovery_timeout_ms));
+        let dhcp = DhcpServer::new(
+            dhcp_config,
+            ports,
+            table,
+            StoreBackend::start(store.clone(), journal, discovery_timeout_ms),
+        );
         if dhcp.mode() == pxe::dhcp::DhcpMode::Proxy {
             let pxe_socket = bind_socket(Some(&p.interface), SocketAddrV4::new(any, ports.pxe))
                 .with_context(|| format!("binding proxyDHCP to {}:{}", p.interface, ports.pxe))?;

@@ -15,7 +15,6 @@ use uuid::Uuid;
 
 use crate::lifecycle::{self, MachineState, Transition, Trigger};
 use inventory::Inventory;
-use pxe::dhcp::{Lease, LeaseOp, LeaseState};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -463,74 +462,6 @@ impl Store {
         Ok(row.map(|r| r.try_get("machine_id")).transpose()?)
     }
 
-    pub async fn save_lease_ops(&self, ops: &[LeaseOp]) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
-        for op in ops {
-            match op {
-                LeaseOp::Upsert(l) => {
-                    let state = match l.state {
-                        LeaseState::Offered => "offered",
-                        LeaseState::Bound => "bound",
-                    };
-                    sqlx::query(
-                        "INSERT INTO dhcp_leases (mac, ip, state, expires_at) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (mac) DO UPDATE SET ip = $2, state = $3, expires_at = $4",
-                    )
-                    .bind(mac_text(&l.mac))
-                    .bind(l.ip.to_string())
-                    .bind(state)
-                    .bind(l.expires_at as i64)
-                    .execute(&mut *tx)
-                    .await?;
-                    // An address has one holder: drop an expired holder's row.
-                    sqlx::query("DELETE FROM dhcp_leases WHERE ip = $1 AND mac <> $2")
-                        .bind(l.ip.to_string())
-                        .bind(mac_text(&l.mac))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                LeaseOp::Remove { mac } => {
-                    sqlx::query("DELETE FROM dhcp_leases WHERE mac = $1").bind(mac_text(mac)).execute(&mut *tx).await?;
-                }
-                LeaseOp::Quarantine { ip, until } => {
-                    sqlx::query("DELETE FROM dhcp_leases WHERE ip = $1").bind(ip.to_string()).execute(&mut *tx).await?;
-                    sqlx::query("INSERT INTO dhcp_quarantine (ip, until_secs) VALUES ($1, $2) ON CONFLICT (ip) DO UPDATE SET until_secs = $2")
-                        .bind(ip.to_string())
-                        .bind(*until as i64)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// The persisted lease table as ops to replay at start.
-    pub async fn lease_ops(&self) -> Result<Vec<LeaseOp>> {
-        let mut ops = Vec::new();
-        for r in sqlx::query("SELECT * FROM dhcp_leases").fetch_all(&self.pool).await? {
-            let mac: String = r.try_get("mac")?;
-            let ip: String = r.try_get("ip")?;
-            let state: String = r.try_get("state")?;
-            let expires: i64 = r.try_get("expires_at")?;
-            let corrupt = || StoreError::Corrupt(format!("lease {mac} {ip}"));
-            ops.push(LeaseOp::Upsert(Lease {
-                mac: pxe::boot::parse_dashed_mac(&mac.replace(':', "-")).ok_or_else(corrupt)?,
-                ip: ip.parse::<Ipv4Addr>().map_err(|_| corrupt())?,
-                state: if state == "bound" { LeaseState::Bound } else { LeaseState::Offered },
-                expires_at: expires.max(0) as u64,
-            }));
-        }
-        for r in sqlx::query("SELECT * FROM dhcp_quarantine").fetch_all(&self.pool).await? {
-            let ip: String = r.try_get("ip")?;
-            let until: i64 = r.try_get("until_secs")?;
-            let ip = ip.parse().map_err(|_| StoreError::Corrupt(format!("quarantined {ip}")))?;
-            ops.push(LeaseOp::Quarantine { ip, until: until.max(0) as u64 });
-        }
-        Ok(ops)
-    }
-
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -609,24 +540,5 @@ mod tests {
         let second = store.issue_agent_token(&id, 60_000).await.unwrap();
         assert_eq!(store.machine_for_agent_token(&first).await.unwrap(), None, "the next boot's token replaces it");
         assert_eq!(store.machine_for_agent_token(&second).await.unwrap(), Some(id));
-    }
-
-    #[tokio::test]
-    async fn leases_survive_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let lease = Lease {
-            mac: [0x52, 0x54, 0, 0, 0, 4],
-            ip: Ipv4Addr::new(10, 77, 0, 100),
-            expires_at: 99,
-            state: LeaseState::Bound,
-        };
-        let quarantine = LeaseOp::Quarantine { ip: Ipv4Addr::new(10, 77, 0, 101), until: 50 };
-        {
-            let store = Store::connect(&url).await.unwrap();
-            store.save_lease_ops(&[LeaseOp::Upsert(lease.clone()), quarantine.clone()]).await.unwrap();
-        }
-        let store = Store::connect(&url).await.unwrap();
-        assert_eq!(store.lease_ops().await.unwrap(), vec![LeaseOp::Upsert(lease), quarantine]);
     }
 }

@@ -105,6 +105,14 @@ impl LeaseTable {
         self.by_mac.values()
     }
 
+    /// The table as the ops that rebuild it (for rewriting the journal).
+    pub fn as_ops(&self) -> Vec<LeaseOp> {
+        let leases = self.by_mac.values().cloned().map(LeaseOp::Upsert);
+        let quarantined = self.quarantined.iter().map(|(ip, until)| LeaseOp::Quarantine { ip: *ip, until: *until });
+        // Quarantines last: replaying one drops any lease on its address.
+        leases.chain(quarantined).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.by_mac.len()
     }

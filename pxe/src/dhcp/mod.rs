@@ -2,6 +2,7 @@
 //! decision and the socket loop.
 
 mod decide;
+mod journal;
 mod leases;
 pub mod packet;
 mod proxy;
@@ -9,6 +10,7 @@ mod reply;
 pub mod server;
 
 pub use decide::{decide, Decision, DhcpConfig, DhcpMode, Outcome, Reply, ReplyKind, Subnet};
+pub use journal::{LeaseJournal, Loaded};
 pub use leases::{Lease, LeaseOp, LeaseState, LeaseTable};
 pub use packet::{Malformed, MessageType, Request};
 pub use proxy::decide_proxy;

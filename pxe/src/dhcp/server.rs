@@ -26,8 +26,9 @@ use crate::boot::ClientKind;
 
 /// Where leases are stored and who hears about bound clients.
 pub trait DhcpBackend: Send + Sync + 'static {
-    /// Makes `ops` durable. Called before the reply is sent.
-    fn save(&self, ops: &[LeaseOp]) -> impl Future<Output = Result<(), String>> + Send;
+    /// Makes `ops` durable. Called before the replies they belong to are
+    /// sent, with the table they have been applied to (for compaction).
+    fn save(&self, ops: &[LeaseOp], table: &LeaseTable) -> impl Future<Output = Result<(), String>> + Send;
     /// Whether `mac` belongs to a machine Slipway knows. Asked only when
     /// the network does not answer unknown clients.
     fn known(&self, mac: [u8; 6]) -> impl Future<Output = bool> + Send;
@@ -150,7 +151,7 @@ impl<B: DhcpBackend> DhcpServer<B> {
             replies.push((encode_reply(&req, &reply, &self.cfg), dest));
         }
         if !durable.is_empty() {
-            if let Err(err) = self.backend.save(&durable).await {
+            if let Err(err) = self.backend.save(&durable, &table).await {
                 self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(requests = datagrams.len(), error = %err, "lease store failed; not replying to this batch");
                 if let Some(before) = snapshot {
@@ -279,7 +280,7 @@ mod tests {
     }
 
     impl DhcpBackend for Arc<Recorder> {
-        async fn save(&self, ops: &[LeaseOp]) -> Result<(), String> {
+        async fn save(&self, ops: &[LeaseOp], _: &LeaseTable) -> Result<(), String> {
             if self.fail {
                 return Err("disk full".into());
             }
