@@ -276,8 +276,11 @@ fn reserved_for_another(ip: Ipv4Addr, mac: &[u8; 6], cfg: &DhcpConfig) -> bool {
     cfg.reservations.iter().any(|(m, r)| *r == ip && m != mac)
 }
 
-/// The client's current address, else the one it asks for, else the first
-/// free address in the pool.
+/// The client's current address, else the one it asks for, else a free
+/// address found by probing the pool from a point set by the MAC (as
+/// dnsmasq does): a client tends to get the same address again even after
+/// its lease is gone, and in a storm each DISCOVER probes a few addresses
+/// instead of walking past every lease handed out before it.
 fn pick_address(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, subnet: &Subnet, now: u64) -> Option<Ipv4Addr> {
     if let Some(ip) = cfg.reservations.get(&req.mac) {
         return leases.is_free_for(*ip, &req.mac, now).then_some(*ip);
@@ -293,7 +296,15 @@ fn pick_address(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, subnet: &S
     if let Some(ip) = req.requested_ip().filter(|ip| usable(*ip)) {
         return Some(ip);
     }
-    (u32::from(subnet.pool_start)..=u32::from(subnet.pool_end)).map(Ipv4Addr::from).find(|ip| usable(*ip))
+    let (start, end) = (u32::from(subnet.pool_start), u32::from(subnet.pool_end));
+    let size = u64::from(end.checked_sub(start)?) + 1;
+    let first = mac_hash(&req.mac) % size;
+    (0..size).map(|i| Ipv4Addr::from(start + ((first + i) % size) as u32)).find(|ip| usable(*ip))
+}
+
+/// FNV-1a: stable across builds and releases (std's hasher is not).
+fn mac_hash(mac: &[u8; 6]) -> u64 {
+    mac.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]
