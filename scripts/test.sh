@@ -22,6 +22,10 @@ echo "== unit, peer and lab tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --locked --workspace -- --test-threads=1 2>&1 | tee "$log"
+
+echo "== fuzzing the network decoders (20 s a target)"
+bash scripts/fuzz.sh 20 | tee -a "$log"
 # One closing line for the whole run (the last cargo line is a doc-test
 # binary with nothing in it).
-awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
+awk '/^test result:/ { p += $4; f += $6 } /^fuzz [a-z_]*: ok/ { z += 1 }
+     END { printf "\ntests: %d passed, %d failed; fuzz targets: %d passed\n", p, f, z }' "$log"

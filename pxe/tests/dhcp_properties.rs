@@ -7,34 +7,12 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use proptest::prelude::*;
-use pxe::boot::BootConfig;
 use pxe::dhcp::{decide, DhcpConfig, LeaseTable, Outcome, Request};
 
 const CLIENTS: u8 = 40;
 
 fn config() -> DhcpConfig {
-    DhcpConfig {
-        server_ip: Ipv4Addr::new(10, 77, 0, 1),
-        netmask: Ipv4Addr::new(255, 255, 255, 0),
-        router: None,
-        dns: vec![],
-        pool_start: Ipv4Addr::new(10, 77, 0, 100),
-        pool_end: Ipv4Addr::new(10, 77, 0, 115),
-        relay_subnets: vec![],
-        lease_secs: 600,
-        offer_hold_secs: 30,
-        boot: BootConfig {
-            tftp_server: Ipv4Addr::new(10, 77, 0, 1),
-            http_base: "http://10.77.0.1:8081".into(),
-            bios_file: "undionly.kpxe".into(),
-            uefi_file: "snponly.efi".into(),
-            arm64_file: String::new(),
-        },
-        mode: pxe::dhcp::DhcpMode::Authoritative,
-        reservations: Default::default(),
-        deny: Default::default(),
-        answer_unknown: true,
-    }
+    DhcpConfig { pool_end: Ipv4Addr::new(10, 77, 0, 115), ..DhcpConfig::example() }
 }
 
 #[derive(Debug, Clone)]

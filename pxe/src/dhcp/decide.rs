@@ -35,6 +35,37 @@ pub struct DhcpConfig {
     pub answer_unknown: bool,
 }
 
+impl DhcpConfig {
+    /// A small authoritative network, 10.77.0.0/24 with a pool of
+    /// .100-.199 (the lab's addressing): a starting point for tests, fuzzing
+    /// and examples.
+    pub fn example() -> DhcpConfig {
+        let server_ip = Ipv4Addr::new(10, 77, 0, 1);
+        DhcpConfig {
+            server_ip,
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            router: None,
+            dns: vec![],
+            pool_start: Ipv4Addr::new(10, 77, 0, 100),
+            pool_end: Ipv4Addr::new(10, 77, 0, 199),
+            relay_subnets: vec![],
+            lease_secs: 600,
+            offer_hold_secs: 30,
+            boot: BootConfig {
+                tftp_server: server_ip,
+                http_base: "http://10.77.0.1:8081".into(),
+                bios_file: "undionly.kpxe".into(),
+                uefi_file: "snponly.efi".into(),
+                arm64_file: String::new(),
+            },
+            mode: DhcpMode::Authoritative,
+            reservations: HashMap::new(),
+            deny: HashSet::new(),
+            answer_unknown: true,
+        }
+    }
+}
+
 /// A subnet we hand addresses out on: the local one, or one behind a relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subnet {
