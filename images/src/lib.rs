@@ -1,9 +1,9 @@
-//! Slipway's images. For now: building the discovery ramdisk (Debian's
-//! kernel plus an initramfs holding `slipway-agent`) from Debian packages,
-//! cached by a key over every input so it is rebuilt exactly when one
-//! changes. The image catalog and the streaming disk writer come later and
-//! live here too.
+//! Slipway's images: the discovery ramdisk (Debian's kernel plus an
+//! initramfs holding `slipway-agent`) built from Debian packages and cached
+//! by a key over every input, and the import of OS images into the
+//! catalog's store (`catalog`).
 
+pub mod catalog;
 mod cpio;
 pub mod ramdisk;
 
