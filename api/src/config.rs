@@ -82,6 +82,8 @@ pub struct ProvisioningConfig {
     pub relay_subnets: Vec<RelaySubnetConfig>,
     /// A machine still `discovering` after this long is marked failed.
     pub discovery_timeout_secs: u64,
+    /// A machine still `deploying` after this long is marked failed.
+    pub deploy_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +142,7 @@ impl Default for Config {
                 reservations: vec![],
                 relay_subnets: vec![],
                 discovery_timeout_secs: 900,
+                deploy_timeout_secs: 3600,
             },
             boot: BootFilesConfig {
                 ipxe_dir: "/usr/lib/ipxe".into(),

@@ -26,12 +26,14 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized", None),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "Not Found", None),
             ApiError::BadRequest { field, .. } => (StatusCode::BAD_REQUEST, "Bad Request", Some(field.clone())),
+            ApiError::Store(StoreError::Conflict(_)) => (StatusCode::CONFLICT, "Conflict", None),
             ApiError::Store(err) => {
                 tracing::error!(error = %err, source = ?std::error::Error::source(err), "internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", None)
             }
         };
         let detail = match &self {
+            ApiError::Store(StoreError::Conflict(why)) => why.clone(),
             ApiError::Store(_) => "the server could not complete the request; see its log".to_string(),
             other => other.to_string(),
         };

@@ -27,6 +27,9 @@ pub struct AppState {
     pub admin_token_digest: [u8; 32],
     pub boot: Option<Arc<BootContext>>,
     pub discovery_timeout_ms: i64,
+    pub deploy_timeout_ms: i64,
+    /// The image catalog's content: `<name>.raw.zst` per image.
+    pub images_dir: PathBuf,
 }
 
 /// What the boot HTTP face needs: where clients reach it, and the ramdisk.

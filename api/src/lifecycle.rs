@@ -67,15 +67,25 @@ impl FromStr for MachineState {
 pub enum Trigger {
     /// The discovery agent posted an inventory.
     InventoryReceived,
-    /// The discovering deadline passed without an inventory.
-    DiscoveryTimedOut,
+    /// A waiting state's deadline passed (discovering: no inventory;
+    /// deploying: no image written).
+    DeadlinePassed,
+    /// An operator asked for a deployment.
+    DeployRequested,
+    /// The agent wrote the image and verified it on the disk.
+    ImageWritten,
+    /// The agent reported a deploy phase failed.
+    DeployFailed,
 }
 
 impl Trigger {
     pub fn cause(self) -> &'static str {
         match self {
             Trigger::InventoryReceived => "inventory received from the discovery agent",
-            Trigger::DiscoveryTimedOut => "no inventory before the discovery deadline",
+            Trigger::DeadlinePassed => "the state's deadline passed",
+            Trigger::DeployRequested => "deployment requested",
+            Trigger::ImageWritten => "image written and verified on disk",
+            Trigger::DeployFailed => "the agent reported a failed deploy",
         }
     }
 }
@@ -95,7 +105,12 @@ pub fn next(state: MachineState, trigger: Trigger) -> Option<Transition> {
     match (state, trigger) {
         // A failed discovery is retried by simply booting again.
         (Discovering | Ready | Failed, Trigger::InventoryReceived) => to(Ready),
-        (Discovering, Trigger::DiscoveryTimedOut) => Some(Transition { to: Failed, failed_phase: Some(Discovering) }),
+        (Discovering | Deploying, Trigger::DeadlinePassed) => {
+            Some(Transition { to: Failed, failed_phase: Some(state) })
+        }
+        (Ready, Trigger::DeployRequested) => to(Deploying),
+        (Deploying, Trigger::ImageWritten) => to(Deployed),
+        (Deploying, Trigger::DeployFailed) => Some(Transition { to: Failed, failed_phase: Some(Deploying) }),
         _ => None,
     }
 }
@@ -112,7 +127,8 @@ pub fn boot_kind(state: Option<MachineState>) -> BootKind {
     match state {
         Some(Deployed | Joined) => BootKind::LocalDisk,
         // Unknown, discovering, ready, failed: the discovery ramdisk, which
-        // reports and waits. Installer states arrive with the deploy work.
+        // reports and waits. Deploying: the same ramdisk is the installer;
+        // its agent is handed the deployment.
         _ => BootKind::Discovery,
     }
 }
@@ -126,10 +142,23 @@ mod tests {
     fn discovery_path() {
         assert_eq!(next(Discovering, Trigger::InventoryReceived).unwrap().to, Ready);
         assert_eq!(next(Ready, Trigger::InventoryReceived).unwrap().to, Ready);
-        let t = next(Discovering, Trigger::DiscoveryTimedOut).unwrap();
+        let t = next(Discovering, Trigger::DeadlinePassed).unwrap();
         assert_eq!((t.to, t.failed_phase), (Failed, Some(Discovering)));
-        assert_eq!(next(Ready, Trigger::DiscoveryTimedOut), None, "only discovering times out");
+        assert_eq!(next(Ready, Trigger::DeadlinePassed), None, "ready waits for nothing");
         assert_eq!(next(Deployed, Trigger::InventoryReceived), None, "a deployed machine is never rediscovered");
+    }
+
+    #[test]
+    fn deploy_path() {
+        assert_eq!(next(Ready, Trigger::DeployRequested).unwrap().to, Deploying);
+        assert_eq!(next(Deployed, Trigger::DeployRequested), None, "deploying twice needs a release first");
+        assert_eq!(next(Deploying, Trigger::ImageWritten).unwrap().to, Deployed);
+        assert_eq!(next(Ready, Trigger::ImageWritten), None, "a stale report cannot deploy a machine");
+        let t = next(Deploying, Trigger::DeployFailed).unwrap();
+        assert_eq!((t.to, t.failed_phase), (Failed, Some(Deploying)));
+        let t = next(Deploying, Trigger::DeadlinePassed).unwrap();
+        assert_eq!((t.to, t.failed_phase), (Failed, Some(Deploying)));
+        assert_eq!(next(Deploying, Trigger::InventoryReceived), None, "a rebooted installer keeps its deployment");
     }
 
     #[test]

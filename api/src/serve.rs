@@ -74,6 +74,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::connect(&config.database_url()).await.context("opening the database")?;
     crate::routes::metrics_handle();
     let provisioning = config.provisioning()?;
+    let images_dir = config.data_dir.join("images");
+    std::fs::create_dir_all(&images_dir).with_context(|| format!("creating {}", images_dir.display()))?;
     let discovery_timeout_ms =
         i64::try_from(config.provisioning.discovery_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
 
@@ -94,6 +96,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         admin_token_digest: auth::digest(&token),
         boot: boot.clone(),
         discovery_timeout_ms,
+        deploy_timeout_ms: i64::try_from(config.provisioning.deploy_timeout_secs.saturating_mul(1000))
+            .unwrap_or(i64::MAX),
+        images_dir: images_dir.clone(),
     };
 
     if let (Some(p), Some(boot)) = (&provisioning, &boot) {
@@ -204,8 +209,8 @@ async fn deadline_reaper(store: Store) -> anyhow::Result<()> {
         match store.overdue(now_ms()).await {
             Ok(ids) => {
                 for id in ids {
-                    warn!(machine = id, "discovery deadline passed");
-                    if let Err(err) = store.fire(&id, Trigger::DiscoveryTimedOut).await {
+                    warn!(machine = id, "waiting state's deadline passed");
+                    if let Err(err) = store.fire(&id, Trigger::DeadlinePassed).await {
                         warn!(machine = id, error = %err, "marking an overdue machine failed");
                     }
                 }

@@ -10,6 +10,7 @@ pub use inventory::Inventory;
 pub const HELLO_PATH: &str = "/api/v1/agent/hello";
 pub const INVENTORY_PATH: &str = "/api/v1/agent/inventory";
 pub const INSTRUCTIONS_PATH: &str = "/api/v1/agent/instructions";
+pub const DEPLOY_PATH: &str = "/api/v1/agent/deploy";
 
 /// First contact from a booted agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,7 +24,7 @@ pub struct Hello {
 }
 
 /// What the agent should do next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum Instruction {
     /// Stay up and ask again after `poll_seconds`.
@@ -32,4 +33,48 @@ pub enum Instruction {
     },
     PowerOff,
     Reboot,
+    /// Write an image to a disk, verify it, report, then ask again.
+    Deploy(DeploySpec),
+}
+
+/// An image to write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySpec {
+    pub image: String,
+    /// raw+zstd content, relative to the API base; supports Range.
+    pub url_path: String,
+    /// SHA-256 of the raw content, hex.
+    pub sha256: String,
+    /// Size of the raw content.
+    pub raw_bytes: u64,
+    pub disk: DiskHint,
+}
+
+/// Which disk to write: the first that matches every given field; with
+/// none given, the largest non-removable disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskHint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Kernel name, e.g. `vda`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_size_bytes: Option<u64>,
+}
+
+/// The agent's report on a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployReport {
+    /// `writing`, `verifying`, `written` or `failed`.
+    pub phase: String,
+    pub bytes_written: u64,
+    #[serde(default)]
+    pub disk: Option<String>,
+    /// Why it failed, for `failed`.
+    #[serde(default)]
+    pub error: Option<String>,
 }

@@ -1,4 +1,4 @@
-//! Agent endpoints: hello, inventory, instructions. Each request carries
+//! Agent endpoints: hello, inventory, instructions, deploy reports. Each request carries
 //! the machine's own agent token, so an agent can only report for the
 //! machine it booted on.
 
@@ -9,9 +9,10 @@ use axum::{Json, Router};
 
 use crate::auth::AgentMachine;
 use crate::error::{parse_json, ApiError};
-use crate::lifecycle::Trigger;
+use crate::lifecycle::{MachineState, Trigger};
+use crate::store::DeployPhase;
 use crate::AppState;
-use wire::{Hello, Instruction, Inventory};
+use wire::{DeployReport, DeploySpec, Hello, Instruction, Inventory};
 
 /// How often a waiting discovery agent asks for instructions.
 const POLL_SECONDS: u32 = 10;
@@ -21,6 +22,7 @@ pub fn router() -> Router<AppState> {
         .route(wire::HELLO_PATH, post(hello))
         .route(wire::INVENTORY_PATH, post(inventory))
         .route(wire::INSTRUCTIONS_PATH, get(instructions))
+        .route(wire::DEPLOY_PATH, post(deploy_report))
 }
 
 async fn hello(
@@ -59,30 +61,87 @@ async fn inventory(
     Ok(Json(Instruction::Wait { poll_seconds: POLL_SECONDS }))
 }
 
-async fn instructions(AgentMachine(_id): AgentMachine) -> Json<Instruction> {
-    // Ready machines wait in the ramdisk; deploy instructions come later.
-    Json(Instruction::Wait { poll_seconds: POLL_SECONDS })
+/// Ready machines wait in the ramdisk; a deploying one is handed its image
+/// until the agent reports it written or failed.
+async fn instructions(
+    AgentMachine(id): AgentMachine,
+    State(state): State<AppState>,
+) -> Result<Json<Instruction>, ApiError> {
+    let wait = Json(Instruction::Wait { poll_seconds: POLL_SECONDS });
+    let deploying = state.store.machine(&id).await?.is_some_and(|m| m.state == MachineState::Deploying);
+    let Some(deployment) = state.store.deployment(&id).await?.filter(|_| deploying) else {
+        return Ok(wait);
+    };
+    if matches!(deployment.phase, DeployPhase::Written | DeployPhase::Failed) {
+        return Ok(wait);
+    }
+    let image = state.store.image(&deployment.image).await?;
+    let Some((sha256, raw_bytes)) = image.and_then(|i| Some((i.sha256?, i.raw_bytes?))) else {
+        return Ok(wait);
+    };
+    let disk = deployment.spec.get("disk").cloned().map(serde_json::from_value).transpose().unwrap_or_default();
+    Ok(Json(Instruction::Deploy(DeploySpec {
+        url_path: format!("/boot/images/{}.raw.zst", deployment.image),
+        image: deployment.image,
+        sha256,
+        raw_bytes: raw_bytes as u64,
+        disk: disk.unwrap_or_default(),
+    })))
+}
+
+/// Progress and outcome of a deployment. `written` moves the machine to
+/// `deployed` and tells the agent to reboot (into its disk); `failed`
+/// moves it to `failed` with the agent's error.
+async fn deploy_report(
+    AgentMachine(id): AgentMachine,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<Instruction>, ApiError> {
+    let report: DeployReport = parse_json(&body)?;
+    let phase = match report.phase.as_str() {
+        "writing" => DeployPhase::Writing,
+        "verifying" => DeployPhase::Verifying,
+        "written" => DeployPhase::Written,
+        "failed" => DeployPhase::Failed,
+        other => {
+            return Err(ApiError::BadRequest {
+                field: "phase".into(),
+                detail: format!("{other:?}: writing, verifying, written or failed"),
+            })
+        }
+    };
+    if !state.store.machine(&id).await?.is_some_and(|m| m.state == MachineState::Deploying) {
+        return Err(crate::store::StoreError::Conflict(format!("machine {id} is not deploying")).into());
+    }
+    let bytes = i64::try_from(report.bytes_written).unwrap_or(i64::MAX);
+    state.store.deploy_progress(&id, phase, bytes, report.disk.as_deref(), report.error.as_deref()).await?;
+    tracing::info!(
+        machine = id,
+        phase = report.phase,
+        bytes = report.bytes_written,
+        error = report.error,
+        "deploy report"
+    );
+    match phase {
+        DeployPhase::Written => {
+            state.store.fire(&id, Trigger::ImageWritten).await?;
+            metrics::counter!("slipway_deployments_total", "outcome" => "written").increment(1);
+            Ok(Json(Instruction::Reboot))
+        }
+        DeployPhase::Failed => {
+            let reason = report.error.as_deref().unwrap_or("the agent gave no reason");
+            state.store.fire_because(&id, Trigger::DeployFailed, reason, None).await?;
+            metrics::counter!("slipway_deployments_total", "outcome" => "failed").increment(1);
+            Ok(Json(Instruction::Wait { poll_seconds: POLL_SECONDS }))
+        }
+        _ => Ok(Json(Instruction::Wait { poll_seconds: POLL_SECONDS })),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::routes::test_support::{app, get, get_text, post};
+    use crate::routes::test_support::{app, get, get_text, inventory_json, post, token_from};
     use axum::http::StatusCode;
-
-    fn token_from(script: &str) -> String {
-        script.split("slipway.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_string()
-    }
-
-    fn inventory_json(mac: &str) -> serde_json::Value {
-        serde_json::json!({
-            "source": "in_band",
-            "system": { "vendor": "QEMU", "product": "Standard PC", "serial": "S1", "uuid": null },
-            "cpu": { "model": "QEMU Virtual CPU", "count": 2 },
-            "memory": { "total_bytes": 1_000_000 },
-            "disks": [{ "name": "vda", "size_bytes": 8_589_934_592u64, "model": null, "serial": "d1", "rotational": true }],
-            "nics": [{ "name": "eth0", "mac": mac, "link": true, "speed_mbps": null }]
-        })
-    }
 
     #[tokio::test]
     async fn inventory_makes_the_machine_ready() {

@@ -24,7 +24,7 @@ async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, Ap
 }
 
 /// `{id}` is the machine id or any of its MACs.
-async fn find(state: &AppState, id_or_mac: &str) -> Result<Machine, ApiError> {
+pub(super) async fn find(state: &AppState, id_or_mac: &str) -> Result<Machine, ApiError> {
     let id = match inventory::inband::normalize_mac(id_or_mac) {
         Some(mac) => state.store.machine_id_by_mac(&mac).await?,
         None => Some(id_or_mac.to_string()),

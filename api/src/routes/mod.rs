@@ -2,6 +2,8 @@
 
 mod agent;
 mod boot;
+mod deploy;
+mod images;
 mod machines;
 mod metrics;
 
@@ -17,6 +19,8 @@ pub fn operator_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health))
         .merge(machines::router())
+        .merge(deploy::router())
+        .merge(images::router())
         .merge(metrics::router())
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -28,6 +32,7 @@ pub fn boot_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health))
         .merge(boot::router(&state))
+        .merge(images::boot_router())
         .merge(agent::router())
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -25,6 +25,8 @@ pub async fn app() -> TestApp {
     std::fs::create_dir(&ipxe).unwrap();
     std::fs::write(ipxe.join("snponly.efi"), "efi-bytes").unwrap();
     std::fs::write(dir.path().join("secret"), "secret").unwrap();
+    let images_dir = dir.path().join("images");
+    std::fs::create_dir(&images_dir).unwrap();
     let admin = auth::random_token();
     let state = AppState {
         store,
@@ -35,6 +37,8 @@ pub async fn app() -> TestApp {
             ipxe_dir: ipxe,
         })),
         discovery_timeout_ms: 60_000,
+        deploy_timeout_ms: 600_000,
+        images_dir: images_dir.clone(),
     };
     TestApp { operator: operator_router(state.clone()), boot: boot_router(state), admin, _dir: dir }
 }
@@ -73,4 +77,68 @@ pub async fn post(
         .unwrap();
     let (status, body) = send(router, req).await;
     (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+}
+
+pub async fn put_bytes(
+    router: &Router,
+    path: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::put(path).header("Authorization", format!("Bearer {token}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let (status, body) = send(router, req.body(Body::from(body)).unwrap()).await;
+    (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+}
+
+pub async fn delete(router: &Router, path: &str, token: &str) -> StatusCode {
+    let req = Request::delete(path).header("Authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
+    send(router, req).await.0
+}
+
+/// A GET with extra headers; returns the status, headers and raw body.
+pub async fn get_raw(
+    router: &Router,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let mut req = Request::get(path);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = router.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    (status, headers, bytes.to_vec())
+}
+
+/// The agent token in a discovery script.
+pub fn token_from(script: &str) -> String {
+    script.split("slipway.token=").nth(1).unwrap().split_whitespace().next().unwrap().to_string()
+}
+
+pub fn inventory_json(mac: &str) -> serde_json::Value {
+    serde_json::json!({
+        "source": "in_band",
+        "system": { "vendor": "QEMU", "product": "Standard PC", "serial": "S1", "uuid": null },
+        "cpu": { "model": "QEMU Virtual CPU", "count": 2 },
+        "memory": { "total_bytes": 1_000_000 },
+        "disks": [{ "name": "vda", "size_bytes": 8_589_934_592u64, "model": null, "serial": "d1", "rotational": true }],
+        "nics": [{ "name": "eth0", "mac": mac, "link": true, "speed_mbps": null }]
+    })
+}
+
+/// Boots `mac` through discovery to `ready` the way a real machine does;
+/// returns its id and agent token.
+pub async fn ready_machine(t: &TestApp, mac: &str) -> (String, String) {
+    let (_, script) = get_text(&t.boot, &format!("/boot/{}.ipxe", mac.replace(':', "-"))).await;
+    let token = token_from(&script);
+    let (status, _) = post(&t.boot, wire::INVENTORY_PATH, &token, &inventory_json(mac)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, m) = get(&t.operator, &format!("/api/v1/machines/{mac}"), Some(&t.admin)).await;
+    assert_eq!(m["state"], "ready");
+    (m["id"].as_str().unwrap().to_string(), token)
 }

@@ -13,6 +13,10 @@ use sqlx::{AnyPool, Row};
 use thiserror::Error;
 use uuid::Uuid;
 
+mod deploy;
+
+pub use deploy::{DeployPhase, Deployment, Image, ImageMeta, ImageState};
+
 use crate::lifecycle::{self, MachineState, Transition, Trigger};
 use inventory::Inventory;
 
@@ -24,6 +28,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The request conflicts with the current state (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -313,9 +320,34 @@ impl Store {
     /// Applies `trigger` through the lifecycle; records the state change (or
     /// that the trigger did not apply) as an event. Returns the new state.
     pub async fn fire(&self, id: &str, trigger: Trigger) -> Result<Option<MachineState>> {
+        self.fire_because(id, trigger, trigger.cause(), None).await
+    }
+
+    /// [`Store::fire`] with the reason to record (a failure's cause) and the
+    /// deadline of the state it leads to, if that state waits.
+    pub async fn fire_because(
+        &self,
+        id: &str,
+        trigger: Trigger,
+        reason: &str,
+        deadline_ms: Option<i64>,
+    ) -> Result<Option<MachineState>> {
         let mut tx = self.writer.begin().await?;
+        let to = Self::fire_in(&mut tx, id, trigger, reason, deadline_ms).await?;
+        tx.commit().await?;
+        Ok(to.map(|(_, to)| to))
+    }
+
+    /// Returns `(from, to)`; `from == to` when the trigger did not apply.
+    async fn fire_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: &str,
+        trigger: Trigger,
+        reason: &str,
+        deadline_ms: Option<i64>,
+    ) -> Result<Option<(MachineState, MachineState)>> {
         let Some(row) =
-            sqlx::query("SELECT state FROM machines WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?
+            sqlx::query("SELECT state FROM machines WHERE id = $1").bind(id).fetch_optional(&mut **tx).await?
         else {
             return Ok(None);
         };
@@ -323,41 +355,40 @@ impl Store {
         let now = now_ms();
         let Some(Transition { to, failed_phase }) = lifecycle::next(from, trigger) else {
             Self::event_in(
-                &mut *tx,
+                &mut **tx,
                 Some(id),
                 now,
                 "state.unchanged",
                 serde_json::json!({ "state": from, "trigger": trigger.cause() }),
             )
             .await?;
-            tx.commit().await?;
-            return Ok(Some(from));
+            return Ok(Some((from, from)));
         };
         // Guard on the state we read so a concurrent transition is not lost.
         let updated = sqlx::query(
-            "UPDATE machines SET state = $1, failed_phase = $2, failure_reason = $3, state_deadline_ms = NULL, updated_at_ms = $4 \
-             WHERE id = $5 AND state = $6",
+            "UPDATE machines SET state = $1, failed_phase = $2, failure_reason = $3, state_deadline_ms = $4, updated_at_ms = $5 \
+             WHERE id = $6 AND state = $7",
         )
         .bind(to.as_str())
         .bind(failed_phase.map(|p| p.as_str().to_string()))
-        .bind(failed_phase.map(|_| trigger.cause().to_string()))
+        .bind(failed_phase.map(|_| reason.to_string()))
+        .bind(deadline_ms)
         .bind(now)
         .bind(id)
         .bind(from.as_str())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         if updated.rows_affected() == 1 && from != to {
             Self::event_in(
-                &mut *tx,
+                &mut **tx,
                 Some(id),
                 now,
                 "state.changed",
-                serde_json::json!({ "from": from, "to": to, "cause": trigger.cause() }),
+                serde_json::json!({ "from": from, "to": to, "cause": reason }),
             )
             .await?;
         }
-        tx.commit().await?;
-        Ok(Some(to))
+        Ok(Some((from, to)))
     }
 
     pub async fn set_inventory(&self, id: &str, inventory: &Inventory) -> Result<()> {
@@ -524,7 +555,7 @@ mod tests {
         let (_d, store) = temp_store().await;
         let (id, _) = store.ensure_machine("52:54:00:00:00:02", "dhcp", 0).await.unwrap();
         assert_eq!(store.overdue(now_ms() + 1).await.unwrap(), vec![id.clone()]);
-        store.fire(&id, Trigger::DiscoveryTimedOut).await.unwrap();
+        store.fire(&id, Trigger::DeadlinePassed).await.unwrap();
         let m = store.machine(&id).await.unwrap().unwrap();
         assert_eq!(m.state, MachineState::Failed);
         assert_eq!(m.failure.unwrap().phase, "discovering");

@@ -1,0 +1,247 @@
+//! `POST /api/v1/machines/{id}/deploy` and the deployment it starts.
+//!
+//! A deploy moves a `ready` machine to `deploying`. Its discovery agent,
+//! which waits in the ramdisk, is handed the image at its next poll (and a
+//! machine that reboots meanwhile gets the ramdisk again and the same
+//! deployment): no separate installer boot.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Admin;
+use crate::error::{parse_json, ApiError};
+use crate::store::{now_ms, Deployment, ImageState};
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/machines/{id}/deploy", post(deploy))
+        .route("/api/v1/machines/{id}/deployment", get(show))
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct DeployRequest {
+    image: String,
+    hostname: String,
+    #[serde(default)]
+    ssh_authorized_keys: Vec<String>,
+    #[serde(default)]
+    disk: wire::DiskHint,
+}
+
+fn bad(field: &str, detail: impl Into<String>) -> ApiError {
+    ApiError::BadRequest { field: field.into(), detail: detail.into() }
+}
+
+/// RFC 1123 host name: dot-separated labels of letters, digits and
+/// inner hyphens, each 1-63 long, 253 in all.
+fn valid_hostname(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+async fn deploy(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Deployment>), ApiError> {
+    let req: DeployRequest = parse_json(&body)?;
+    if !valid_hostname(&req.hostname) {
+        return Err(bad("hostname", format!("{:?} is not an RFC 1123 host name", req.hostname)));
+    }
+    if let Some(i) = req.ssh_authorized_keys.iter().position(|k| k.trim().is_empty() || k.contains('\n')) {
+        return Err(bad(&format!("ssh_authorized_keys[{i}]"), "one non-empty key per entry"));
+    }
+    let machine = super::machines::find(&state, &id).await?;
+    let image = match state.store.image(&req.image).await? {
+        Some(image) if image.state == ImageState::Available => image,
+        Some(image) => return Err(bad("image", format!("image {:?} is {:?}, not available", req.image, image.state))),
+        None => return Err(bad("image", format!("no image named {:?}", req.image))),
+    };
+    if let (Some(min), Some(size)) = (req.disk.min_size_bytes, image.raw_bytes) {
+        if min < size as u64 {
+            return Err(bad("disk.min_size_bytes", format!("the image needs {size} bytes")));
+        }
+    }
+    let spec = serde_json::to_value(&req).map_err(|e| bad("body", e.to_string()))?;
+    let deployment =
+        state.store.start_deployment(&machine.id, &image, &spec, now_ms() + state.deploy_timeout_ms).await?;
+    tracing::info!(machine = machine.id, image = req.image, hostname = req.hostname, "deployment requested");
+    metrics::counter!("slipway_deployments_requested_total").increment(1);
+    Ok((StatusCode::ACCEPTED, Json(deployment)))
+}
+
+async fn show(_: Admin, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Deployment>, ApiError> {
+    let machine = super::machines::find(&state, &id).await?;
+    let deployment = state.store.deployment(&machine.id).await?;
+    deployment.map(Json).ok_or_else(|| ApiError::NotFound { what: format!("deployment of machine {id}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_hostname;
+
+    #[test]
+    fn hostnames() {
+        assert!(valid_hostname("node-1"));
+        assert!(valid_hostname("node1.rack7.example"));
+        for bad in ["", "-node", "node-", "no_de", "a..b", &"x".repeat(64)] {
+            assert!(!valid_hostname(bad), "{bad:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod flow_tests {
+    use axum::http::StatusCode;
+    use serde_json::json;
+    use sha2::{Digest, Sha256};
+
+    use crate::routes::test_support::{app, delete, get, get_raw, get_text, post, put_bytes, ready_machine, TestApp};
+
+    fn content() -> Vec<u8> {
+        (0..1u32 << 20).map(|i| (i % 253) as u8).collect()
+    }
+
+    async fn available_image(t: &TestApp, name: &str) -> Vec<u8> {
+        let meta = json!({ "name": name, "os": "debian", "version": "12" });
+        let (status, image) = post(&t.operator, "/api/v1/images", &t.admin, &meta).await;
+        assert_eq!((status, image["state"].as_str()), (StatusCode::ACCEPTED, Some("importing")), "{image}");
+        let raw = content();
+        let sha = hex::encode(Sha256::digest(&raw));
+        let compressed = zstd::encode_all(&raw[..], 3).unwrap();
+        let path = format!("/api/v1/images/{name}/content");
+        let headers = [("Content-Type", "application/zstd"), ("X-Content-SHA256", sha.as_str())];
+        let (status, image) = put_bytes(&t.operator, &path, &t.admin, &headers, compressed.clone()).await;
+        assert_eq!((status, image["state"].as_str()), (StatusCode::OK, Some("available")), "{image}");
+        assert_eq!(
+            (image["sha256"].as_str(), image["raw_bytes"].as_u64()),
+            (Some(sha.as_str()), Some(raw.len() as u64))
+        );
+        compressed
+    }
+
+    #[tokio::test]
+    async fn images_upload_serve_with_range_and_refuse_bad_content() {
+        let t = app().await;
+        assert_eq!(post(&t.operator, "/api/v1/images", "nope", &json!({})).await.0, StatusCode::UNAUTHORIZED);
+        let compressed = available_image(&t, "tiny").await;
+        let (status, headers, body) =
+            get_raw(&t.boot, "/boot/images/tiny.raw.zst", &[("Range", "bytes=100-199")]).await;
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(body, compressed[100..200], "agents resume from the byte they stopped at");
+        assert_eq!(headers["content-range"], format!("bytes 100-199/{}", compressed.len()));
+
+        let dup = json!({ "name": "tiny", "os": "debian", "version": "12" });
+        assert_eq!(post(&t.operator, "/api/v1/images", &t.admin, &dup).await.0, StatusCode::CONFLICT);
+        let (status, problem) =
+            post(&t.operator, "/api/v1/images", &t.admin, &json!({ "name": "../etc", "os": "x", "version": "1" }))
+                .await;
+        assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("name")));
+
+        // Content that does not match its digest: refused, never served.
+        let meta = json!({ "name": "bad", "os": "debian", "version": "12" });
+        assert_eq!(post(&t.operator, "/api/v1/images", &t.admin, &meta).await.0, StatusCode::ACCEPTED);
+        let wrong = "0".repeat(64);
+        let headers = [("Content-Type", "application/octet-stream"), ("X-Content-SHA256", wrong.as_str())];
+        let (status, problem) =
+            put_bytes(&t.operator, "/api/v1/images/bad/content", &t.admin, &headers, content()).await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("content")),
+            "{problem}"
+        );
+        let (_, image) = get(&t.operator, "/api/v1/images/bad", Some(&t.admin)).await;
+        assert_eq!(image["state"], "failed");
+        assert!(image["error"].as_str().unwrap().contains("sha256"), "{image}");
+        assert_eq!(get_raw(&t.boot, "/boot/images/bad.raw.zst", &[]).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(get_raw(&t.boot, "/boot/images/bad.raw.zst.partial", &[]).await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn deploy_hands_the_image_to_the_agent_and_ends_on_local_disk() {
+        let t = app().await;
+        available_image(&t, "debian-12").await;
+        let (id, token) = ready_machine(&t, "52:54:00:00:00:31").await;
+        let deploy = format!("/api/v1/machines/{id}/deploy");
+
+        let (status, problem) =
+            post(&t.operator, &deploy, &t.admin, &json!({ "image": "debian-12", "hostname": "bad_name" })).await;
+        assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("hostname")));
+        let (status, problem) =
+            post(&t.operator, &deploy, &t.admin, &json!({ "image": "nope", "hostname": "node1" })).await;
+        assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("image")));
+
+        let req = json!({ "image": "debian-12", "hostname": "node1", "disk": { "name": "vda" } });
+        let (status, deployment) = post(&t.operator, &deploy, &t.admin, &req).await;
+        assert_eq!((status, deployment["phase"].as_str()), (StatusCode::ACCEPTED, Some("requested")), "{deployment}");
+        assert_eq!(post(&t.operator, &deploy, &t.admin, &req).await.0, StatusCode::CONFLICT, "already deploying");
+        assert_eq!(delete(&t.operator, "/api/v1/images/debian-12", &t.admin).await, StatusCode::CONFLICT, "in use");
+
+        let (_, instruction) = get(&t.boot, wire::INSTRUCTIONS_PATH, Some(&token)).await;
+        assert_eq!(instruction["action"], "deploy", "{instruction}");
+        assert_eq!(instruction["url_path"], "/boot/images/debian-12.raw.zst");
+        assert_eq!(instruction["raw_bytes"], 1u64 << 20);
+        assert_eq!(instruction["disk"]["name"], "vda");
+
+        let writing = json!({ "phase": "writing", "bytes_written": 4096, "disk": "/dev/vda" });
+        assert_eq!(post(&t.boot, wire::DEPLOY_PATH, &token, &writing).await.1["action"], "wait");
+        let (_, m) = get(&t.operator, &format!("/api/v1/machines/{id}"), Some(&t.admin)).await;
+        assert_eq!(m["state"], "deploying", "a half-written image is not deployed");
+        let written = json!({ "phase": "written", "bytes_written": 1u64 << 20 });
+        assert_eq!(post(&t.boot, wire::DEPLOY_PATH, &token, &written).await.1["action"], "reboot");
+
+        let (_, m) = get(&t.operator, &format!("/api/v1/machines/{id}"), Some(&t.admin)).await;
+        assert_eq!(m["state"], "deployed");
+        let (_, d) = get(&t.operator, &format!("/api/v1/machines/{id}/deployment"), Some(&t.admin)).await;
+        assert_eq!((d["phase"].as_str(), d["disk"].as_str()), (Some("written"), Some("/dev/vda")));
+        let (_, script) = get_text(&t.boot, "/boot/52-54-00-00-00-31.ipxe").await;
+        assert!(script.contains("sanboot"), "a deployed machine boots its disk, never reinstalls: {script}");
+        let (_, events) = get(&t.operator, &format!("/api/v1/machines/{id}/events"), Some(&t.admin)).await;
+        let kinds: Vec<&str> =
+            events["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        for kind in ["deploy.requested", "deploy.phase", "state.changed"] {
+            assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+        }
+        assert_eq!(
+            post(&t.boot, wire::DEPLOY_PATH, &token, &written).await.0,
+            StatusCode::CONFLICT,
+            "a late report changes nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_the_machine_with_the_agents_reason() {
+        let t = app().await;
+        available_image(&t, "debian-12").await;
+        let (id, token) = ready_machine(&t, "52:54:00:00:00:32").await;
+        let req = json!({ "image": "debian-12", "hostname": "node2" });
+        assert_eq!(
+            post(&t.operator, &format!("/api/v1/machines/{id}/deploy"), &t.admin, &req).await.0,
+            StatusCode::ACCEPTED
+        );
+        let failed =
+            json!({ "phase": "failed", "bytes_written": 0, "error": "disk vda (1 MiB) is smaller than the image" });
+        assert_eq!(post(&t.boot, wire::DEPLOY_PATH, &token, &failed).await.1["action"], "wait");
+        let (_, m) = get(&t.operator, &format!("/api/v1/machines/{id}"), Some(&t.admin)).await;
+        assert_eq!((m["state"].as_str(), m["failure"]["phase"].as_str()), (Some("failed"), Some("deploying")));
+        assert!(m["failure"]["reason"].as_str().unwrap().contains("smaller than the image"), "{m}");
+        let (_, instruction) = get(&t.boot, wire::INSTRUCTIONS_PATH, Some(&token)).await;
+        assert_eq!(instruction["action"], "wait", "a failed machine is not handed the image again");
+        let (status, problem) =
+            post(&t.boot, wire::DEPLOY_PATH, &token, &json!({ "phase": "done", "bytes_written": 0 })).await;
+        assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("phase")));
+    }
+}

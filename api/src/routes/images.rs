@@ -1,0 +1,255 @@
+//! `/api/v1/images`: the OS image catalog, and `/boot/images/` where agents
+//! stream an available image from.
+//!
+//! Imports run beside the request (a multi-GB import outlives any HTTP
+//! timeout): `POST` with `source_path` returns 202 and the image in
+//! `importing`; `PUT .../content` streams an upload straight into the
+//! importer, never holding more than a buffer of it.
+
+use std::path::{Path as FsPath, PathBuf};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use futures_util::TryStreamExt;
+use images::catalog::{self, ImportError, SourceFormat};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::auth::Admin;
+use crate::error::{parse_json, ApiError};
+use crate::store::{Image, ImageMeta, ImageState};
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/images", get(list).post(register))
+        .route("/api/v1/images/{name}", get(show).delete(remove))
+        .route("/api/v1/images/{name}/content", put(upload))
+}
+
+pub fn boot_router() -> Router<AppState> {
+    Router::new().route("/boot/images/{file}", get(serve_content))
+}
+
+/// Where an image's content is stored.
+pub fn content_path(images_dir: &FsPath, name: &str) -> PathBuf {
+    images_dir.join(format!("{name}.raw.zst"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Register {
+    name: String,
+    os: String,
+    version: String,
+    #[serde(default = "default_arch")]
+    arch: String,
+    #[serde(default = "default_boot_mode")]
+    boot_mode: String,
+    /// Format of the content given by `source_path` (uploads say theirs in
+    /// Content-Type).
+    #[serde(default)]
+    format: Option<SourceFormat>,
+    /// SHA-256 of the raw content; the import fails when it differs.
+    #[serde(default)]
+    sha256: Option<String>,
+    /// A file on the appliance to import from.
+    #[serde(default)]
+    source_path: Option<PathBuf>,
+}
+
+fn default_arch() -> String {
+    "x86_64".into()
+}
+
+fn default_boot_mode() -> String {
+    "both".into()
+}
+
+fn bad(field: &str, detail: impl Into<String>) -> ApiError {
+    ApiError::BadRequest { field: field.into(), detail: detail.into() }
+}
+
+/// Names become file names: keep them to a safe alphabet.
+fn check_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(bad("name", format!("{name:?}: use 1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit")))
+    }
+}
+
+fn check_sha256(sha: &Option<String>) -> Result<(), ApiError> {
+    match sha {
+        Some(s) if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Err(bad("sha256", "64 hexadecimal digits"))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn register(_: Admin, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: Register = parse_json(&body)?;
+    check_name(&req.name)?;
+    check_sha256(&req.sha256)?;
+    if !["bios", "uefi", "both"].contains(&req.boot_mode.as_str()) {
+        return Err(bad("boot_mode", "bios, uefi or both"));
+    }
+    if req.arch != "x86_64" && req.arch != "arm64" {
+        return Err(bad("arch", "x86_64 or arm64"));
+    }
+    let source = match &req.source_path {
+        Some(path) => {
+            if !path.is_absolute() || !path.is_file() {
+                return Err(bad("source_path", format!("{} is not a file on the appliance", path.display())));
+            }
+            Some((path.clone(), req.format.ok_or_else(|| bad("format", "raw, raw+zstd or qcow2 is required"))?))
+        }
+        None => None,
+    };
+    let meta = ImageMeta { name: req.name, os: req.os, version: req.version, arch: req.arch, boot_mode: req.boot_mode };
+    let image = state.store.create_image(&meta).await?;
+    if let Some((path, format)) = source {
+        let (state, name, sha) = (state.clone(), meta.name.clone(), req.sha256.clone());
+        tokio::spawn(async move {
+            let dest = content_path(&state.images_dir, &name);
+            let scratch = state.images_dir.clone();
+            let label = name.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                catalog::import_path(&path, format, &dest, &scratch, sha.as_deref(), &mut progress(&label))
+            })
+            .await;
+            finish(&state, &name, flatten(outcome)).await;
+        });
+    }
+    Ok((StatusCode::ACCEPTED, Json(image)).into_response())
+}
+
+/// Logs import progress every 256 MiB.
+fn progress(name: &str) -> impl FnMut(u64) + '_ {
+    let mut next = 0u64;
+    move |bytes| {
+        if bytes >= next {
+            tracing::info!(image = name, mib = bytes >> 20, "importing image");
+            next = bytes + (256 << 20);
+        }
+    }
+}
+
+fn flatten(
+    outcome: Result<Result<catalog::Imported, ImportError>, tokio::task::JoinError>,
+) -> Result<catalog::Imported, String> {
+    match outcome {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(join) => Err(format!("import task failed: {join}")),
+    }
+}
+
+async fn finish(state: &AppState, name: &str, outcome: Result<catalog::Imported, String>) {
+    match &outcome {
+        Ok(done) => tracing::info!(image = name, raw_bytes = done.raw_bytes, sha256 = done.sha256, "image available"),
+        Err(error) => tracing::warn!(image = name, error, "image import failed"),
+    }
+    if let Err(err) = state.store.finish_image(name, outcome.as_ref().map_err(String::as_str)).await {
+        tracing::error!(image = name, error = %err, "recording the end of an import failed");
+    }
+}
+
+/// `PUT /api/v1/images/{name}/content`: the body is the content, raw
+/// (`application/octet-stream`) or raw+zstd (`application/zstd`). Answers
+/// once the import finished: 200 with the image, or 422 with why.
+async fn upload(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let image = find(&state, &name).await?;
+    if image.state != ImageState::Importing {
+        return Err(crate::store::StoreError::Conflict(format!(
+            "image {name:?} is {:?}; register a new one",
+            image.state
+        ))
+        .into());
+    }
+    let format = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        Some("application/zstd") => SourceFormat::RawZstd,
+        Some("application/octet-stream") | None => SourceFormat::Raw,
+        Some(other) => {
+            return Err(bad("Content-Type", format!("{other}: application/octet-stream (raw) or application/zstd")))
+        }
+    };
+    let expected = headers.get("x-content-sha256").and_then(|v| v.to_str().ok()).map(str::to_string);
+    check_sha256(&expected)?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let dest = content_path(&state.images_dir, &name);
+    let label = name.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        catalog::import_stream(reader, format, &dest, expected.as_deref(), &mut progress(&label))
+    })
+    .await;
+    let outcome = flatten(outcome);
+    finish(&state, &name, outcome.clone()).await;
+    match outcome {
+        Ok(_) => Ok(Json(find(&state, &name).await?).into_response()),
+        Err(error) => Ok((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            json!({ "type": "about:blank", "title": "Unprocessable Content", "status": 422, "detail": error, "field": "content" })
+                .to_string(),
+        )
+            .into_response()),
+    }
+}
+
+async fn find(state: &AppState, name: &str) -> Result<Image, ApiError> {
+    state.store.image(name).await?.ok_or_else(|| ApiError::NotFound { what: format!("image {name}") })
+}
+
+async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "images": state.store.images().await? })))
+}
+
+async fn show(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Image>, ApiError> {
+    Ok(Json(find(&state, &name).await?))
+}
+
+async fn remove(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    if !state.store.delete_image(&name).await? {
+        return Err(ApiError::NotFound { what: format!("image {name}") });
+    }
+    let _ = std::fs::remove_file(content_path(&state.images_dir, &name));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Streams an available image's content, with HEAD and Range (agents
+/// resume a broken download where it stopped).
+async fn serve_content(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound { what: format!("image file {file}") };
+    let name = file.strip_suffix(".raw.zst").ok_or_else(not_found)?;
+    check_name(name).map_err(|_| not_found())?;
+    match state.store.image(name).await? {
+        Some(image) if image.state == ImageState::Available => {}
+        _ => return Err(not_found()),
+    }
+    let served = tower_http::services::ServeFile::new(content_path(&state.images_dir, name)).oneshot(req).await;
+    match served {
+        Ok(response) => Ok(response.into_response()),
+        Err(never) => match never {},
+    }
+}
