@@ -2,17 +2,18 @@
 //!
 //! In the discovery ramdisk it brings up the boot NIC, says hello, posts the
 //! in-band inventory with the credential it was given for this boot, then
-//! follows instructions (wait, power off, reboot). It never exits on a
-//! network error: it retries with backoff, because the ramdisk has no one
-//! to report to but the appliance.
+//! follows instructions (wait, power off, reboot, deploy an image). It
+//! never exits on a network error: it retries with backoff, because the
+//! ramdisk has no one to report to but the appliance.
 
 mod cmdline;
+mod deploy;
 mod facts;
 mod net;
 
 use std::time::Duration;
 
-use wire::{Hello, Instruction};
+use wire::{DeployReport, DeploySpec, Hello, Instruction};
 
 fn main() {
     let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
@@ -44,16 +45,66 @@ fn main() {
     retry("post inventory", || client.post(wire::INVENTORY_PATH, &inventory));
     log("inventory accepted; waiting for instructions");
 
+    let mut next = None;
     loop {
-        let instruction = client.instruction().unwrap_or(Instruction::Wait { poll_seconds: 10 });
+        let instruction =
+            next.take().unwrap_or_else(|| client.instruction().unwrap_or(Instruction::Wait { poll_seconds: 10 }));
         match instruction {
             Instruction::Wait { poll_seconds } => {
                 std::thread::sleep(Duration::from_secs(poll_seconds.clamp(1, 300).into()))
             }
             Instruction::PowerOff => run_final("poweroff"),
             Instruction::Reboot => run_final("reboot"),
+            Instruction::Deploy(spec) => next = Some(run_deploy(&client, &spec, &inventory)),
         }
     }
+}
+
+/// Writes the image and reports the outcome; returns what the appliance
+/// says to do next (reboot after `written`).
+fn run_deploy(client: &Client, spec: &DeploySpec, inventory: &inventory::Inventory) -> Instruction {
+    log(&format!("deploying {} ({} bytes)", spec.image, spec.raw_bytes));
+    let outcome = deploy::choose_disk(&inventory.disks, &spec.disk).and_then(|target| {
+        let disk = target.path.display().to_string();
+        let mut report = |phase: deploy::Phase, bytes: u64| {
+            let progress = DeployReport {
+                phase: phase.as_str().into(),
+                bytes_written: bytes,
+                disk: Some(disk.clone()),
+                error: None,
+            };
+            // Progress is best effort: a missed report must not stop the write.
+            if let Err(err) = client.report(&progress) {
+                log(&format!("progress report failed: {err}"));
+            }
+        };
+        let url = format!("{}{}", client.api, spec.url_path);
+        // No overall timeout for a multi-GB stream: only per connect and read.
+        let stream = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout_read(Duration::from_secs(30))
+            .build();
+        deploy::write_image(&stream, &url, spec, &target, &mut report).map(|()| disk)
+    });
+    let report = match &outcome {
+        Ok(disk) => DeployReport {
+            phase: "written".into(),
+            bytes_written: spec.raw_bytes,
+            disk: Some(disk.clone()),
+            error: None,
+        },
+        Err(error) => {
+            log(&format!("deploy failed: {error}"));
+            DeployReport { phase: "failed".into(), bytes_written: 0, disk: None, error: Some(error.clone()) }
+        }
+    };
+    // The outcome must reach the appliance: retry until it does.
+    let mut reply = None;
+    retry("report the deploy outcome", || {
+        reply = Some(client.report(&report)?);
+        Ok(())
+    });
+    reply.unwrap_or(Instruction::Wait { poll_seconds: 10 })
 }
 
 fn log(msg: &str) {
@@ -99,6 +150,16 @@ impl Client {
             .send_json(body)
             .map(|_| ())
             .map_err(describe)
+    }
+
+    fn report(&self, report: &DeployReport) -> Result<Instruction, String> {
+        self.agent
+            .post(&format!("{}{}", self.api, wire::DEPLOY_PATH))
+            .set("Authorization", &self.auth)
+            .send_json(report)
+            .map_err(describe)?
+            .into_json()
+            .map_err(|e| e.to_string())
     }
 
     fn instruction(&self) -> Result<Instruction, String> {
