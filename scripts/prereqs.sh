@@ -10,6 +10,7 @@ packages=(
   tftp-hpa curl atftp                              # real TFTP clients in tests
   dnsmasq-base                                     # the other DHCP server (proxy mode)
   isc-dhcp-relay                                   # a real DHCP relay (relay mode)
+  fdisk dosfstools mtools syslinux syslinux-common # the lab-tiny disk image, built unmounted
   ca-certificates gcc pkg-config                    # building crates
 )
 missing=()

@@ -5,6 +5,7 @@
 
 pub mod catalog;
 mod cpio;
+pub mod lab_image;
 pub mod ramdisk;
 
 pub use ramdisk::{ensure_ramdisk, Ramdisk, RamdiskError, RamdiskInputs};

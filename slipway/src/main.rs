@@ -46,7 +46,8 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum LabCmd {
-    /// Boot N VMs through Slipway and wait until each is ready in the API.
+    /// Boot N VMs through Slipway and wait until each is ready in the API
+    /// (and, with --deploy, deployed and booted from its disk).
     Up {
         #[arg(long, default_value_t = 1)]
         nodes: usize,
@@ -70,6 +71,11 @@ enum LabCmd {
         memory_mib: u32,
         #[arg(long, default_value = "/var/cache/slipway")]
         cache_dir: PathBuf,
+        /// Once ready, deploy this to every node and wait until each runs from
+        /// its disk: `lab-tiny` (a 64 MiB BIOS disk built here) or an image
+        /// file (raw, .zst, .qcow2). Needs --firmware bios.
+        #[arg(long)]
+        deploy: Option<String>,
     },
     /// Tear down a lab left by `lab up --keep`.
     Down,
@@ -141,7 +147,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(api::serve::run(config))
         }
         Cmd::Lab {
-            command: LabCmd::Up { nodes, firmware, dhcp, report, keep, timeout, accel, memory_mib, cache_dir },
+            command: LabCmd::Up { nodes, firmware, dhcp, report, keep, timeout, accel, memory_mib, cache_dir, deploy },
         } => {
             init_tracing("text");
             let opts = LabOptions {
@@ -167,6 +173,7 @@ fn main() -> anyhow::Result<()> {
                 memory_mib,
                 slipway_bin: std::env::current_exe()?,
                 cache_dir,
+                deploy,
             };
             lab::up(&opts).map(|_| ())
         }

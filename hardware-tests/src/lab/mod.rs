@@ -82,6 +82,9 @@ pub struct LabOptions {
     pub slipway_bin: PathBuf,
     /// Where the discovery ramdisk is cached.
     pub cache_dir: PathBuf,
+    /// After discovery, deploy this to every node: `lab-tiny` (built here)
+    /// or an image file (raw, `.zst` for raw+zstd, `.qcow2`).
+    pub deploy: Option<String>,
 }
 
 /// Brings the lab up, waits for every node to be `ready`, writes the
@@ -92,6 +95,9 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         bail!("--nodes must be 1..=64");
     }
     qemu::check_prerequisites(opts.nodes, opts.firmware != FirmwareChoice::Bios)?;
+    if opts.deploy.is_some() && opts.firmware != FirmwareChoice::Bios {
+        bail!("--deploy needs --firmware bios for now: lab-tiny boots through an MBR (UEFI disk boot needs an ESP)");
+    }
     if opts.dhcp == DhcpChoice::Proxy && !Path::new("/usr/sbin/dnsmasq").exists() {
         bail!("--dhcp proxy needs dnsmasq as the network's DHCP server (apt-get install dnsmasq-base)");
     }
@@ -181,8 +187,20 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     }
 
     let started = Instant::now();
-    let outcome = wait_until_ready(&client, &token, &nodes, opts.timeout, &mut lab.children, &interrupted, started);
-    let mut report = report::build(&client, API, &token, &nodes, accel, &ramdisk)?;
+    let mut watch = Watch {
+        client: &client,
+        token: &token,
+        nodes: &nodes,
+        children: &mut lab.children,
+        interrupted: &interrupted,
+        started,
+    };
+    let mut outcome = watch.until_all("ready", opts.timeout);
+    let mut disk_boot_ms = vec![None; nodes.len()];
+    if let (Ok(()), Some(image)) = (&outcome, &opts.deploy) {
+        outcome = deploy_all(&mut watch, image, &ramdisk, opts, &mut disk_boot_ms);
+    }
+    let mut report = report::build(&client, API, &token, &nodes, accel, &ramdisk, &disk_boot_ms)?;
     report.appliance_peak_rss_kib = lab.children.peak_appliance_rss_kib;
     if let Some(path) = &opts.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -300,55 +318,179 @@ fn wait_for_health(client: &ureq::Agent, children: &mut Children, interrupted: &
     bail!("the appliance did not answer /healthz within 60 s; see {WORK_DIR}/serve.log")
 }
 
-fn wait_until_ready(
-    client: &ureq::Agent,
-    token: &str,
-    nodes: &[(qemu::NodeSpec, i64)],
-    timeout: Duration,
-    children: &mut Children,
-    interrupted: &AtomicBool,
+/// What the wait loops need: the API, the nodes, and the processes and
+/// Ctrl-C flag to check while waiting.
+struct Watch<'a> {
+    client: &'a ureq::Agent,
+    token: &'a str,
+    nodes: &'a [(qemu::NodeSpec, i64)],
+    children: &'a mut Children,
+    interrupted: &'a AtomicBool,
     started: Instant,
-) -> anyhow::Result<()> {
-    let mut last: Vec<String> = vec!["booting".into(); nodes.len()];
-    let mut last_line = Instant::now();
-    loop {
-        if interrupted.load(Ordering::SeqCst) {
+}
+
+impl Watch<'_> {
+    fn check(&mut self) -> anyhow::Result<()> {
+        if self.interrupted.load(Ordering::SeqCst) {
             bail!("interrupted");
         }
-        children.check_alive()?;
-        let machines: Value = client
-            .get(&format!("{API}/api/v1/machines"))
-            .set("Authorization", &format!("Bearer {token}"))
+        self.children.check_alive()
+    }
+
+    fn api(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(self
+            .client
+            .get(&format!("{API}{path}"))
+            .set("Authorization", &format!("Bearer {}", self.token))
             .call()
-            .context("listing machines")?
-            .into_json()?;
-        let states: Vec<String> = nodes
-            .iter()
-            .map(|(spec, _)| {
-                report::machine_for(&machines, &spec.mac)
-                    .and_then(|m| m["state"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| "booting".into())
-            })
-            .collect();
-        for (i, state) in states.iter().enumerate() {
-            if *state != last[i] {
-                progress_at(started, &format!("{} {}: {} -> {}", nodes[i].0.name, nodes[i].0.mac, last[i], state));
+            .with_context(|| format!("GET {path}"))?
+            .into_json()?)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let resp = self
+            .client
+            .post(&format!("{API}{path}"))
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .send_json(body);
+        match resp {
+            Ok(resp) => Ok(resp.into_json()?),
+            Err(ureq::Error::Status(code, resp)) => {
+                bail!("POST {path}: HTTP {code}: {}", resp.into_string().unwrap_or_default())
+            }
+            Err(err) => Err(err).with_context(|| format!("POST {path}")),
+        }
+    }
+
+    /// Waits until every node's machine is in `target`, printing changes; a
+    /// node that fails ends the wait with its reason.
+    fn until_all(&mut self, target: &str, timeout: Duration) -> anyhow::Result<()> {
+        let nodes = self.nodes;
+        let mut last: Vec<String> = nodes.iter().map(|_| String::new()).collect();
+        let mut last_line = Instant::now();
+        let began = Instant::now();
+        loop {
+            self.check()?;
+            let machines = self.api("/api/v1/machines")?;
+            for (i, (spec, _)) in nodes.iter().enumerate() {
+                let machine = report::machine_for(&machines, &spec.mac);
+                let state = machine.and_then(|m| m["state"].as_str()).unwrap_or("booting").to_string();
+                if state != last[i] && !last[i].is_empty() {
+                    progress_at(self.started, &format!("{} {}: {} -> {}", spec.name, spec.mac, last[i], state));
+                }
+                if state == "failed" && target != "failed" {
+                    let failure = machine.map(|m| m["failure"].to_string()).unwrap_or_default();
+                    bail!("{} failed while waiting for {target}: {failure}", spec.name);
+                }
+                last[i] = state;
+            }
+            if last.iter().all(|s| s == target) {
+                return Ok(());
+            }
+            if began.elapsed() > timeout {
+                bail!(
+                    "not every node was {target} after {} s: {:?} (serial logs in {WORK_DIR})",
+                    timeout.as_secs(),
+                    last
+                );
+            }
+            if last_line.elapsed() > Duration::from_secs(15) {
+                let done = last.iter().filter(|s| *s == target).count();
+                progress_at(self.started, &format!("waiting: {done}/{} {target}", nodes.len()));
+                last_line = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Registers the image, deploys it to every node, waits until each is
+/// `deployed` and (for lab-tiny) has booted its disk.
+fn deploy_all(
+    watch: &mut Watch,
+    image: &str,
+    ramdisk: &images::Ramdisk,
+    opts: &LabOptions,
+    disk_boot_ms: &mut [Option<i64>],
+) -> anyhow::Result<()> {
+    let (name, path, format) = if image == "lab-tiny" {
+        progress("building the lab-tiny disk image (cached)");
+        let path = images::lab_image::ensure_lab_tiny(ramdisk, &opts.cache_dir).map_err(anyhow::Error::msg)?;
+        ("lab-tiny".to_string(), path, "raw")
+    } else {
+        let path =
+            std::fs::canonicalize(image).with_context(|| format!("--deploy {image}: not lab-tiny and not a file"))?;
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some("qcow2") => "qcow2",
+            Some("zst") => "raw+zstd",
+            _ => "raw",
+        };
+        let stem = path.file_name().and_then(|n| n.to_str()).unwrap_or("image").split('.').next().unwrap_or("image");
+        let name: String =
+            stem.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        (name, path, format)
+    };
+    let body = serde_json::json!({ "name": name, "os": "lab", "version": "1", "format": format, "source_path": path });
+    watch.post("/api/v1/images", &body)?;
+    let began = Instant::now();
+    loop {
+        watch.check()?;
+        let img = watch.api(&format!("/api/v1/images/{name}"))?;
+        match img["state"].as_str() {
+            Some("available") => {
+                progress_at(
+                    watch.started,
+                    &format!(
+                        "image {name} available: {} bytes, sha256 {}",
+                        img["raw_bytes"],
+                        img["sha256"].as_str().unwrap_or("?")
+                    ),
+                );
+                break;
+            }
+            Some("failed") => bail!("importing {}: {}", path.display(), img["error"]),
+            _ if began.elapsed() > Duration::from_secs(600) => {
+                bail!("importing {} took over 10 minutes", path.display())
+            }
+            _ => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+    let machines = watch.api("/api/v1/machines")?;
+    for (spec, _) in watch.nodes {
+        let id = report::machine_for(&machines, &spec.mac)
+            .and_then(|m| m["id"].as_str())
+            .context("a ready node vanished")?;
+        watch.post(
+            &format!("/api/v1/machines/{id}/deploy"),
+            &serde_json::json!({ "image": name, "hostname": spec.name }),
+        )?;
+        progress_at(watch.started, &format!("{}: deploying {name}", spec.name));
+    }
+    watch.until_all("deployed", opts.timeout)?;
+    if image != "lab-tiny" {
+        return Ok(());
+    }
+    // The disk's own kernel command line carries the marker.
+    let began = Instant::now();
+    while disk_boot_ms.iter().any(Option::is_none) {
+        watch.check()?;
+        for (i, (spec, _)) in watch.nodes.iter().enumerate() {
+            let log = std::fs::read(spec.serial_log()).unwrap_or_default();
+            if disk_boot_ms[i].is_none() && String::from_utf8_lossy(&log).contains(images::lab_image::DISK_BOOT_MARKER)
+            {
+                disk_boot_ms[i] = Some(now_ms());
+                progress_at(watch.started, &format!("{}: booted lab-tiny from its disk", spec.name));
             }
         }
-        last = states;
-        if last.iter().all(|s| s == "ready") {
-            return Ok(());
-        }
-        if started.elapsed() > timeout {
-            bail!("not every node was ready after {} s: {:?} (serial logs in {WORK_DIR})", timeout.as_secs(), last);
-        }
-        if last_line.elapsed() > Duration::from_secs(15) {
-            let ready = last.iter().filter(|s| *s == "ready").count();
-            progress_at(started, &format!("waiting: {ready}/{} ready", nodes.len()));
-            last_line = Instant::now();
+        if began.elapsed() > opts.timeout {
+            bail!(
+                "not every node booted from its disk within {} s (serial logs in {WORK_DIR})",
+                opts.timeout.as_secs()
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    Ok(())
 }
 
 /// Progress goes to stdout; a closed pipe (`lab up | head`) must not stop

@@ -152,6 +152,11 @@ impl NodeSpec {
         }
     }
 
+    /// Everything the VM writes to its serial console.
+    pub fn serial_log(&self) -> PathBuf {
+        self.dir.join(format!("{}.serial.log", self.name))
+    }
+
     pub fn args(&self, accel: Accel) -> Vec<String> {
         let mut a: Vec<String> = vec![
             "-name".into(),
@@ -169,7 +174,7 @@ impl NodeSpec {
             "-monitor".into(),
             "none".into(),
             "-serial".into(),
-            format!("file:{}", self.dir.join(format!("{}.serial.log", self.name)).display()),
+            format!("file:{}", self.serial_log().display()),
             "-uuid".into(),
             self.uuid.clone(),
             "-smbios".into(),

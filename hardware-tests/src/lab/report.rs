@@ -51,6 +51,10 @@ pub struct Seconds {
     pub dhcp_ack: Option<f64>,
     pub discovered: Option<f64>,
     pub ready: Option<f64>,
+    /// The agent reported the image written and verified (`deployed`).
+    pub image_written: Option<f64>,
+    /// The node's kernel started from its own disk.
+    pub disk_boot: Option<f64>,
 }
 
 pub fn machine_for<'a>(machines: &'a Value, mac: &str) -> Option<&'a Value> {
@@ -72,12 +76,13 @@ pub fn build(
     nodes: &[(NodeSpec, i64)],
     accel: Accel,
     ramdisk: &images::Ramdisk,
+    disk_boot_ms: &[Option<i64>],
 ) -> anyhow::Result<LabReport> {
     let auth = format!("Bearer {token}");
     let machines: Value =
         client.get(&format!("{api}/api/v1/machines")).set("Authorization", &auth).call()?.into_json()?;
     let mut out = Vec::new();
-    for (spec, start_ms) in nodes {
+    for (i, (spec, start_ms)) in nodes.iter().enumerate() {
         let machine = machine_for(&machines, &spec.mac);
         let id = machine.and_then(|m| m["id"].as_str()).map(str::to_string);
         let events: Vec<Value> = match &id {
@@ -110,6 +115,10 @@ pub fn build(
                 dhcp_ack: first(&events, *start_ms, |e| e["kind"] == "dhcp.ack" || e["kind"] == "dhcp.proxy"),
                 discovered: first(&events, *start_ms, |e| e["kind"] == "agent.hello"),
                 ready: first(&events, *start_ms, |e| e["kind"] == "state.changed" && e["detail"]["to"] == "ready"),
+                image_written: first(&events, *start_ms, |e| {
+                    e["kind"] == "state.changed" && e["detail"]["to"] == "deployed"
+                }),
+                disk_boot: disk_boot_ms.get(i).copied().flatten().map(|at| (at - start_ms) as f64 / 1000.0),
             },
         });
     }
@@ -138,10 +147,16 @@ pub fn summary(report: &LabReport) -> String {
         report.ramdisk.initrd_bytes as f64 / (1u64 << 20) as f64,
         report.accel
     );
-    let _ = writeln!(
+    let deployed = report.nodes.iter().any(|n| n.seconds.image_written.is_some());
+    let _ = write!(
         out,
         "\n{:<7} {:<18} {:<8} {:<12} {:>4} {:>8} {:>9} {:>8} {:>11} {:>7}",
         "node", "mac", "fw", "state", "cpus", "mem MiB", "disk GiB", "dhcp s", "discovered s", "ready s"
+    );
+    let _ = writeln!(
+        out,
+        "{}",
+        if deployed { format!(" {:>9} {:>11}", "written s", "disk boot s") } else { String::new() }
     );
     let secs = |s: Option<f64>| s.map_or("-".to_string(), |v| format!("{v:.1}"));
     for n in &report.nodes {
@@ -151,7 +166,7 @@ pub fn summary(report: &LabReport) -> String {
             .and_then(|d| d.first())
             .and_then(|d| d["size_bytes"].as_u64())
             .map_or("-".into(), |b| format!("{:.1}", b as f64 / (1u64 << 30) as f64));
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{:<7} {:<18} {:<8} {:<12} {:>4} {:>8} {:>9} {:>8} {:>11} {:>7}",
             n.name,
@@ -165,6 +180,8 @@ pub fn summary(report: &LabReport) -> String {
             secs(n.seconds.discovered),
             secs(n.seconds.ready),
         );
+        let deploy_cols = format!(" {:>9} {:>11}", secs(n.seconds.image_written), secs(n.seconds.disk_boot));
+        let _ = writeln!(out, "{}", if deployed { deploy_cols } else { String::new() });
     }
     out
 }
@@ -201,7 +218,13 @@ mod tests {
                     "cpu": { "count": 1 }, "memory": { "total_bytes": 479_641_600u64 },
                     "disks": [{ "size_bytes": 8u64 << 30 }]
                 }),
-                seconds: Seconds { dhcp_ack: Some(2.25), discovered: Some(11.9), ready: None },
+                seconds: Seconds {
+                    dhcp_ack: Some(2.25),
+                    discovered: Some(11.9),
+                    ready: None,
+                    image_written: None,
+                    disk_boot: None,
+                },
             }],
         };
         let expected = "

@@ -1,0 +1,94 @@
+//! `lab-tiny`: the smallest OS image that proves a deploy end to end. A
+//! 64 MiB BIOS disk (MBR, one FAT partition, syslinux) that boots the
+//! discovery kernel and initrd from the disk with `slipway.boot=disk` on its
+//! command line, which the lab looks for on the serial console. Built
+//! without mounting anything (sfdisk, mkfs.vfat, mtools, syslinux), cached
+//! beside the ramdisk it was made from.
+
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::Ramdisk;
+
+/// What the disk's kernel command line carries; the lab watches for it.
+pub const DISK_BOOT_MARKER: &str = "slipway.boot=disk";
+
+const DISK_MIB: u64 = 64;
+const PART_START_SECTOR: u64 = 2048;
+const MBR_BIN: &str = "/usr/lib/syslinux/mbr/mbr.bin";
+
+/// Returns the raw `lab-tiny` image for `ramdisk`, building it if needed.
+pub fn ensure_lab_tiny(ramdisk: &Ramdisk, cache_dir: &Path) -> Result<PathBuf, String> {
+    let out = cache_dir.join(format!("lab-tiny-{}.raw", ramdisk.key));
+    if out.is_file() {
+        return Ok(out);
+    }
+    for tool in ["sfdisk", "mkfs.vfat", "mcopy", "syslinux"] {
+        if which(tool).is_none() {
+            return Err(format!(
+                "{tool} is missing (apt-get install fdisk dosfstools mtools syslinux syslinux-common)"
+            ));
+        }
+    }
+    let work = cache_dir.join(format!("lab-tiny-{}.building", ramdisk.key));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let result = build(ramdisk, &work, &out);
+    let _ = std::fs::remove_dir_all(&work);
+    result.map(|()| out)
+}
+
+fn build(ramdisk: &Ramdisk, work: &Path, out: &Path) -> Result<(), String> {
+    let disk = work.join("disk.raw");
+    let part = work.join("part.img");
+    let part_sectors = DISK_MIB * 2048 - PART_START_SECTOR;
+    std::fs::File::create(&disk).and_then(|f| f.set_len(DISK_MIB << 20)).map_err(|e| e.to_string())?;
+    run(Command::new("sfdisk").arg("--quiet").arg(&disk), Some(&format!("{PART_START_SECTOR},,6,*\n")))?;
+    run(Command::new("mkfs.vfat").args(["-n", "SLIPWAY", "-C"]).arg(&part).arg((part_sectors / 2).to_string()), None)?;
+    let cfg = work.join("syslinux.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "SERIAL 0 115200\nDEFAULT disk\nPROMPT 0\nTIMEOUT 0\nLABEL disk\n  KERNEL vmlinuz\n  APPEND initrd=initrd.img console=ttyS0,115200 {DISK_BOOT_MARKER}\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let files = [ramdisk.dir.join("vmlinuz"), ramdisk.dir.join("initrd.img"), cfg];
+    run(Command::new("mcopy").arg("-i").arg(&part).args(&files).arg("::/"), None)?;
+    run(Command::new("syslinux").arg("--install").arg(&part), None)?;
+    // The partition goes in at its offset; syslinux's MBR code in the
+    // first 440 bytes, leaving sfdisk's partition table.
+    let mut image = OpenOptions::new().write(true).open(&disk).map_err(|e| e.to_string())?;
+    image.seek(SeekFrom::Start(PART_START_SECTOR * 512)).map_err(|e| e.to_string())?;
+    image.write_all(&std::fs::read(&part).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let mbr = std::fs::read(MBR_BIN).map_err(|e| format!("{MBR_BIN}: {e}"))?;
+    image.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    image.write_all(&mbr[..mbr.len().min(440)]).map_err(|e| e.to_string())?;
+    image.sync_all().map_err(|e| e.to_string())?;
+    std::fs::rename(&disk, out).map_err(|e| e.to_string())
+}
+
+fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<(), String> {
+    use std::process::Stdio;
+    let name = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{name}: {e}"))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+    }
+    let output = child.wait_with_output().map_err(|e| format!("{name}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("{name} failed: {}", String::from_utf8_lossy(&output.stderr).trim()));
+    }
+    Ok(())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
+}
