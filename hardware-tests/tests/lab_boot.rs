@@ -3,7 +3,7 @@
 //! PXE node (which fetches snponly.efi over TFTP first) at once, with
 //! Slipway as the DHCP server, as proxyDHCP beside dnsmasq, and behind a
 //! DHCP relay, exactly as a user runs it (`slipway lab up`), checked
-//! against what QEMU was given.
+//! against what QEMU was given; and the deploy path to a disk boot.
 
 use std::process::Command;
 
@@ -44,6 +44,28 @@ fn relayed_rack_boots_every_firmware() {
     let report = run_lab(&["--nodes", "3", "--firmware", "mixed", "--dhcp", "relay"]);
     assert_every_node_ready_with_its_hardware(&report, &["bios", "uefi", "pxe-uefi"]);
     assert!(!std::path::Path::new("/run/netns/slipway-lab-relay").exists(), "the relay host is gone");
+    assert_torn_down();
+}
+
+/// The deploy path end to end: two BIOS nodes discovered, `lab-tiny`
+/// registered through the API, deployed to both at once, each written and
+/// verified by its agent, rebooted, handed local-disk boot by iPXE, and
+/// running the kernel from its own disk.
+#[test]
+fn deploys_lab_tiny_and_each_node_boots_its_disk() {
+    if !lab_tests_enabled("lab_deploy", &["qemu-system-x86_64", "qemu-img", "ip", "syslinux", "mcopy", "sfdisk"]) {
+        return;
+    }
+    let report = run_lab(&["--nodes", "2", "--firmware", "bios", "--deploy", "lab-tiny"]);
+    for node in report["nodes"].as_array().unwrap() {
+        let s = &node["seconds"];
+        assert_eq!(node["state"], "deployed", "{node}");
+        let (ready, written, disk_boot) = (s["ready"].as_f64(), s["image_written"].as_f64(), s["disk_boot"].as_f64());
+        assert!(
+            matches!((ready, written, disk_boot), (Some(r), Some(w), Some(d)) if r < w && w < d),
+            "ready, then written, then booted from disk: {s}"
+        );
+    }
     assert_torn_down();
 }
 
