@@ -102,60 +102,107 @@ struct Written {
     sha256: String,
 }
 
+/// Decompresses on one thread while hashing and writing on this one, so a
+/// two-core node does both at once (as `curl | zstd -d | dd` does with
+/// three processes).
 fn decompress_to(
-    source: impl Read,
+    source: impl Read + Send,
     out: &mut impl Write,
     spec: &DeploySpec,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Written, String> {
     let mut decoder = zstd::Decoder::new(source).map_err(|e| format!("starting zstd: {e}"))?;
-    let mut buf = vec![0u8; BUF];
-    let mut hash = Sha256::new();
-    let mut bytes = 0u64;
-    let mut last_report = Instant::now();
-    loop {
-        let n = match decoder.read(&mut buf) {
+    let limit = spec.raw_bytes;
+    std::thread::scope(|scope| {
+        let (chunks, received) = pipeline(scope, move |buf: &mut Vec<u8>| fill(&mut decoder, buf));
+        let mut hash = Sha256::new();
+        let mut bytes = 0u64;
+        let mut last_report = Instant::now();
+        for chunk in received {
+            let chunk = chunk.map_err(|e| format!("reading the image after {bytes} bytes: {e}"))?;
+            bytes += chunk.len() as u64;
+            if bytes > limit {
+                return Err(format!("the image is longer than the {limit} bytes announced"));
+            }
+            hash.update(&chunk);
+            out.write_all(&chunk).map_err(|e| format!("writing at byte {}: {e}", bytes - chunk.len() as u64))?;
+            let _ = chunks.send(chunk);
+            if last_report.elapsed() >= REPORT_EVERY {
+                progress(bytes);
+                last_report = Instant::now();
+            }
+        }
+        if bytes != limit {
+            return Err(format!("the image ended after {bytes} of {limit} bytes"));
+        }
+        progress(bytes);
+        Ok(Written { bytes, sha256: hex::encode(hash.finalize()) })
+    })
+}
+
+/// Reads into `buf` until it is full or the source ends; an empty buffer
+/// means the end.
+fn fill(source: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.resize(BUF, 0);
+    let mut filled = 0;
+    while filled < BUF {
+        match source.read(&mut buf[filled..]) {
             Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("reading the image after {bytes} bytes: {e}")),
-        };
-        bytes += n as u64;
-        if bytes > spec.raw_bytes {
-            return Err(format!("the image is longer than the {} bytes announced", spec.raw_bytes));
-        }
-        hash.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| format!("writing at byte {}: {e}", bytes - n as u64))?;
-        if last_report.elapsed() >= REPORT_EVERY {
-            progress(bytes);
-            last_report = Instant::now();
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
-    if bytes != spec.raw_bytes {
-        return Err(format!("the image ended after {bytes} of {} bytes", spec.raw_bytes));
+    buf.truncate(filled);
+    Ok(())
+}
+
+/// Runs `produce` on its own thread, filling buffers that come back through
+/// the returned sender (so a few buffers are reused for the whole image);
+/// the receiver yields them full, and stops after an empty one or an error.
+fn pipeline<'scope, 'env, F>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    mut produce: F,
+) -> (std::sync::mpsc::Sender<Vec<u8>>, impl Iterator<Item = io::Result<Vec<u8>>> + 'scope)
+where
+    F: FnMut(&mut Vec<u8>) -> io::Result<()> + Send + 'scope,
+{
+    const IN_FLIGHT: usize = 4;
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(IN_FLIGHT);
+    for _ in 0..IN_FLIGHT {
+        let _ = empty_tx.send(Vec::with_capacity(BUF));
     }
-    progress(bytes);
-    Ok(Written { bytes, sha256: hex::encode(hash.finalize()) })
+    scope.spawn(move || {
+        while let Ok(mut buf) = empty_rx.recv() {
+            let result = produce(&mut buf);
+            let end = result.is_err() || buf.is_empty();
+            if full_tx.send(result.map(|()| buf)).is_err() || end {
+                return;
+            }
+        }
+    });
+    (empty_tx, full_rx.into_iter().take_while(|r| r.as_ref().map_or(true, |b| !b.is_empty())))
 }
 
 fn hash_prefix(path: &Path, len: u64) -> Result<String, String> {
     let file = File::open(path).map_err(|e| format!("reopening {}: {e}", path.display()))?;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; BUF];
     let mut reader = file.take(len);
-    let mut read = 0u64;
-    loop {
-        let n = reader.read(&mut buf).map_err(|e| format!("reading back {}: {e}", path.display()))?;
-        if n == 0 {
-            break;
+    std::thread::scope(|scope| {
+        let (buffers, received) = pipeline(scope, move |buf: &mut Vec<u8>| fill(&mut reader, buf));
+        let mut hash = Sha256::new();
+        let mut read = 0u64;
+        for chunk in received {
+            let chunk = chunk.map_err(|e| format!("reading back {}: {e}", path.display()))?;
+            hash.update(&chunk);
+            read += chunk.len() as u64;
+            let _ = buffers.send(chunk);
         }
-        hash.update(&buf[..n]);
-        read += n as u64;
-    }
-    if read != len {
-        return Err(format!("{} holds only {read} of {len} bytes", path.display()));
-    }
-    Ok(hex::encode(hash.finalize()))
+        if read != len {
+            return Err(format!("{} holds only {read} of {len} bytes", path.display()));
+        }
+        Ok(hex::encode(hash.finalize()))
+    })
 }
 
 /// An HTTP body that survives broken connections: on an error or an early

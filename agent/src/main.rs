@@ -16,6 +16,10 @@ use std::time::Duration;
 use wire::{DeployReport, DeploySpec, Hello, Instruction};
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("write-image") {
+        std::process::exit(write_image_by_hand(&argv[2..]));
+    }
     let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let args = match cmdline::parse(&text) {
         Ok(args) => args,
@@ -105,6 +109,48 @@ fn run_deploy(client: &Client, spec: &DeploySpec, inventory: &inventory::Invento
         Ok(())
     });
     reply.unwrap_or(Instruction::Wait { poll_seconds: 10 })
+}
+
+/// `slipway-agent write-image URL SHA256 RAW_BYTES TARGET`: the deploy's
+/// write pipeline by hand (benchmarks, recovering a disk). Exit 0 only when
+/// the target verified.
+fn write_image_by_hand(args: &[String]) -> i32 {
+    let [url, sha256, raw_bytes, target] = args else {
+        eprintln!("usage: slipway-agent write-image URL SHA256 RAW_BYTES TARGET");
+        return 2;
+    };
+    let Ok(raw_bytes) = raw_bytes.parse::<u64>() else {
+        eprintln!("RAW_BYTES must be a number");
+        return 2;
+    };
+    let path = std::path::PathBuf::from(target);
+    let capacity = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    // A block device reports 0 here; the kernel refuses writes past its end.
+    let capacity = if capacity == 0 { u64::MAX } else { capacity };
+    let spec = DeploySpec {
+        image: url.clone(),
+        url_path: String::new(),
+        sha256: sha256.clone(),
+        raw_bytes,
+        disk: Default::default(),
+    };
+    let http = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(10))
+        .timeout_read(Duration::from_secs(30))
+        .build();
+    let target = deploy::Target { path, capacity };
+    match deploy::write_image(&http, url, &spec, &target, &mut |phase, bytes| {
+        log(&format!("{}: {} MiB", phase.as_str(), bytes >> 20))
+    }) {
+        Ok(()) => {
+            log("written and verified");
+            0
+        }
+        Err(err) => {
+            log(&err);
+            1
+        }
+    }
 }
 
 fn log(msg: &str) {

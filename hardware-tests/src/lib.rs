@@ -7,6 +7,7 @@
 //! child inherits it and the API is reached on the namespace's loopback.
 
 pub mod bench;
+pub mod bench_write;
 pub mod lab;
 pub mod storm;
 pub mod support;

@@ -99,6 +99,17 @@ enum BenchCmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// The node's image write pipeline (fetch, zstd, verify, write) against
+    /// `curl | zstd -d | dd`, same image from nginx on loopback.
+    Write {
+        /// Raw image size.
+        #[arg(long, default_value_t = 2048)]
+        size_mib: u64,
+        #[arg(long, default_value = "/var/cache/slipway")]
+        cache_dir: PathBuf,
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// atftp fetching snponly.efi from Slipway and from tftpd-hpa, 1 and
     /// --parallel at a time, at blksize 512/1468 and windowsize 1/16.
     Tftp {
@@ -190,6 +201,15 @@ fn main() -> anyhow::Result<()> {
             let spread = std::time::Duration::from_millis(spread_ms);
             let results = hardware_tests::bench::run_dhcp(clients, spread, &servers, &std::env::current_exe()?)?;
             print!("{}", hardware_tests::bench::table(&results));
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
+            }
+            Ok(())
+        }
+        Cmd::Bench { command: BenchCmd::Write { size_mib, cache_dir, report } } => {
+            let agent = std::env::current_exe()?.with_file_name("slipway-agent");
+            let results = hardware_tests::bench_write::run(size_mib, &agent, &cache_dir)?;
+            print!("{}", hardware_tests::bench_write::table(&results));
             if let Some(path) = report {
                 std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
             }
