@@ -4,7 +4,7 @@
 //! is really on it. Nothing is reported `written` unless that matches.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,42 @@ pub fn choose_disk(disks: &[Disk], hint: &DiskHint) -> Result<Target, String> {
         format!("no disk matches {hint:?}; disks: {}", if seen.is_empty() { "none".into() } else { seen.join(", ") })
     })?;
     Ok(Target { path: Path::new("/dev").join(&disk.name), capacity: disk.size_bytes })
+}
+
+/// Every disk, as wipe targets.
+pub fn all_disks(disks: &[Disk]) -> Vec<Target> {
+    disks.iter().map(|d| Target { path: Path::new("/dev").join(&d.name), capacity: d.size_bytes }).collect()
+}
+
+/// Wipes `targets`: `full` overwrites every byte with zeros; otherwise the
+/// first and last MiB, where partition tables (MBR, both GPT headers) and
+/// most signatures (filesystems, LVM, RAID) live. Returns the paths wiped.
+pub fn wipe(targets: &[Target], full: bool) -> Result<Vec<String>, String> {
+    let zeros = vec![0u8; BUF];
+    let mut wiped = Vec::new();
+    for t in targets {
+        let fail = |what: &str, e: io::Error| format!("wiping {}: {what}: {e}", t.path.display());
+        let mut disk = OpenOptions::new().write(true).open(&t.path).map_err(|e| fail("open", e))?;
+        let spans: Vec<(u64, u64)> = if full {
+            vec![(0, t.capacity)]
+        } else {
+            let head = t.capacity.min(BUF as u64);
+            let tail = t.capacity.saturating_sub(BUF as u64).max(head);
+            vec![(0, head), (tail, t.capacity)]
+        };
+        for (start, end) in spans {
+            disk.seek(SeekFrom::Start(start)).map_err(|e| fail("seek", e))?;
+            let mut at = start;
+            while at < end {
+                let n = (end - at).min(BUF as u64) as usize;
+                disk.write_all(&zeros[..n]).map_err(|e| fail("write", e))?;
+                at += n as u64;
+            }
+        }
+        disk.sync_all().map_err(|e| fail("flush", e))?;
+        wiped.push(t.path.display().to_string());
+    }
+    Ok(wiped)
 }
 
 /// What the deploy is doing, for reports.
@@ -362,6 +398,23 @@ mod tests {
         assert_eq!(requests.load(Ordering::SeqCst), 2, "one drop, one resume from where it stopped");
         assert_eq!(std::fs::read(&t.path).unwrap()[..raw.len()], raw[..]);
         assert_eq!(phases.last(), Some(&(Phase::Verifying, raw.len() as u64)));
+    }
+
+    #[test]
+    fn quick_wipe_clears_both_ends_and_full_wipe_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        let size = 4u64 << 20;
+        std::fs::write(&path, vec![0xffu8; size as usize]).unwrap();
+        let target = Target { path: path.clone(), capacity: size };
+        assert_eq!(wipe(std::slice::from_ref(&target), false).unwrap(), [path.display().to_string()]);
+        let after = std::fs::read(&path).unwrap();
+        let mib = 1 << 20;
+        assert!(after[..mib].iter().all(|b| *b == 0), "partition table and signatures at the start");
+        assert!(after[after.len() - mib..].iter().all(|b| *b == 0), "the backup GPT header at the end");
+        assert!(after[mib..after.len() - mib].iter().all(|b| *b == 0xff), "a quick wipe leaves the middle");
+        wipe(&[target], true).unwrap();
+        assert!(std::fs::read(&path).unwrap().iter().all(|b| *b == 0));
     }
 
     #[test]

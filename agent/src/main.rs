@@ -13,7 +13,7 @@ mod net;
 
 use std::time::Duration;
 
-use wire::{DeployReport, DeploySpec, Hello, Instruction};
+use wire::{DeployReport, DeploySpec, Hello, Instruction, WipeReport};
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
@@ -60,8 +60,27 @@ fn main() {
             Instruction::PowerOff => run_final("poweroff"),
             Instruction::Reboot => run_final("reboot"),
             Instruction::Deploy(spec) => next = Some(run_deploy(&client, &spec, &inventory)),
+            Instruction::Wipe { mode } => next = Some(run_wipe(&client, &mode, &inventory)),
         }
     }
+}
+
+/// Wipes every disk and reports; returns what to do next.
+fn run_wipe(client: &Client, mode: &str, inventory: &inventory::Inventory) -> Instruction {
+    log(&format!("wiping every disk ({mode})"));
+    let report = match deploy::wipe(&deploy::all_disks(&inventory.disks), mode == "full") {
+        Ok(disks) => WipeReport { mode: mode.into(), disks, error: None },
+        Err(error) => {
+            log(&format!("wipe failed: {error}"));
+            WipeReport { mode: mode.into(), disks: vec![], error: Some(error) }
+        }
+    };
+    let mut reply = None;
+    retry("report the wipe", || {
+        reply = Some(client.post_for(wire::WIPED_PATH, &report)?);
+        Ok(())
+    });
+    reply.unwrap_or(Instruction::Wait { poll_seconds: 10 })
 }
 
 /// Writes the image and reports the outcome; returns what the appliance
@@ -199,10 +218,15 @@ impl Client {
     }
 
     fn report(&self, report: &DeployReport) -> Result<Instruction, String> {
+        self.post_for(wire::DEPLOY_PATH, report)
+    }
+
+    /// Posts `body`; the reply is the next instruction.
+    fn post_for<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<Instruction, String> {
         self.agent
-            .post(&format!("{}{}", self.api, wire::DEPLOY_PATH))
+            .post(&format!("{}{path}", self.api))
             .set("Authorization", &self.auth)
-            .send_json(report)
+            .send_json(body)
             .map_err(describe)?
             .into_json()
             .map_err(|e| e.to_string())

@@ -82,8 +82,12 @@ pub struct ProvisioningConfig {
     pub relay_subnets: Vec<RelaySubnetConfig>,
     /// A machine still `discovering` after this long is marked failed.
     pub discovery_timeout_secs: u64,
-    /// A machine still `deploying` after this long is marked failed.
+    /// A machine still `deploying` (or `releasing`) after this long is
+    /// marked failed.
     pub deploy_timeout_secs: u64,
+    /// How a release wipes disks unless the request says: `quick`
+    /// (partition tables and signatures) or `full` (every byte).
+    pub release_wipe: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +147,7 @@ impl Default for Config {
                 relay_subnets: vec![],
                 discovery_timeout_secs: 900,
                 deploy_timeout_secs: 3600,
+                release_wipe: "quick".into(),
             },
             boot: BootFilesConfig {
                 ipxe_dir: "/usr/lib/ipxe".into(),
@@ -212,6 +217,14 @@ impl Config {
             format!("sqlite://{}?mode=rwc", self.data_dir.join("slipway.db").display())
         } else {
             self.database.url.clone()
+        }
+    }
+
+    /// `provisioning.release_wipe`, checked.
+    pub fn release_wipe(&self) -> Result<&str, ConfigError> {
+        match self.provisioning.release_wipe.as_str() {
+            mode @ ("quick" | "full") => Ok(mode),
+            other => Err(invalid("provisioning.release_wipe", format!("{other:?} is not quick or full"))),
         }
     }
 

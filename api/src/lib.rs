@@ -28,6 +28,8 @@ pub struct AppState {
     pub boot: Option<Arc<BootContext>>,
     pub discovery_timeout_ms: i64,
     pub deploy_timeout_ms: i64,
+    /// `quick` or `full`: how a release wipes unless the request says.
+    pub release_wipe: String,
     /// The image catalog's content: `<name>.raw.zst` per image.
     pub images_dir: PathBuf,
 }

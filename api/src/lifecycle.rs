@@ -76,6 +76,12 @@ pub enum Trigger {
     ImageWritten,
     /// The agent reported a deploy phase failed.
     DeployFailed,
+    /// An operator released the machine: wipe it and make it ready again.
+    ReleaseRequested,
+    /// The agent wiped the machine's disks.
+    Wiped,
+    /// The agent could not wipe them.
+    WipeFailed,
 }
 
 impl Trigger {
@@ -86,6 +92,9 @@ impl Trigger {
             Trigger::DeployRequested => "deployment requested",
             Trigger::ImageWritten => "image written and verified on disk",
             Trigger::DeployFailed => "the agent reported a failed deploy",
+            Trigger::ReleaseRequested => "release requested",
+            Trigger::Wiped => "disks wiped by the agent",
+            Trigger::WipeFailed => "the agent could not wipe the disks",
         }
     }
 }
@@ -105,12 +114,15 @@ pub fn next(state: MachineState, trigger: Trigger) -> Option<Transition> {
     match (state, trigger) {
         // A failed discovery is retried by simply booting again.
         (Discovering | Ready | Failed, Trigger::InventoryReceived) => to(Ready),
-        (Discovering | Deploying, Trigger::DeadlinePassed) => {
+        (Discovering | Deploying | Releasing, Trigger::DeadlinePassed) => {
             Some(Transition { to: Failed, failed_phase: Some(state) })
         }
         (Ready, Trigger::DeployRequested) => to(Deploying),
         (Deploying, Trigger::ImageWritten) => to(Deployed),
         (Deploying, Trigger::DeployFailed) => Some(Transition { to: Failed, failed_phase: Some(Deploying) }),
+        (Deployed | Joined | Failed, Trigger::ReleaseRequested) => to(Releasing),
+        (Releasing, Trigger::Wiped) => to(Ready),
+        (Releasing, Trigger::WipeFailed) => Some(Transition { to: Failed, failed_phase: Some(Releasing) }),
         _ => None,
     }
 }
@@ -127,8 +139,8 @@ pub fn boot_kind(state: Option<MachineState>) -> BootKind {
     match state {
         Some(Deployed | Joined) => BootKind::LocalDisk,
         // Unknown, discovering, ready, failed: the discovery ramdisk, which
-        // reports and waits. Deploying: the same ramdisk is the installer;
-        // its agent is handed the deployment.
+        // reports and waits. Deploying and releasing: the same ramdisk is
+        // the installer and the wiper; its agent is handed the work.
         _ => BootKind::Discovery,
     }
 }
@@ -159,6 +171,18 @@ mod tests {
         let t = next(Deploying, Trigger::DeadlinePassed).unwrap();
         assert_eq!((t.to, t.failed_phase), (Failed, Some(Deploying)));
         assert_eq!(next(Deploying, Trigger::InventoryReceived), None, "a rebooted installer keeps its deployment");
+    }
+
+    #[test]
+    fn release_path() {
+        for from in [Deployed, Joined, Failed] {
+            assert_eq!(next(from, Trigger::ReleaseRequested).unwrap().to, Releasing, "{from}");
+        }
+        assert_eq!(next(Ready, Trigger::ReleaseRequested), None, "nothing to release");
+        assert_eq!(next(Deploying, Trigger::ReleaseRequested), None, "a write in progress is not interrupted");
+        assert_eq!(next(Releasing, Trigger::Wiped).unwrap().to, Ready);
+        assert_eq!(next(Releasing, Trigger::DeadlinePassed).unwrap().failed_phase, Some(Releasing));
+        assert_eq!(boot_kind(Some(Releasing)), BootKind::Discovery, "a released machine boots the wiper");
     }
 
     #[test]

@@ -99,6 +99,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         deploy_timeout_ms: i64::try_from(config.provisioning.deploy_timeout_secs.saturating_mul(1000))
             .unwrap_or(i64::MAX),
         images_dir: images_dir.clone(),
+        release_wipe: config.release_wipe()?.to_string(),
     };
 
     if let (Some(p), Some(boot)) = (&provisioning, &boot) {

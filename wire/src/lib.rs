@@ -11,6 +11,7 @@ pub const HELLO_PATH: &str = "/api/v1/agent/hello";
 pub const INVENTORY_PATH: &str = "/api/v1/agent/inventory";
 pub const INSTRUCTIONS_PATH: &str = "/api/v1/agent/instructions";
 pub const DEPLOY_PATH: &str = "/api/v1/agent/deploy";
+pub const WIPED_PATH: &str = "/api/v1/agent/wiped";
 
 /// First contact from a booted agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +36,24 @@ pub enum Instruction {
     Reboot,
     /// Write an image to a disk, verify it, report, then ask again.
     Deploy(DeploySpec),
+    /// Wipe every disk, report, then ask again.
+    Wipe {
+        /// `quick`: partition tables and signatures (the first and last MiB
+        /// of each disk); `full`: every byte overwritten with zeros.
+        mode: String,
+    },
+}
+
+/// The agent's report after a wipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WipeReport {
+    pub mode: String,
+    /// Disks wiped, e.g. `/dev/vda`.
+    pub disks: Vec<String>,
+    /// Why it failed; absent on success.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// An image to write.

@@ -12,7 +12,7 @@ use crate::error::{parse_json, ApiError};
 use crate::lifecycle::{MachineState, Trigger};
 use crate::store::DeployPhase;
 use crate::AppState;
-use wire::{DeployReport, DeploySpec, Hello, Instruction, Inventory};
+use wire::{DeployReport, DeploySpec, Hello, Instruction, Inventory, WipeReport};
 
 /// How often a waiting discovery agent asks for instructions.
 const POLL_SECONDS: u32 = 10;
@@ -23,6 +23,7 @@ pub fn router() -> Router<AppState> {
         .route(wire::INVENTORY_PATH, post(inventory))
         .route(wire::INSTRUCTIONS_PATH, get(instructions))
         .route(wire::DEPLOY_PATH, post(deploy_report))
+        .route(wire::WIPED_PATH, post(wiped))
 }
 
 async fn hello(
@@ -68,7 +69,14 @@ async fn instructions(
     State(state): State<AppState>,
 ) -> Result<Json<Instruction>, ApiError> {
     let wait = Json(Instruction::Wait { poll_seconds: POLL_SECONDS });
-    let deploying = state.store.machine(&id).await?.is_some_and(|m| m.state == MachineState::Deploying);
+    let machine_state = state.store.machine(&id).await?.map(|m| m.state);
+    if machine_state == Some(MachineState::Releasing) {
+        return Ok(match state.store.release_mode(&id).await? {
+            Some(mode) => Json(Instruction::Wipe { mode }),
+            None => wait,
+        });
+    }
+    let deploying = machine_state == Some(MachineState::Deploying);
     let Some(deployment) = state.store.deployment(&id).await?.filter(|_| deploying) else {
         return Ok(wait);
     };
@@ -87,6 +95,24 @@ async fn instructions(
         raw_bytes: raw_bytes as u64,
         disk: disk.unwrap_or_default(),
     })))
+}
+
+/// The outcome of a release's wipe: `ready` again, or `failed` in phase
+/// `releasing` with the agent's error.
+async fn wiped(
+    AgentMachine(id): AgentMachine,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<Instruction>, ApiError> {
+    let report: WipeReport = parse_json(&body)?;
+    if !state.store.machine(&id).await?.is_some_and(|m| m.state == MachineState::Releasing) {
+        return Err(crate::store::StoreError::Conflict(format!("machine {id} is not releasing")).into());
+    }
+    state.store.finish_release(&id, &report.disks, report.error.as_deref()).await?;
+    tracing::info!(machine = id, mode = report.mode, disks = ?report.disks, error = report.error, "wipe report");
+    let outcome = if report.error.is_some() { "failed" } else { "wiped" };
+    metrics::counter!("slipway_releases_total", "outcome" => outcome).increment(1);
+    Ok(Json(Instruction::Wait { poll_seconds: POLL_SECONDS }))
 }
 
 /// Progress and outcome of a deployment. `written` moves the machine to

@@ -1,4 +1,6 @@
-//! `POST /api/v1/machines/{id}/deploy` and the deployment it starts.
+//! `POST /api/v1/machines/{id}/deploy` and the deployment it starts;
+//! `POST /api/v1/machines/{id}/release`, which wipes the disks and returns
+//! the machine to `ready`.
 //!
 //! A deploy moves a `ready` machine to `deploying`. Its discovery agent,
 //! which waits in the ramdisk, is handed the image at its next poll (and a
@@ -21,6 +23,36 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/machines/{id}/deploy", post(deploy))
         .route("/api/v1/machines/{id}/deployment", get(show))
+        .route("/api/v1/machines/{id}/release", post(release))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseRequest {
+    /// `quick` or `full`; the configured default when absent.
+    #[serde(default)]
+    wipe: Option<String>,
+}
+
+/// Releasing needs the machine's agent: a deployed machine gets the
+/// ramdisk at its next network boot (power it through its BMC, or by hand,
+/// until BMC control lands), a failed one is often still running it.
+async fn release(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<crate::store::Machine>), ApiError> {
+    let req: ReleaseRequest = if body.is_empty() { ReleaseRequest::default() } else { parse_json(&body)? };
+    let mode = req.wipe.unwrap_or_else(|| state.release_wipe.clone());
+    if mode != "quick" && mode != "full" {
+        return Err(bad("wipe", format!("{mode:?}: quick or full")));
+    }
+    let machine = super::machines::find(&state, &id).await?;
+    state.store.start_release(&machine.id, &mode, now_ms() + state.deploy_timeout_ms).await?;
+    tracing::info!(machine = machine.id, wipe = mode, "release requested");
+    let machine = super::machines::find(&state, &machine.id).await?;
+    Ok((StatusCode::ACCEPTED, Json(machine)))
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -243,5 +275,53 @@ mod flow_tests {
         let (status, problem) =
             post(&t.boot, wire::DEPLOY_PATH, &token, &json!({ "phase": "done", "bytes_written": 0 })).await;
         assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("phase")));
+    }
+
+    #[tokio::test]
+    async fn release_wipes_then_the_machine_is_ready_and_the_image_free() {
+        let t = app().await;
+        available_image(&t, "debian-12").await;
+        let (id, token) = ready_machine(&t, "52:54:00:00:00:33").await;
+        let release = format!("/api/v1/machines/{id}/release");
+        assert_eq!(
+            post(&t.operator, &release, &t.admin, &json!({})).await.0,
+            StatusCode::CONFLICT,
+            "nothing to release"
+        );
+        let req = json!({ "image": "debian-12", "hostname": "node3" });
+        assert_eq!(
+            post(&t.operator, &format!("/api/v1/machines/{id}/deploy"), &t.admin, &req).await.0,
+            StatusCode::ACCEPTED
+        );
+        let written = json!({ "phase": "written", "bytes_written": 1u64 << 20, "disk": "/dev/vda" });
+        post(&t.boot, wire::DEPLOY_PATH, &token, &written).await;
+
+        let (status, problem) = post(&t.operator, &release, &t.admin, &json!({ "wipe": "shred" })).await;
+        assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("wipe")));
+        let (status, m) = post(&t.operator, &release, &t.admin, &json!({ "wipe": "full" })).await;
+        assert_eq!((status, m["state"].as_str()), (StatusCode::ACCEPTED, Some("releasing")));
+        let (_, script) = get_text(&t.boot, "/boot/52-54-00-00-00-33.ipxe").await;
+        assert!(script.contains("slipway.token="), "a releasing machine boots the ramdisk: {script}");
+        let token = crate::routes::test_support::token_from(&script);
+        let (_, instruction) = get(&t.boot, wire::INSTRUCTIONS_PATH, Some(&token)).await;
+        assert_eq!((instruction["action"].as_str(), instruction["mode"].as_str()), (Some("wipe"), Some("full")));
+        let report = json!({ "mode": "full", "disks": ["/dev/vda"] });
+        assert_eq!(post(&t.boot, wire::WIPED_PATH, &token, &report).await.0, StatusCode::OK);
+        let (_, m) = get(&t.operator, &format!("/api/v1/machines/{id}"), Some(&t.admin)).await;
+        assert_eq!(m["state"], "ready");
+        assert_eq!(
+            get(&t.operator, &format!("/api/v1/machines/{id}/deployment"), Some(&t.admin)).await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            delete(&t.operator, "/api/v1/images/debian-12", &t.admin).await,
+            StatusCode::NO_CONTENT,
+            "no longer in use"
+        );
+        assert_eq!(
+            post(&t.boot, wire::WIPED_PATH, &token, &report).await.0,
+            StatusCode::CONFLICT,
+            "a late report changes nothing"
+        );
     }
 }

@@ -39,6 +39,7 @@ pub async fn app() -> TestApp {
         discovery_timeout_ms: 60_000,
         deploy_timeout_ms: 600_000,
         images_dir: images_dir.clone(),
+        release_wipe: "quick".into(),
     };
     TestApp { operator: operator_router(state.clone()), boot: boot_router(state), admin, _dir: dir }
 }

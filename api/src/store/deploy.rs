@@ -324,3 +324,63 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Moves a deployed (or failed) machine to `releasing` and records how
+    /// to wipe it, in one transaction.
+    pub async fn start_release(&self, machine_id: &str, mode: &str, deadline_ms: i64) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let cause = Trigger::ReleaseRequested.cause();
+        match Self::fire_in(&mut tx, machine_id, Trigger::ReleaseRequested, cause, Some(deadline_ms)).await? {
+            Some((_, MachineState::Releasing)) => {}
+            Some((from, _)) => {
+                return Err(StoreError::Conflict(format!(
+                    "machine {machine_id} is {from}; only a deployed, joined or failed machine can be released"
+                )))
+            }
+            None => return Err(StoreError::Conflict(format!("machine {machine_id} does not exist"))),
+        }
+        let now = now_ms();
+        sqlx::query("DELETE FROM releases WHERE machine_id = $1").bind(machine_id).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO releases (machine_id, mode, created_at_ms) VALUES ($1, $2, $3)")
+            .bind(machine_id)
+            .bind(mode)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        Self::event_in(&mut *tx, Some(machine_id), now, "release.requested", serde_json::json!({ "mode": mode }))
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The wipe mode of a machine being released.
+    pub async fn release_mode(&self, machine_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT mode FROM releases WHERE machine_id = $1")
+            .bind(machine_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("mode")).transpose()?)
+    }
+
+    /// Ends a release: on success the machine is `ready` with no
+    /// deployment (its image is free to delete); on failure it is `failed`
+    /// in phase `releasing` with `error`.
+    pub async fn finish_release(&self, machine_id: &str, disks: &[String], error: Option<&str>) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let now = now_ms();
+        let detail = serde_json::json!({ "disks": disks, "error": error });
+        Self::event_in(&mut *tx, Some(machine_id), now, "release.wiped", detail).await?;
+        let (trigger, reason) = match error {
+            None => (Trigger::Wiped, Trigger::Wiped.cause()),
+            Some(error) => (Trigger::WipeFailed, error),
+        };
+        Self::fire_in(&mut tx, machine_id, trigger, reason, None).await?;
+        sqlx::query("DELETE FROM releases WHERE machine_id = $1").bind(machine_id).execute(&mut *tx).await?;
+        if error.is_none() {
+            sqlx::query("DELETE FROM deployments WHERE machine_id = $1").bind(machine_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
