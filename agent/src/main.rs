@@ -234,7 +234,8 @@ impl Client {
 
     fn instruction(&self) -> Result<Instruction, String> {
         self.agent
-            .get(&format!("{}{}", self.api, wire::INSTRUCTIONS_PATH))
+            // Held open by the appliance until there is work (long poll).
+            .get(&format!("{}{}?wait_seconds=15", self.api, wire::INSTRUCTIONS_PATH))
             .set("Authorization", &self.auth)
             .call()
             .map_err(describe)?

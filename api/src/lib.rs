@@ -30,6 +30,9 @@ pub struct AppState {
     pub deploy_timeout_ms: i64,
     /// `quick` or `full`: how a release wipes unless the request says.
     pub release_wipe: String,
+    /// Woken when work is posted for some agent (a deploy, a release), so
+    /// held instruction requests look again.
+    pub work_posted: Arc<tokio::sync::Notify>,
     /// The image catalog's content: `<name>.raw.zst` per image.
     pub images_dir: PathBuf,
 }

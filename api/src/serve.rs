@@ -100,6 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .unwrap_or(i64::MAX),
         images_dir: images_dir.clone(),
         release_wipe: config.release_wipe()?.to_string(),
+        work_posted: Default::default(),
     };
 
     if let (Some(p), Some(boot)) = (&provisioning, &boot) {

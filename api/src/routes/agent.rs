@@ -62,22 +62,58 @@ async fn inventory(
     Ok(Json(Instruction::Wait { poll_seconds: POLL_SECONDS }))
 }
 
-/// Ready machines wait in the ramdisk; a deploying one is handed its image
-/// until the agent reports it written or failed.
+/// Longest an instructions request is held open (`?wait_seconds=`); under
+/// the agent's 20 s request timeout.
+const MAX_HOLD_SECONDS: u64 = 15;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Hold {
+    /// Hold the request until there is work or this many seconds pass
+    /// (long poll), so a deploy starts within a second, not a poll period.
+    wait_seconds: Option<u64>,
+}
+
 async fn instructions(
     AgentMachine(id): AgentMachine,
     State(state): State<AppState>,
+    axum::extract::Query(hold): axum::extract::Query<Hold>,
 ) -> Result<Json<Instruction>, ApiError> {
-    let wait = Json(Instruction::Wait { poll_seconds: POLL_SECONDS });
-    let machine_state = state.store.machine(&id).await?.map(|m| m.state);
+    let hold = std::time::Duration::from_secs(hold.wait_seconds.unwrap_or(0).min(MAX_HOLD_SECONDS));
+    let deadline = tokio::time::Instant::now() + hold;
+    loop {
+        // Registered before looking, so a wake-up between the look and the
+        // wait is not missed.
+        let woken = state.work_posted.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let instruction = next_instruction(&state, &id).await?;
+        if !matches!(instruction, Instruction::Wait { .. }) || hold.is_zero() {
+            return Ok(Json(instruction));
+        }
+        tokio::select! {
+            _ = &mut woken => continue,
+            _ = tokio::time::sleep_until(deadline) => {
+                // Held the whole time: ask again right away.
+                return Ok(Json(Instruction::Wait { poll_seconds: 1 }));
+            }
+        }
+    }
+}
+
+/// Ready machines wait in the ramdisk; a deploying one is handed its image
+/// until the agent reports it written or failed; a releasing one, the wipe.
+async fn next_instruction(state: &AppState, id: &str) -> Result<Instruction, ApiError> {
+    let wait = Instruction::Wait { poll_seconds: POLL_SECONDS };
+    let machine_state = state.store.machine(id).await?.map(|m| m.state);
     if machine_state == Some(MachineState::Releasing) {
-        return Ok(match state.store.release_mode(&id).await? {
-            Some(mode) => Json(Instruction::Wipe { mode }),
+        return Ok(match state.store.release_mode(id).await? {
+            Some(mode) => Instruction::Wipe { mode },
             None => wait,
         });
     }
     let deploying = machine_state == Some(MachineState::Deploying);
-    let Some(deployment) = state.store.deployment(&id).await?.filter(|_| deploying) else {
+    let Some(deployment) = state.store.deployment(id).await?.filter(|_| deploying) else {
         return Ok(wait);
     };
     if matches!(deployment.phase, DeployPhase::Written | DeployPhase::Failed) {
@@ -88,13 +124,13 @@ async fn instructions(
         return Ok(wait);
     };
     let disk = deployment.spec.get("disk").cloned().map(serde_json::from_value).transpose().unwrap_or_default();
-    Ok(Json(Instruction::Deploy(DeploySpec {
+    Ok(Instruction::Deploy(DeploySpec {
         url_path: format!("/boot/images/{}.raw.zst", deployment.image),
         image: deployment.image,
         sha256,
         raw_bytes: raw_bytes as u64,
         disk: disk.unwrap_or_default(),
-    })))
+    }))
 }
 
 /// The outcome of a release's wipe: `ready` again, or `failed` in phase

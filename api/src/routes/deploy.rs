@@ -50,6 +50,7 @@ async fn release(
     }
     let machine = super::machines::find(&state, &id).await?;
     state.store.start_release(&machine.id, &mode, now_ms() + state.deploy_timeout_ms).await?;
+    state.work_posted.notify_waiters();
     tracing::info!(machine = machine.id, wipe = mode, "release requested");
     let machine = super::machines::find(&state, &machine.id).await?;
     Ok((StatusCode::ACCEPTED, Json(machine)))
@@ -110,6 +111,7 @@ async fn deploy(
     let spec = serde_json::to_value(&req).map_err(|e| bad("body", e.to_string()))?;
     let deployment =
         state.store.start_deployment(&machine.id, &image, &spec, now_ms() + state.deploy_timeout_ms).await?;
+    state.work_posted.notify_waiters();
     tracing::info!(machine = machine.id, image = req.image, hostname = req.hostname, "deployment requested");
     metrics::counter!("slipway_deployments_requested_total").increment(1);
     Ok((StatusCode::ACCEPTED, Json(deployment)))
@@ -323,5 +325,26 @@ mod flow_tests {
             StatusCode::CONFLICT,
             "a late report changes nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn a_held_instructions_request_returns_the_deploy_at_once() {
+        let t = app().await;
+        available_image(&t, "debian-12").await;
+        let (id, token) = ready_machine(&t, "52:54:00:00:00:34").await;
+        let boot = t.boot.clone();
+        let started = std::time::Instant::now();
+        let held = tokio::spawn(async move {
+            get(&boot, &format!("{}?wait_seconds=10", wire::INSTRUCTIONS_PATH), Some(&token)).await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let req = json!({ "image": "debian-12", "hostname": "node4" });
+        assert_eq!(
+            post(&t.operator, &format!("/api/v1/machines/{id}/deploy"), &t.admin, &req).await.0,
+            StatusCode::ACCEPTED
+        );
+        let (status, instruction) = held.await.unwrap();
+        assert_eq!((status, instruction["action"].as_str()), (StatusCode::OK, Some("deploy")));
+        assert!(started.elapsed() < std::time::Duration::from_secs(3), "woken by the deploy, not by the timeout");
     }
 }

@@ -40,6 +40,7 @@ pub async fn app() -> TestApp {
         deploy_timeout_ms: 600_000,
         images_dir: images_dir.clone(),
         release_wipe: "quick".into(),
+        work_posted: Default::default(),
     };
     TestApp { operator: operator_router(state.clone()), boot: boot_router(state), admin, _dir: dir }
 }
