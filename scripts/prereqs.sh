@@ -10,7 +10,8 @@ packages=(
   tftp-hpa curl atftp                              # real TFTP clients in tests
   dnsmasq-base                                     # the other DHCP server (proxy mode)
   isc-dhcp-relay                                   # a real DHCP relay (relay mode)
-  fdisk dosfstools mtools syslinux syslinux-common # the lab-tiny disk image, built unmounted
+  fdisk dosfstools mtools syslinux syslinux-common # lab disk images, built unmounted
+  debootstrap e2fsprogs                            # the lab-debian OS image
   ca-certificates gcc pkg-config                    # building crates
 )
 missing=()

@@ -377,6 +377,8 @@ mod tests {
             sha256: hex::encode(Sha256::digest(&raw)),
             raw_bytes: raw.len() as u64,
             disk: DiskHint::default(),
+            hostname: "node1".into(),
+            ssh_authorized_keys: vec![],
         };
         (raw, compressed, spec)
     }

@@ -9,6 +9,7 @@
 mod cmdline;
 mod deploy;
 mod facts;
+mod firstboot;
 mod net;
 
 use std::time::Duration;
@@ -89,15 +90,16 @@ fn run_deploy(client: &Client, spec: &DeploySpec, inventory: &inventory::Invento
     log(&format!("deploying {} ({} bytes)", spec.image, spec.raw_bytes));
     let outcome = deploy::choose_disk(&inventory.disks, &spec.disk).and_then(|target| {
         let disk = target.path.display().to_string();
-        let mut report = |phase: deploy::Phase, bytes: u64| {
-            let progress = DeployReport {
-                phase: phase.as_str().into(),
+        let progress = |phase: &str, bytes: u64| {
+            let report = DeployReport {
+                phase: phase.into(),
                 bytes_written: bytes,
                 disk: Some(disk.clone()),
                 error: None,
+                configured: None,
             };
             // Progress is best effort: a missed report must not stop the write.
-            if let Err(err) = client.report(&progress) {
+            if let Err(err) = client.report(&report) {
                 log(&format!("progress report failed: {err}"));
             }
         };
@@ -107,18 +109,38 @@ fn run_deploy(client: &Client, spec: &DeploySpec, inventory: &inventory::Invento
             .timeout_connect(Duration::from_secs(10))
             .timeout_read(Duration::from_secs(30))
             .build();
-        deploy::write_image(&stream, &url, spec, &target, &mut report).map(|()| disk)
+        deploy::write_image(&stream, &url, spec, &target, &mut |phase, bytes| progress(phase.as_str(), bytes))?;
+        progress("configuring", spec.raw_bytes);
+        let config = firstboot::FirstBoot {
+            hostname: spec.hostname.clone(),
+            ssh_authorized_keys: spec.ssh_authorized_keys.clone(),
+        };
+        let configured = match firstboot::apply(&target.path, &config)? {
+            firstboot::Applied::Written { partition } => format!("hostname and SSH keys written to {partition}"),
+            firstboot::Applied::NoRootFilesystem => {
+                "no ext4 root filesystem with /etc/os-release in the image: first-boot configuration skipped".into()
+            }
+        };
+        log(&configured);
+        Ok((disk, configured))
     });
     let report = match &outcome {
-        Ok(disk) => DeployReport {
+        Ok((disk, configured)) => DeployReport {
             phase: "written".into(),
             bytes_written: spec.raw_bytes,
             disk: Some(disk.clone()),
             error: None,
+            configured: Some(configured.clone()),
         },
         Err(error) => {
             log(&format!("deploy failed: {error}"));
-            DeployReport { phase: "failed".into(), bytes_written: 0, disk: None, error: Some(error.clone()) }
+            DeployReport {
+                phase: "failed".into(),
+                bytes_written: 0,
+                disk: None,
+                error: Some(error.clone()),
+                configured: None,
+            }
         }
     };
     // The outcome must reach the appliance: retry until it does.
@@ -152,6 +174,8 @@ fn write_image_by_hand(args: &[String]) -> i32 {
         sha256: sha256.clone(),
         raw_bytes,
         disk: Default::default(),
+        hostname: String::new(),
+        ssh_authorized_keys: vec![],
     };
     let http = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(10))

@@ -69,6 +69,25 @@ fn deploys_lab_tiny_and_each_node_boots_its_disk() {
     assert_torn_down();
 }
 
+/// A real OS: `lab-debian` (debootstrap with systemd, the kernel, containerd
+/// and docker.io; built once and cached) deployed to a BIOS node, written
+/// and verified by its agent, and booted from its disk to a login prompt.
+#[test]
+fn deploys_lab_debian_and_it_boots_to_a_login_prompt() {
+    if !lab_tests_enabled("lab_debian", &["qemu-system-x86_64", "ip", "debootstrap", "mkfs.ext4", "syslinux"]) {
+        return;
+    }
+    let report = run_lab(&["--nodes", "1", "--firmware", "bios", "--deploy", "lab-debian"]);
+    let node = &report["nodes"][0];
+    assert_eq!(node["state"], "deployed", "{node}");
+    let s = &node["seconds"];
+    assert!(
+        matches!((s["image_written"].as_f64(), s["disk_boot"].as_f64()), (Some(w), Some(d)) if w < d),
+        "written, then Debian's login prompt on the console: {s}"
+    );
+    assert_torn_down();
+}
+
 /// Runs `slipway lab up ARGS --report FILE`; returns the report after
 /// asserting the command succeeded.
 fn run_lab(args: &[&str]) -> Value {

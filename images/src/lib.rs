@@ -5,6 +5,7 @@
 
 pub mod catalog;
 mod cpio;
+pub mod lab_debian;
 pub mod lab_image;
 pub mod ramdisk;
 

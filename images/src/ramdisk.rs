@@ -25,7 +25,8 @@ use crate::cpio::{Entry, Writer};
 const BUILDER_VERSION: &str = "1";
 
 /// Drivers the discovery ramdisk loads: virtio for the lab, common Intel
-/// NICs and storage controllers for real racks. Dependencies are added.
+/// NICs and storage controllers for real racks, ext4 for first-boot
+/// configuration. Dependencies are added.
 const MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_net",
@@ -38,6 +39,9 @@ const MODULES: &[&str] = &[
     "nvme",
     "ahci",
     "sd_mod",
+    // Writing first-boot configuration into a deployed ext4 root.
+    "ext4",
+    "crc32c_generic",
 ];
 
 const INIT: &str = r#"#!/bin/busybox sh

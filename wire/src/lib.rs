@@ -68,6 +68,11 @@ pub struct DeploySpec {
     /// Size of the raw content.
     pub raw_bytes: u64,
     pub disk: DiskHint,
+    /// First-boot configuration written into the image's root filesystem.
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 /// Which disk to write: the first that matches every given field; with
@@ -88,7 +93,7 @@ pub struct DiskHint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeployReport {
-    /// `writing`, `verifying`, `written` or `failed`.
+    /// `writing`, `verifying`, `configuring`, `written` or `failed`.
     pub phase: String,
     pub bytes_written: u64,
     #[serde(default)]
@@ -96,4 +101,7 @@ pub struct DeployReport {
     /// Why it failed, for `failed`.
     #[serde(default)]
     pub error: Option<String>,
+    /// Where first-boot configuration went (with `written`), or why not.
+    #[serde(default)]
+    pub configured: Option<String>,
 }

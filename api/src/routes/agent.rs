@@ -130,6 +130,8 @@ async fn next_instruction(state: &AppState, id: &str) -> Result<Instruction, Api
         sha256,
         raw_bytes: raw_bytes as u64,
         disk: disk.unwrap_or_default(),
+        hostname: deployment.spec["hostname"].as_str().unwrap_or_default().to_string(),
+        ssh_authorized_keys: serde_json::from_value(deployment.spec["ssh_authorized_keys"].clone()).unwrap_or_default(),
     }))
 }
 
@@ -163,12 +165,13 @@ async fn deploy_report(
     let phase = match report.phase.as_str() {
         "writing" => DeployPhase::Writing,
         "verifying" => DeployPhase::Verifying,
+        "configuring" => DeployPhase::Configuring,
         "written" => DeployPhase::Written,
         "failed" => DeployPhase::Failed,
         other => {
             return Err(ApiError::BadRequest {
                 field: "phase".into(),
-                detail: format!("{other:?}: writing, verifying, written or failed"),
+                detail: format!("{other:?}: writing, verifying, configuring, written or failed"),
             })
         }
     };
@@ -176,7 +179,17 @@ async fn deploy_report(
         return Err(crate::store::StoreError::Conflict(format!("machine {id} is not deploying")).into());
     }
     let bytes = i64::try_from(report.bytes_written).unwrap_or(i64::MAX);
-    state.store.deploy_progress(&id, phase, bytes, report.disk.as_deref(), report.error.as_deref()).await?;
+    state
+        .store
+        .deploy_progress(
+            &id,
+            phase,
+            bytes,
+            report.disk.as_deref(),
+            report.error.as_deref(),
+            report.configured.as_deref(),
+        )
+        .await?;
     tracing::info!(
         machine = id,
         phase = report.phase,

@@ -229,6 +229,7 @@ mod flow_tests {
         assert_eq!(instruction["url_path"], "/boot/images/debian-12.raw.zst");
         assert_eq!(instruction["raw_bytes"], 1u64 << 20);
         assert_eq!(instruction["disk"]["name"], "vda");
+        assert_eq!(instruction["hostname"], "node1", "first-boot configuration travels with the image");
 
         let writing = json!({ "phase": "writing", "bytes_written": 4096, "disk": "/dev/vda" });
         assert_eq!(post(&t.boot, wire::DEPLOY_PATH, &token, &writing).await.1["action"], "wait");

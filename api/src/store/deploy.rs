@@ -58,6 +58,7 @@ pub enum DeployPhase {
     Requested,
     Writing,
     Verifying,
+    Configuring,
     Written,
     Failed,
 }
@@ -68,6 +69,7 @@ impl DeployPhase {
             DeployPhase::Requested => "requested",
             DeployPhase::Writing => "writing",
             DeployPhase::Verifying => "verifying",
+            DeployPhase::Configuring => "configuring",
             DeployPhase::Written => "written",
             DeployPhase::Failed => "failed",
         }
@@ -292,6 +294,7 @@ impl Store {
         bytes_written: i64,
         disk: Option<&str>,
         error: Option<&str>,
+        configured: Option<&str>,
     ) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         let before = sqlx::query("SELECT phase FROM deployments WHERE machine_id = $1")
@@ -316,8 +319,9 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if before != phase.as_str() {
-            let detail =
-                serde_json::json!({ "phase": phase, "bytes_written": bytes_written, "disk": disk, "error": error });
+            let detail = serde_json::json!({
+                "phase": phase, "bytes_written": bytes_written, "disk": disk, "error": error, "configured": configured,
+            });
             Self::event_in(&mut *tx, Some(machine_id), now_ms(), "deploy.phase", detail).await?;
         }
         tx.commit().await?;

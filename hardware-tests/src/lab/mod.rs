@@ -126,6 +126,8 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         mib(ramdisk.initrd_bytes)
     ));
 
+    let deploy_image = opts.deploy.as_deref().map(|image| prepare_image(image, &ramdisk, opts)).transpose()?;
+
     let work = Path::new(WORK_DIR);
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work).with_context(|| format!("creating {WORK_DIR}"))?;
@@ -197,8 +199,8 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     };
     let mut outcome = watch.until_all("ready", opts.timeout);
     let mut disk_boot_ms = vec![None; nodes.len()];
-    if let (Ok(()), Some(image)) = (&outcome, &opts.deploy) {
-        outcome = deploy_all(&mut watch, image, &ramdisk, opts, &mut disk_boot_ms);
+    if let (Ok(()), Some(image)) = (&outcome, deploy_image) {
+        outcome = deploy_all(&mut watch, image, opts, &mut disk_boot_ms);
     }
     let mut report = report::build(&client, API, &token, &nodes, accel, &ramdisk, &disk_boot_ms)?;
     report.appliance_peak_rss_kib = lab.children.peak_appliance_rss_kib;
@@ -404,32 +406,78 @@ impl Watch<'_> {
     }
 }
 
+/// An image ready to register: built (lab-tiny, lab-debian) or given.
+struct DeployImage {
+    name: String,
+    path: PathBuf,
+    format: &'static str,
+    /// The console line that shows a node runs it, when the image is ours.
+    marker: Option<&'static str>,
+    /// The console line carries the node's host name after the marker
+    /// (written by first-boot configuration), which is checked too.
+    marker_has_hostname: bool,
+}
+
+/// Builds or finds the image for `--deploy`; runs before the lab enters its
+/// namespace, where there is no route to Debian's mirror.
+fn prepare_image(image: &str, ramdisk: &images::Ramdisk, opts: &LabOptions) -> anyhow::Result<DeployImage> {
+    Ok(match image {
+        "lab-tiny" => {
+            progress("building the lab-tiny disk image (cached)");
+            let path = images::lab_image::ensure_lab_tiny(ramdisk, &opts.cache_dir).map_err(anyhow::Error::msg)?;
+            DeployImage {
+                name: "lab-tiny".into(),
+                path,
+                format: "raw",
+                marker: Some(images::lab_image::DISK_BOOT_MARKER),
+                marker_has_hostname: false,
+            }
+        }
+        "lab-debian" => {
+            progress("building lab-debian from Debian packages (cached; a few minutes the first time)");
+            let built = images::lab_debian::ensure_lab_debian(&opts.cache_dir, &mut |step| {
+                progress(&format!("lab-debian: {step}"))
+            })
+            .map_err(anyhow::Error::msg)?;
+            progress(&format!(
+                "lab-debian: {} MiB raw, {} MiB stored",
+                built.imported.raw_bytes >> 20,
+                built.imported.stored_bytes >> 20
+            ));
+            DeployImage {
+                name: "lab-debian".into(),
+                path: built.path,
+                format: "raw+zstd",
+                marker: Some(images::lab_debian::BOOTED_MARKER),
+                marker_has_hostname: true,
+            }
+        }
+        file => {
+            let path = std::fs::canonicalize(file)
+                .with_context(|| format!("--deploy {file}: not lab-tiny, lab-debian or a file"))?;
+            let format = match path.extension().and_then(|e| e.to_str()) {
+                Some("qcow2") => "qcow2",
+                Some("zst") => "raw+zstd",
+                _ => "raw",
+            };
+            let stem =
+                path.file_name().and_then(|n| n.to_str()).unwrap_or("image").split('.').next().unwrap_or("image");
+            let name: String =
+                stem.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+            DeployImage { name, path, format, marker: None, marker_has_hostname: false }
+        }
+    })
+}
+
 /// Registers the image, deploys it to every node, waits until each is
 /// `deployed` and (for lab-tiny) has booted its disk.
 fn deploy_all(
     watch: &mut Watch,
-    image: &str,
-    ramdisk: &images::Ramdisk,
+    image: DeployImage,
     opts: &LabOptions,
     disk_boot_ms: &mut [Option<i64>],
 ) -> anyhow::Result<()> {
-    let (name, path, format) = if image == "lab-tiny" {
-        progress("building the lab-tiny disk image (cached)");
-        let path = images::lab_image::ensure_lab_tiny(ramdisk, &opts.cache_dir).map_err(anyhow::Error::msg)?;
-        ("lab-tiny".to_string(), path, "raw")
-    } else {
-        let path =
-            std::fs::canonicalize(image).with_context(|| format!("--deploy {image}: not lab-tiny and not a file"))?;
-        let format = match path.extension().and_then(|e| e.to_str()) {
-            Some("qcow2") => "qcow2",
-            Some("zst") => "raw+zstd",
-            _ => "raw",
-        };
-        let stem = path.file_name().and_then(|n| n.to_str()).unwrap_or("image").split('.').next().unwrap_or("image");
-        let name: String =
-            stem.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-        (name, path, format)
-    };
+    let DeployImage { name, path, format, marker, marker_has_hostname } = image;
     let body = serde_json::json!({ "name": name, "os": "lab", "version": "1", "format": format, "source_path": path });
     watch.post("/api/v1/images", &body)?;
     let began = Instant::now();
@@ -467,19 +515,19 @@ fn deploy_all(
         progress_at(watch.started, &format!("{}: deploying {name}", spec.name));
     }
     watch.until_all("deployed", opts.timeout)?;
-    if image != "lab-tiny" {
+    let Some(marker) = marker else {
         return Ok(());
-    }
-    // The disk's own kernel command line carries the marker.
+    };
     let began = Instant::now();
     while disk_boot_ms.iter().any(Option::is_none) {
         watch.check()?;
         for (i, (spec, _)) in watch.nodes.iter().enumerate() {
             let log = std::fs::read(spec.serial_log()).unwrap_or_default();
-            if disk_boot_ms[i].is_none() && String::from_utf8_lossy(&log).contains(images::lab_image::DISK_BOOT_MARKER)
-            {
+            // Deployed with hostname = the node's name.
+            let wanted = if marker_has_hostname { format!("{marker} {} ", spec.name) } else { marker.to_string() };
+            if disk_boot_ms[i].is_none() && String::from_utf8_lossy(&log).contains(&wanted) {
                 disk_boot_ms[i] = Some(now_ms());
-                progress_at(watch.started, &format!("{}: booted lab-tiny from its disk", spec.name));
+                progress_at(watch.started, &format!("{}: booted {name} from its disk", spec.name));
             }
         }
         if began.elapsed() > opts.timeout {

@@ -1,0 +1,245 @@
+//! `lab-debian`: a real OS image built from Debian packages, the way a user
+//! can build their own. `debootstrap` (systemd, the kernel, containerd,
+//! docker.io) into a directory, a few files of configuration, then a BIOS
+//! disk assembled without mounting anything: an MBR with syslinux, a FAT
+//! boot partition holding the kernel and Debian's own initramfs, and an
+//! ext4 root made by `mkfs.ext4 -d`. Stored as raw+zstd, cached under a
+//! digest of the recipe.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{self, Imported, SourceFormat};
+
+/// Debian release and the packages on top of `minbase`.
+pub const SUITE: &str = "bookworm";
+pub const MIRROR: &str = "http://deb.debian.org/debian";
+pub const PACKAGES: &[&str] =
+    &["systemd-sysv", "udev", "kmod", "iproute2", "linux-image-amd64", "containerd", "docker.io"];
+/// Bumped whenever the steps below change what is built.
+const RECIPE: u32 = 1;
+/// What the image's serial console shows once it reaches a login prompt;
+/// the lab looks for it.
+pub const BOOTED_MARKER: &str = "Slipway lab-debian";
+pub const ROOT_LABEL: &str = "slipway-root";
+
+const BOOT_MIB: u64 = 128;
+const BOOT_START: u64 = 2048;
+const MBR_BIN: &str = "/usr/lib/syslinux/mbr/mbr.bin";
+
+/// The cached image and what the catalog needs to know of it.
+#[derive(Debug, Clone)]
+pub struct LabDebian {
+    /// raw+zstd.
+    pub path: PathBuf,
+    pub imported: Imported,
+}
+
+fn key() -> String {
+    let recipe = format!("{RECIPE} {SUITE} {MIRROR} {}", PACKAGES.join(","));
+    hex::encode(&Sha256::digest(recipe.as_bytes())[..8])
+}
+
+/// Returns the cached image, building it (a few minutes: debootstrap) if
+/// needed. `progress` hears each step.
+pub fn ensure_lab_debian(cache_dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<LabDebian, String> {
+    let key = key();
+    let path = cache_dir.join(format!("lab-debian-{key}.raw.zst"));
+    let meta = cache_dir.join(format!("lab-debian-{key}.json"));
+    if let (true, Ok(text)) = (path.is_file(), std::fs::read_to_string(&meta)) {
+        if let Ok((raw_bytes, sha256)) = serde_json::from_str::<(u64, String)>(&text) {
+            let stored_bytes = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
+            return Ok(LabDebian { path, imported: Imported { raw_bytes, sha256, stored_bytes } });
+        }
+    }
+    for tool in ["debootstrap", "mkfs.ext4", "sfdisk", "mkfs.vfat", "mcopy", "syslinux"] {
+        if which(tool).is_none() {
+            return Err(format!("{tool} is missing (scripts/prereqs.sh installs it)"));
+        }
+    }
+    let work = cache_dir.join(format!("lab-debian-{key}.building"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let result = build(&work, &path, progress);
+    let _ = std::fs::remove_dir_all(&work);
+    let imported = result?;
+    std::fs::write(&meta, serde_json::to_string(&(imported.raw_bytes, &imported.sha256)).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    Ok(LabDebian { path, imported })
+}
+
+fn build(work: &Path, out: &Path, progress: &mut dyn FnMut(&str)) -> Result<Imported, String> {
+    let root = work.join("root");
+    progress(&format!("debootstrap {SUITE} with {}", PACKAGES.join(", ")));
+    run(Command::new("debootstrap")
+        .arg("--variant=minbase")
+        .arg(format!("--include={}", PACKAGES.join(",")))
+        .arg(SUITE)
+        .arg(&root)
+        .arg(MIRROR))?;
+    progress("configuring the root filesystem");
+    configure(&root)?;
+
+    let (kernel, initrd) = boot_files(&root)?;
+    let boot = work.join("boot.img");
+    run(Command::new("mkfs.vfat").args(["-n", "BOOT", "-C"]).arg(&boot).arg((BOOT_MIB * 1024).to_string()))?;
+    let cfg = work.join("syslinux.cfg");
+    write(
+        &cfg,
+        &format!(
+            "SERIAL 0 115200\nDEFAULT debian\nPROMPT 0\nTIMEOUT 0\nLABEL debian\n  KERNEL vmlinuz\n  \
+             APPEND initrd=initrd.img root=LABEL={ROOT_LABEL} ro console=ttyS0,115200\n"
+        ),
+    )?;
+    let staged_kernel = work.join("vmlinuz");
+    let staged_initrd = work.join("initrd.img");
+    std::fs::copy(&kernel, &staged_kernel).map_err(|e| e.to_string())?;
+    std::fs::copy(&initrd, &staged_initrd).map_err(|e| e.to_string())?;
+    run(Command::new("mcopy").arg("-i").arg(&boot).arg(&staged_kernel).arg(&staged_initrd).arg(&cfg).arg("::/"))?;
+    run(Command::new("syslinux").arg("--install").arg(&boot))?;
+
+    progress("making the ext4 root (mkfs.ext4 -d)");
+    let used = du_bytes(&root)?;
+    let root_mib = ((used * 13 / 10) >> 20) + 256;
+    let root_img = work.join("root.img");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-L", ROOT_LABEL, "-d"])
+        .arg(&root)
+        .arg(&root_img)
+        .arg(format!("{root_mib}M")))?;
+
+    progress("assembling the disk");
+    let disk = work.join("disk.raw");
+    let root_start = BOOT_START + BOOT_MIB * 2048;
+    let total = (root_start * 512) + (root_mib << 20);
+    File::create(&disk).and_then(|f| f.set_len(total)).map_err(|e| e.to_string())?;
+    let table = format!("{BOOT_START},{},c,*\n{root_start},,83\n", BOOT_MIB * 2048);
+    run_with_stdin(Command::new("sfdisk").arg("--quiet").arg(&disk), &table)?;
+    let mut image = OpenOptions::new().write(true).open(&disk).map_err(|e| e.to_string())?;
+    for (offset, part) in [(BOOT_START * 512, &boot), (root_start * 512, &root_img)] {
+        image.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+        std::io::copy(&mut File::open(part).map_err(|e| e.to_string())?, &mut image).map_err(|e| e.to_string())?;
+    }
+    let mbr = std::fs::read(MBR_BIN).map_err(|e| format!("{MBR_BIN}: {e}"))?;
+    image.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    image.write_all(&mbr[..mbr.len().min(440)]).map_err(|e| e.to_string())?;
+    drop(image);
+
+    progress("compressing (raw+zstd)");
+    let raw = File::open(&disk).map_err(|e| e.to_string())?;
+    catalog::import_stream(raw, SourceFormat::Raw, out, None, &mut |_| {}).map_err(|e| e.to_string())
+}
+
+/// What differs from a plain debootstrap: networking by DHCP on every NIC,
+/// a root without password on the console (a lab), a fresh machine-id per
+/// node, and a console banner the lab recognises.
+fn configure(root: &Path) -> Result<(), String> {
+    write(&root.join("etc/fstab"), &format!("LABEL={ROOT_LABEL} / ext4 errors=remount-ro 0 1\n"))?;
+    write(&root.join("etc/hostname"), "lab-debian\n")?;
+    write(&root.join("etc/hosts"), "127.0.0.1 localhost\n127.0.1.1 lab-debian\n")?;
+    write(&root.join("etc/issue"), &format!("{BOOTED_MARKER} \\n \\l\n\n"))?;
+    write(&root.join("etc/systemd/network/80-dhcp.network"), "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n")?;
+    for (unit, wants) in
+        [("systemd-networkd.service", "multi-user.target.wants"), ("systemd-networkd.socket", "sockets.target.wants")]
+    {
+        let dir = root.join("etc/systemd/system").join(wants);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let link = dir.join(unit);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(format!("/lib/systemd/system/{unit}"), &link).map_err(|e| e.to_string())?;
+    }
+    let shadow = root.join("etc/shadow");
+    let text = std::fs::read_to_string(&shadow).map_err(|e| e.to_string())?;
+    let text: String =
+        text.lines()
+            .map(|l| {
+                if l.starts_with("root:") {
+                    format!("root::{}", l.splitn(3, ':').nth(2).unwrap_or(""))
+                } else {
+                    l.into()
+                }
+            })
+            .map(|l| l + "\n")
+            .collect();
+    write(&shadow, &text)?;
+    write(&root.join("etc/machine-id"), "")?;
+    let _ = std::fs::remove_file(root.join("var/lib/dbus/machine-id"));
+    // Downloaded packages are not part of the image.
+    if let Ok(entries) = std::fs::read_dir(root.join("var/cache/apt/archives")) {
+        for e in entries.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "deb")) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// The kernel and initramfs Debian installed (`/boot/vmlinuz-*`).
+fn boot_files(root: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let boot = root.join("boot");
+    let mut kernels: Vec<PathBuf> = std::fs::read_dir(&boot)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .collect();
+    kernels.sort();
+    let kernel = kernels.pop().ok_or("no kernel in /boot of the image")?;
+    let release = kernel.file_name().unwrap_or_default().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
+    let initrd = boot.join(format!("initrd.img-{release}"));
+    if !initrd.is_file() {
+        return Err(format!("no initramfs for {release} in /boot of the image"));
+    }
+    Ok((kernel, initrd))
+}
+
+fn du_bytes(dir: &Path) -> Result<u64, String> {
+    let out = Command::new("du").arg("-sb").arg(dir).output().map_err(|e| e.to_string())?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("du {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let name = format!("{:?}", cmd.get_program());
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{name}: {e}"))?;
+    if !out.status.success() {
+        let tail: String = String::from_utf8_lossy(&out.stdout).lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+        return Err(format!("{name} failed: {} {tail}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+fn run_with_stdin(cmd: &mut Command, input: &str) -> Result<(), String> {
+    let name = format!("{:?}", cmd.get_program());
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{name}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("{name}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{name} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
+}
