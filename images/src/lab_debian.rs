@@ -9,11 +9,12 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{self, Imported, SourceFormat};
+use crate::tools::{run, which};
 
 /// Debian release and the packages on top of `minbase`.
 pub const SUITE: &str = "bookworm";
@@ -75,18 +76,21 @@ pub fn ensure_lab_debian(cache_dir: &Path, progress: &mut dyn FnMut(&str)) -> Re
 fn build(work: &Path, out: &Path, progress: &mut dyn FnMut(&str)) -> Result<Imported, String> {
     let root = work.join("root");
     progress(&format!("debootstrap {SUITE} with {}", PACKAGES.join(", ")));
-    run(Command::new("debootstrap")
-        .arg("--variant=minbase")
-        .arg(format!("--include={}", PACKAGES.join(",")))
-        .arg(SUITE)
-        .arg(&root)
-        .arg(MIRROR))?;
+    run(
+        Command::new("debootstrap")
+            .arg("--variant=minbase")
+            .arg(format!("--include={}", PACKAGES.join(",")))
+            .arg(SUITE)
+            .arg(&root)
+            .arg(MIRROR),
+        None,
+    )?;
     progress("configuring the root filesystem");
     configure(&root)?;
 
     let (kernel, initrd) = boot_files(&root)?;
     let boot = work.join("boot.img");
-    run(Command::new("mkfs.vfat").args(["-n", "BOOT", "-C"]).arg(&boot).arg((BOOT_MIB * 1024).to_string()))?;
+    run(Command::new("mkfs.vfat").args(["-n", "BOOT", "-C"]).arg(&boot).arg((BOOT_MIB * 1024).to_string()), None)?;
     let cfg = work.join("syslinux.cfg");
     write(
         &cfg,
@@ -99,18 +103,21 @@ fn build(work: &Path, out: &Path, progress: &mut dyn FnMut(&str)) -> Result<Impo
     let staged_initrd = work.join("initrd.img");
     std::fs::copy(&kernel, &staged_kernel).map_err(|e| e.to_string())?;
     std::fs::copy(&initrd, &staged_initrd).map_err(|e| e.to_string())?;
-    run(Command::new("mcopy").arg("-i").arg(&boot).arg(&staged_kernel).arg(&staged_initrd).arg(&cfg).arg("::/"))?;
-    run(Command::new("syslinux").arg("--install").arg(&boot))?;
+    run(Command::new("mcopy").arg("-i").arg(&boot).arg(&staged_kernel).arg(&staged_initrd).arg(&cfg).arg("::/"), None)?;
+    run(Command::new("syslinux").arg("--install").arg(&boot), None)?;
 
     progress("making the ext4 root (mkfs.ext4 -d)");
     let used = du_bytes(&root)?;
     let root_mib = ((used * 13 / 10) >> 20) + 256;
     let root_img = work.join("root.img");
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-L", ROOT_LABEL, "-d"])
-        .arg(&root)
-        .arg(&root_img)
-        .arg(format!("{root_mib}M")))?;
+    run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-L", ROOT_LABEL, "-d"])
+            .arg(&root)
+            .arg(&root_img)
+            .arg(format!("{root_mib}M")),
+        None,
+    )?;
 
     progress("assembling the disk");
     let disk = work.join("disk.raw");
@@ -118,7 +125,7 @@ fn build(work: &Path, out: &Path, progress: &mut dyn FnMut(&str)) -> Result<Impo
     let total = (root_start * 512) + (root_mib << 20);
     File::create(&disk).and_then(|f| f.set_len(total)).map_err(|e| e.to_string())?;
     let table = format!("{BOOT_START},{},c,*\n{root_start},,83\n", BOOT_MIB * 2048);
-    run_with_stdin(Command::new("sfdisk").arg("--quiet").arg(&disk), &table)?;
+    run(Command::new("sfdisk").arg("--quiet").arg(&disk), Some(&table))?;
     let mut image = OpenOptions::new().write(true).open(&disk).map_err(|e| e.to_string())?;
     for (offset, part) in [(BOOT_START * 512, &boot), (root_start * 512, &root_img)] {
         image.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
@@ -210,36 +217,4 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let name = format!("{:?}", cmd.get_program());
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{name}: {e}"))?;
-    if !out.status.success() {
-        let tail: String = String::from_utf8_lossy(&out.stdout).lines().rev().take(5).collect::<Vec<_>>().join(" | ");
-        return Err(format!("{name} failed: {} {tail}", String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    Ok(())
-}
-
-fn run_with_stdin(cmd: &mut Command, input: &str) -> Result<(), String> {
-    let name = format!("{:?}", cmd.get_program());
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{name}: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
-    }
-    let out = child.wait_with_output().map_err(|e| format!("{name}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("{name} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    Ok(())
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
 }

@@ -10,6 +10,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::tools::{run, which};
 use crate::Ramdisk;
 
 /// What the disk's kernel command line carries; the lab watches for it.
@@ -68,27 +69,4 @@ fn build(ramdisk: &Ramdisk, work: &Path, out: &Path) -> Result<(), String> {
     image.write_all(&mbr[..mbr.len().min(440)]).map_err(|e| e.to_string())?;
     image.sync_all().map_err(|e| e.to_string())?;
     std::fs::rename(&disk, out).map_err(|e| e.to_string())
-}
-
-fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<(), String> {
-    use std::process::Stdio;
-    let name = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{name}: {e}"))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
-    }
-    let output = child.wait_with_output().map_err(|e| format!("{name}: {e}"))?;
-    if !output.status.success() {
-        return Err(format!("{name} failed: {}", String::from_utf8_lossy(&output.stderr).trim()));
-    }
-    Ok(())
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
 }

@@ -8,5 +8,6 @@ mod cpio;
 pub mod lab_debian;
 pub mod lab_image;
 pub mod ramdisk;
+pub mod tools;
 
 pub use ramdisk::{ensure_ramdisk, Ramdisk, RamdiskError, RamdiskInputs};

@@ -351,13 +351,10 @@ mod tests {
     const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
     const OTHER: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
 
+    /// Two addresses in the pool (so exhaustion is easy to reach) and a
+    /// relayed rack.
     pub(crate) fn config() -> DhcpConfig {
         DhcpConfig {
-            server_ip: Ipv4Addr::new(10, 77, 0, 1),
-            netmask: Ipv4Addr::new(255, 255, 255, 0),
-            router: None,
-            dns: vec![],
-            pool_start: Ipv4Addr::new(10, 77, 0, 100),
             pool_end: Ipv4Addr::new(10, 77, 0, 101),
             relay_subnets: vec![Subnet {
                 network: Ipv4Addr::new(10, 78, 0, 0),
@@ -368,17 +365,7 @@ mod tests {
             }],
             lease_secs: 3600,
             offer_hold_secs: 60,
-            boot: BootConfig {
-                tftp_server: Ipv4Addr::new(10, 77, 0, 1),
-                http_base: "http://10.77.0.1:8081".into(),
-                bios_file: "undionly.kpxe".into(),
-                uefi_file: "snponly.efi".into(),
-                arm64_file: String::new(),
-            },
-            mode: DhcpMode::Authoritative,
-            reservations: HashMap::new(),
-            deny: HashSet::new(),
-            answer_unknown: true,
+            ..DhcpConfig::example()
         }
     }
 
