@@ -14,16 +14,31 @@ packages=(
   debootstrap e2fsprogs                            # the lab-debian OS image
   ca-certificates gcc pkg-config                    # building crates
 )
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
+find_missing() {
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+}
+export DEBIAN_FRONTEND=noninteractive
+find_missing
 if [ "${#missing[@]}" -gt 0 ] || ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
   echo "prereqs: installing ${missing[*]:-(package lists only)}"
-  export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   [ "${#missing[@]}" -eq 0 ] || apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Installing one package can remove another: a machine with a backported
+# qemu-utils loses it when Debian's qemu-system-x86 comes in. Check again.
+find_missing
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "prereqs: installing ${missing[*]} (removed by the first round)"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  find_missing
+  [ "${#missing[@]}" -eq 0 ] || { echo "prereqs: could not install ${missing[*]}" >&2; exit 1; }
+fi
+for tool in qemu-img qemu-system-x86_64 debootstrap; do
+  command -v "$tool" >/dev/null || { echo "prereqs: $tool missing after install" >&2; exit 1; }
+done
 
 if ! command -v cargo >/dev/null 2>&1; then
   # Debian's own toolchain is older than this workspace needs; a rustup
