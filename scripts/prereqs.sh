@@ -11,6 +11,7 @@ packages=(
   dnsmasq-base                                     # the other DHCP server (proxy mode)
   isc-dhcp-relay                                   # a real DHCP relay (relay mode)
   fdisk dosfstools mtools syslinux syslinux-common # lab disk images, built unmounted
+  gdisk                                            # sgdisk checks the GPTs the agent grows
   debootstrap e2fsprogs                            # the lab-debian OS image
   ca-certificates gcc pkg-config                    # building crates
 )
