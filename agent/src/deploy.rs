@@ -378,7 +378,7 @@ mod tests {
             raw_bytes: raw.len() as u64,
             disk: DiskHint::default(),
             hostname: "node1".into(),
-            ssh_authorized_keys: vec![],
+            ..Default::default()
         };
         (raw, compressed, spec)
     }

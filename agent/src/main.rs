@@ -10,7 +10,9 @@ mod cmdline;
 mod deploy;
 mod facts;
 mod firstboot;
+mod grow;
 mod net;
+mod node;
 
 use std::time::Duration;
 
@@ -18,8 +20,10 @@ use wire::{DeployReport, DeploySpec, Hello, Instruction, WipeReport};
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("write-image") {
-        std::process::exit(write_image_by_hand(&argv[2..]));
+    match argv.get(1).map(String::as_str) {
+        Some("write-image") => std::process::exit(write_image_by_hand(&argv[2..])),
+        Some("node") => run_node(argv.get(2).map_or(wire::NODE_CONFIG_PATH, String::as_str)),
+        _ => {}
     }
     let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let args = match cmdline::parse(&text) {
@@ -35,7 +39,7 @@ fn main() {
     log(&format!("starting, api {} mac {}", args.api, args.mac));
     retry("bring the network up", || net::bring_up(&args.mac));
 
-    let client = Client::new(&args);
+    let client = Client::new(&args.api, &args.token);
     let hello =
         Hello { mac: args.mac.clone(), agent_version: env!("CARGO_PKG_VERSION").into(), mode: "discovery".into() };
     retry("say hello", || client.post(wire::HELLO_PATH, &hello));
@@ -60,7 +64,7 @@ fn main() {
             }
             Instruction::PowerOff => run_final("poweroff"),
             Instruction::Reboot => run_final("reboot"),
-            Instruction::Deploy(spec) => next = Some(run_deploy(&client, &spec, &inventory)),
+            Instruction::Deploy(spec) => next = Some(run_deploy(&client, &spec, &inventory, &args.mac)),
             Instruction::Wipe { mode } => next = Some(run_wipe(&client, &mode, &inventory)),
         }
     }
@@ -86,7 +90,7 @@ fn run_wipe(client: &Client, mode: &str, inventory: &inventory::Inventory) -> In
 
 /// Writes the image and reports the outcome; returns what the appliance
 /// says to do next (reboot after `written`).
-fn run_deploy(client: &Client, spec: &DeploySpec, inventory: &inventory::Inventory) -> Instruction {
+fn run_deploy(client: &Client, spec: &DeploySpec, inventory: &inventory::Inventory, mac: &str) -> Instruction {
     log(&format!("deploying {} ({} bytes)", spec.image, spec.raw_bytes));
     let outcome = deploy::choose_disk(&inventory.disks, &spec.disk).and_then(|target| {
         let disk = target.path.display().to_string();
@@ -111,16 +115,43 @@ fn run_deploy(client: &Client, spec: &DeploySpec, inventory: &inventory::Invento
             .build();
         deploy::write_image(&stream, &url, spec, &target, &mut |phase, bytes| progress(phase.as_str(), bytes))?;
         progress("configuring", spec.raw_bytes);
+        // Verified first: only then is it safe to change the table. The
+        // root filesystem follows at first boot (slipway-firstboot).
+        let grown = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&target.path)
+            .map_err(|e| format!("{}: {e}", target.path.display()))
+            .and_then(|mut disk| {
+                let grown = grow::grow_last_partition(&mut disk, target.capacity)?;
+                disk.sync_all().map_err(|e| format!("{}: {e}", target.path.display()))?;
+                Ok(grown)
+            })?;
+        log(&format!("partition table: {grown:?}"));
+        // The node agent is this very binary, with a credential of its own.
+        let node = (!spec.node_token.is_empty())
+            .then(|| std::env::current_exe().ok())
+            .flatten()
+            .map(|exe| (exe, node::NodeConfig { api: client.api.clone(), token: spec.node_token.clone() }));
         let config = firstboot::FirstBoot {
             hostname: spec.hostname.clone(),
             ssh_authorized_keys: spec.ssh_authorized_keys.clone(),
+            users: spec.users.clone(),
+            network: spec.network.clone(),
+            user_data: spec.user_data.clone(),
+            boot_mac: mac.to_string(),
+            node,
         };
         let configured = match firstboot::apply(&target.path, &config)? {
-            firstboot::Applied::Written { partition } => format!("hostname and SSH keys written to {partition}"),
+            firstboot::Applied::Written { partition } => format!(
+                "host name, keys, users, network, containerd and {} written to {partition}",
+                if config.node.is_some() { "the node agent" } else { "no node agent" }
+            ),
             firstboot::Applied::NoRootFilesystem => {
                 "no ext4 root filesystem with /etc/os-release in the image: first-boot configuration skipped".into()
             }
         };
+        let configured = format!("{configured}; partition table: {grown:?}");
         log(&configured);
         Ok((disk, configured))
     });
@@ -152,6 +183,24 @@ fn run_deploy(client: &Client, spec: &DeploySpec, inventory: &inventory::Invento
     reply.unwrap_or(Instruction::Wait { poll_seconds: 10 })
 }
 
+/// `slipway-agent node [CONFIG]`: the node agent on a deployed OS (a
+/// systemd service written at deploy).
+fn run_node(config_path: &str) -> ! {
+    let config = std::fs::read_to_string(config_path)
+        .map_err(|e| format!("{config_path}: {e}"))
+        .and_then(|text| node::parse_config(&text));
+    match config {
+        Ok(config) => {
+            log(&format!("node agent reporting to {}", config.api));
+            node::run(&config)
+        }
+        Err(err) => {
+            log(&err);
+            std::process::exit(2)
+        }
+    }
+}
+
 /// `slipway-agent write-image URL SHA256 RAW_BYTES TARGET`: the deploy's
 /// write pipeline by hand (benchmarks, recovering a disk). Exit 0 only when
 /// the target verified.
@@ -173,9 +222,7 @@ fn write_image_by_hand(args: &[String]) -> i32 {
         url_path: String::new(),
         sha256: sha256.clone(),
         raw_bytes,
-        disk: Default::default(),
-        hostname: String::new(),
-        ssh_authorized_keys: vec![],
+        ..Default::default()
     };
     let http = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(10))
@@ -227,9 +274,9 @@ struct Client {
 }
 
 impl Client {
-    fn new(args: &cmdline::Args) -> Client {
+    fn new(api: &str, token: &str) -> Client {
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build();
-        Client { agent, api: args.api.clone(), auth: format!("Bearer {}", args.token) }
+        Client { agent, api: api.to_string(), auth: format!("Bearer {token}") }
     }
 
     fn post<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<(), String> {
@@ -246,7 +293,7 @@ impl Client {
     }
 
     /// Posts `body`; the reply is the next instruction.
-    fn post_for<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<Instruction, String> {
+    fn post_for<T: serde::Serialize, R: serde::de::DeserializeOwned>(&self, path: &str, body: &T) -> Result<R, String> {
         self.agent
             .post(&format!("{}{path}", self.api))
             .set("Authorization", &self.auth)

@@ -55,3 +55,19 @@ impl FromRequestParts<AppState> for AgentMachine {
         }
     }
 }
+
+/// A node agent's request (slipway-agent on a deployed OS); carries the id
+/// of the machine its credential was issued to with the deploy.
+pub struct NodeMachine(pub String);
+
+impl FromRequestParts<AppState> for NodeMachine {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+        match state.store.machine_for_node_token(token).await? {
+            Some(id) => Ok(NodeMachine(id)),
+            None => Err(ApiError::Unauthorized("the node token is not valid (the machine was redeployed or released)")),
+        }
+    }
+}

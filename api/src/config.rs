@@ -85,6 +85,9 @@ pub struct ProvisioningConfig {
     /// A machine still `deploying` (or `releasing`) after this long is
     /// marked failed.
     pub deploy_timeout_secs: u64,
+    /// A deployed machine asked to join a cluster and not a member after
+    /// this long is marked failed.
+    pub join_timeout_secs: u64,
     /// How a release wipes disks unless the request says: `quick`
     /// (partition tables and signatures) or `full` (every byte).
     pub release_wipe: String,
@@ -147,6 +150,7 @@ impl Default for Config {
                 relay_subnets: vec![],
                 discovery_timeout_secs: 900,
                 deploy_timeout_secs: 3600,
+                join_timeout_secs: 1800,
                 release_wipe: "quick".into(),
             },
             boot: BootFilesConfig {

@@ -50,12 +50,67 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Parses a JSON body, naming the offending field (serde's path) on error.
+/// Parses a JSON body, naming the offending field by its path
+/// (`disk.serial`, `users[0].name`) on error.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        let detail = e.to_string();
-        // serde_json reports "unknown field `x`" / "missing field `x`".
-        let field = detail.split('`').nth(1).map_or_else(|| "body".to_string(), str::to_string);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let detail = e.inner().to_string();
+        // An unknown or missing field is reported at its parent: name it.
+        let named = ["unknown field `", "missing field `"]
+            .iter()
+            .find_map(|p| detail.strip_prefix(p))
+            .and_then(|rest| rest.split('`').next());
+        let field = match (path.as_str(), named) {
+            (".", Some(name)) => name.to_string(),
+            (".", None) => "body".to_string(),
+            (parent, Some(name)) if !parent.ends_with(name) => format!("{parent}.{name}"),
+            (path, _) => path.to_string(),
+        };
         ApiError::BadRequest { field, detail }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        name: String,
+        #[serde(default)]
+        inner: Option<Inner>,
+        #[serde(default)]
+        list: Vec<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        count: u32,
+    }
+
+    fn field(body: &str) -> String {
+        match parse_json::<Outer>(body.as_bytes()) {
+            Err(ApiError::BadRequest { field, .. }) => field,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field_by_its_path() {
+        assert_eq!(field(r#"{}"#), "name");
+        assert_eq!(field(r#"{"name": 1}"#), "name");
+        assert_eq!(field(r#"{"name": "a", "extra": 1}"#), "extra");
+        assert_eq!(field(r#"{"name": "a", "inner": {"count": "x"}}"#), "inner.count");
+        assert_eq!(field(r#"{"name": "a", "inner": {"count": 1, "colour": 1}}"#), "inner.colour");
+        assert_eq!(field(r#"{"name": "a", "inner": {}}"#), "inner.count");
+        assert_eq!(field(r#"{"name": "a", "list": [{"count": 1}, {"count": -1}]}"#), "list[1].count");
+        assert_eq!(field(r#"{"name": "#), "name", "truncated where name's value should be");
+        assert_eq!(field("not json"), "body");
+    }
 }

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 mod dhcp_backend;
 pub mod error;
+pub mod join;
 pub mod lifecycle;
 mod routes;
 pub mod serve;
@@ -28,6 +29,7 @@ pub struct AppState {
     pub boot: Option<Arc<BootContext>>,
     pub discovery_timeout_ms: i64,
     pub deploy_timeout_ms: i64,
+    pub join_timeout_ms: i64,
     /// `quick` or `full`: how a release wipes unless the request says.
     pub release_wipe: String,
     /// Woken when work is posted for some agent (a deploy, a release), so

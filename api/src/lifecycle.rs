@@ -82,6 +82,9 @@ pub enum Trigger {
     Wiped,
     /// The agent could not wipe them.
     WipeFailed,
+    /// The node agent on the deployed OS reported membership, as the
+    /// cluster itself confirms it.
+    ClusterJoined,
 }
 
 impl Trigger {
@@ -95,6 +98,7 @@ impl Trigger {
             Trigger::ReleaseRequested => "release requested",
             Trigger::Wiped => "disks wiped by the agent",
             Trigger::WipeFailed => "the agent could not wipe the disks",
+            Trigger::ClusterJoined => "the node agent reported cluster membership",
         }
     }
 }
@@ -114,11 +118,13 @@ pub fn next(state: MachineState, trigger: Trigger) -> Option<Transition> {
     match (state, trigger) {
         // A failed discovery is retried by simply booting again.
         (Discovering | Ready | Failed, Trigger::InventoryReceived) => to(Ready),
-        (Discovering | Deploying | Releasing, Trigger::DeadlinePassed) => {
+        // Deployed waits (with a deadline) only when a cluster join was asked for.
+        (Discovering | Deploying | Deployed | Releasing, Trigger::DeadlinePassed) => {
             Some(Transition { to: Failed, failed_phase: Some(state) })
         }
         (Ready, Trigger::DeployRequested) => to(Deploying),
         (Deploying, Trigger::ImageWritten) => to(Deployed),
+        (Deployed, Trigger::ClusterJoined) => to(Joined),
         (Deploying, Trigger::DeployFailed) => Some(Transition { to: Failed, failed_phase: Some(Deploying) }),
         (Deployed | Joined | Failed, Trigger::ReleaseRequested) => to(Releasing),
         (Releasing, Trigger::Wiped) => to(Ready),
@@ -171,6 +177,10 @@ mod tests {
         let t = next(Deploying, Trigger::DeadlinePassed).unwrap();
         assert_eq!((t.to, t.failed_phase), (Failed, Some(Deploying)));
         assert_eq!(next(Deploying, Trigger::InventoryReceived), None, "a rebooted installer keeps its deployment");
+        assert_eq!(next(Deployed, Trigger::ClusterJoined).unwrap().to, Joined);
+        assert_eq!(next(Deploying, Trigger::ClusterJoined), None, "only a deployed OS joins");
+        let t = next(Deployed, Trigger::DeadlinePassed).unwrap();
+        assert_eq!((t.to, t.failed_phase), (Failed, Some(Deployed)), "a join that never came");
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         discovery_timeout_ms,
         deploy_timeout_ms: i64::try_from(config.provisioning.deploy_timeout_secs.saturating_mul(1000))
             .unwrap_or(i64::MAX),
+        join_timeout_ms: i64::try_from(config.provisioning.join_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         images_dir: images_dir.clone(),
         release_wipe: config.release_wipe()?.to_string(),
         work_posted: Default::default(),

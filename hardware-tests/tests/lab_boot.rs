@@ -69,32 +69,50 @@ fn deploys_lab_tiny_and_each_node_boots_its_disk() {
     assert_torn_down();
 }
 
-/// A real OS: `lab-debian` (debootstrap with systemd, the kernel, containerd
-/// and docker.io; built once and cached) deployed to a BIOS node, written
-/// and verified by its agent, and booted from its disk to a login prompt.
+/// The product's main job: three machines from power-on to one Docker
+/// Swarm. `lab-debian` (debootstrap with systemd, the kernel, containerd
+/// and docker.io; built once and cached) is written and verified by each
+/// node's agent; each boots its own disk to a login prompt with its host
+/// name; its node agent starts, and Slipway forms a Swarm on the first node
+/// to report and hands the join token to the other two.
 #[test]
-fn deploys_lab_debian_and_it_boots_to_a_login_prompt() {
+fn three_nodes_deploy_lab_debian_and_form_one_swarm() {
     if !lab_tests_enabled("lab_debian", &["qemu-system-x86_64", "ip", "debootstrap", "mkfs.ext4", "syslinux"]) {
         return;
     }
-    let report = run_lab(&["--nodes", "1", "--firmware", "bios", "--deploy", "lab-debian"]);
-    let node = &report["nodes"][0];
-    assert_eq!(node["state"], "deployed", "{node}");
-    let s = &node["seconds"];
-    assert!(
-        matches!((s["image_written"].as_f64(), s["disk_boot"].as_f64()), (Some(w), Some(d)) if w < d),
-        "written, then Debian's login prompt on the console: {s}"
-    );
+    let report = run_lab_within(900, &["--nodes", "3", "--firmware", "bios", "--deploy", "lab-debian"]);
+    for node in report["nodes"].as_array().unwrap() {
+        assert_eq!(node["state"], "joined", "{node}");
+        let s = &node["seconds"];
+        let steps = ["ready", "image_written", "disk_boot", "agent_started", "joined"].map(|k| s[k].as_f64());
+        assert!(
+            steps.iter().all(Option::is_some) && steps.windows(2).all(|w| w[0] <= w[1]),
+            "ready, written, Debian's login prompt, node agent, joined, in that order: {s}"
+        );
+    }
+    let cluster = &report["cluster"];
+    let members = cluster["members"].as_array().expect("the manager reports the cluster's members");
+    let mut hostnames: Vec<&str> = members.iter().map(|m| m["hostname"].as_str().unwrap()).collect();
+    hostnames.sort();
+    assert_eq!(hostnames, ["node1", "node2", "node3"], "one Swarm of all three, as its manager sees it: {cluster}");
+    assert!(members.iter().all(|m| m["status"] == "Ready"), "{cluster}");
+    assert_eq!(members.iter().filter(|m| m["manager"] == true).count(), 1, "one created it, two joined as workers");
+    assert!(!cluster.to_string().contains("SWMTKN"), "join tokens never leave the appliance");
     assert_torn_down();
 }
 
 /// Runs `slipway lab up ARGS --report FILE`; returns the report after
 /// asserting the command succeeded.
 fn run_lab(args: &[&str]) -> Value {
+    run_lab_within(480, args)
+}
+
+/// [`run_lab`] with each wait bounded by `timeout` seconds.
+fn run_lab_within(timeout: u32, args: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let report_path = dir.path().join("report.json");
     let status = Command::new(slipway_bin())
-        .args(["lab", "up", "--timeout", "480"])
+        .args(["lab", "up", "--timeout", &timeout.to_string()])
         .args(args)
         .arg("--report")
         .arg(&report_path)

@@ -12,6 +12,13 @@ pub const INVENTORY_PATH: &str = "/api/v1/agent/inventory";
 pub const INSTRUCTIONS_PATH: &str = "/api/v1/agent/instructions";
 pub const DEPLOY_PATH: &str = "/api/v1/agent/deploy";
 pub const WIPED_PATH: &str = "/api/v1/agent/wiped";
+/// The node agent (on a deployed OS) reports its status here; the reply is
+/// what to do about the cluster.
+pub const NODE_STATUS_PATH: &str = "/api/v1/agent/node/status";
+/// The node that created a Swarm hands its join tokens back here.
+pub const NODE_SWARM_PATH: &str = "/api/v1/agent/node/swarm";
+/// Where the node agent's configuration lives on a deployed OS.
+pub const NODE_CONFIG_PATH: &str = "/etc/slipway/agent.env";
 
 /// First contact from a booted agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +42,8 @@ pub enum Instruction {
     PowerOff,
     Reboot,
     /// Write an image to a disk, verify it, report, then ask again.
-    Deploy(DeploySpec),
+    /// (Boxed: much larger than the other variants.)
+    Deploy(Box<DeploySpec>),
     /// Wipe every disk, report, then ask again.
     Wipe {
         /// `quick`: partition tables and signatures (the first and last MiB
@@ -57,7 +65,7 @@ pub struct WipeReport {
 }
 
 /// An image to write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploySpec {
     pub image: String,
@@ -73,6 +81,121 @@ pub struct DeploySpec {
     pub hostname: String,
     #[serde(default)]
     pub ssh_authorized_keys: Vec<String>,
+    /// Accounts to create at first boot, besides root.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// Static addressing; DHCP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<StaticNetwork>,
+    /// Raw cloud-init user-data, for images that have cloud-init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// The node agent's credential on the deployed OS; empty: install no
+    /// node agent.
+    #[serde(default)]
+    pub node_token: String,
+}
+
+/// An account created at first boot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
+    /// Supplementary groups (e.g. `sudo`, `docker`); missing ones are skipped.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// A static address on the NIC the machine booted from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticNetwork {
+    /// `10.0.0.5/24`.
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+}
+
+/// What the node agent on a deployed OS reports, every heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeStatus {
+    pub agent_version: String,
+    pub hostname: String,
+    /// `PRETTY_NAME` of `/etc/os-release`.
+    pub os: String,
+    /// The running kernel release.
+    pub kernel: String,
+    /// The address the node reaches the appliance from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containerd_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_version: Option<String>,
+    /// Membership as the cluster itself reports it; absent when the node is
+    /// in no cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Membership>,
+    /// Why the last join attempt failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_error: Option<String>,
+}
+
+/// A node's cluster membership, read from the cluster (`docker info`, or
+/// a join spec's check command).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Membership {
+    /// `swarm` or `command`.
+    pub kind: String,
+    /// The cluster's id for this node (Swarm NodeID).
+    pub node_id: String,
+    pub manager: bool,
+    /// Every node as a manager sees them; empty on workers.
+    #[serde(default)]
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub hostname: String,
+    /// Swarm: `Ready` or `Down`.
+    pub status: String,
+    /// Swarm: `Active`, `Pause` or `Drain`.
+    pub availability: String,
+    pub manager: bool,
+}
+
+/// What the node agent should do about its cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum NodeInstruction {
+    /// Report again after `poll_seconds`.
+    Wait { poll_seconds: u32 },
+    /// Create a Swarm with this node as its first manager, then post the
+    /// join tokens to [`NODE_SWARM_PATH`].
+    SwarmInit,
+    /// Join the Swarm whose manager listens at `endpoint` (`ip:2377`).
+    SwarmJoin { endpoint: String, token: String },
+    /// Run `run` (`sh -c`) to join; the node is a member once `check`
+    /// exits 0.
+    Command { run: String, check: String },
+}
+
+/// A new Swarm's join tokens, from the node that created it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmCreated {
+    /// `ip:2377`.
+    pub endpoint: String,
+    pub worker_token: String,
+    pub manager_token: String,
 }
 
 /// Which disk to write: the first that matches every given field; with

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Admin;
 use crate::error::{parse_json, ApiError};
+use crate::join::JoinSpec;
 use crate::store::{now_ms, Deployment, ImageState};
 use crate::AppState;
 
@@ -65,6 +66,74 @@ struct DeployRequest {
     ssh_authorized_keys: Vec<String>,
     #[serde(default)]
     disk: wire::DiskHint,
+    /// Accounts created at first boot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    users: Vec<wire::User>,
+    /// Static addressing on the boot NIC; DHCP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    network: Option<wire::StaticNetwork>,
+    /// cloud-init user-data, for images that have cloud-init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_data: Option<String>,
+    /// The cluster the node joins once its OS is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<JoinSpec>,
+}
+
+impl DeployRequest {
+    /// What serde cannot check, with the field to blame.
+    fn validate(&self) -> Result<(), ApiError> {
+        if !valid_hostname(&self.hostname) {
+            return Err(bad("hostname", format!("{:?} is not an RFC 1123 host name", self.hostname)));
+        }
+        let one_key_each =
+            |keys: &[String], field: &str| match keys.iter().position(|k| k.trim().is_empty() || k.contains('\n')) {
+                Some(i) => Err(bad(&format!("{field}[{i}]"), "one non-empty key per entry")),
+                None => Ok(()),
+            };
+        one_key_each(&self.ssh_authorized_keys, "ssh_authorized_keys")?;
+        for (i, user) in self.users.iter().enumerate() {
+            if !valid_user_name(&user.name) || user.name == "root" {
+                return Err(bad(
+                    &format!("users[{i}].name"),
+                    "a POSIX user name other than root: [a-z_][a-z0-9_-]{0,31}",
+                ));
+            }
+            one_key_each(&user.ssh_authorized_keys, &format!("users[{i}].ssh_authorized_keys"))?;
+            if let Some(g) = user.groups.iter().position(|g| !valid_user_name(g)) {
+                return Err(bad(&format!("users[{i}].groups[{g}]"), "a POSIX group name"));
+            }
+        }
+        if let Some(net) = &self.network {
+            let ok = net.address.split_once('/').is_some_and(|(ip, len)| {
+                ip.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| (1..=32).contains(&l))
+            });
+            if !ok {
+                return Err(bad(
+                    "network.address",
+                    format!("{:?}: an IPv4 address with its prefix, 10.0.0.5/24", net.address),
+                ));
+            }
+            if net.gateway.as_ref().is_some_and(|g| g.parse::<std::net::Ipv4Addr>().is_err()) {
+                return Err(bad("network.gateway", "an IPv4 address"));
+            }
+            if let Some(i) = net.dns.iter().position(|d| d.parse::<std::net::IpAddr>().is_err()) {
+                return Err(bad(&format!("network.dns[{i}]"), "an IP address"));
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate().map_err(|e| bad(&e.field, e.detail))?;
+        }
+        Ok(())
+    }
+}
+
+/// POSIX portable user and group names, as `useradd` accepts them.
+fn valid_user_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
+        && name.len() <= 32
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn bad(field: &str, detail: impl Into<String>) -> ApiError {
@@ -91,12 +160,7 @@ async fn deploy(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Deployment>), ApiError> {
     let req: DeployRequest = parse_json(&body)?;
-    if !valid_hostname(&req.hostname) {
-        return Err(bad("hostname", format!("{:?} is not an RFC 1123 host name", req.hostname)));
-    }
-    if let Some(i) = req.ssh_authorized_keys.iter().position(|k| k.trim().is_empty() || k.contains('\n')) {
-        return Err(bad(&format!("ssh_authorized_keys[{i}]"), "one non-empty key per entry"));
-    }
+    req.validate()?;
     let machine = super::machines::find(&state, &id).await?;
     let image = match state.store.image(&req.image).await? {
         Some(image) if image.state == ImageState::Available => image,
@@ -141,31 +205,10 @@ mod tests {
 mod flow_tests {
     use axum::http::StatusCode;
     use serde_json::json;
-    use sha2::{Digest, Sha256};
 
-    use crate::routes::test_support::{app, delete, get, get_raw, get_text, post, put_bytes, ready_machine, TestApp};
-
-    fn content() -> Vec<u8> {
-        (0..1u32 << 20).map(|i| (i % 253) as u8).collect()
-    }
-
-    async fn available_image(t: &TestApp, name: &str) -> Vec<u8> {
-        let meta = json!({ "name": name, "os": "debian", "version": "12" });
-        let (status, image) = post(&t.operator, "/api/v1/images", &t.admin, &meta).await;
-        assert_eq!((status, image["state"].as_str()), (StatusCode::ACCEPTED, Some("importing")), "{image}");
-        let raw = content();
-        let sha = hex::encode(Sha256::digest(&raw));
-        let compressed = zstd::encode_all(&raw[..], 3).unwrap();
-        let path = format!("/api/v1/images/{name}/content");
-        let headers = [("Content-Type", "application/zstd"), ("X-Content-SHA256", sha.as_str())];
-        let (status, image) = put_bytes(&t.operator, &path, &t.admin, &headers, compressed.clone()).await;
-        assert_eq!((status, image["state"].as_str()), (StatusCode::OK, Some("available")), "{image}");
-        assert_eq!(
-            (image["sha256"].as_str(), image["raw_bytes"].as_u64()),
-            (Some(sha.as_str()), Some(raw.len() as u64))
-        );
-        compressed
-    }
+    use crate::routes::test_support::{
+        app, available_image, delete, get, get_raw, get_text, image_content as content, post, put_bytes, ready_machine,
+    };
 
     #[tokio::test]
     async fn images_upload_serve_with_range_and_refuse_bad_content() {

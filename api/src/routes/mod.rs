@@ -6,6 +6,7 @@ mod deploy;
 mod images;
 mod machines;
 mod metrics;
+mod node;
 
 pub use metrics::handle as metrics_handle;
 
@@ -21,6 +22,7 @@ pub fn operator_router(state: AppState) -> Router {
         .merge(machines::router())
         .merge(deploy::router())
         .merge(images::router())
+        .merge(node::operator_router())
         .merge(metrics::router())
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -34,6 +36,7 @@ pub fn boot_router(state: AppState) -> Router {
         .merge(boot::router(&state))
         .merge(images::boot_router())
         .merge(agent::router())
+        .merge(node::agent_router())
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }

@@ -38,6 +38,7 @@ pub async fn app() -> TestApp {
         })),
         discovery_timeout_ms: 60_000,
         deploy_timeout_ms: 600_000,
+        join_timeout_ms: 600_000,
         images_dir: images_dir.clone(),
         release_wipe: "quick".into(),
         work_posted: Default::default(),
@@ -143,4 +144,53 @@ pub async fn ready_machine(t: &TestApp, mac: &str) -> (String, String) {
     let (_, m) = get(&t.operator, &format!("/api/v1/machines/{mac}"), Some(&t.admin)).await;
     assert_eq!(m["state"], "ready");
     (m["id"].as_str().unwrap().to_string(), token)
+}
+
+/// Registers `name` with 1 MiB of content and waits until it is available;
+/// returns the raw+zstd bytes.
+pub async fn available_image(t: &TestApp, name: &str) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let meta = serde_json::json!({ "name": name, "os": "debian", "version": "12" });
+    let (status, image) = post(&t.operator, "/api/v1/images", &t.admin, &meta).await;
+    assert_eq!((status, image["state"].as_str()), (StatusCode::ACCEPTED, Some("importing")), "{image}");
+    let raw = image_content();
+    let sha = hex::encode(Sha256::digest(&raw));
+    let compressed = zstd::encode_all(&raw[..], 3).unwrap();
+    let path = format!("/api/v1/images/{name}/content");
+    let headers = [("Content-Type", "application/zstd"), ("X-Content-SHA256", sha.as_str())];
+    let (status, image) = put_bytes(&t.operator, &path, &t.admin, &headers, compressed.clone()).await;
+    assert_eq!((status, image["state"].as_str()), (StatusCode::OK, Some("available")), "{image}");
+    assert_eq!((image["sha256"].as_str(), image["raw_bytes"].as_u64()), (Some(sha.as_str()), Some(raw.len() as u64)));
+    compressed
+}
+
+/// 1 MiB of test image content.
+pub fn image_content() -> Vec<u8> {
+    (0..1u32 << 20).map(|i| (i % 253) as u8).collect()
+}
+
+/// Takes `mac` through discovery and a deploy (with `cluster` as its join
+/// spec) to `deployed`, as the ramdisk agent would; returns the machine id
+/// and the node credential the deploy handed out.
+pub async fn deployed_machine(
+    t: &TestApp,
+    mac: &str,
+    hostname: &str,
+    cluster: Option<&serde_json::Value>,
+) -> (String, String) {
+    if get(&t.operator, "/api/v1/images/img", Some(&t.admin)).await.0 == StatusCode::NOT_FOUND {
+        available_image(t, "img").await;
+    }
+    let (id, token) = ready_machine(t, mac).await;
+    let mut req = serde_json::json!({ "image": "img", "hostname": hostname });
+    if let Some(cluster) = cluster {
+        req["cluster"] = cluster.clone();
+    }
+    let (status, d) = post(&t.operator, &format!("/api/v1/machines/{id}/deploy"), &t.admin, &req).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{d}");
+    let (_, instruction) = get(&t.boot, wire::INSTRUCTIONS_PATH, Some(&token)).await;
+    let node_token = instruction["node_token"].as_str().expect("a node credential travels with the image").to_string();
+    let written = serde_json::json!({ "phase": "written", "bytes_written": 1u64 << 20, "disk": "/dev/vda" });
+    assert_eq!(post(&t.boot, wire::DEPLOY_PATH, &token, &written).await.1["action"], "reboot");
+    (id, node_token)
 }

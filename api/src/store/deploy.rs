@@ -345,7 +345,14 @@ impl Store {
             None => return Err(StoreError::Conflict(format!("machine {machine_id} does not exist"))),
         }
         let now = now_ms();
-        sqlx::query("DELETE FROM releases WHERE machine_id = $1").bind(machine_id).execute(&mut *tx).await?;
+        // The installed OS is about to be wiped: its agent's credential and
+        // last report go with it.
+        for table in ["node_tokens", "node_status", "releases"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE machine_id = $1"))
+                .bind(machine_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query("INSERT INTO releases (machine_id, mode, created_at_ms) VALUES ($1, $2, $3)")
             .bind(machine_id)
             .bind(mode)

@@ -14,8 +14,10 @@ use thiserror::Error;
 use uuid::Uuid;
 
 mod deploy;
+mod node;
 
 pub use deploy::{DeployPhase, Deployment, Image, ImageMeta, ImageState};
+pub use node::{Cluster, NodeReport};
 
 use crate::lifecycle::{self, MachineState, Transition, Trigger};
 use inventory::Inventory;

@@ -171,8 +171,12 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     progress(&format!("appliance serving in namespace {NETNS} on {SERVER_IP} ({} accel)", accel.name()));
 
     let mut nodes = Vec::new();
+    let memory_mib = match opts.deploy.as_deref() {
+        Some("lab-debian") => opts.memory_mib.max(LAB_DEBIAN_MIN_MEMORY_MIB),
+        _ => opts.memory_mib,
+    };
     for i in 0..opts.nodes {
-        let spec = qemu::NodeSpec::lab_node(i, opts.firmware.for_node(i), opts.memory_mib, work);
+        let spec = qemu::NodeSpec::lab_node(i, opts.firmware.for_node(i), memory_mib, work);
         net::add_tap(&spec.tap, vm_bridge)?;
         spec.prepare_disks()?;
         let started_ms = now_ms();
@@ -204,6 +208,9 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     }
     let mut report = report::build(&client, API, &token, &nodes, accel, &ramdisk, &disk_boot_ms)?;
     report.appliance_peak_rss_kib = lab.children.peak_appliance_rss_kib;
+    if opts.deploy.as_deref() == Some("lab-debian") {
+        report.cluster = watch_cluster(&client, &token);
+    }
     if let Some(path) = &opts.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -386,7 +393,7 @@ impl Watch<'_> {
                 }
                 last[i] = state;
             }
-            if last.iter().all(|s| s == target) {
+            if last.iter().all(|s| target.split('|').any(|t| t == s)) {
                 return Ok(());
             }
             if began.elapsed() > timeout {
@@ -397,7 +404,7 @@ impl Watch<'_> {
                 );
             }
             if last_line.elapsed() > Duration::from_secs(15) {
-                let done = last.iter().filter(|s| *s == target).count();
+                let done = last.iter().filter(|s| target.split('|').any(|t| t == s.as_str())).count();
                 progress_at(self.started, &format!("waiting: {done}/{} {target}", nodes.len()));
                 last_line = Instant::now();
             }
@@ -416,7 +423,16 @@ struct DeployImage {
     /// The console line carries the node's host name after the marker
     /// (written by first-boot configuration), which is checked too.
     marker_has_hostname: bool,
+    /// The join spec every node is deployed with; the lab then waits
+    /// until each is `joined`.
+    cluster: Option<Value>,
 }
+
+/// The Swarm `--deploy lab-debian` forms: Slipway creates it on the first
+/// node to report and hands its token to the rest.
+pub const LAB_CLUSTER: &str = "lab";
+/// A node running Docker wants more than the ramdisk's 512 MiB.
+const LAB_DEBIAN_MIN_MEMORY_MIB: u32 = 1024;
 
 /// Builds or finds the image for `--deploy`; runs before the lab enters its
 /// namespace, where there is no route to Debian's mirror.
@@ -431,6 +447,7 @@ fn prepare_image(image: &str, ramdisk: &images::Ramdisk, opts: &LabOptions) -> a
                 format: "raw",
                 marker: Some(images::lab_image::DISK_BOOT_MARKER),
                 marker_has_hostname: false,
+                cluster: None,
             }
         }
         "lab-debian" => {
@@ -450,6 +467,7 @@ fn prepare_image(image: &str, ramdisk: &images::Ramdisk, opts: &LabOptions) -> a
                 format: "raw+zstd",
                 marker: Some(images::lab_debian::BOOTED_MARKER),
                 marker_has_hostname: true,
+                cluster: Some(serde_json::json!({ "kind": "swarm", "cluster": LAB_CLUSTER })),
             }
         }
         file => {
@@ -464,7 +482,7 @@ fn prepare_image(image: &str, ramdisk: &images::Ramdisk, opts: &LabOptions) -> a
                 path.file_name().and_then(|n| n.to_str()).unwrap_or("image").split('.').next().unwrap_or("image");
             let name: String =
                 stem.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-            DeployImage { name, path, format, marker: None, marker_has_hostname: false }
+            DeployImage { name, path, format, marker: None, marker_has_hostname: false, cluster: None }
         }
     })
 }
@@ -477,7 +495,7 @@ fn deploy_all(
     opts: &LabOptions,
     disk_boot_ms: &mut [Option<i64>],
 ) -> anyhow::Result<()> {
-    let DeployImage { name, path, format, marker, marker_has_hostname } = image;
+    let DeployImage { name, path, format, marker, marker_has_hostname, cluster } = image;
     let body = serde_json::json!({ "name": name, "os": "lab", "version": "1", "format": format, "source_path": path });
     watch.post("/api/v1/images", &body)?;
     let began = Instant::now();
@@ -508,13 +526,15 @@ fn deploy_all(
         let id = report::machine_for(&machines, &spec.mac)
             .and_then(|m| m["id"].as_str())
             .context("a ready node vanished")?;
-        watch.post(
-            &format!("/api/v1/machines/{id}/deploy"),
-            &serde_json::json!({ "image": name, "hostname": spec.name }),
-        )?;
+        let mut request = serde_json::json!({ "image": name, "hostname": spec.name });
+        if let Some(cluster) = &cluster {
+            request["cluster"] = cluster.clone();
+        }
+        watch.post(&format!("/api/v1/machines/{id}/deploy"), &request)?;
         progress_at(watch.started, &format!("{}: deploying {name}", spec.name));
     }
-    watch.until_all("deployed", opts.timeout)?;
+    // With a join spec a node moves on from `deployed` by itself.
+    watch.until_all(if cluster.is_some() { "deployed|joined" } else { "deployed" }, opts.timeout)?;
     let Some(marker) = marker else {
         return Ok(());
     };
@@ -538,7 +558,41 @@ fn deploy_all(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    if cluster.is_some() {
+        watch.until_all("joined", opts.timeout)?;
+        wait_for_members(watch, opts.timeout)?;
+    }
     Ok(())
+}
+
+/// Waits until the cluster's manager reports every node `Ready`: the
+/// cluster's own view, not only each node's.
+fn wait_for_members(watch: &mut Watch, timeout: Duration) -> anyhow::Result<()> {
+    let began = Instant::now();
+    loop {
+        watch.check()?;
+        let cluster = watch.api(&format!("/api/v1/clusters/{LAB_CLUSTER}"))?;
+        let members = cluster["members"].as_array().cloned().unwrap_or_default();
+        let ready = members.iter().filter(|m| m["status"] == "Ready").count();
+        if ready == watch.nodes.len() {
+            progress_at(watch.started, &format!("cluster {LAB_CLUSTER}: its manager sees {ready} nodes Ready"));
+            return Ok(());
+        }
+        if began.elapsed() > timeout {
+            bail!(
+                "cluster {LAB_CLUSTER}: {ready}/{} nodes Ready after {} s: {cluster}",
+                watch.nodes.len(),
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The lab cluster as the API shows it, for the report.
+fn watch_cluster(client: &ureq::Agent, token: &str) -> Option<Value> {
+    let url = format!("{API}/api/v1/clusters/{LAB_CLUSTER}");
+    client.get(&url).set("Authorization", &format!("Bearer {token}")).call().ok()?.into_json().ok()
 }
 
 /// Progress goes to stdout; a closed pipe (`lab up | head`) must not stop

@@ -13,6 +13,9 @@ pub struct LabReport {
     pub appliance_peak_rss_kib: u64,
     pub ramdisk: RamdiskFacts,
     pub nodes: Vec<NodeReport>,
+    /// The cluster the nodes formed, as the API shows it (`--deploy lab-debian`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,6 +58,10 @@ pub struct Seconds {
     pub image_written: Option<f64>,
     /// The node's kernel started from its own disk.
     pub disk_boot: Option<f64>,
+    /// The node agent on the deployed OS first reported.
+    pub agent_started: Option<f64>,
+    /// The node agent reported cluster membership (`joined`).
+    pub joined: Option<f64>,
 }
 
 pub fn machine_for<'a>(machines: &'a Value, mac: &str) -> Option<&'a Value> {
@@ -119,6 +126,8 @@ pub fn build(
                     e["kind"] == "state.changed" && e["detail"]["to"] == "deployed"
                 }),
                 disk_boot: disk_boot_ms.get(i).copied().flatten().map(|at| (at - start_ms) as f64 / 1000.0),
+                agent_started: first(&events, *start_ms, |e| e["kind"] == "node.agent_started"),
+                joined: first(&events, *start_ms, |e| e["kind"] == "state.changed" && e["detail"]["to"] == "joined"),
             },
         });
     }
@@ -132,6 +141,7 @@ pub fn build(
             initrd_bytes: ramdisk.initrd_bytes,
         },
         nodes: out,
+        cluster: None,
     })
 }
 
@@ -148,6 +158,7 @@ pub fn summary(report: &LabReport) -> String {
         report.accel
     );
     let deployed = report.nodes.iter().any(|n| n.seconds.image_written.is_some());
+    let joined = report.nodes.iter().any(|n| n.seconds.joined.is_some());
     let _ = write!(
         out,
         "\n{:<7} {:<18} {:<8} {:<12} {:>4} {:>8} {:>9} {:>8} {:>11} {:>7}",
@@ -156,7 +167,11 @@ pub fn summary(report: &LabReport) -> String {
     let _ = writeln!(
         out,
         "{}",
-        if deployed { format!(" {:>9} {:>11}", "written s", "disk boot s") } else { String::new() }
+        match (deployed, joined) {
+            (true, true) => format!(" {:>9} {:>11} {:>8}", "written s", "disk boot s", "joined s"),
+            (true, false) => format!(" {:>9} {:>11}", "written s", "disk boot s"),
+            _ => String::new(),
+        }
     );
     let secs = |s: Option<f64>| s.map_or("-".to_string(), |v| format!("{v:.1}"));
     for n in &report.nodes {
@@ -180,7 +195,10 @@ pub fn summary(report: &LabReport) -> String {
             secs(n.seconds.discovered),
             secs(n.seconds.ready),
         );
-        let deploy_cols = format!(" {:>9} {:>11}", secs(n.seconds.image_written), secs(n.seconds.disk_boot));
+        let mut deploy_cols = format!(" {:>9} {:>11}", secs(n.seconds.image_written), secs(n.seconds.disk_boot));
+        if joined {
+            deploy_cols += &format!(" {:>8}", secs(n.seconds.joined));
+        }
         let _ = writeln!(out, "{}", if deployed { deploy_cols } else { String::new() });
     }
     out
@@ -224,8 +242,11 @@ mod tests {
                     ready: None,
                     image_written: None,
                     disk_boot: None,
+                    agent_started: None,
+                    joined: None,
                 },
             }],
+            cluster: None,
         };
         let expected = "
 appliance peak RSS 11.0 MiB; ramdisk: kernel 8.0 MiB + initrd 3.0 MiB; accel tcg

@@ -1,0 +1,259 @@
+//! `slipway-agent node`: the agent as a systemd service on a deployed OS.
+//!
+//! Every heartbeat it reports the OS, kernel, container runtime versions
+//! and its cluster membership as the cluster itself reports it, and does
+//! what the appliance answers: create a Swarm and hand back its join
+//! tokens, join one, or run a join command. It never claims membership it
+//! did not read from the cluster (`docker info`, or the join spec's check
+//! command), so `joined` in the API means the cluster agrees.
+
+use std::net::{ToSocketAddrs, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+use wire::{Member, Membership, NodeInstruction, NodeStatus, SwarmCreated};
+
+/// What `/etc/slipway/agent.env` holds (written at deploy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub api: String,
+    pub token: String,
+}
+
+/// Parses `KEY=VALUE` lines (a systemd `EnvironmentFile`).
+pub fn parse_config(text: &str) -> Result<NodeConfig, String> {
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("{key} missing from {}", wire::NODE_CONFIG_PATH))
+    };
+    Ok(NodeConfig { api: get("SLIPWAY_API")?, token: get("SLIPWAY_TOKEN")? })
+}
+
+/// The config file's text, as the ramdisk agent writes it.
+pub fn render_config(config: &NodeConfig) -> String {
+    format!("SLIPWAY_API={}\nSLIPWAY_TOKEN={}\n", config.api, config.token)
+}
+
+/// Runs forever: report, act, wait.
+pub fn run(config: &NodeConfig) -> ! {
+    let client = crate::Client::new(&config.api, &config.token);
+    let mut join_error: Option<String> = None;
+    // The check command of a `command` join, once the appliance sent one.
+    let mut check: Option<String> = None;
+    let mut backoff = 1;
+    loop {
+        let status = collect(&config.api, check.as_deref(), join_error.take());
+        let instruction = match client.post_for::<_, NodeInstruction>(wire::NODE_STATUS_PATH, &status) {
+            Ok(instruction) => {
+                backoff = 1;
+                instruction
+            }
+            Err(err) => {
+                crate::log(&format!("status report failed: {err}; retrying in {backoff} s"));
+                std::thread::sleep(Duration::from_secs(backoff));
+                backoff = (backoff * 2).min(60);
+                continue;
+            }
+        };
+        let outcome = match instruction {
+            NodeInstruction::Wait { poll_seconds } => {
+                std::thread::sleep(Duration::from_secs(poll_seconds.clamp(1, 300).into()));
+                Ok(())
+            }
+            NodeInstruction::SwarmInit => swarm_init(status.address.as_deref())
+                .and_then(|created| client.post_for::<_, NodeInstruction>(wire::NODE_SWARM_PATH, &created).map(|_| ())),
+            NodeInstruction::SwarmJoin { endpoint, token } => swarm_join(&endpoint, &token),
+            NodeInstruction::Command { run, check: c } => {
+                check = Some(c.clone());
+                if sh(&c).is_ok() {
+                    Ok(())
+                } else {
+                    crate::log(&format!("joining: {run}"));
+                    sh(&run)
+                }
+            }
+        };
+        if let Err(err) = outcome {
+            crate::log(&format!("cluster join: {err}"));
+            join_error = Some(err);
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    }
+}
+
+fn collect(api: &str, check: Option<&str>, join_error: Option<String>) -> NodeStatus {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default().trim().to_string();
+    let os = os_pretty_name(&read("/etc/os-release"));
+    let cluster = swarm_membership().or_else(|| {
+        let check = check?;
+        sh(check).ok()?;
+        Some(Membership { kind: "command".into(), node_id: read("/proc/sys/kernel/hostname"), ..Default::default() })
+    });
+    NodeStatus {
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        hostname: read("/proc/sys/kernel/hostname"),
+        os,
+        kernel: read("/proc/sys/kernel/osrelease"),
+        address: source_address(api),
+        containerd_version: output("containerd", &["--version"]).and_then(|v| containerd_version(&v)),
+        docker_version: output("docker", &["version", "--format", "{{.Server.Version}}"]),
+        cluster,
+        join_error,
+    }
+}
+
+pub fn os_pretty_name(os_release: &str) -> String {
+    os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1`
+/// -> `1.6.20~ds1`.
+pub fn containerd_version(line: &str) -> Option<String> {
+    line.split_whitespace().nth(2).map(str::to_string)
+}
+
+/// The local address the kernel would use to reach the appliance: the
+/// node's address on the provisioning network, where the Swarm listens.
+fn source_address(api: &str) -> Option<String> {
+    let host_port = api.split("://").nth(1)?.split('/').next()?;
+    let target = host_port.to_socket_addrs().ok()?.next()?;
+    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect(target).ok()?;
+    Some(socket.local_addr().ok()?.ip().to_string())
+}
+
+/// Swarm membership from `docker info`; none when Docker is absent, down,
+/// or the node is in no Swarm.
+fn swarm_membership() -> Option<Membership> {
+    let info = output("docker", &["info", "--format", "{{json .Swarm}}"])?;
+    let mut membership = parse_swarm_info(&info)?;
+    if membership.manager {
+        let nodes = output("docker", &["node", "ls", "--format", "{{json .}}"]).unwrap_or_default();
+        membership.members = parse_node_ls(&nodes);
+    }
+    Some(membership)
+}
+
+pub fn parse_swarm_info(json: &str) -> Option<Membership> {
+    let swarm: serde_json::Value = serde_json::from_str(json).ok()?;
+    let node_id = swarm["NodeID"].as_str().filter(|id| !id.is_empty())?;
+    if swarm["LocalNodeState"] != "active" {
+        return None;
+    }
+    Some(Membership {
+        kind: "swarm".into(),
+        node_id: node_id.into(),
+        manager: swarm["ControlAvailable"].as_bool().unwrap_or(false),
+        members: vec![],
+    })
+}
+
+/// One JSON object per line, as `docker node ls --format '{{json .}}'`.
+pub fn parse_node_ls(lines: &str) -> Vec<Member> {
+    lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|n| Member {
+            hostname: n["Hostname"].as_str().unwrap_or_default().into(),
+            status: n["Status"].as_str().unwrap_or_default().into(),
+            availability: n["Availability"].as_str().unwrap_or_default().into(),
+            manager: !n["ManagerStatus"].as_str().unwrap_or_default().is_empty(),
+        })
+        .collect()
+}
+
+fn swarm_init(address: Option<&str>) -> Result<SwarmCreated, String> {
+    let address = address.ok_or("no address on the provisioning network to advertise")?;
+    if swarm_membership().is_none() {
+        crate::log(&format!("creating a Swarm advertised on {address}"));
+        docker(&["swarm", "init", "--advertise-addr", address])?;
+    }
+    Ok(SwarmCreated {
+        endpoint: format!("{address}:2377"),
+        worker_token: docker(&["swarm", "join-token", "-q", "worker"])?,
+        manager_token: docker(&["swarm", "join-token", "-q", "manager"])?,
+    })
+}
+
+fn swarm_join(endpoint: &str, token: &str) -> Result<(), String> {
+    if swarm_membership().is_some() {
+        return Ok(());
+    }
+    crate::log(&format!("joining the Swarm at {endpoint}"));
+    docker(&["swarm", "join", "--token", token, endpoint]).map(|_| ())
+}
+
+/// Runs docker; its trimmed stdout, or its stderr as the error.
+fn docker(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker").args(args).output().map_err(|e| format!("docker: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!("docker {}: {}", args.first().unwrap_or(&""), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+fn output(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+fn sh(script: &str) -> Result<(), String> {
+    let out = Command::new("sh").arg("-c").arg(script).output().map_err(|e| format!("sh: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{script}` exited {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips() {
+        let config = NodeConfig { api: "http://10.77.0.1:8081".into(), token: "abc".into() };
+        assert_eq!(parse_config(&render_config(&config)), Ok(config));
+        assert!(parse_config("SLIPWAY_API=x\n").unwrap_err().contains("SLIPWAY_TOKEN"));
+    }
+
+    #[test]
+    fn reads_what_docker_and_debian_print() {
+        // `docker info --format '{{json .Swarm}}'` on a Swarm manager (docker.io 20.10).
+        let info = r#"{"NodeID":"k2x7","NodeAddr":"10.77.0.101","LocalNodeState":"active","ControlAvailable":true,"Error":"","RemoteManagers":null,"Nodes":3,"Managers":1}"#;
+        let m = parse_swarm_info(info).unwrap();
+        assert_eq!((m.kind.as_str(), m.node_id.as_str(), m.manager), ("swarm", "k2x7", true));
+        let inactive = r#"{"NodeID":"","NodeAddr":"","LocalNodeState":"inactive","ControlAvailable":false}"#;
+        assert_eq!(parse_swarm_info(inactive), None);
+        let pending = r#"{"NodeID":"k2x7","LocalNodeState":"pending","ControlAvailable":false}"#;
+        assert_eq!(parse_swarm_info(pending), None, "joining is not joined");
+
+        let ls = concat!(
+            r#"{"Availability":"Active","EngineVersion":"20.10.24+dfsg1","Hostname":"node1","ID":"a","ManagerStatus":"Leader","Self":true,"Status":"Ready","TLSStatus":"Ready"}"#,
+            "\n",
+            r#"{"Availability":"Drain","EngineVersion":"20.10.24+dfsg1","Hostname":"node2","ID":"b","ManagerStatus":"","Self":false,"Status":"Down","TLSStatus":"Ready"}"#
+        );
+        let members = parse_node_ls(ls);
+        assert_eq!(members.len(), 2);
+        assert!(members[0].manager && !members[1].manager);
+        assert_eq!((members[1].status.as_str(), members[1].availability.as_str()), ("Down", "Drain"));
+
+        assert_eq!(
+            containerd_version("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1").as_deref(),
+            Some("1.6.20~ds1")
+        );
+        assert_eq!(
+            os_pretty_name("NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n"),
+            "Debian GNU/Linux 12 (bookworm)"
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! Cluster join specs and the pure decision of what a deployed node's
+//! agent does next about its cluster.
+//!
+//! Kinds:
+//! - `swarm` with `endpoint` and `token`: join an existing Docker Swarm.
+//! - `swarm` with only `cluster` (a name): Slipway forms the Swarm. The
+//!   first node of that name to report creates it and hands back its join
+//!   tokens; every later one joins as `role` (worker by default).
+//! - `kubeadm` (`endpoint`, `token`, `ca_cert_hash`) and `k3s` (`endpoint`
+//!   as the server URL, `token`): the join command, and a check that the
+//!   node is registered.
+//! - `command`: `run` joins, `check` exits 0 once the node is a member.
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::Cluster;
+use wire::NodeInstruction;
+
+/// How often a node agent that has nothing to do reports.
+pub const HEARTBEAT_SECONDS: u32 = 15;
+/// How soon a node waiting for its cluster's first manager asks again.
+const CLUSTER_WAIT_SECONDS: u32 = 2;
+
+/// The `cluster` field of a deploy request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinSpec {
+    /// `swarm`, `kubeadm`, `k3s` or `command`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// `worker` (default) or `manager`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+}
+
+/// A spec that cannot work, with the field (under `cluster.`) to blame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub detail: String,
+}
+
+fn invalid(field: &str, detail: impl Into<String>) -> Invalid {
+    Invalid { field: format!("cluster.{field}"), detail: detail.into() }
+}
+
+/// Values go into shell commands on the node: allow only what tokens,
+/// addresses and URLs are made of.
+fn shell_safe(value: &str) -> bool {
+    !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/@=+".contains(&b))
+}
+
+impl JoinSpec {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let need = |field: &str, value: &Option<String>| -> Result<(), Invalid> {
+            match value {
+                Some(v) if shell_safe(v) => Ok(()),
+                Some(_) => Err(invalid(field, "letters, digits and -_.:/@=+ only")),
+                None => Err(invalid(field, format!("required for kind {:?}", self.kind))),
+            }
+        };
+        let role_ok = matches!(self.role.as_deref(), None | Some("worker") | Some("manager"));
+        if !role_ok {
+            return Err(invalid("role", "worker or manager"));
+        }
+        match self.kind.as_str() {
+            "swarm" => match (&self.endpoint, &self.token, &self.cluster) {
+                (None, None, Some(_)) => need("cluster", &self.cluster),
+                (Some(_), Some(_), _) => need("endpoint", &self.endpoint).and(need("token", &self.token)),
+                (None, None, None) => {
+                    Err(invalid("cluster", "a cluster name for Slipway to form, or endpoint and token"))
+                }
+                (Some(_), None, _) => Err(invalid("token", "required with endpoint")),
+                (None, Some(_), _) => Err(invalid("endpoint", "required with token")),
+            },
+            "kubeadm" => need("endpoint", &self.endpoint)
+                .and(need("token", &self.token))
+                .and(need("ca_cert_hash", &self.ca_cert_hash)),
+            "k3s" => need("endpoint", &self.endpoint).and(need("token", &self.token)),
+            "command" => match (&self.run, &self.check) {
+                (Some(r), Some(c)) if !r.trim().is_empty() && !c.trim().is_empty() => Ok(()),
+                (Some(r), _) if !r.trim().is_empty() => Err(invalid("check", "a command that exits 0 once joined")),
+                _ => Err(invalid("run", "the join command")),
+            },
+            other => Err(invalid("kind", format!("{other:?}: swarm, kubeadm, k3s or command"))),
+        }
+    }
+
+    /// The name of the cluster Slipway forms for this spec, if it forms one.
+    pub fn managed_cluster(&self) -> Option<&str> {
+        self.cluster.as_deref().filter(|_| self.kind == "swarm" && self.endpoint.is_none())
+    }
+
+    fn manager(&self) -> bool {
+        self.role.as_deref() == Some("manager")
+    }
+}
+
+/// What a node not yet a member does next. `cluster` is the Slipway-formed
+/// cluster of the spec's name (claimed for this node if it was the first).
+pub fn plan(spec: &JoinSpec, machine_id: &str, cluster: Option<&Cluster>) -> NodeInstruction {
+    let wait = NodeInstruction::Wait { poll_seconds: CLUSTER_WAIT_SECONDS };
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    match spec.kind.as_str() {
+        "swarm" => match (&spec.endpoint, &spec.token, cluster) {
+            (Some(endpoint), Some(token), _) => {
+                NodeInstruction::SwarmJoin { endpoint: endpoint.clone(), token: token.clone() }
+            }
+            (_, _, Some(c)) if c.initiator == machine_id => NodeInstruction::SwarmInit,
+            (_, _, Some(c)) => {
+                let token = if spec.manager() { &c.manager_token } else { &c.worker_token };
+                match (&c.endpoint, token) {
+                    (Some(endpoint), Some(token)) => {
+                        NodeInstruction::SwarmJoin { endpoint: endpoint.clone(), token: token.clone() }
+                    }
+                    // The first node is still creating it.
+                    _ => wait,
+                }
+            }
+            _ => wait,
+        },
+        "kubeadm" => NodeInstruction::Command {
+            run: format!(
+                "kubeadm join {} --token {} --discovery-token-ca-cert-hash {}{}",
+                opt(&spec.endpoint),
+                opt(&spec.token),
+                opt(&spec.ca_cert_hash),
+                if spec.manager() { " --control-plane" } else { "" }
+            ),
+            check: "kubectl --kubeconfig /etc/kubernetes/kubelet.conf get node \"$(hostname)\"".into(),
+        },
+        "k3s" => NodeInstruction::Command {
+            run: format!(
+                "K3S_URL={} K3S_TOKEN={} sh -c 'systemctl is-enabled k3s-agent || k3s agent --server \"$K3S_URL\" --token \"$K3S_TOKEN\" >/var/log/k3s-agent.log 2>&1 &'",
+                opt(&spec.endpoint),
+                opt(&spec.token)
+            ),
+            check: "k3s kubectl --kubeconfig /var/lib/rancher/k3s/agent/kubelet.kubeconfig get node \"$(hostname)\""
+                .into(),
+        },
+        "command" => NodeInstruction::Command { run: opt(&spec.run), check: opt(&spec.check) },
+        _ => NodeInstruction::Wait { poll_seconds: HEARTBEAT_SECONDS },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn swarm(name: &str) -> JoinSpec {
+        JoinSpec { kind: "swarm".into(), cluster: Some(name.into()), ..Default::default() }
+    }
+
+    fn cluster(initiator: &str, tokens: bool) -> Cluster {
+        Cluster {
+            name: "lab".into(),
+            kind: "swarm".into(),
+            initiator: initiator.into(),
+            endpoint: tokens.then(|| "10.77.0.100:2377".into()),
+            members: vec![],
+            created_at: String::new(),
+            updated_at: String::new(),
+            worker_token: tokens.then(|| "SWMTKN-w".into()),
+            manager_token: tokens.then(|| "SWMTKN-m".into()),
+        }
+    }
+
+    #[test]
+    fn the_first_node_creates_the_swarm_and_the_rest_join_it() {
+        let spec = swarm("lab");
+        assert_eq!(plan(&spec, "m1", Some(&cluster("m1", false))), NodeInstruction::SwarmInit);
+        assert!(
+            matches!(plan(&spec, "m2", Some(&cluster("m1", false))), NodeInstruction::Wait { .. }),
+            "no tokens yet: wait for the first node"
+        );
+        assert_eq!(
+            plan(&spec, "m2", Some(&cluster("m1", true))),
+            NodeInstruction::SwarmJoin { endpoint: "10.77.0.100:2377".into(), token: "SWMTKN-w".into() }
+        );
+        let manager = JoinSpec { role: Some("manager".into()), ..spec };
+        assert_eq!(
+            plan(&manager, "m3", Some(&cluster("m1", true))),
+            NodeInstruction::SwarmJoin { endpoint: "10.77.0.100:2377".into(), token: "SWMTKN-m".into() }
+        );
+    }
+
+    #[test]
+    fn an_existing_swarm_is_joined_with_the_given_token() {
+        let spec = JoinSpec {
+            kind: "swarm".into(),
+            endpoint: Some("10.0.0.5:2377".into()),
+            token: Some("SWMTKN-x".into()),
+            ..Default::default()
+        };
+        assert_eq!(spec.validate(), Ok(()));
+        assert_eq!(spec.managed_cluster(), None);
+        assert_eq!(
+            plan(&spec, "m1", None),
+            NodeInstruction::SwarmJoin { endpoint: "10.0.0.5:2377".into(), token: "SWMTKN-x".into() }
+        );
+    }
+
+    #[test]
+    fn kubeadm_and_k3s_become_commands_with_a_membership_check() {
+        let spec = JoinSpec {
+            kind: "kubeadm".into(),
+            endpoint: Some("10.0.0.5:6443".into()),
+            token: Some("abcdef.0123456789abcdef".into()),
+            ca_cert_hash: Some("sha256:00ff".into()),
+            ..Default::default()
+        };
+        assert_eq!(spec.validate(), Ok(()));
+        let NodeInstruction::Command { run, check } = plan(&spec, "m1", None) else { panic!() };
+        assert_eq!(
+            run,
+            "kubeadm join 10.0.0.5:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:00ff"
+        );
+        assert!(check.contains("get node"), "{check}");
+        let k3s = JoinSpec {
+            kind: "k3s".into(),
+            endpoint: Some("https://10.0.0.5:6443".into()),
+            token: Some("K10abc::server:x".into()),
+            ..Default::default()
+        };
+        assert_eq!(k3s.validate(), Ok(()));
+        assert!(matches!(plan(&k3s, "m1", None), NodeInstruction::Command { .. }));
+    }
+
+    #[test]
+    fn invalid_specs_name_their_field() {
+        let field = |spec: JoinSpec| spec.validate().unwrap_err().field;
+        assert_eq!(field(JoinSpec { kind: "nomad".into(), ..Default::default() }), "cluster.kind");
+        assert_eq!(field(JoinSpec { kind: "swarm".into(), ..Default::default() }), "cluster.cluster");
+        assert_eq!(
+            field(JoinSpec { kind: "swarm".into(), endpoint: Some("h:2377".into()), ..Default::default() }),
+            "cluster.token"
+        );
+        assert_eq!(
+            field(JoinSpec { kind: "swarm".into(), cluster: Some("a; rm -rf /".into()), ..Default::default() }),
+            "cluster.cluster",
+            "nothing that could break out of a shell command"
+        );
+        assert_eq!(field(JoinSpec { role: Some("boss".into()), ..swarm("lab") }), "cluster.role");
+        assert_eq!(
+            field(JoinSpec { kind: "command".into(), run: Some("join".into()), ..Default::default() }),
+            "cluster.check"
+        );
+    }
+}

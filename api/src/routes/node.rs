@@ -1,0 +1,260 @@
+//! Deployed nodes and their clusters.
+//!
+//! The node agent (slipway-agent as a systemd service on the deployed OS)
+//! posts its status every heartbeat with the credential written at deploy;
+//! the reply says what to do about the cluster. A machine becomes `joined`
+//! only when the agent reports membership that it read from the cluster
+//! itself (`docker info`, or the join spec's check command).
+//!
+//! Operators read `GET /api/v1/machines/{id}/node` and `/api/v1/clusters`.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::auth::{Admin, NodeMachine};
+use crate::error::{parse_json, ApiError};
+use crate::join::{self, JoinSpec, HEARTBEAT_SECONDS};
+use crate::lifecycle::{MachineState, Trigger};
+use crate::store::{Cluster, NodeReport};
+use crate::AppState;
+use wire::{NodeInstruction, NodeStatus, SwarmCreated};
+
+pub fn agent_router() -> Router<AppState> {
+    Router::new().route(wire::NODE_STATUS_PATH, post(status)).route(wire::NODE_SWARM_PATH, post(swarm_created))
+}
+
+pub fn operator_router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/machines/{id}/node", get(show_node))
+        .route("/api/v1/clusters", get(list_clusters))
+        .route("/api/v1/clusters/{name}", get(show_cluster))
+}
+
+/// The join spec of the machine's deployment, if it asked for one.
+async fn join_spec(state: &AppState, id: &str) -> Result<Option<JoinSpec>, ApiError> {
+    let spec = state.store.deployment(id).await?.map(|d| d.spec["cluster"].clone()).unwrap_or(Value::Null);
+    if spec.is_null() {
+        return Ok(None);
+    }
+    // Validated when the deploy was accepted.
+    Ok(serde_json::from_value(spec).ok())
+}
+
+async fn status(
+    NodeMachine(id): NodeMachine,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<NodeInstruction>, ApiError> {
+    let report: NodeStatus = parse_json(&body)?;
+    let machine_state = state.store.machine(&id).await?.map(|m| m.state);
+    if !matches!(machine_state, Some(MachineState::Deployed | MachineState::Joined)) {
+        return Err(crate::store::StoreError::Conflict(format!("machine {id} is not deployed")).into());
+    }
+    if state.store.record_node_status(&id, &report).await? {
+        tracing::info!(
+            machine = id,
+            os = report.os,
+            kernel = report.kernel,
+            containerd = report.containerd_version,
+            docker = report.docker_version,
+            "node agent started"
+        );
+    }
+    let spec = join_spec(&state, &id).await?;
+    let cluster_name = spec.as_ref().and_then(JoinSpec::managed_cluster).map(str::to_string);
+    let cluster_name = cluster_name.as_deref();
+    if let Some(membership) = &report.cluster {
+        if let (Some(name), true) = (cluster_name, membership.manager && !membership.members.is_empty()) {
+            state.store.set_cluster_members(name, &membership.members).await?;
+        }
+        if machine_state == Some(MachineState::Deployed) {
+            if let Some(MachineState::Joined) = state.store.fire(&id, Trigger::ClusterJoined).await? {
+                tracing::info!(
+                    machine = id,
+                    kind = membership.kind,
+                    node_id = membership.node_id,
+                    manager = membership.manager,
+                    "node joined its cluster"
+                );
+                metrics::counter!("slipway_cluster_joins_total").increment(1);
+                let detail = json!({ "kind": membership.kind, "node_id": membership.node_id, "manager": membership.manager, "cluster": cluster_name });
+                state.store.record_event(Some(&id), "cluster.joined", detail).await?;
+            }
+        }
+        return Ok(Json(NodeInstruction::Wait { poll_seconds: HEARTBEAT_SECONDS }));
+    }
+    let Some(spec) = spec else {
+        return Ok(Json(NodeInstruction::Wait { poll_seconds: HEARTBEAT_SECONDS }));
+    };
+    if let Some(error) = &report.join_error {
+        tracing::warn!(machine = id, error, "cluster join attempt failed; the agent retries");
+    }
+    let cluster = match cluster_name {
+        Some(name) => Some(state.store.claim_cluster(name, &spec.kind, &id).await?),
+        None => None,
+    };
+    Ok(Json(join::plan(&spec, &id, cluster.as_ref())))
+}
+
+/// The node that created its cluster's Swarm hands back the join tokens.
+async fn swarm_created(
+    NodeMachine(id): NodeMachine,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<NodeInstruction>, ApiError> {
+    let created: SwarmCreated = parse_json(&body)?;
+    let spec = join_spec(&state, &id).await?;
+    let Some(name) = spec.as_ref().and_then(JoinSpec::managed_cluster) else {
+        return Err(crate::store::StoreError::Conflict(format!("machine {id} forms no cluster")).into());
+    };
+    state.store.cluster_created(name, &id, &created.endpoint, &created.worker_token, &created.manager_token).await?;
+    tracing::info!(machine = id, cluster = name, endpoint = created.endpoint, "swarm created");
+    Ok(Json(NodeInstruction::Wait { poll_seconds: 1 }))
+}
+
+async fn show_node(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeReport>, ApiError> {
+    let machine = super::machines::find(&state, &id).await?;
+    let report = state.store.node_report(&machine.id).await?;
+    report.map(Json).ok_or_else(|| ApiError::NotFound { what: format!("a node agent report from machine {id}") })
+}
+
+async fn list_clusters(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "clusters": state.store.clusters().await? })))
+}
+
+async fn show_cluster(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Cluster>, ApiError> {
+    let cluster = state.store.cluster(&name).await?;
+    cluster.map(Json).ok_or_else(|| ApiError::NotFound { what: format!("cluster {name}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use serde_json::json;
+
+    use crate::routes::test_support::{app, deployed_machine, get, post, TestApp};
+
+    fn status(hostname: &str) -> serde_json::Value {
+        json!({ "agent_version": "0.1.0", "hostname": hostname, "os": "Debian GNU/Linux 12 (bookworm)",
+                "kernel": "6.1.0-28-amd64", "containerd_version": "1.6.20", "docker_version": "20.10.24" })
+    }
+
+    fn member(hostname: &str, node_id: &str, manager: bool, members: serde_json::Value) -> serde_json::Value {
+        let mut s = status(hostname);
+        s["cluster"] = json!({ "kind": "swarm", "node_id": node_id, "manager": manager, "members": members });
+        s
+    }
+
+    async fn machine_state(t: &TestApp, id: &str) -> String {
+        get(&t.operator, &format!("/api/v1/machines/{id}"), Some(&t.admin)).await.1["state"].as_str().unwrap().into()
+    }
+
+    #[tokio::test]
+    async fn slipway_forms_a_swarm_from_the_first_node_and_the_rest_join_it() {
+        let t = app().await;
+        let cluster = json!({ "kind": "swarm", "cluster": "rack7" });
+        let (first, first_token) = deployed_machine(&t, "52:54:00:00:00:41", "node1", Some(&cluster)).await;
+        let (second, second_token) = deployed_machine(&t, "52:54:00:00:00:42", "node2", Some(&cluster)).await;
+        let path = wire::NODE_STATUS_PATH;
+
+        // Both report before the swarm exists: the first to ask creates it.
+        let (code, plan) = post(&t.boot, path, &second_token, &status("node2")).await;
+        assert_eq!((code, plan["action"].as_str()), (StatusCode::OK, Some("swarm_init")), "{plan}");
+        assert_eq!(post(&t.boot, path, &first_token, &status("node1")).await.1["action"], "wait");
+        let created =
+            json!({ "endpoint": "10.77.0.101:2377", "worker_token": "SWMTKN-1-w", "manager_token": "SWMTKN-1-m" });
+        assert_eq!(
+            post(&t.boot, wire::NODE_SWARM_PATH, &first_token, &created).await.0,
+            StatusCode::CONFLICT,
+            "only the node that was told to create the swarm hands back its tokens"
+        );
+        assert_eq!(post(&t.boot, wire::NODE_SWARM_PATH, &second_token, &created).await.0, StatusCode::OK);
+        let (_, plan) = post(&t.boot, path, &first_token, &status("node1")).await;
+        assert_eq!(plan, json!({ "action": "swarm_join", "endpoint": "10.77.0.101:2377", "token": "SWMTKN-1-w" }));
+        assert_eq!(machine_state(&t, &first).await, "deployed", "told to join is not joined");
+
+        // Membership as the cluster reports it makes a machine joined.
+        let members = json!([
+            { "hostname": "node2", "status": "Ready", "availability": "Active", "manager": true },
+            { "hostname": "node1", "status": "Ready", "availability": "Active", "manager": false }
+        ]);
+        assert_eq!(post(&t.boot, path, &second_token, &member("node2", "n2", true, members)).await.1["action"], "wait");
+        assert_eq!(post(&t.boot, path, &first_token, &member("node1", "n1", false, json!([]))).await.0, StatusCode::OK);
+        assert_eq!(
+            (machine_state(&t, &first).await, machine_state(&t, &second).await),
+            ("joined".into(), "joined".into())
+        );
+
+        let (_, c) = get(&t.operator, "/api/v1/clusters/rack7", Some(&t.admin)).await;
+        assert_eq!(
+            (c["initiator"].as_str(), c["members"].as_array().unwrap().len()),
+            (Some(second.as_str()), 2),
+            "{c}"
+        );
+        assert!(!c.to_string().contains("SWMTKN"), "join tokens are never shown: {c}");
+        let (_, node) = get(&t.operator, &format!("/api/v1/machines/{first}/node"), Some(&t.admin)).await;
+        assert_eq!(node["status"]["docker_version"], "20.10.24");
+        let (_, events) = get(&t.operator, &format!("/api/v1/machines/{first}/events"), Some(&t.admin)).await;
+        let kinds: Vec<&str> =
+            events["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        for kind in ["node.agent_started", "cluster.joined"] {
+            assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn node_credentials_are_per_machine_and_die_with_release() {
+        let t = app().await;
+        let (id, token) = deployed_machine(&t, "52:54:00:00:00:43", "node3", None).await;
+        let path = wire::NODE_STATUS_PATH;
+        assert_eq!(post(&t.boot, path, "forged", &status("node3")).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(post(&t.boot, path, &t.admin, &status("node3")).await.0, StatusCode::UNAUTHORIZED);
+        let mut bad = status("node3");
+        bad["kernel"] = json!(6);
+        let (code, problem) = post(&t.boot, path, &token, &bad).await;
+        assert_eq!((code, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("kernel")), "{problem}");
+        let (code, plan) = post(&t.boot, path, &token, &status("node3")).await;
+        assert_eq!(
+            (code, plan["action"].as_str()),
+            (StatusCode::OK, Some("wait")),
+            "no cluster asked: nothing to join"
+        );
+        assert_eq!(machine_state(&t, &id).await, "deployed");
+        let release = format!("/api/v1/machines/{id}/release");
+        assert_eq!(post(&t.operator, &release, &t.admin, &json!({})).await.0, StatusCode::ACCEPTED);
+        assert_eq!(
+            post(&t.boot, path, &token, &status("node3")).await.0,
+            StatusCode::UNAUTHORIZED,
+            "a released machine's OS no longer speaks for it"
+        );
+    }
+
+    #[tokio::test]
+    async fn deploys_refuse_join_specs_that_cannot_work() {
+        let t = app().await;
+        let (id, _) = crate::routes::test_support::ready_machine(&t, "52:54:00:00:00:44").await;
+        crate::routes::test_support::available_image(&t, "img").await;
+        let deploy = format!("/api/v1/machines/{id}/deploy");
+        for (cluster, field) in [
+            (json!({ "kind": "nomad" }), "cluster.kind"),
+            (json!({ "kind": "swarm" }), "cluster.cluster"),
+            (json!({ "kind": "swarm", "cluster": "x", "colour": "red" }), "cluster.colour"),
+        ] {
+            let req = json!({ "image": "img", "hostname": "n", "cluster": cluster });
+            let (code, problem) = post(&t.operator, &deploy, &t.admin, &req).await;
+            assert_eq!((code, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some(field)), "{problem}");
+        }
+        assert_eq!(machine_state(&t, &id).await, "ready", "a refused deploy changes nothing");
+    }
+}
