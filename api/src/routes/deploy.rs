@@ -391,4 +391,32 @@ mod flow_tests {
         assert_eq!((status, instruction["action"].as_str()), (StatusCode::OK, Some("deploy")));
         assert!(started.elapsed() < std::time::Duration::from_secs(3), "woken by the deploy, not by the timeout");
     }
+
+    /// The appliance restarts mid-write: the deploy resumes where the agent
+    /// is, and only a verified write makes the machine deployed.
+    #[tokio::test]
+    async fn an_appliance_restart_mid_deploy_resumes_it() {
+        let t = app().await;
+        available_image(&t, "debian-12").await;
+        let (id, token) = ready_machine(&t, "52:54:00:00:00:35").await;
+        let req = json!({ "image": "debian-12", "hostname": "node5" });
+        assert_eq!(
+            post(&t.operator, &format!("/api/v1/machines/{id}/deploy"), &t.admin, &req).await.0,
+            StatusCode::ACCEPTED
+        );
+        assert_eq!(get(&t.boot, wire::INSTRUCTIONS_PATH, Some(&token)).await.1["action"], "deploy");
+        let writing = json!({ "phase": "writing", "bytes_written": 4096, "disk": "/dev/vda" });
+        post(&t.boot, wire::DEPLOY_PATH, &token, &writing).await;
+
+        let t = crate::routes::test_support::restart(t).await;
+        let (_, m) = get(&t.operator, &format!("/api/v1/machines/{id}"), Some(&t.admin)).await;
+        assert_eq!(m["state"], "deploying", "the deploy survives the restart, not counted as done");
+        assert!(m["state_deadline"].is_string(), "and keeps its deadline: {m}");
+        let (_, instruction) = get(&t.boot, wire::INSTRUCTIONS_PATH, Some(&token)).await;
+        assert_eq!(instruction["action"], "deploy", "an agent that asks again gets the same image");
+        let written = json!({ "phase": "written", "bytes_written": 1u64 << 20, "disk": "/dev/vda" });
+        assert_eq!(post(&t.boot, wire::DEPLOY_PATH, &token, &written).await.1["action"], "reboot");
+        let (_, m) = get(&t.operator, &format!("/api/v1/machines/{id}"), Some(&t.admin)).await;
+        assert_eq!(m["state"], "deployed");
+    }
 }

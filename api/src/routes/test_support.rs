@@ -17,7 +17,6 @@ pub struct TestApp {
 
 pub async fn app() -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display())).await.unwrap();
     let ramdisk = dir.path().join("ramdisk");
     std::fs::create_dir(&ramdisk).unwrap();
     std::fs::write(ramdisk.join("vmlinuz"), "kernel-bytes").unwrap();
@@ -27,7 +26,20 @@ pub async fn app() -> TestApp {
     std::fs::write(dir.path().join("secret"), "secret").unwrap();
     let images_dir = dir.path().join("images");
     std::fs::create_dir(&images_dir).unwrap();
-    let admin = auth::random_token();
+    serve_from(dir, auth::random_token()).await
+}
+
+/// The same appliance after a restart: its database and files, new
+/// processes' worth of state.
+pub async fn restart(t: TestApp) -> TestApp {
+    let TestApp { operator, boot, admin, _dir: dir } = t;
+    drop((operator, boot));
+    serve_from(dir, admin).await
+}
+
+async fn serve_from(dir: tempfile::TempDir, admin: String) -> TestApp {
+    let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display())).await.unwrap();
+    let (ramdisk, ipxe, images_dir) = (dir.path().join("ramdisk"), dir.path().join("ipxe"), dir.path().join("images"));
     let state = AppState {
         store,
         admin_token_digest: auth::digest(&admin),
