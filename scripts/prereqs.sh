@@ -14,6 +14,10 @@ packages=(
   gdisk                                            # sgdisk checks the GPTs the agent grows
   debootstrap e2fsprogs                            # the lab-debian OS image
   ca-certificates gcc pkg-config                    # building crates
+  ipmitool openipmi                                # IPMI client; ipmi_sim, an IPMI BMC to test against
+  nut-server                                       # NUT upsd + dummy-ups: a UPS to test against, the lab's UPS
+  snmpsim                                          # snmpsimd: an SNMP agent serving UPS-MIB values
+  python3-venv                                     # a venv for sushy-tools (a Redfish BMC to test against)
 )
 find_missing() {
   missing=()
@@ -46,4 +50,15 @@ if ! command -v cargo >/dev/null 2>&1; then
   # toolchain is expected on the machine. Try Debian's as a last resort.
   echo "prereqs: cargo not found; trying Debian's rustc/cargo"
   apt-get install -y -qq cargo rustc >/dev/null
+fi
+
+# Python peers live in a venv outside the clone, keyed by what it holds.
+venv=/var/cache/slipway/venv
+py_peers="sushy-tools==2.2.0"
+if [ "$(cat "$venv/.peers" 2>/dev/null)" != "$py_peers" ]; then
+  echo "prereqs: creating $venv with $py_peers"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q $py_peers
+  echo "$py_peers" > "$venv/.peers"
 fi

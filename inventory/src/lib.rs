@@ -2,12 +2,24 @@
 //! it from in-band facts (the text of `/proc` and `/sys` files read by the
 //! agent in the discovery ramdisk).
 //!
-//! This crate does no I/O: the agent reads files and hands their contents
-//! here, so every parser is testable with fixture text. Out-of-band clients
-//! (Redfish, IPMI, UPS) will live here too, behind their own modules, and fill
-//! the same model with the source of each fact recorded.
+//! The in-band part does no I/O: the agent reads files and hands their
+//! contents here, so every parser is testable with fixture text. The
+//! out-of-band model (`oob`) is plain data too. The clients that talk to
+//! BMCs and UPSes (`redfish`, `ipmi`, `ups`) and the simulated BMC (`sim`)
+//! are behind the `oob` feature, so the ramdisk agent, which needs only the
+//! parsers, does not build an HTTP client stack.
 
 pub mod inband;
 mod model;
+pub mod oob;
 
 pub use model::{Cpu, Disk, Inventory, Memory, Nic, Source, SystemInfo};
+
+#[cfg(feature = "oob")]
+pub mod ipmi;
+#[cfg(feature = "oob")]
+pub mod redfish;
+#[cfg(feature = "oob")]
+pub mod sim;
+#[cfg(feature = "oob")]
+pub mod ups;

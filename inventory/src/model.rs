@@ -3,11 +3,13 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a fact came from. In-band facts are read by our agent on the
-/// machine; later out-of-band facts come from its BMC.
+/// machine; out-of-band facts come from its BMC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     InBand,
+    Redfish,
+    Ipmi,
 }
 
 /// Everything Slipway knows about a machine's hardware.
