@@ -1,5 +1,6 @@
 //! The `slipway` binary: `serve` (the appliance in one process), `lab`
-//! (the QEMU lab), and `ramdisk` (build the discovery ramdisk).
+//! (the QEMU lab, and its simulated BMCs: the hidden `lab vbmc`), and
+//! `ramdisk` (build the discovery ramdisk).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -79,6 +80,14 @@ enum LabCmd {
     },
     /// Tear down a lab left by `lab up --keep`.
     Down,
+    /// Run the simulated BMCs (Redfish, driving lab VMs through QMP)
+    /// described by a JSON file until SIGTERM; `lab up` starts it.
+    #[command(hide = true)]
+    Vbmc {
+        /// A JSON list of BMCs (`inventory::sim::BmcConfig`).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +198,13 @@ fn main() -> anyhow::Result<()> {
             lab::up(&opts).map(|_| ())
         }
         Cmd::Lab { command: LabCmd::Down } => lab::down(),
+        Cmd::Lab { command: LabCmd::Vbmc { config } } => {
+            init_tracing("text");
+            let bmcs = inventory::sim::load_config(&config)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(inventory::sim::serve_all(bmcs, terminated()))?;
+            Ok(())
+        }
         Cmd::Bench { command: BenchCmd::Tftp { parallel, report } } => {
             let results = hardware_tests::bench::run_tftp(parallel, &std::env::current_exe()?)?;
             print!("{}", hardware_tests::bench::tftp_table(&results));
@@ -221,6 +237,23 @@ fn main() -> anyhow::Result<()> {
             let ramdisk = images::ensure_ramdisk(&images::RamdiskInputs { agent_binary: agent, cache_dir })?;
             println!("{}", serde_json::to_string_pretty(&ramdisk)?);
             Ok(())
+        }
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

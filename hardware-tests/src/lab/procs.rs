@@ -1,4 +1,5 @@
-//! The lab's child processes: the appliance and one QEMU per node. Each
+//! The lab's child processes: the appliance, one QEMU per node and the
+//! simulated BMCs (`slipway lab vbmc`) that drive them. Each
 //! runs in its own process group (a terminal's Ctrl-C reaches only us, and
 //! we stop them in order) with its output in a log file.
 
@@ -13,7 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::qemu::{Accel, NodeSpec};
+use super::qemu::{Accel, NodeSpec, SMBIOS_MANUFACTURER, SMBIOS_PRODUCT};
 
 struct Proc {
     name: String,
@@ -86,6 +87,28 @@ impl Children {
         self.spawn("dhcrelay", cmd, &work.join("dhcrelay.log"))
     }
 
+    /// `slipway lab vbmc`: one Redfish BMC per entry, each driving its VM
+    /// through QMP. The config (passwords included) goes to
+    /// `work/vbmc.json`, readable by root only; output to `work/vbmc.log`.
+    #[allow(dead_code)] // `lab up` starts it once BMC-driven nodes are wired in.
+    pub fn spawn_vbmc(&mut self, bin: &Path, entries: &[VbmcEntry], work: &Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let config = work.join("vbmc.json");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&config)
+            .with_context(|| format!("creating {}", config.display()))?;
+        file.write_all(serde_json::to_string_pretty(entries)?.as_bytes())
+            .with_context(|| format!("writing {}", config.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["lab", "vbmc", "--config"]).arg(&config);
+        self.spawn("vbmc", cmd, &work.join("vbmc.log"))
+    }
+
     pub fn spawn_vm(&mut self, spec: &NodeSpec, accel: Accel) -> anyhow::Result<()> {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(spec.args(accel));
@@ -142,6 +165,56 @@ impl Children {
     }
 }
 
+/// One simulated BMC as `slipway lab vbmc --config` reads it: the JSON
+/// shape of `inventory::sim::BmcConfig` (`hardware-tests` does not depend
+/// on `inventory`; `vbmc_entry_has_the_sim_config_shape` pins the fields).
+#[derive(Debug, Clone, Serialize)]
+pub struct VbmcEntry {
+    pub name: String,
+    pub listen: std::net::SocketAddr,
+    pub qmp: PathBuf,
+    pub username: String,
+    pub password: String,
+    pub smbios: VbmcSmbios,
+    pub mac: String,
+    pub disk_serial: String,
+    /// `pxe` or `disk`: what boots first without an override.
+    pub default_boot: &'static str,
+    pub uefi: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VbmcSmbios {
+    pub serial: String,
+    pub uuid: String,
+    pub manufacturer: String,
+    pub product: String,
+}
+
+impl VbmcEntry {
+    /// The BMC of a node started with `bmc: true`, listening on `listen`.
+    #[allow(dead_code)] // `lab up` builds these once BMC-driven nodes are wired in.
+    pub fn for_node(spec: &NodeSpec, listen: std::net::SocketAddr, username: &str, password: &str) -> VbmcEntry {
+        VbmcEntry {
+            name: spec.name.clone(),
+            listen,
+            qmp: spec.qmp_socket(),
+            username: username.into(),
+            password: password.into(),
+            smbios: VbmcSmbios {
+                serial: spec.serial.clone(),
+                uuid: spec.uuid.clone(),
+                manufacturer: SMBIOS_MANUFACTURER.into(),
+                product: SMBIOS_PRODUCT.into(),
+            },
+            mac: spec.mac.clone(),
+            disk_serial: spec.disk_serial(),
+            default_boot: "pxe",
+            uefi: spec.firmware.is_uefi(),
+        }
+    }
+}
+
 /// Stops processes recorded by `save_state`, if they are still ours (their
 /// command line names qemu or slipway: PIDs get reused). Returns how many.
 pub fn stop_saved(path: &Path) -> anyhow::Result<usize> {
@@ -170,4 +243,25 @@ pub fn stop_saved(path: &Path) -> anyhow::Result<usize> {
         stopped += 1;
     }
     Ok(stopped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::qemu::Firmware;
+
+    #[test]
+    fn vbmc_entry_has_the_sim_config_shape() {
+        let spec = NodeSpec::lab_node(1, Firmware::Uefi, 512, Path::new("/lab"));
+        let entry = VbmcEntry::for_node(&spec, "10.77.0.1:8002".parse().unwrap(), "admin", "pw");
+        let json = serde_json::to_value(&entry).unwrap();
+        let expected = serde_json::json!({
+            "name": "node2", "listen": "10.77.0.1:8002", "qmp": "/lab/node2.qmp",
+            "username": "admin", "password": "pw",
+            "smbios": { "serial": "LAB-0002", "uuid": "5f1a0000-0000-4000-8000-000000000002",
+                        "manufacturer": "Slipway Lab", "product": "QEMU Lab Node" },
+            "mac": "52:54:00:5e:00:02", "disk_serial": "DISK-LAB-0002", "default_boot": "pxe", "uefi": true,
+        });
+        assert_eq!(json, expected);
+    }
 }

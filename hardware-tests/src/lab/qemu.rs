@@ -98,7 +98,17 @@ pub struct NodeSpec {
     pub uuid: String,
     pub serial: String,
     pub dir: PathBuf,
+    /// Controlled by a simulated BMC (`slipway lab vbmc`): QEMU starts
+    /// paused ("off", `-S`), stays up when the guest powers off
+    /// (`-no-shutdown`), serves QMP on `qmp_socket()`, and names its NIC
+    /// `nic0` and disk `disk0` (boot order: NIC, then disk) so the BMC can
+    /// change their `bootindex`. Without it the VM starts running at once.
+    pub bmc: bool,
 }
+
+/// SMBIOS type 1 strings of every lab node.
+pub const SMBIOS_MANUFACTURER: &str = "Slipway Lab";
+pub const SMBIOS_PRODUCT: &str = "QEMU Lab Node";
 
 impl NodeSpec {
     /// Node `index` (0-based). Disk sizes differ per node so inventories
@@ -116,6 +126,7 @@ impl NodeSpec {
             uuid: format!("5f1a0000-0000-4000-8000-{n:012}"),
             serial: format!("LAB-{n:04}"),
             dir: dir.to_path_buf(),
+            bmc: false,
         }
     }
 
@@ -152,9 +163,37 @@ impl NodeSpec {
         }
     }
 
+    /// The QMP socket a simulated BMC drives (with `bmc`).
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.dir.join(format!("{}.qmp", self.name))
+    }
+
+    pub fn disk_serial(&self) -> String {
+        format!("DISK-{}", self.serial)
+    }
+
     /// Everything the VM writes to its serial console.
     pub fn serial_log(&self) -> PathBuf {
         self.dir.join(format!("{}.serial.log", self.name))
+    }
+
+    /// `id=ID,` for a device the simulated BMC addresses.
+    fn bmc_id(&self, id: &str) -> String {
+        if self.bmc {
+            format!("id={id},")
+        } else {
+            String::new()
+        }
+    }
+
+    /// The disk boots second when a BMC may reorder (QEMU needs both
+    /// devices to have an index to swap them).
+    fn disk_boot(&self) -> &'static str {
+        if self.bmc {
+            ",bootindex=2"
+        } else {
+            ""
+        }
     }
 
     pub fn args(&self, accel: Accel) -> Vec<String> {
@@ -178,16 +217,29 @@ impl NodeSpec {
             "-uuid".into(),
             self.uuid.clone(),
             "-smbios".into(),
-            format!("type=1,manufacturer=Slipway Lab,product=QEMU Lab Node,serial={}", self.serial),
+            format!("type=1,manufacturer={SMBIOS_MANUFACTURER},product={SMBIOS_PRODUCT},serial={}", self.serial),
             "-netdev".into(),
             format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap),
             "-device".into(),
-            format!("virtio-net-pci,netdev=n0,mac={},bootindex=1{}", self.mac, self.nic_rom()),
+            format!("virtio-net-pci,netdev=n0,{}mac={},bootindex=1{}", self.bmc_id("nic0"), self.mac, self.nic_rom()),
             "-drive".into(),
             format!("file={},if=none,id=d0,format=qcow2", self.disk().display()),
             "-device".into(),
-            format!("virtio-blk-pci,drive=d0,serial=DISK-{}", self.serial),
+            format!(
+                "virtio-blk-pci,drive=d0,{}serial={}{}",
+                self.bmc_id("disk0"),
+                self.disk_serial(),
+                self.disk_boot()
+            ),
         ];
+        if self.bmc {
+            a.extend([
+                "-S".into(),
+                "-no-shutdown".into(),
+                "-qmp".into(),
+                format!("unix:{},server=on,wait=off", self.qmp_socket().display()),
+            ]);
+        }
         if self.firmware.is_uefi() {
             a.extend([
                 "-drive".into(),
@@ -215,5 +267,16 @@ mod tests {
         assert!(!bios.contains("pflash"));
         let native = NodeSpec::lab_node(2, Firmware::PxeUefi, 512, Path::new("/lab")).args(Accel::Tcg).join(" ");
         assert!(native.contains("bootindex=1,romfile= ") && native.contains("pflash"), "{native}");
+        assert!(!args.contains(" -S ") && !args.contains("-qmp") && !args.contains("id=nic0"));
+    }
+
+    #[test]
+    fn bmc_nodes_start_off_with_qmp_and_named_boot_devices() {
+        let mut spec = NodeSpec::lab_node(0, Firmware::Bios, 512, Path::new("/lab"));
+        spec.bmc = true;
+        let args = spec.args(Accel::Tcg).join(" ");
+        assert!(args.contains(" -S -no-shutdown -qmp unix:/lab/node1.qmp,server=on,wait=off"), "{args}");
+        assert!(args.contains("virtio-net-pci,netdev=n0,id=nic0,mac=52:54:00:5e:00:01,bootindex=1"), "{args}");
+        assert!(args.contains("virtio-blk-pci,drive=d0,id=disk0,serial=DISK-LAB-0001,bootindex=2"), "{args}");
     }
 }
