@@ -23,6 +23,30 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub provisioning: ProvisioningConfig,
     pub boot: BootFilesConfig,
+    pub oob: OobConfig,
+}
+
+/// Out-of-band management: BMCs and UPSes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OobConfig {
+    /// 64 hex digits: the key that encrypts BMC and UPS passwords at rest.
+    /// Empty: generated at first start into `data_dir/secret-key` (0600).
+    /// Appliances sharing one database must share this key.
+    pub secret_key: String,
+    /// Every BMC request gives up after this long.
+    pub request_timeout_secs: u64,
+    /// Requests in flight to one BMC at once; more wait their turn, so a
+    /// burst never locks a BMC out.
+    pub max_requests_per_bmc: u32,
+    /// How often each BMC's power state is read.
+    pub power_poll_secs: u64,
+    /// How often each UPS is read.
+    pub ups_poll_secs: u64,
+    /// After a failure a BMC or UPS is retried after this long, doubling
+    /// up to `max_backoff_secs`.
+    pub min_backoff_secs: u64,
+    pub max_backoff_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,6 +184,15 @@ impl Default for Config {
                 arm64_file: String::new(),
                 ramdisk_dir: String::new(),
                 agent_binary: String::new(),
+            },
+            oob: OobConfig {
+                secret_key: String::new(),
+                request_timeout_secs: 10,
+                max_requests_per_bmc: 2,
+                power_poll_secs: 30,
+                ups_poll_secs: 2,
+                min_backoff_secs: 5,
+                max_backoff_secs: 300,
             },
         }
     }

@@ -16,8 +16,21 @@ pub enum ApiError {
     NotFound { what: String },
     #[error("invalid {field}: {detail}")]
     BadRequest { field: String, detail: String },
+    /// A BMC or UPS failed the request (HTTP 502): it says which and why.
+    #[error("{0}")]
+    Device(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<crate::oob::OobFailure> for ApiError {
+    fn from(err: crate::oob::OobFailure) -> Self {
+        match err {
+            crate::oob::OobFailure::Store(e) => ApiError::Store(e),
+            crate::oob::OobFailure::NoBmc(id) => ApiError::NotFound { what: format!("BMC {id}") },
+            crate::oob::OobFailure::Device(e) => ApiError::Device(e.to_string()),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -26,6 +39,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized", None),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "Not Found", None),
             ApiError::BadRequest { field, .. } => (StatusCode::BAD_REQUEST, "Bad Request", Some(field.clone())),
+            ApiError::Device(_) => (StatusCode::BAD_GATEWAY, "Bad Gateway", None),
             ApiError::Store(StoreError::Conflict(_)) => (StatusCode::CONFLICT, "Conflict", None),
             ApiError::Store(err) => {
                 tracing::error!(error = %err, source = ?std::error::Error::source(err), "internal error");

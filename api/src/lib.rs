@@ -12,7 +12,9 @@ mod dhcp_backend;
 pub mod error;
 pub mod join;
 pub mod lifecycle;
+pub mod oob;
 mod routes;
+pub mod secrets;
 pub mod serve;
 pub mod store;
 
@@ -37,6 +39,8 @@ pub struct AppState {
     pub work_posted: Arc<tokio::sync::Notify>,
     /// The image catalog's content: `<name>.raw.zst` per image.
     pub images_dir: PathBuf,
+    /// BMC and UPS clients and their pollers.
+    pub oob: Arc<oob::Oob>,
 }
 
 /// What the boot HTTP face needs: where clients reach it, and the ramdisk.

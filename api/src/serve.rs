@@ -91,7 +91,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(Arc::new(BootContext { http_base, ramdisk_dir, ipxe_dir: config.boot.ipxe_dir.clone() }))
         }
     };
+    let secrets = crate::secrets::SecretBox::load(&config.oob.secret_key, &config.data_dir)
+        .context("loading the key for secrets at rest")?;
+    let oob = crate::oob::Oob::new(store.clone(), secrets, (&config.oob).into(), discovery_timeout_ms);
+    oob.start().await.context("starting the BMC and UPS pollers")?;
     let state = AppState {
+        oob,
         store: store.clone(),
         admin_token_digest: auth::digest(&token),
         boot: boot.clone(),

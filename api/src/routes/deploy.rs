@@ -35,9 +35,10 @@ struct ReleaseRequest {
     wipe: Option<String>,
 }
 
-/// Releasing needs the machine's agent: a deployed machine gets the
-/// ramdisk at its next network boot (power it through its BMC, or by hand,
-/// until BMC control lands), a failed one is often still running it.
+/// Releasing needs the machine's agent: a machine with a BMC is
+/// network-booted into the ramdisk through it; without one, a deployed
+/// machine gets the ramdisk at its next network boot (by hand), and a
+/// failed one is often still running it.
 async fn release(
     _: Admin,
     State(state): State<AppState>,
@@ -52,6 +53,7 @@ async fn release(
     let machine = super::machines::find(&state, &id).await?;
     state.store.start_release(&machine.id, &mode, now_ms() + state.deploy_timeout_ms).await?;
     state.work_posted.notify_waiters();
+    state.oob.boot_for_work(&machine.id, false, "release: boot into the ramdisk to wipe");
     tracing::info!(machine = machine.id, wipe = mode, "release requested");
     let machine = super::machines::find(&state, &machine.id).await?;
     Ok((StatusCode::ACCEPTED, Json(machine)))
@@ -176,6 +178,7 @@ async fn deploy(
     let deployment =
         state.store.start_deployment(&machine.id, &image, &spec, now_ms() + state.deploy_timeout_ms).await?;
     state.work_posted.notify_waiters();
+    state.oob.boot_for_work(&machine.id, true, "deploy: power on into the installer");
     tracing::info!(machine = machine.id, image = req.image, hostname = req.hostname, "deployment requested");
     metrics::counter!("slipway_deployments_requested_total").increment(1);
     Ok((StatusCode::ACCEPTED, Json(deployment)))

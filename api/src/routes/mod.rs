@@ -1,12 +1,14 @@
 //! HTTP routes, one module per resource.
 
 mod agent;
+mod bmcs;
 mod boot;
 mod deploy;
 mod images;
 mod machines;
 mod metrics;
 mod node;
+mod ups;
 
 pub use metrics::handle as metrics_handle;
 
@@ -23,6 +25,8 @@ pub fn operator_router(state: AppState) -> Router {
         .merge(deploy::router())
         .merge(images::router())
         .merge(node::operator_router())
+        .merge(bmcs::router())
+        .merge(ups::router())
         .merge(metrics::router())
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -40,7 +40,21 @@ pub async fn restart(t: TestApp) -> TestApp {
 async fn serve_from(dir: tempfile::TempDir, admin: String) -> TestApp {
     let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display())).await.unwrap();
     let (ramdisk, ipxe, images_dir) = (dir.path().join("ramdisk"), dir.path().join("ipxe"), dir.path().join("images"));
+    let oob = crate::oob::Oob::new(
+        store.clone(),
+        crate::secrets::SecretBox::new([9; 32]),
+        crate::oob::OobSettings {
+            timeout: std::time::Duration::from_secs(2),
+            max_requests_per_bmc: 2,
+            power_poll: std::time::Duration::from_secs(1),
+            ups_poll: std::time::Duration::from_secs(1),
+            min_backoff: std::time::Duration::from_secs(1),
+            max_backoff: std::time::Duration::from_secs(4),
+        },
+        60_000,
+    );
     let state = AppState {
+        oob,
         store,
         admin_token_digest: auth::digest(&admin),
         boot: Some(Arc::new(BootContext {

@@ -15,9 +15,11 @@ use uuid::Uuid;
 
 mod deploy;
 mod node;
+mod oob;
 
 pub use deploy::{DeployPhase, Deployment, Image, ImageMeta, ImageState};
 pub use node::{Cluster, NodeReport};
+pub use oob::{Bmc, LinkedBy, NewBmc, Ups, UpsFeeds};
 
 use crate::lifecycle::{self, MachineState, Transition, Trigger};
 use inventory::Inventory;
@@ -66,6 +68,10 @@ pub struct Machine {
     pub state: MachineState,
     pub failure: Option<Failure>,
     pub macs: Vec<String>,
+    /// From in-band DMI or the BMC, whichever was known first.
+    pub system_uuid: Option<String>,
+    pub serial: Option<String>,
+    pub rack: Option<String>,
     pub inventory: Option<Inventory>,
     /// When the current waiting state times out, if it does.
     pub state_deadline: Option<String>,
@@ -311,6 +317,9 @@ impl Store {
             state,
             failure,
             macs,
+            system_uuid: row.try_get("system_uuid")?,
+            serial: row.try_get("serial")?,
+            rack: row.try_get("rack")?,
             inventory,
             state_deadline: row.try_get::<Option<i64>, _>("state_deadline_ms")?.map(rfc3339),
             created_at: rfc3339(row.try_get("created_at_ms")?),
@@ -396,12 +405,33 @@ impl Store {
     pub async fn set_inventory(&self, id: &str, inventory: &Inventory) -> Result<()> {
         let text = serde_json::to_string(inventory).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.writer.begin().await?;
-        sqlx::query("UPDATE machines SET inventory = $1, updated_at_ms = $2 WHERE id = $3")
-            .bind(text)
-            .bind(now_ms())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let (uuid, serial) = (inventory.system.uuid.clone(), inventory.system.serial.clone());
+        sqlx::query(
+            "UPDATE machines SET inventory = $1, updated_at_ms = $2, system_uuid = COALESCE($3, system_uuid), \
+             serial = COALESCE($4, serial) WHERE id = $5",
+        )
+        .bind(text)
+        .bind(now_ms())
+        .bind(uuid.clone())
+        .bind(serial.clone())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        // A BMC enrolled with the same system identity but not yet linked
+        // (it reported no MAC we knew) belongs to this machine.
+        let linked = sqlx::query(
+            "UPDATE bmcs SET machine_id = $1 WHERE machine_id IS NULL AND \
+             ((system_uuid IS NOT NULL AND system_uuid = $2) OR (serial IS NOT NULL AND serial = $3))",
+        )
+        .bind(id)
+        .bind(uuid)
+        .bind(serial)
+        .execute(&mut *tx)
+        .await?;
+        if linked.rows_affected() > 0 {
+            Self::event_in(&mut *tx, Some(id), now_ms(), "bmc.linked", serde_json::json!({ "by": "in-band identity" }))
+                .await?;
+        }
         // Every NIC the agent saw identifies the machine from now on.
         for nic in &inventory.nics {
             sqlx::query("INSERT INTO machine_macs (mac, machine_id) VALUES ($1, $2) ON CONFLICT (mac) DO NOTHING")

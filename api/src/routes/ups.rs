@@ -1,0 +1,218 @@
+//! `/api/v1/ups`: enrol a UPS (NUT, SNMP UPS-MIB or Redfish power
+//! equipment), read each one's normalized state and what it feeds.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::bmcs::{check_address, tls_trust};
+use crate::auth::Admin;
+use crate::error::{parse_json, ApiError};
+use crate::store::{Ups, UpsFeeds};
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/ups", get(list).post(enrol)).route("/api/v1/ups/{name}", get(show).delete(remove))
+}
+
+fn bad(field: &str, detail: impl Into<String>) -> ApiError {
+    ApiError::BadRequest { field: field.into(), detail: detail.into() }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Enrol {
+    name: String,
+    /// `nut`, `snmp` or `redfish`.
+    protocol: String,
+    /// `host:port` (NUT 3493, SNMP 161) or a Redfish URL.
+    address: String,
+    /// NUT: the UPS's name on that upsd.
+    ups: Option<String>,
+    /// SNMP v2c community.
+    community: Option<String>,
+    /// Redfish: the battery or power equipment's name (empty: the first).
+    resource: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    #[serde(default = "yes")]
+    tls_verify: bool,
+    ca_pem: Option<String>,
+    #[serde(default)]
+    feeds: UpsFeeds,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+async fn enrol(_: Admin, State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: Enrol = parse_json(&body)?;
+    if !valid_name(&req.name) {
+        return Err(bad("name", "1 to 63 letters, digits, '-', '_' or '.'"));
+    }
+    check_address(&req.address)?;
+    let target = match req.protocol.as_str() {
+        "nut" => req.ups.clone().filter(|u| !u.is_empty()).ok_or_else(|| bad("ups", "NUT needs the UPS's name"))?,
+        "snmp" => req.community.clone().unwrap_or_else(|| "public".into()),
+        "redfish" => req.resource.clone().unwrap_or_default(),
+        other => return Err(bad("protocol", format!("{other:?} is not nut, snmp or redfish"))),
+    };
+    if req.protocol == "redfish" && (req.username.is_none() || req.password.is_none()) {
+        return Err(bad("username", "Redfish needs a username and password"));
+    }
+    if req.password.is_some() != req.username.is_some() {
+        return Err(bad("password", "give both username and password, or neither"));
+    }
+    for (i, id) in req.feeds.machines.iter().enumerate() {
+        if state.store.machine(id).await?.is_none() {
+            return Err(bad(&format!("feeds.machines[{i}]"), format!("no machine {id}")));
+        }
+    }
+    let ups = Ups {
+        name: req.name.clone(),
+        protocol: req.protocol,
+        address: req.address,
+        target: None,
+        username: req.username,
+        tls: tls_trust(req.tls_verify, req.ca_pem)?,
+        feeds: req.feeds,
+        state: None,
+        status: "ok",
+        last_error: None,
+        last_ok: None,
+        created_at: String::new(),
+        updated_at: String::new(),
+        target_raw: target,
+        password_sealed: req.password.as_deref().map(|p| state.oob.seal(p)),
+    };
+    state.store.insert_ups(&ups).await?;
+    // Read it once now so the answer shows its state (or why not).
+    let _ = state.oob.read_ups(&ups).await;
+    state.oob.watch_ups(&ups.name);
+    Ok((StatusCode::CREATED, Json(view(&state, one(&state, &req.name).await?).await?)))
+}
+
+async fn one(state: &AppState, name: &str) -> Result<Ups, ApiError> {
+    state.store.ups(name).await?.ok_or_else(|| ApiError::NotFound { what: format!("UPS {name}") })
+}
+
+/// The UPS with the machines it feeds (listed and through its racks).
+async fn view(state: &AppState, ups: Ups) -> Result<Value, ApiError> {
+    let machines = state.store.machines_fed_by(&ups.feeds).await?;
+    let mut v = json!(ups);
+    v["feeds_machines"] = json!(machines);
+    Ok(v)
+}
+
+async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut out = vec![];
+    for ups in state.store.ups_list().await? {
+        out.push(view(&state, ups).await?);
+    }
+    Ok(Json(json!({ "ups": out })))
+}
+
+async fn show(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(view(&state, one(&state, &name).await?).await?))
+}
+
+async fn remove(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    if !state.store.delete_ups(&name).await? {
+        return Err(ApiError::NotFound { what: format!("UPS {name}") });
+    }
+    state.oob.forget_ups(&name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use axum::http::StatusCode;
+    use inventory::ups::dummy::{running_as_root, DummyNut, DummyState};
+    use serde_json::json;
+
+    use crate::routes::test_support::{app, get, post, ready_machine, TestApp};
+
+    async fn status_within(t: &TestApp, want: &str, limit: Duration) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let (_, ups) = get(&t.operator, "/api/v1/ups/rack1-ups", Some(&t.admin)).await;
+            if ups["state"]["status"] == want {
+                return ups;
+            }
+            assert!(started.elapsed() < limit, "UPS not {want} within {limit:?}: {ups}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A real NUT upsd with dummy-ups: the API follows the UPS from mains
+    /// to battery to low battery and back within seconds.
+    #[tokio::test]
+    async fn the_api_follows_a_nut_ups_from_mains_to_battery_to_low_and_back() {
+        if !running_as_root() || !std::path::Path::new("/lib/nut/dummy-ups").exists() {
+            assert!(std::env::var("SLIPWAY_LAB_TESTS").as_deref() != Ok("1"), "NUT dummy-ups and root are required");
+            eprintln!("skipped: needs root and nut-server");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let nut = tokio::task::spawn_blocking({
+            let dir = dir.path().to_path_buf();
+            move || DummyNut::start(&dir, "rack1").unwrap()
+        })
+        .await
+        .unwrap();
+        let t = app().await;
+        let (machine, _) = ready_machine(&t, "52:54:00:bb:00:01").await;
+        let creds = nut.credentials();
+        let (status, ups) = post(
+            &t.operator,
+            "/api/v1/ups",
+            &t.admin,
+            &json!({ "name": "rack1-ups", "protocol": "nut", "address": nut.addr(), "ups": "rack1",
+                     "username": creds.username, "password": creds.password, "feeds": { "machines": [machine] } }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{ups}");
+        assert!(!ups.to_string().contains(&creds.password), "the password is never returned");
+        assert_eq!(ups["feeds_machines"], json!([machine]));
+        assert_eq!(ups["state"]["status"], "online", "{ups}");
+        for (state, want) in
+            [(DummyState::Battery, "on_battery"), (DummyState::Low, "low_battery"), (DummyState::Online, "online")]
+        {
+            nut.set(state).unwrap();
+            let ups = status_within(&t, want, Duration::from_secs(10)).await;
+            assert!(ups["state"]["charge_percent"].is_number(), "{ups}");
+        }
+        let (_, events) = get(&t.operator, "/api/v1/events", Some(&t.admin)).await;
+        let changes: Vec<String> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "ups.status_changed")
+            .map(|e| e["detail"]["to"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(changes, ["online", "on_battery", "low_battery", "online"]);
+        drop(nut);
+        // The UPS going away is an error on the UPS, seen in the API.
+        let started = Instant::now();
+        loop {
+            let (_, ups) = get(&t.operator, "/api/v1/ups/rack1-ups", Some(&t.admin)).await;
+            if ups["status"] == "error" {
+                assert!(ups["last_error"].as_str().unwrap().contains("127.0.0.1"), "{ups}");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{ups}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
