@@ -115,6 +115,12 @@ async fn atftp_fetches_with_windowsize() {
         assert!(result.status.success(), "windowsize {window}: {}", String::from_utf8_lossy(&result.stderr));
         assert_eq!(std::fs::read(&out).unwrap(), data, "windowsize {window}");
     }
+    // atftp exits once it has sent its last ACK; the server counts the
+    // transfer complete when that ACK arrives, a moment later on a busy box.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.stats.completed.load(Ordering::Relaxed) < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(server.stats.completed.load(Ordering::Relaxed), 2);
 }
 
