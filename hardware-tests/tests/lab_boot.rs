@@ -56,14 +56,17 @@ fn deploys_lab_tiny_and_each_node_boots_its_disk() {
     if !lab_tests_enabled("lab_deploy", &["qemu-system-x86_64", "qemu-img", "ip", "syslinux", "mcopy", "sfdisk"]) {
         return;
     }
-    let report = run_lab(&["--nodes", "2", "--firmware", "bios", "--deploy", "lab-tiny"]);
+    let report = run_lab(&["--nodes", "2", "--firmware", "bios", "--deploy", "lab-tiny", "--release"]);
     for node in report["nodes"].as_array().unwrap() {
         let s = &node["seconds"];
-        assert_eq!(node["state"], "deployed", "{node}");
-        let (ready, written, disk_boot) = (s["ready"].as_f64(), s["image_written"].as_f64(), s["disk_boot"].as_f64());
+        // Released afterwards: Slipway rebooted it into the ramdisk through
+        // its BMC, the agent wiped the disk, and it is ready again.
+        assert_eq!(node["state"], "ready", "{node}");
+        let (ready, written, disk_boot, released) =
+            (s["ready"].as_f64(), s["image_written"].as_f64(), s["disk_boot"].as_f64(), s["released"].as_f64());
         assert!(
-            matches!((ready, written, disk_boot), (Some(r), Some(w), Some(d)) if r < w && w < d),
-            "ready, then written, then booted from disk: {s}"
+            matches!((ready, written, disk_boot, released), (Some(r), Some(w), Some(d), Some(x)) if r < w && w < d && d < x),
+            "ready, then written, then booted from disk, then released: {s}"
         );
     }
     assert_torn_down();
@@ -130,6 +133,8 @@ fn assert_every_node_ready_with_its_hardware(report: &Value, firmwares: &[&str])
     let nodes = report["nodes"].as_array().unwrap();
     let got: Vec<&str> = nodes.iter().map(|n| n["firmware"].as_str().unwrap()).collect();
     assert_eq!(got, firmwares);
+    assert_eq!(report["ups"]["state"]["status"], "online", "the lab UPS feeds the rack: {}", report["ups"]);
+    assert_eq!(report["ups"]["feeds_machines"].as_array().map(Vec::len), Some(nodes.len()), "{}", report["ups"]);
     for node in nodes {
         let name = node["name"].as_str().unwrap();
         let (inv, cfg) = (&node["inventory"], &node["configured"]);
@@ -147,6 +152,11 @@ fn assert_every_node_ready_with_its_hardware(report: &Value, firmwares: &[&str])
         assert_eq!(inv["nics"][0]["mac"], node["mac"], "{name}: boot NIC");
         assert_eq!(inv["system"]["serial"], cfg["serial"], "{name}: DMI serial");
         assert_eq!(inv["system"]["uuid"], cfg["uuid"], "{name}: system UUID");
+        // Powered on by Slipway through the node's simulated BMC, linked to
+        // the same machine record, and both views of the hardware agree.
+        let bmc = &node["bmc"];
+        assert_eq!((bmc["status"].as_str(), bmc["power_state"].as_str()), (Some("ok"), Some("on")), "{name}: {bmc}");
+        assert_eq!(bmc["disagreements"], serde_json::json!([]), "{name}: out-of-band vs in-band");
         let s = &node["seconds"];
         let (ack, hello, ready) =
             (s["dhcp_ack"].as_f64().unwrap(), s["discovered"].as_f64().unwrap(), s["ready"].as_f64().unwrap());

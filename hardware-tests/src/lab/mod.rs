@@ -1,6 +1,7 @@
 //! `slipway lab up` / `slipway lab down`.
 
 pub mod net;
+mod oob;
 mod procs;
 mod qemu;
 mod report;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
+pub use oob::{ups_dir, LAB_RACK, LAB_UPS};
 pub use qemu::{Accel, Firmware};
 pub use report::{LabReport, NodeReport};
 
@@ -85,6 +87,9 @@ pub struct LabOptions {
     /// After discovery, deploy this to every node: `lab-tiny` (built here)
     /// or an image file (raw, `.zst` for raw+zstd, `.qcow2`).
     pub deploy: Option<String>,
+    /// After the deploy, release every node (Slipway reboots it into the
+    /// ramdisk through its BMC to wipe it) and wait until it is `ready`.
+    pub release: bool,
 }
 
 /// Brings the lab up, waits for every node to be `ready`, writes the
@@ -170,27 +175,41 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     wait_for_health(&client, &mut lab.children, &interrupted)?;
     progress(&format!("appliance serving in namespace {NETNS} on {SERVER_IP} ({} accel)", accel.name()));
 
-    let mut nodes = Vec::new();
     let memory_mib = match opts.deploy.as_deref() {
         Some("lab-debian") => opts.memory_mib.max(LAB_DEBIAN_MIN_MEMORY_MIB),
         _ => opts.memory_mib,
     };
+    // Every VM starts powered off behind its own simulated BMC; Slipway
+    // powers it on through that BMC once the BMC is enrolled.
+    let mut specs = Vec::new();
     for i in 0..opts.nodes {
-        let spec = qemu::NodeSpec::lab_node(i, opts.firmware.for_node(i), memory_mib, work);
+        let mut spec = qemu::NodeSpec::lab_node(i, opts.firmware.for_node(i), memory_mib, work);
+        spec.bmc = true;
         net::add_tap(&spec.tap, vm_bridge)?;
         spec.prepare_disks()?;
-        let started_ms = now_ms();
         lab.children.spawn_vm(&spec, accel)?;
+        specs.push(spec);
+    }
+    let bmc_password = random_hex();
+    oob::start_bmcs(&mut lab.children, &specs, &opts.slipway_bin, work, &bmc_password)?;
+    let ups = oob::start_ups(&mut lab.children, &opts.slipway_bin, work)?;
+    let mut nodes = Vec::new();
+    for (i, spec) in specs.into_iter().enumerate() {
+        let started_ms = now_ms();
+        oob::enrol_and_power_on(&client, &token, i + 1, &bmc_password)?;
         progress(&format!(
-            "started {} ({}, {}, {} MiB, {} GiB disk)",
+            "{} ({}, {}, {} MiB, {} GiB disk): BMC {} enrolled, powered on through it (PXE once)",
             spec.name,
             spec.mac,
             spec.firmware.name(),
             spec.memory_mib,
-            spec.disk_gib
+            spec.disk_gib,
+            oob::bmc_url(i + 1),
         ));
         nodes.push((spec, started_ms));
     }
+    let ups_state = oob::enrol_ups(&client, &token, &ups)?;
+    progress(&format!("lab UPS {} enrolled: {}", oob::LAB_UPS, ups_state["state"]["status"]));
 
     let started = Instant::now();
     let mut watch = Watch {
@@ -205,6 +224,9 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     let mut disk_boot_ms = vec![None; nodes.len()];
     if let (Ok(()), Some(image)) = (&outcome, deploy_image) {
         outcome = deploy_all(&mut watch, image, opts, &mut disk_boot_ms);
+    }
+    if outcome.is_ok() && opts.release {
+        outcome = release_all(&mut watch, opts.timeout);
     }
     let mut report = report::build(&client, API, &token, &nodes, accel, &ramdisk, &disk_boot_ms)?;
     report.appliance_peak_rss_kib = lab.children.peak_appliance_rss_kib;
@@ -357,18 +379,7 @@ impl Watch<'_> {
     }
 
     fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let resp = self
-            .client
-            .post(&format!("{API}{path}"))
-            .set("Authorization", &format!("Bearer {}", self.token))
-            .send_json(body);
-        match resp {
-            Ok(resp) => Ok(resp.into_json()?),
-            Err(ureq::Error::Status(code, resp)) => {
-                bail!("POST {path}: HTTP {code}: {}", resp.into_string().unwrap_or_default())
-            }
-            Err(err) => Err(err).with_context(|| format!("POST {path}")),
-        }
+        api_post(self.client, self.token, path, body)
     }
 
     /// Waits until every node's machine is in `target`, printing changes; a
@@ -410,6 +421,30 @@ impl Watch<'_> {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+}
+
+/// Releases every node and waits until each is wiped and `ready` again:
+/// Slipway network-boots each through its BMC; nobody touches a VM.
+fn release_all(watch: &mut Watch, timeout: Duration) -> anyhow::Result<()> {
+    let machines = watch.api("/api/v1/machines")?;
+    for (spec, _) in watch.nodes {
+        let id = report::machine_for(&machines, &spec.mac).and_then(|m| m["id"].as_str()).context("a node vanished")?;
+        watch.post(&format!("/api/v1/machines/{id}/release"), &serde_json::json!({ "wipe": "quick" }))?;
+        progress_at(watch.started, &format!("{}: releasing (wipe, through its BMC)", spec.name));
+    }
+    watch.until_all("ready", timeout)
+}
+
+/// POSTs JSON to the lab appliance's API as the admin.
+fn api_post(client: &ureq::Agent, token: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
+    let resp = client.post(&format!("{API}{path}")).set("Authorization", &format!("Bearer {token}")).send_json(body);
+    match resp {
+        Ok(resp) => Ok(resp.into_json()?),
+        Err(ureq::Error::Status(code, resp)) => {
+            bail!("POST {path}: HTTP {code}: {}", resp.into_string().unwrap_or_default())
+        }
+        Err(err) => Err(err).with_context(|| format!("POST {path}")),
     }
 }
 

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -90,7 +90,6 @@ impl Children {
     /// `slipway lab vbmc`: one Redfish BMC per entry, each driving its VM
     /// through QMP. The config (passwords included) goes to
     /// `work/vbmc.json`, readable by root only; output to `work/vbmc.log`.
-    #[allow(dead_code)] // `lab up` starts it once BMC-driven nodes are wired in.
     pub fn spawn_vbmc(&mut self, bin: &Path, entries: &[VbmcEntry], work: &Path) -> anyhow::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -107,6 +106,14 @@ impl Children {
         let mut cmd = Command::new(bin);
         cmd.args(["lab", "vbmc", "--config"]).arg(&config);
         self.spawn("vbmc", cmd, &work.join("vbmc.log"))
+    }
+
+    /// `slipway lab ups-sim`: the lab's NUT UPS (upsd + dummy-ups) with its
+    /// config and state in `dir`; writes `dir/ready` once upsd answers.
+    pub fn spawn_ups_sim(&mut self, bin: &Path, dir: &Path, ups: &str, work: &Path) -> anyhow::Result<()> {
+        let mut cmd = Command::new(bin);
+        cmd.args(["lab", "ups-sim", "--dir"]).arg(dir).args(["--name", ups]);
+        self.spawn("ups", cmd, &work.join("ups.log"))
     }
 
     pub fn spawn_vm(&mut self, spec: &NodeSpec, accel: Accel) -> anyhow::Result<()> {
@@ -140,10 +147,12 @@ impl Children {
         Ok(())
     }
 
-    /// Stops VMs first, then the appliance: SIGTERM, then SIGKILL after 5 s.
+    /// Stops VMs first, then the appliance: SIGTERM, then SIGKILL after 5 s,
+    /// each to the child's whole process group (the lab UPS's upsd and
+    /// driver, `ip netns exec`'s dnsmasq).
     pub fn stop_all(&mut self) {
         for p in self.procs.iter().rev() {
-            let _ = kill(Pid::from_raw(p.child.id() as i32), Signal::SIGTERM);
+            let _ = killpg(Pid::from_raw(p.child.id() as i32), Signal::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         for p in self.procs.iter_mut().rev() {
@@ -154,6 +163,8 @@ impl Children {
                 let _ = p.child.kill();
             }
             let _ = p.child.wait();
+            // Anything the child left in its group goes with it.
+            let _ = killpg(Pid::from_raw(p.child.id() as i32), Signal::SIGKILL);
         }
         self.procs.clear();
     }
@@ -193,7 +204,6 @@ pub struct VbmcSmbios {
 
 impl VbmcEntry {
     /// The BMC of a node started with `bmc: true`, listening on `listen`.
-    #[allow(dead_code)] // `lab up` builds these once BMC-driven nodes are wired in.
     pub fn for_node(spec: &NodeSpec, listen: std::net::SocketAddr, username: &str, password: &str) -> VbmcEntry {
         VbmcEntry {
             name: spec.name.clone(),
@@ -234,12 +244,12 @@ pub fn stop_saved(path: &Path) -> anyhow::Result<usize> {
             continue;
         }
         let pid = Pid::from_raw(s.pid as i32);
-        let _ = kill(pid, Signal::SIGTERM);
+        let _ = killpg(pid, Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline && Path::new(&format!("/proc/{}", s.pid)).exists() {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = kill(pid, Signal::SIGKILL);
+        let _ = killpg(pid, Signal::SIGKILL);
         stopped += 1;
     }
     Ok(stopped)

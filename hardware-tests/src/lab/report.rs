@@ -16,6 +16,8 @@ pub struct LabReport {
     /// The cluster the nodes formed, as the API shows it (`--deploy lab-debian`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<Value>,
+    /// The lab UPS as the API shows it.
+    pub ups: Value,
 }
 
 #[derive(Debug, Serialize)]
@@ -36,7 +38,18 @@ pub struct NodeReport {
     /// What QEMU was told to give the VM, to compare with `inventory`.
     pub configured: Configured,
     pub inventory: Value,
+    /// The machine's BMC as the API shows it, and where its inventory and
+    /// the in-band one disagree (empty: they agree).
+    pub bmc: Option<BmcFacts>,
     pub seconds: Seconds,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BmcFacts {
+    pub address: String,
+    pub power_state: Value,
+    pub status: Value,
+    pub disagreements: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,6 +75,8 @@ pub struct Seconds {
     pub agent_started: Option<f64>,
     /// The node agent reported cluster membership (`joined`).
     pub joined: Option<f64>,
+    /// Back to `ready` after a release (wiped).
+    pub released: Option<f64>,
 }
 
 pub fn machine_for<'a>(machines: &'a Value, mac: &str) -> Option<&'a Value> {
@@ -103,6 +118,22 @@ pub fn build(
                 .unwrap_or_default(),
             None => vec![],
         };
+        let bmc = match &id {
+            Some(id) => client
+                .get(&format!("{api}/api/v1/machines/{id}/bmc"))
+                .set("Authorization", &auth)
+                .call()
+                .ok()
+                .and_then(|r| r.into_json::<Value>().ok()),
+            None => None,
+        };
+        let inventory = machine.map(|m| m["inventory"].clone()).unwrap_or(Value::Null);
+        let bmc = bmc.map(|b| BmcFacts {
+            address: b["address"].as_str().unwrap_or_default().to_string(),
+            power_state: b["power_state"].clone(),
+            status: b["status"].clone(),
+            disagreements: if inventory.is_null() { vec![] } else { super::oob::disagreements(&inventory, &b) },
+        });
         out.push(NodeReport {
             name: spec.name.clone(),
             mac: spec.mac.clone(),
@@ -116,7 +147,8 @@ pub fn build(
                 serial: spec.serial.clone(),
                 uuid: spec.uuid.clone(),
             },
-            inventory: machine.map(|m| m["inventory"].clone()).unwrap_or(Value::Null),
+            inventory,
+            bmc,
             seconds: Seconds {
                 // In proxy mode another server ACKs; our proxy answer stands in.
                 dhcp_ack: first(&events, *start_ms, |e| e["kind"] == "dhcp.ack" || e["kind"] == "dhcp.proxy"),
@@ -128,6 +160,9 @@ pub fn build(
                 disk_boot: disk_boot_ms.get(i).copied().flatten().map(|at| (at - start_ms) as f64 / 1000.0),
                 agent_started: first(&events, *start_ms, |e| e["kind"] == "node.agent_started"),
                 joined: first(&events, *start_ms, |e| e["kind"] == "state.changed" && e["detail"]["to"] == "joined"),
+                released: first(&events, *start_ms, |e| {
+                    e["kind"] == "state.changed" && e["detail"]["from"] == "releasing" && e["detail"]["to"] == "ready"
+                }),
             },
         });
     }
@@ -142,6 +177,13 @@ pub fn build(
         },
         nodes: out,
         cluster: None,
+        ups: client
+            .get(&format!("{api}/api/v1/ups/{}", super::oob::LAB_UPS))
+            .set("Authorization", &auth)
+            .call()
+            .ok()
+            .and_then(|r| r.into_json().ok())
+            .unwrap_or(Value::Null),
     })
 }
 
@@ -201,6 +243,24 @@ pub fn summary(report: &LabReport) -> String {
         }
         let _ = writeln!(out, "{}", if deployed { deploy_cols } else { String::new() });
     }
+    for n in &report.nodes {
+        if let Some(b) = &n.bmc {
+            let agree = if b.disagreements.is_empty() {
+                "inventory agrees with in-band".to_string()
+            } else {
+                format!("DISAGREES with in-band: {}", b.disagreements.join("; "))
+            };
+            let _ = writeln!(out, "{}: BMC {} ({}), power {}, {agree}", n.name, b.address, b.status, b.power_state);
+        }
+    }
+    if !report.ups.is_null() {
+        let s = &report.ups["state"];
+        let _ = writeln!(
+            out,
+            "UPS {}: {} ({}), charge {}%",
+            report.ups["name"], s["status"], s["flags"], s["charge_percent"]
+        );
+    }
     out
 }
 
@@ -232,6 +292,7 @@ mod tests {
                     serial: "LAB-0001".into(),
                     uuid: "u".into(),
                 },
+                bmc: None,
                 inventory: serde_json::json!({
                     "cpu": { "count": 1 }, "memory": { "total_bytes": 479_641_600u64 },
                     "disks": [{ "size_bytes": 8u64 << 30 }]
@@ -247,6 +308,7 @@ mod tests {
                 },
             }],
             cluster: None,
+            ups: Value::Null,
         };
         let expected = "
 appliance peak RSS 11.0 MiB; ramdisk: kernel 8.0 MiB + initrd 3.0 MiB; accel tcg

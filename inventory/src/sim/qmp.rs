@@ -254,7 +254,10 @@ impl QmpBackend {
         let (nic, disk) = bootindexes(first);
         let (winner, loser, loser_index) = if nic == 1 { (NIC_ID, DISK_ID, disk) } else { (DISK_ID, NIC_ID, nic) };
         let set = |path: &str, value: i64| json!({ "path": path, "property": "bootindex", "value": value });
+        // QEMU refuses an index any device holds, the device itself
+        // included: clear both before handing them out.
         qmp.execute("qom-set", Some(set(loser, -1))).await?;
+        qmp.execute("qom-set", Some(set(winner, -1))).await?;
         qmp.execute("qom-set", Some(set(winner, 1))).await?;
         qmp.execute("qom-set", Some(set(loser, loser_index))).await?;
         Ok(())
