@@ -305,6 +305,7 @@ mod tests {
                     disk_boot: None,
                     agent_started: None,
                     joined: None,
+                    released: None,
                 },
             }],
             cluster: None,
