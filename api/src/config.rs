@@ -56,6 +56,28 @@ pub struct ApiConfig {
     /// Admin bearer token. Empty: one is generated at first start, stored
     /// in `data_dir/admin-token` and printed once.
     pub token: String,
+    /// `off` (plain HTTP: for loopback only), `self-signed` (a certificate
+    /// generated at first start and reused) or `files` (`tls_cert` and
+    /// `tls_key`, e.g. from an internal CA).
+    pub tls: String,
+    /// PEM certificate chain. With `self-signed`, where the generated one
+    /// is kept (empty: `data_dir/api-tls-cert.pem`).
+    pub tls_cert: String,
+    /// PEM private key (empty with `self-signed`: `data_dir/api-tls-key.pem`,
+    /// mode 0600).
+    pub tls_key: String,
+    /// Host names and IP addresses the self-signed certificate is valid
+    /// for, besides `localhost`, the loopback addresses, the listen address
+    /// and this host's name.
+    pub tls_names: Vec<String>,
+}
+
+/// `api.tls`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiTls {
+    Off,
+    SelfSigned { cert: PathBuf, key: PathBuf, names: Vec<String> },
+    Files { cert: PathBuf, key: PathBuf },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,7 +173,14 @@ impl Default for Config {
             data_dir: "./slipway-data".into(),
             cache_dir: "/var/cache/slipway".into(),
             log_format: "text".into(),
-            api: ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), token: String::new() },
+            api: ApiConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                token: String::new(),
+                tls: "off".into(),
+                tls_cert: String::new(),
+                tls_key: String::new(),
+                tls_names: vec![],
+            },
             database: DatabaseConfig { url: String::new() },
             provisioning: ProvisioningConfig {
                 interface: String::new(),
@@ -254,6 +283,35 @@ impl Config {
             format!("sqlite://{}?mode=rwc", self.data_dir.join("slipway.db").display())
         } else {
             self.database.url.clone()
+        }
+    }
+
+    /// `api.tls` with its files, checked.
+    pub fn api_tls(&self) -> Result<ApiTls, ConfigError> {
+        let api = &self.api;
+        let path = |value: &str, default: &str| {
+            if value.is_empty() {
+                self.data_dir.join(default)
+            } else {
+                PathBuf::from(value)
+            }
+        };
+        match api.tls.as_str() {
+            "off" => Ok(ApiTls::Off),
+            "self-signed" => Ok(ApiTls::SelfSigned {
+                cert: path(&api.tls_cert, "api-tls-cert.pem"),
+                key: path(&api.tls_key, "api-tls-key.pem"),
+                names: api.tls_names.clone(),
+            }),
+            "files" => {
+                for (key, value) in [("api.tls_cert", &api.tls_cert), ("api.tls_key", &api.tls_key)] {
+                    if value.is_empty() {
+                        return Err(invalid(key, "api.tls = \"files\" needs a PEM file here"));
+                    }
+                }
+                Ok(ApiTls::Files { cert: api.tls_cert.clone().into(), key: api.tls_key.clone().into() })
+            }
+            other => Err(invalid("api.tls", format!("{other:?} is not off, self-signed or files"))),
         }
     }
 
@@ -488,6 +546,35 @@ mod tests {
         c.provisioning.relay_subnets = vec![];
         c.provisioning.pool_end = "10.78.0.1".into();
         assert!(c.provisioning().unwrap_err().to_string().contains("pool"));
+    }
+
+    #[test]
+    fn api_tls_is_validated() {
+        let mut c = Config { data_dir: "/srv/slipway".into(), ..Config::default() };
+        assert_eq!(c.api_tls().unwrap(), ApiTls::Off, "plain HTTP on loopback by default");
+        c.api.tls = "self-signed".into();
+        c.api.tls_names = vec!["slipway.rack7".into()];
+        assert_eq!(
+            c.api_tls().unwrap(),
+            ApiTls::SelfSigned {
+                cert: "/srv/slipway/api-tls-cert.pem".into(),
+                key: "/srv/slipway/api-tls-key.pem".into(),
+                names: vec!["slipway.rack7".into()],
+            }
+        );
+        c.api.tls = "files".into();
+        assert!(c.api_tls().unwrap_err().to_string().contains("api.tls_cert"));
+        c.api.tls_cert = "/etc/slipway/api.crt".into();
+        assert!(c.api_tls().unwrap_err().to_string().contains("api.tls_key"));
+        c.api.tls_key = "/etc/slipway/api.key".into();
+        assert_eq!(
+            c.api_tls().unwrap(),
+            ApiTls::Files { cert: "/etc/slipway/api.crt".into(), key: "/etc/slipway/api.key".into() }
+        );
+        c.api.tls = "on".into();
+        assert!(c.api_tls().unwrap_err().to_string().contains("api.tls"));
+        let c = Config::load(None, env(&[("SLIPWAY_API_TLS", "self-signed")])).unwrap();
+        assert!(matches!(c.api_tls().unwrap(), ApiTls::SelfSigned { .. }));
     }
 
     /// The example file documents every key with its default value.

@@ -1,6 +1,9 @@
 //! The `slipway` binary: `serve` (the appliance in one process), `lab`
 //! (the QEMU lab, and its simulated BMCs: the hidden `lab vbmc`), and
-//! `ramdisk` (build the discovery ramdisk).
+//! `ramdisk` (build the discovery ramdisk), and the operator CLI
+//! (`machines`, `images`, `deploy`, ...: see `cli`).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,6 +46,8 @@ enum Cmd {
         #[arg(long, default_value = "/var/cache/slipway")]
         cache_dir: PathBuf,
     },
+    #[command(flatten)]
+    Operator(cli::Command),
 }
 
 #[derive(Subcommand)]
@@ -77,9 +82,28 @@ enum LabCmd {
         /// file (raw, .zst, .qcow2). Needs --firmware bios.
         #[arg(long)]
         deploy: Option<String>,
+        /// After --deploy, release every node (wiped, through its BMC) and
+        /// wait until each is ready again.
+        #[arg(long, requires = "deploy")]
+        release: bool,
     },
     /// Tear down a lab left by `lab up --keep`.
     Down,
+    /// Switch the lab UPS (kept with --keep) to mains, battery or low
+    /// battery; Slipway sees the change within seconds.
+    Ups {
+        /// online, battery or low
+        state: String,
+    },
+    /// Run the lab's NUT UPS (upsd + dummy-ups) until SIGTERM; `lab up`
+    /// starts it.
+    #[command(hide = true)]
+    UpsSim {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
     /// Run the simulated BMCs (Redfish, driving lab VMs through QMP)
     /// described by a JSON file until SIGTERM; `lab up` starts it.
     #[command(hide = true)]
@@ -167,7 +191,8 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(api::serve::run(config))
         }
         Cmd::Lab {
-            command: LabCmd::Up { nodes, firmware, dhcp, report, keep, timeout, accel, memory_mib, cache_dir, deploy },
+            command:
+                LabCmd::Up { nodes, firmware, dhcp, report, keep, timeout, accel, memory_mib, cache_dir, deploy, release },
         } => {
             init_tracing("text");
             let opts = LabOptions {
@@ -194,10 +219,34 @@ fn main() -> anyhow::Result<()> {
                 slipway_bin: std::env::current_exe()?,
                 cache_dir,
                 deploy,
+                release,
             };
             lab::up(&opts).map(|_| ())
         }
         Cmd::Lab { command: LabCmd::Down } => lab::down(),
+        Cmd::Lab { command: LabCmd::Ups { state } } => {
+            let state: inventory::ups::dummy::DummyState = state.parse().map_err(anyhow::Error::msg)?;
+            let dir = lab::ups_dir();
+            if !dir.join("ready").exists() {
+                anyhow::bail!("no lab UPS at {}: is a lab up (slipway lab up --keep)?", dir.display());
+            }
+            inventory::ups::dummy::write_state(&dir, state)?;
+            println!("lab UPS: {state}");
+            Ok(())
+        }
+        Cmd::Lab { command: LabCmd::UpsSim { dir, name } } => {
+            init_tracing("text");
+            let ups = inventory::ups::dummy::DummyNut::start(&dir, &name)?;
+            let creds = ups.credentials();
+            let ready =
+                serde_json::json!({ "address": ups.addr(), "username": creds.username, "password": creds.password });
+            std::fs::write(dir.join("ready"), ready.to_string())?;
+            tracing::info!(address = ups.addr(), ups = name, "lab UPS online");
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(terminated());
+            drop(ups);
+            Ok(())
+        }
         Cmd::Lab { command: LabCmd::Vbmc { config } } => {
             init_tracing("text");
             let bmcs = inventory::sim::load_config(&config)?;
@@ -231,6 +280,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Operator(command) => std::process::exit(cli::run(command)),
         Cmd::Ramdisk { cache_dir } => {
             init_tracing("text");
             let agent = std::env::current_exe()?.with_file_name("slipway-agent");
