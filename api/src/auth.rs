@@ -1,13 +1,27 @@
-//! Bearer-token authentication. The operator API takes the admin token;
-//! the agent endpoints take a per-machine token issued with each discovery
-//! boot. Tokens are compared as SHA-256 digests, never logged.
+//! Bearer-token authentication and roles.
+//!
+//! The operator API takes tokens with a [`Role`]: the appliance's own admin
+//! token (`api.token` or `data_dir/admin-token`, compared as a digest held
+//! in memory) and the tokens created through `/api/v1/tokens` (stored as
+//! SHA-256 digests). Handlers state the least role they need by their
+//! extractor: [`Viewer`], [`Operator`] or [`Admin`]; a valid token with too
+//! small a role is refused with 403, a missing or invalid one with 401.
+//! The audit layer resolves the token once per request ([`authenticate`])
+//! and leaves the result in the request's extensions for the extractors.
+//!
+//! The agent endpoints take a per-machine token issued with each discovery
+//! boot ([`AgentMachine`]), the node endpoints a per-deploy credential
+//! ([`NodeMachine`]); neither is an operator token. Tokens are never logged.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
+use crate::store::now_ms;
 use crate::AppState;
 
 /// 256 random bits, hex encoded.
@@ -21,24 +35,137 @@ pub fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
-/// An operator request carrying the admin token.
-pub struct Admin;
+/// What an operator token may do. Ordered: each role includes the ones
+/// before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Every GET except tokens and the audit log.
+    Viewer,
+    /// Everything a viewer may, and every mutation except token management:
+    /// deploy, release, power, images, BMC and UPS enrolment.
+    Operator,
+    /// Everything, including tokens and the audit log.
+    Admin,
+}
 
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match bearer(parts) {
-            Some(token) if digest(token) == state.admin_token_digest => Ok(Admin),
-            Some(_) => Err(ApiError::Unauthorized("the bearer token is not valid")),
-            None => Err(ApiError::Unauthorized("a bearer token is required")),
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
         }
     }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == text)
+    }
 }
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The id and name of the appliance's own admin token in the audit log.
+pub const ADMIN_TOKEN_ID: &str = "admin-token";
+
+/// Who made an operator request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's id, or [`ADMIN_TOKEN_ID`].
+    pub token_id: String,
+    pub name: String,
+    pub role: Role,
+}
+
+/// A request's bearer token, looked at once.
+#[derive(Debug, Clone)]
+pub enum Authn {
+    Missing,
+    /// Why the token was refused (for the 401's detail).
+    Invalid(&'static str),
+    Valid(Caller),
+}
+
+/// `last_used_at` is written at most this often per token, so reads do not
+/// each cost a database write.
+const TOUCH_EVERY_MS: i64 = 60_000;
+
+/// Resolves the request's bearer token to its caller.
+pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Authn, ApiError> {
+    let Some(token) = bearer(headers) else { return Ok(Authn::Missing) };
+    if digest(token) == state.admin_token_digest {
+        let caller = Caller { token_id: ADMIN_TOKEN_ID.into(), name: ADMIN_TOKEN_ID.into(), role: Role::Admin };
+        return Ok(Authn::Valid(caller));
+    }
+    let Some(found) = state.store.api_token_by_secret(token).await? else {
+        return Ok(Authn::Invalid("the bearer token is not valid"));
+    };
+    let now = now_ms();
+    if found.expires_at_ms.is_some_and(|at| at <= now) {
+        return Ok(Authn::Invalid("the bearer token has expired"));
+    }
+    if found.last_used_at_ms.is_none_or(|at| now - at >= TOUCH_EVERY_MS) {
+        if let Err(err) = state.store.touch_api_token(&found.id, now).await {
+            tracing::warn!(token = found.id, error = %err, "recording a token's last use failed");
+        }
+    }
+    Ok(Authn::Valid(Caller { token_id: found.id, name: found.name, role: found.role }))
+}
+
+/// The caller, if its role is at least `needed`.
+async fn require(parts: &Parts, state: &AppState, needed: Role) -> Result<Caller, ApiError> {
+    let authn = match parts.extensions.get::<Authn>() {
+        Some(authn) => authn.clone(),
+        None => authenticate(&parts.headers, state).await?,
+    };
+    match authn {
+        Authn::Missing => Err(ApiError::Unauthorized("a bearer token is required")),
+        Authn::Invalid(why) => Err(ApiError::Unauthorized(why)),
+        Authn::Valid(caller) if caller.role >= needed => Ok(caller),
+        Authn::Valid(caller) => Err(ApiError::Forbidden { needed, role: caller.role }),
+    }
+}
+
+macro_rules! role_extractor {
+    ($(#[$doc:meta])* $name:ident, $role:expr) => {
+        $(#[$doc])*
+        pub struct $name(pub Caller);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+                require(parts, state, $role).await.map($name)
+            }
+        }
+    };
+}
+
+role_extractor!(
+    /// An operator request with any valid token (viewer, operator or admin).
+    Viewer,
+    Role::Viewer
+);
+role_extractor!(
+    /// An operator request with an operator or admin token.
+    Operator,
+    Role::Operator
+);
+role_extractor!(
+    /// An operator request with an admin token.
+    Admin,
+    Role::Admin
+);
 
 /// An agent request; carries the id of the machine its token was issued to.
 /// An agent can only ever report for that machine.
@@ -48,7 +175,7 @@ impl FromRequestParts<AppState> for AgentMachine {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+        let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
         match state.store.machine_for_agent_token(token).await? {
             Some(id) => Ok(AgentMachine(id)),
             None => Err(ApiError::Unauthorized("the agent token is not valid (expired, or replaced by a newer boot)")),
@@ -64,10 +191,25 @@ impl FromRequestParts<AppState> for NodeMachine {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+        let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
         match state.store.machine_for_node_token(token).await? {
             Some(id) => Ok(NodeMachine(id)),
             None => Err(ApiError::Unauthorized("the node token is not valid (the machine was redeployed or released)")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Role;
+
+    #[test]
+    fn roles_are_ordered_and_round_trip() {
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+            assert_eq!(serde_json::to_value(role).unwrap(), role.as_str());
+        }
+        assert_eq!(Role::parse("root"), None);
     }
 }

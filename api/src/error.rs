@@ -12,6 +12,9 @@ use crate::store::StoreError;
 pub enum ApiError {
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// A valid token whose role is too small (HTTP 403): says which is needed.
+    #[error("this request needs the {needed} role; the token's role is {role}")]
+    Forbidden { needed: crate::auth::Role, role: crate::auth::Role },
     #[error("{what} not found")]
     NotFound { what: String },
     #[error("invalid {field}: {detail}")]
@@ -37,6 +40,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, title, field) = match &self {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized", None),
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden", None),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "Not Found", None),
             ApiError::BadRequest { field, .. } => (StatusCode::BAD_REQUEST, "Bad Request", Some(field.clone())),
             ApiError::Device(_) => (StatusCode::BAD_GATEWAY, "Bad Gateway", None),
@@ -54,6 +58,9 @@ impl IntoResponse for ApiError {
         let mut body = json!({ "type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail });
         if let Some(field) = field {
             body["field"] = json!(field);
+        }
+        if let ApiError::Forbidden { needed, .. } = &self {
+            body["required_role"] = json!(needed);
         }
         let mut response = (status, body.to_string()).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, "application/problem+json".parse().expect("static header"));

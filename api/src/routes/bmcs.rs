@@ -6,12 +6,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::machines::find;
-use crate::auth::Admin;
+use super::Routes;
+use crate::auth::{Operator, Viewer};
 use crate::error::{parse_json, ApiError};
 use crate::lifecycle::MachineState;
 use crate::oob::client::BmcClient;
@@ -19,8 +20,8 @@ use crate::store::{Bmc, NewBmc};
 use crate::AppState;
 use inventory::oob::{BootTarget, Credentials, PowerAction, TlsTrust};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::new()
         .route("/api/v1/bmcs", get(list).post(enrol))
         .route("/api/v1/bmcs/{id}", get(show).delete(remove))
         .route("/api/v1/bmcs/{id}/inventory", post(reread))
@@ -78,7 +79,7 @@ pub(super) fn check_address(address: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn enrol(_: Admin, State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn enrol(_: Operator, State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: Enrol = parse_json(&body)?;
     check_address(&req.address)?;
     if req.username.is_empty() || req.username.len() > 64 {
@@ -125,7 +126,7 @@ async fn enrol(_: Admin, State(state): State<AppState>, body: Bytes) -> Result<(
     Ok((StatusCode::CREATED, Json(json!(bmc))))
 }
 
-async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut bmcs = state.store.bmcs().await?;
     // The list is a summary; one BMC's inventory is at /bmcs/{id}.
     bmcs.iter_mut().for_each(|b| b.inventory = None);
@@ -136,11 +137,11 @@ async fn one(state: &AppState, id: &str) -> Result<Bmc, ApiError> {
     state.store.bmc(id).await?.ok_or_else(|| ApiError::NotFound { what: format!("BMC {id}") })
 }
 
-async fn show(_: Admin, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Bmc>, ApiError> {
+async fn show(_: Viewer, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Bmc>, ApiError> {
     Ok(Json(one(&state, &id).await?))
 }
 
-async fn remove(_: Admin, State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn remove(_: Operator, State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     if !state.store.delete_bmc(&id).await? {
         return Err(ApiError::NotFound { what: format!("BMC {id}") });
     }
@@ -148,13 +149,13 @@ async fn remove(_: Admin, State(state): State<AppState>, Path(id): Path<String>)
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn reread(_: Admin, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Bmc>, ApiError> {
+async fn reread(_: Operator, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Bmc>, ApiError> {
     one(&state, &id).await?;
     state.oob.refresh_inventory(&id).await?;
     Ok(Json(one(&state, &id).await?))
 }
 
-async fn machine_bmc(_: Admin, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Bmc>, ApiError> {
+async fn machine_bmc(_: Viewer, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Bmc>, ApiError> {
     let machine = find(&state, &id).await?;
     let bmc = state.store.bmc_for_machine(&machine.id).await?;
     Ok(Json(bmc.ok_or_else(|| ApiError::NotFound { what: format!("a BMC for machine {}", machine.id) })?))
@@ -171,7 +172,7 @@ struct PowerRequest {
 }
 
 async fn power(
-    _: Admin,
+    _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,

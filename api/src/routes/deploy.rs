@@ -11,17 +11,18 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Admin;
+use super::Routes;
+use crate::auth::{Operator, Viewer};
 use crate::error::{parse_json, ApiError};
 use crate::join::JoinSpec;
 use crate::store::{now_ms, Deployment, ImageState};
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::new()
         .route("/api/v1/machines/{id}/deploy", post(deploy))
         .route("/api/v1/machines/{id}/deployment", get(show))
         .route("/api/v1/machines/{id}/release", post(release))
@@ -40,7 +41,7 @@ struct ReleaseRequest {
 /// machine gets the ramdisk at its next network boot (by hand), and a
 /// failed one is often still running it.
 async fn release(
-    _: Admin,
+    _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
@@ -156,7 +157,7 @@ fn valid_hostname(name: &str) -> bool {
 }
 
 async fn deploy(
-    _: Admin,
+    _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
@@ -184,7 +185,7 @@ async fn deploy(
     Ok((StatusCode::ACCEPTED, Json(deployment)))
 }
 
-async fn show(_: Admin, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Deployment>, ApiError> {
+async fn show(_: Viewer, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Deployment>, ApiError> {
     let machine = super::machines::find(&state, &id).await?;
     let deployment = state.store.deployment(&machine.id).await?;
     deployment.map(Json).ok_or_else(|| ApiError::NotFound { what: format!("deployment of machine {id}") })

@@ -20,13 +20,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::auth::Admin;
+use super::Routes;
+use crate::auth::{Operator, Viewer};
 use crate::error::{parse_json, ApiError};
 use crate::store::{Image, ImageMeta, ImageState};
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::new()
         .route("/api/v1/images", get(list).post(register))
         .route("/api/v1/images/{name}", get(show).delete(remove))
         .route("/api/v1/images/{name}/content", put(upload))
@@ -97,7 +98,7 @@ fn check_sha256(sha: &Option<String>) -> Result<(), ApiError> {
     }
 }
 
-async fn register(_: Admin, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn register(_: Operator, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let req: Register = parse_json(&body)?;
     check_name(&req.name)?;
     check_sha256(&req.sha256)?;
@@ -168,7 +169,7 @@ async fn finish(state: &AppState, name: &str, outcome: Result<catalog::Imported,
 /// (`application/octet-stream`) or raw+zstd (`application/zstd`). Answers
 /// once the import finished: 200 with the image, or 422 with why.
 async fn upload(
-    _: Admin,
+    _: Operator,
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -217,15 +218,15 @@ async fn find(state: &AppState, name: &str) -> Result<Image, ApiError> {
     state.store.image(name).await?.ok_or_else(|| ApiError::NotFound { what: format!("image {name}") })
 }
 
-async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "images": state.store.images().await? })))
 }
 
-async fn show(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Image>, ApiError> {
+async fn show(_: Viewer, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Image>, ApiError> {
     Ok(Json(find(&state, &name).await?))
 }
 
-async fn remove(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn remove(_: Operator, State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     if !state.store.delete_image(&name).await? {
         return Err(ApiError::NotFound { what: format!("image {name}") });
     }

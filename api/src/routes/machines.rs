@@ -2,24 +2,25 @@
 
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::Admin;
+use super::Routes;
+use crate::auth::Viewer;
 use crate::error::ApiError;
 use crate::store::Machine;
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::new()
         .route("/api/v1/machines", get(list))
         .route("/api/v1/machines/{id}", get(show))
         .route("/api/v1/machines/{id}/events", get(machine_events))
         .route("/api/v1/events", get(all_events))
 }
 
-async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "machines": state.store.machines().await? })))
 }
 
@@ -36,19 +37,19 @@ pub(super) async fn find(state: &AppState, id_or_mac: &str) -> Result<Machine, A
     machine.ok_or_else(|| ApiError::NotFound { what: format!("machine {id_or_mac}") })
 }
 
-async fn show(_: Admin, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Machine>, ApiError> {
+async fn show(_: Viewer, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Machine>, ApiError> {
     Ok(Json(find(&state, &id).await?))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Page {
-    /// Return events after this event id.
-    after: Option<String>,
-    limit: Option<i64>,
+pub(super) struct Page {
+    /// Return entries after this id.
+    pub after: Option<String>,
+    pub limit: Option<i64>,
 }
 
-fn limit(page: &Page) -> Result<i64, ApiError> {
+pub(super) fn limit(page: &Page) -> Result<i64, ApiError> {
     match page.limit.unwrap_or(100) {
         n @ 1..=1000 => Ok(n),
         n => Err(ApiError::BadRequest { field: "limit".into(), detail: format!("{n} is not in 1..=1000") }),
@@ -56,7 +57,7 @@ fn limit(page: &Page) -> Result<i64, ApiError> {
 }
 
 async fn machine_events(
-    _: Admin,
+    _: Viewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(page): Query<Page>,
@@ -67,7 +68,7 @@ async fn machine_events(
 }
 
 async fn all_events(
-    _: Admin,
+    _: Viewer,
     State(state): State<AppState>,
     Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {

@@ -5,10 +5,10 @@ use std::sync::OnceLock;
 
 use axum::extract::State;
 use axum::routing::get;
-use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::auth::Admin;
+use super::Routes;
+use crate::auth::Viewer;
 use crate::error::ApiError;
 use crate::lifecycle::ALL_STATES;
 use crate::AppState;
@@ -24,11 +24,11 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(render))
+pub(super) fn router() -> Routes {
+    Routes::new().route("/metrics", get(render))
 }
 
-async fn render(_: Admin, State(state): State<AppState>) -> Result<String, ApiError> {
+async fn render(_: Viewer, State(state): State<AppState>) -> Result<String, ApiError> {
     let counts = state.store.count_by_state().await?;
     for s in ALL_STATES {
         let n = counts.get(&s).copied().unwrap_or(0);

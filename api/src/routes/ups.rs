@@ -5,18 +5,19 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::bmcs::{check_address, tls_trust};
-use crate::auth::Admin;
+use super::Routes;
+use crate::auth::{Operator, Viewer};
 use crate::error::{parse_json, ApiError};
 use crate::store::{Ups, UpsFeeds};
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/ups", get(list).post(enrol)).route("/api/v1/ups/{name}", get(show).delete(remove))
+pub(super) fn router() -> Routes {
+    Routes::new().route("/api/v1/ups", get(list).post(enrol)).route("/api/v1/ups/{name}", get(show).delete(remove))
 }
 
 fn bad(field: &str, detail: impl Into<String>) -> ApiError {
@@ -54,7 +55,7 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
-async fn enrol(_: Admin, State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn enrol(_: Operator, State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: Enrol = parse_json(&body)?;
     if !valid_name(&req.name) {
         return Err(bad("name", "1 to 63 letters, digits, '-', '_' or '.'"));
@@ -113,7 +114,7 @@ async fn view(state: &AppState, ups: Ups) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut out = vec![];
     for ups in state.store.ups_list().await? {
         out.push(view(&state, ups).await?);
@@ -121,11 +122,11 @@ async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, Ap
     Ok(Json(json!({ "ups": out })))
 }
 
-async fn show(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(_: Viewer, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(view(&state, one(&state, &name).await?).await?))
 }
 
-async fn remove(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn remove(_: Operator, State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     if !state.store.delete_ups(&name).await? {
         return Err(ApiError::NotFound { what: format!("UPS {name}") });
     }
