@@ -18,6 +18,7 @@ packages=(
   nut-server                                       # NUT upsd + dummy-ups: a UPS to test against, the lab's UPS
   snmpsim                                          # snmpsimd: an SNMP agent serving UPS-MIB values
   python3-venv                                     # a venv for sushy-tools (a Redfish BMC to test against)
+  postgresql                                       # PostgreSQL 15: the store suite's second database (scripts/postgres.sh)
 )
 find_missing() {
   missing=()

@@ -16,12 +16,19 @@ cargo build --release --locked --bins
 export SLIPWAY_BIN="$CARGO_TARGET_DIR/release/slipway"
 # Tests that need root, QEMU or real peers fail (not skip) when this is set.
 export SLIPWAY_LAB_TESTS=1
+# A throwaway PostgreSQL on loopback: the store suite and two appliances
+# on one database run against it as well as against SQLite.
+pgdir=$(mktemp -d /tmp/slipway-pg.XXXXXX)
+SLIPWAY_TEST_POSTGRES_URL=$(bash scripts/postgres.sh start "$pgdir")
+export SLIPWAY_TEST_POSTGRES_URL
 
 echo "== unit, peer and lab tests"
 # The lab tests share one namespace name: run test binaries one thread each.
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; bash scripts/postgres.sh stop "$pgdir"; rm -rf "$pgdir"' EXIT
 cargo test --locked --workspace -- --test-threads=1 2>&1 | tee "$log"
+echo "== the API's deploy flow on PostgreSQL"
+SLIPWAY_TEST_API_DB=postgres cargo test --locked --workspace --lib -- --test-threads=1 routes::deploy 2>&1 | tee -a "$log"
 
 echo "== fuzzing the network decoders (20 s a target)"
 bash scripts/fuzz.sh 20 | tee -a "$log"

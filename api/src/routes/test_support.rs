@@ -1,4 +1,5 @@
-//! A fresh app per test: its own SQLite database and ramdisk directory.
+//! A fresh app per test: its own database (SQLite, or PostgreSQL with
+//! `SLIPWAY_TEST_API_DB=postgres`) and ramdisk directory.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -6,13 +7,18 @@ use axum::Router;
 use std::sync::Arc;
 use tower::ServiceExt;
 
+use crate::store::test_db::TestDb;
 use crate::{auth, boot_router, operator_router, store::Store, AppState, BootContext};
 
 pub struct TestApp {
     pub operator: Router,
     pub boot: Router,
     pub admin: String,
+    /// What the routers were built with (for background tasks in tests).
+    pub state: AppState,
     _dir: tempfile::TempDir,
+    /// SQLite, or PostgreSQL with `SLIPWAY_TEST_API_DB=postgres`.
+    db: Arc<TestDb>,
 }
 
 pub async fn app() -> TestApp {
@@ -26,19 +32,20 @@ pub async fn app() -> TestApp {
     std::fs::write(dir.path().join("secret"), "secret").unwrap();
     let images_dir = dir.path().join("images");
     std::fs::create_dir(&images_dir).unwrap();
-    serve_from(dir, auth::random_token()).await
+    let db = Arc::new(TestDb::from_env("app").await);
+    serve_from(dir, db, auth::random_token()).await
 }
 
 /// The same appliance after a restart: its database and files, new
 /// processes' worth of state.
 pub async fn restart(t: TestApp) -> TestApp {
-    let TestApp { operator, boot, admin, _dir: dir } = t;
+    let TestApp { operator, boot, admin, _dir: dir, db, .. } = t;
     drop((operator, boot));
-    serve_from(dir, admin).await
+    serve_from(dir, db, admin).await
 }
 
-async fn serve_from(dir: tempfile::TempDir, admin: String) -> TestApp {
-    let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display())).await.unwrap();
+async fn serve_from(dir: tempfile::TempDir, db: Arc<TestDb>, admin: String) -> TestApp {
+    let store = Store::connect(db.url()).await.unwrap();
     let (ramdisk, ipxe, images_dir) = (dir.path().join("ramdisk"), dir.path().join("ipxe"), dir.path().join("images"));
     let oob = crate::oob::Oob::new(
         store.clone(),
@@ -68,8 +75,9 @@ async fn serve_from(dir: tempfile::TempDir, admin: String) -> TestApp {
         images_dir: images_dir.clone(),
         release_wipe: "quick".into(),
         work_posted: Default::default(),
+        firmware_dir: dir.path().join("firmware"),
     };
-    TestApp { operator: operator_router(state.clone()), boot: boot_router(state), admin, _dir: dir }
+    TestApp { operator: operator_router(state.clone()), boot: boot_router(state.clone()), admin, state, _dir: dir, db }
 }
 
 async fn send(router: &Router, req: Request<Body>) -> (StatusCode, Vec<u8>) {
