@@ -47,6 +47,38 @@ pub struct OobConfig {
     /// up to `max_backoff_secs`.
     pub min_backoff_secs: u64,
     pub max_backoff_secs: u64,
+    /// UPSes enrolled at start when not enrolled yet; the same fields as
+    /// `POST /api/v1/ups`.
+    pub ups: Vec<UpsEntry>,
+}
+
+/// One UPS to enrol: the body of `POST /api/v1/ups`, or an `[[oob.ups]]`
+/// table in the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpsEntry {
+    pub name: String,
+    /// `nut`, `snmp` or `redfish`.
+    pub protocol: String,
+    /// `host:port` (NUT 3493, SNMP 161) or a Redfish URL.
+    pub address: String,
+    /// NUT: the UPS's name on that upsd.
+    pub ups: Option<String>,
+    /// SNMP v2c community.
+    pub community: Option<String>,
+    /// Redfish: the battery or power equipment's name (empty: the first).
+    pub resource: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+    pub ca_pem: Option<String>,
+    #[serde(default)]
+    pub feeds: crate::store::UpsFeeds,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,6 +254,7 @@ impl Default for Config {
                 ups_poll_secs: 2,
                 min_backoff_secs: 5,
                 max_backoff_secs: 300,
+                ups: vec![],
             },
         }
     }

@@ -12,8 +12,9 @@ use serde_json::{json, Value};
 use super::bmcs::{check_address, tls_trust};
 use super::Routes;
 use crate::auth::{Operator, Viewer};
+use crate::config::UpsEntry;
 use crate::error::{parse_json, ApiError};
-use crate::store::{Ups, UpsFeeds};
+use crate::store::Ups;
 use crate::AppState;
 
 pub(super) fn router() -> Routes {
@@ -24,39 +25,38 @@ fn bad(field: &str, detail: impl Into<String>) -> ApiError {
     ApiError::BadRequest { field: field.into(), detail: detail.into() }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Enrol {
-    name: String,
-    /// `nut`, `snmp` or `redfish`.
-    protocol: String,
-    /// `host:port` (NUT 3493, SNMP 161) or a Redfish URL.
-    address: String,
-    /// NUT: the UPS's name on that upsd.
-    ups: Option<String>,
-    /// SNMP v2c community.
-    community: Option<String>,
-    /// Redfish: the battery or power equipment's name (empty: the first).
-    resource: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-    #[serde(default = "yes")]
-    tls_verify: bool,
-    ca_pem: Option<String>,
-    #[serde(default)]
-    feeds: UpsFeeds,
-}
-
-fn yes() -> bool {
-    true
-}
-
 fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 async fn enrol(_: Operator, State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let req: Enrol = parse_json(&body)?;
+    let req: UpsEntry = parse_json(&body)?;
+    let name = req.name.clone();
+    let ups = validated(&state, req).await?;
+    state.store.insert_ups(&ups).await?;
+    // Read it once now so the answer shows its state (or why not).
+    let _ = state.oob.read_ups(&ups).await;
+    state.oob.watch_ups(&ups.name);
+    Ok((StatusCode::CREATED, Json(view(&state, one(&state, &name).await?).await?)))
+}
+
+/// Enrols the UPSes listed in `oob.ups` that are not enrolled yet (at
+/// start). A bad entry stops the start, naming it and its field.
+pub async fn enrol_configured(state: &AppState, entries: &[UpsEntry]) -> anyhow::Result<()> {
+    for (i, entry) in entries.iter().enumerate() {
+        if state.store.ups(&entry.name).await?.is_some() {
+            continue;
+        }
+        let ups = validated(state, entry.clone()).await.map_err(|e| anyhow::anyhow!("oob.ups[{i}]: {e}"))?;
+        state.store.insert_ups(&ups).await?;
+        tracing::info!(ups = ups.name, protocol = ups.protocol, "UPS enrolled from the configuration");
+    }
+    Ok(())
+}
+
+/// Checks an enrolment (from the API or the configuration) and seals its
+/// password.
+async fn validated(state: &AppState, req: UpsEntry) -> Result<Ups, ApiError> {
     if !valid_name(&req.name) {
         return Err(bad("name", "1 to 63 letters, digits, '-', '_' or '.'"));
     }
@@ -95,11 +95,7 @@ async fn enrol(_: Operator, State(state): State<AppState>, body: Bytes) -> Resul
         target_raw: target,
         password_sealed: req.password.as_deref().map(|p| state.oob.seal(p)),
     };
-    state.store.insert_ups(&ups).await?;
-    // Read it once now so the answer shows its state (or why not).
-    let _ = state.oob.read_ups(&ups).await;
-    state.oob.watch_ups(&ups.name);
-    Ok((StatusCode::CREATED, Json(view(&state, one(&state, &req.name).await?).await?)))
+    Ok(ups)
 }
 
 async fn one(state: &AppState, name: &str) -> Result<Ups, ApiError> {
@@ -215,5 +211,30 @@ mod tests {
             assert!(started.elapsed() < Duration::from_secs(10), "{ups}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use crate::config::UpsEntry;
+    use crate::routes::test_support::{app, get};
+
+    fn entry(name: &str, protocol: &str) -> UpsEntry {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "protocol": protocol, "address": "127.0.0.1:9", "ups": "x", "feeds": { "racks": ["r1"] }
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn configured_upses_are_enrolled_once_and_bad_ones_named() {
+        let t = app().await;
+        super::enrol_configured(&t.state, &[entry("cfg-ups", "nut")]).await.unwrap();
+        super::enrol_configured(&t.state, &[entry("cfg-ups", "nut")]).await.unwrap();
+        let (_, list) = get(&t.operator, "/api/v1/ups", Some(&t.admin)).await;
+        assert_eq!(list["ups"].as_array().unwrap().len(), 1, "{list}");
+        assert_eq!(list["ups"][0]["feeds"]["racks"][0], "r1");
+        let err = super::enrol_configured(&t.state, &[entry("bad", "modbus")]).await.unwrap_err().to_string();
+        assert!(err.contains("oob.ups[0]") && err.contains("protocol"), "{err}");
     }
 }
