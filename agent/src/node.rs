@@ -3,7 +3,9 @@
 //! Every heartbeat it reports the OS, kernel, container runtime versions
 //! and its cluster membership as the cluster itself reports it, and does
 //! what the appliance answers: create a Swarm and hand back its join
-//! tokens, join one, or run a join command. It never claims membership it
+//! tokens, join one, or run a join command; on a Swarm manager, also
+//! drain, undrain or remove another node for an OS refresh (workers
+//! cannot change nodes, so the appliance asks a manager's agent). It never claims membership it
 //! did not read from the cluster (`docker info`, or the join spec's check
 //! command), so `joined` in the API means the cluster agrees.
 
@@ -74,6 +76,13 @@ pub fn run(config: &NodeConfig) -> ! {
                     crate::log(&format!("joining: {run}"));
                     sh(&run)
                 }
+            }
+            // Only a manager is asked; the appliance waits for the change
+            // to show in this agent's next member list.
+            NodeInstruction::NodeAvailability { node, availability } => node_update(&node, &availability),
+            NodeInstruction::NodeRemove { node } => {
+                crate::log(&format!("removing Swarm node {node}, which was reinstalled"));
+                docker(&["node", "rm", "--force", &node]).map(|_| ())
             }
         };
         if let Err(err) = outcome {
@@ -161,6 +170,7 @@ pub fn parse_node_ls(lines: &str) -> Vec<Member> {
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .map(|n| Member {
+            id: n["ID"].as_str().unwrap_or_default().into(),
             hostname: n["Hostname"].as_str().unwrap_or_default().into(),
             status: n["Status"].as_str().unwrap_or_default().into(),
             availability: n["Availability"].as_str().unwrap_or_default().into(),
@@ -188,6 +198,16 @@ fn swarm_join(endpoint: &str, token: &str) -> Result<(), String> {
     }
     crate::log(&format!("joining the Swarm at {endpoint}"));
     docker(&["swarm", "join", "--token", token, endpoint]).map(|_| ())
+}
+
+/// `docker node update --availability drain|active|pause NODE`, for an OS
+/// refresh of NODE (this node or another; only managers may).
+fn node_update(node: &str, availability: &str) -> Result<(), String> {
+    if !matches!(availability, "drain" | "active" | "pause") {
+        return Err(format!("unknown Swarm availability {availability:?}"));
+    }
+    crate::log(&format!("setting Swarm node {node} to {availability}"));
+    docker(&["node", "update", "--availability", availability, node]).map(|_| ())
 }
 
 /// Runs docker; its trimmed stdout, or its stderr as the error.
@@ -246,6 +266,8 @@ mod tests {
         assert_eq!(members.len(), 2);
         assert!(members[0].manager && !members[1].manager);
         assert_eq!((members[1].status.as_str(), members[1].availability.as_str()), ("Down", "Drain"));
+        assert_eq!((members[0].id.as_str(), members[1].id.as_str()), ("a", "b"), "refreshes name nodes by id");
+        assert!(node_update("b", "sideways").is_err(), "only Swarm's availabilities reach docker");
 
         assert_eq!(
             containerd_version("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1").as_deref(),

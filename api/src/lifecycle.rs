@@ -85,6 +85,21 @@ pub enum Trigger {
     /// The node agent on the deployed OS reported membership, as the
     /// cluster itself confirms it.
     ClusterJoined,
+    /// A campaign reinstalls a deployed machine (OS refresh), or starts
+    /// over with the previous image (rollback).
+    RefreshRequested,
+    /// The rollback of a failed OS refresh failed too.
+    RollbackFailed,
+    /// An operator retries a failed machine, into the state its failed
+    /// phase implies ([`retry_target`]).
+    RetryRequested(MachineState),
+    /// An operator marks a machine failed (the reason is recorded).
+    MarkFailedRequested,
+    /// An operator sends a machine back to discovery (its deployment is
+    /// cleared; its inventory is kept).
+    ResetRequested,
+    /// An operator retires a machine for good.
+    RetireRequested,
 }
 
 impl Trigger {
@@ -99,6 +114,12 @@ impl Trigger {
             Trigger::Wiped => "disks wiped by the agent",
             Trigger::WipeFailed => "the agent could not wipe the disks",
             Trigger::ClusterJoined => "the node agent reported cluster membership",
+            Trigger::RefreshRequested => "OS refresh requested by a campaign",
+            Trigger::RollbackFailed => "the OS refresh failed and so did its rollback",
+            Trigger::RetryRequested(_) => "retry requested by an operator",
+            Trigger::MarkFailedRequested => "marked failed by an operator",
+            Trigger::ResetRequested => "reset to discovery by an operator",
+            Trigger::RetireRequested => "retired by an operator",
         }
     }
 }
@@ -119,16 +140,49 @@ pub fn next(state: MachineState, trigger: Trigger) -> Option<Transition> {
         // A failed discovery is retried by simply booting again.
         (Discovering | Ready | Failed, Trigger::InventoryReceived) => to(Ready),
         // Deployed waits (with a deadline) only when a cluster join was asked for.
-        (Discovering | Deploying | Deployed | Releasing, Trigger::DeadlinePassed) => {
+        (Discovering | Deploying | Deployed | Releasing | Refreshing, Trigger::DeadlinePassed) => {
             Some(Transition { to: Failed, failed_phase: Some(state) })
         }
         (Ready, Trigger::DeployRequested) => to(Deploying),
-        (Deploying, Trigger::ImageWritten) => to(Deployed),
+        (Deploying | Refreshing, Trigger::ImageWritten) => to(Deployed),
+        // Refreshing -> refreshing is a rollback starting over. A failed
+        // write leaves the machine refreshing: its campaign rolls it back.
+        (Deployed | Joined | Refreshing, Trigger::RefreshRequested) => to(Refreshing),
+        (Refreshing | Deployed, Trigger::RollbackFailed) => {
+            Some(Transition { to: Failed, failed_phase: Some(Refreshing) })
+        }
         (Deployed, Trigger::ClusterJoined) => to(Joined),
         (Deploying, Trigger::DeployFailed) => Some(Transition { to: Failed, failed_phase: Some(Deploying) }),
         (Deployed | Joined | Failed, Trigger::ReleaseRequested) => to(Releasing),
         (Releasing, Trigger::Wiped) => to(Ready),
         (Releasing, Trigger::WipeFailed) => Some(Transition { to: Failed, failed_phase: Some(Releasing) }),
+        // Operator actions. Retired is terminal: nothing leaves it.
+        (Failed, Trigger::RetryRequested(to @ (Discovering | Ready | Deploying | Releasing))) => {
+            Some(Transition { to, failed_phase: None })
+        }
+        (Discovering | Ready | Deploying | Deployed | Joined | Releasing | Refreshing, Trigger::MarkFailedRequested) => {
+            Some(Transition { to: Failed, failed_phase: Some(state) })
+        }
+        (Retired, Trigger::ResetRequested) => None,
+        (_, Trigger::ResetRequested) => to(Discovering),
+        // Work in progress is marked failed first, so nothing is cut off
+        // silently.
+        (Discovering | Ready | Deployed | Joined | Failed, Trigger::RetireRequested) => to(Retired),
+        _ => None,
+    }
+}
+
+/// The state retrying a machine that failed in `failed_phase` leads to:
+/// discovery starts over; a failed deploy is retried when its deployment
+/// is still there, else the machine is ready again; a failed wipe is
+/// retried. `None`: retry does not apply (release or reset instead).
+pub fn retry_target(failed_phase: Option<MachineState>, has_deployment: bool) -> Option<MachineState> {
+    use MachineState::*;
+    match failed_phase? {
+        Discovering => Some(Discovering),
+        Deploying if has_deployment => Some(Deploying),
+        Deploying => Some(Ready),
+        Releasing => Some(Releasing),
         _ => None,
     }
 }
@@ -143,10 +197,12 @@ pub enum BootKind {
 pub fn boot_kind(state: Option<MachineState>) -> BootKind {
     use MachineState::*;
     match state {
-        Some(Deployed | Joined) => BootKind::LocalDisk,
+        // A retired machine is never handed the ramdisk again.
+        Some(Deployed | Joined | Retired) => BootKind::LocalDisk,
         // Unknown, discovering, ready, failed: the discovery ramdisk, which
-        // reports and waits. Deploying and releasing: the same ramdisk is
-        // the installer and the wiper; its agent is handed the work.
+        // reports and waits. Deploying, refreshing and releasing: the same
+        // ramdisk is the installer and the wiper; its agent is handed the
+        // work (a refreshing machine gets its new deployment).
         _ => BootKind::Discovery,
     }
 }
@@ -196,11 +252,62 @@ mod tests {
     }
 
     #[test]
+    fn refresh_path() {
+        for from in [Deployed, Joined] {
+            assert_eq!(next(from, Trigger::RefreshRequested).unwrap().to, Refreshing, "{from}");
+        }
+        assert_eq!(next(Refreshing, Trigger::RefreshRequested).unwrap().to, Refreshing, "a rollback starts over");
+        for from in [Ready, Deploying, Releasing, Failed] {
+            assert_eq!(next(from, Trigger::RefreshRequested), None, "{from} is not refreshed");
+        }
+        assert_eq!(next(Refreshing, Trigger::ImageWritten).unwrap().to, Deployed);
+        assert_eq!(next(Refreshing, Trigger::DeployFailed), None, "a failed write is rolled back, not failed");
+        let t = next(Refreshing, Trigger::RollbackFailed).unwrap();
+        assert_eq!((t.to, t.failed_phase), (Failed, Some(Refreshing)));
+        let t = next(Refreshing, Trigger::DeadlinePassed).unwrap();
+        assert_eq!((t.to, t.failed_phase), (Failed, Some(Refreshing)), "the backstop when no campaign acts");
+        assert_eq!(boot_kind(Some(Refreshing)), BootKind::Discovery, "a refreshing machine boots the installer");
+    }
+
+    #[test]
     fn deployed_machines_never_get_the_ramdisk() {
         assert_eq!(boot_kind(None), BootKind::Discovery);
         assert_eq!(boot_kind(Some(Ready)), BootKind::Discovery);
         assert_eq!(boot_kind(Some(Deployed)), BootKind::LocalDisk);
         assert_eq!(boot_kind(Some(Joined)), BootKind::LocalDisk);
+    }
+
+    #[test]
+    fn operator_actions() {
+        assert_eq!(retry_target(Some(Discovering), false), Some(Discovering));
+        assert_eq!(retry_target(Some(Deploying), true), Some(Deploying));
+        assert_eq!(retry_target(Some(Deploying), false), Some(Ready), "no deployment left: ready again");
+        assert_eq!(retry_target(Some(Releasing), false), Some(Releasing));
+        assert_eq!(retry_target(Some(Refreshing), true), None, "a campaign owns refresh failures");
+        assert_eq!(retry_target(None, true), None);
+        for to in [Discovering, Ready, Deploying, Releasing] {
+            assert_eq!(next(Failed, Trigger::RetryRequested(to)).unwrap().to, to);
+            assert_eq!(next(Ready, Trigger::RetryRequested(to)), None, "only a failed machine is retried");
+        }
+        assert_eq!(next(Failed, Trigger::RetryRequested(Deployed)), None, "retry never skips the work");
+        let t = next(Deploying, Trigger::MarkFailedRequested).unwrap();
+        assert_eq!((t.to, t.failed_phase), (Failed, Some(Deploying)));
+        assert_eq!(next(Failed, Trigger::MarkFailedRequested), None, "already failed");
+        assert_eq!(next(Retired, Trigger::MarkFailedRequested), None);
+        for from in ALL_STATES.into_iter().filter(|s| *s != Retired) {
+            assert_eq!(next(from, Trigger::ResetRequested).unwrap().to, Discovering, "{from}");
+        }
+        assert_eq!(next(Retired, Trigger::ResetRequested), None, "retired is terminal");
+        for from in [Discovering, Ready, Deployed, Joined, Failed] {
+            assert_eq!(next(from, Trigger::RetireRequested).unwrap().to, Retired, "{from}");
+        }
+        for from in [Deploying, Releasing, Refreshing, Retired] {
+            assert_eq!(next(from, Trigger::RetireRequested), None, "{from}: mark it failed first");
+        }
+        for trigger in [Trigger::InventoryReceived, Trigger::DeadlinePassed, Trigger::DeployRequested] {
+            assert_eq!(next(Retired, trigger), None, "retired is terminal");
+        }
+        assert_eq!(boot_kind(Some(Retired)), BootKind::LocalDisk, "a retired machine never gets the ramdisk");
     }
 
     #[test]

@@ -164,6 +164,9 @@ pub struct Membership {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Member {
+    /// The cluster's id for the node (Swarm `ID`); empty from old agents.
+    #[serde(default)]
+    pub id: String,
     pub hostname: String,
     /// Swarm: `Ready` or `Down`.
     pub status: String,
@@ -186,6 +189,13 @@ pub enum NodeInstruction {
     /// Run `run` (`sh -c`) to join; the node is a member once `check`
     /// exits 0.
     Command { run: String, check: String },
+    /// On a Swarm manager, for another node (or itself) during an OS
+    /// refresh: `docker node update --availability AVAILABILITY NODE`
+    /// (`drain` before the refresh, `active` to undo a drain).
+    NodeAvailability { node: String, availability: String },
+    /// On a Swarm manager: `docker node rm --force NODE`, the entry a
+    /// reinstalled node left behind (it rejoined as a new node).
+    NodeRemove { node: String },
 }
 
 /// A new Swarm's join tokens, from the node that created it.

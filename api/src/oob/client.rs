@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use inventory::ipmi::IpmiClient;
 use inventory::oob::{BmcInventory, BootTarget, Credentials, OobError, PowerAction, PowerState, TlsTrust, UpsState};
-use inventory::redfish::RedfishClient;
+use inventory::redfish::{RedfishClient, TaskInfo};
 use inventory::ups::nut::NutClient;
 use inventory::ups::snmp::SnmpUps;
 
@@ -16,19 +16,30 @@ pub enum BmcClient {
 }
 
 /// One request to a BMC.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Op {
     Inventory,
     PowerState,
     Power(PowerAction),
     /// `None`: keep the machine's boot mode (Redfish) / legacy (IPMI).
     Boot(BootTarget, Option<bool>),
+    /// Fetch and apply a firmware image (Redfish SimpleUpdate) on the
+    /// targets (resource URIs; empty: the image says).
+    SimpleUpdate {
+        image_uri: String,
+        targets: Vec<String>,
+    },
+    /// Read a task a SimpleUpdate returned.
+    Task(String),
 }
 
 #[derive(Debug)]
 pub enum OpOutput {
     Inventory(Box<BmcInventory>),
     Power(PowerState),
+    /// The task to poll, when the BMC gave one.
+    Task(Option<String>),
+    TaskState(TaskInfo),
     Done,
 }
 
@@ -110,6 +121,13 @@ impl BmcClient {
             (BmcClient::Redfish(c), Op::Boot(t, None)) => c.set_boot_once_keep_mode(t).await.map(|_| OpOutput::Done),
             (BmcClient::Ipmi(c), Op::Boot(t, uefi)) => {
                 c.set_boot_once(t, uefi.unwrap_or(false)).await.map(|_| OpOutput::Done)
+            }
+            (BmcClient::Redfish(c), Op::SimpleUpdate { image_uri, targets }) => {
+                Ok(OpOutput::Task(c.simple_update(&image_uri, &targets).await?))
+            }
+            (BmcClient::Redfish(c), Op::Task(uri)) => Ok(OpOutput::TaskState(c.task_state(&uri).await?)),
+            (BmcClient::Ipmi(c), Op::SimpleUpdate { .. } | Op::Task(_)) => {
+                Err(OobError::Unsupported { peer: c.peer(), what: "firmware updates over IPMI".into() })
             }
         }
     }

@@ -112,7 +112,9 @@ async fn next_instruction(state: &AppState, id: &str) -> Result<Instruction, Api
             None => wait,
         });
     }
-    let deploying = machine_state == Some(MachineState::Deploying);
+    // A refreshing machine's installer is handed its new deployment
+    // exactly as a deploying one is.
+    let deploying = matches!(machine_state, Some(MachineState::Deploying | MachineState::Refreshing));
     let Some(deployment) = state.store.deployment(id).await?.filter(|_| deploying) else {
         return Ok(wait);
     };
@@ -186,7 +188,8 @@ async fn deploy_report(
             })
         }
     };
-    if !state.store.machine(&id).await?.is_some_and(|m| m.state == MachineState::Deploying) {
+    let machine_state = state.store.machine(&id).await?.map(|m| m.state);
+    if !matches!(machine_state, Some(MachineState::Deploying | MachineState::Refreshing)) {
         return Err(crate::store::StoreError::Conflict(format!("machine {id} is not deploying")).into());
     }
     let bytes = i64::try_from(report.bytes_written).unwrap_or(i64::MAX);
@@ -220,7 +223,10 @@ async fn deploy_report(
         }
         DeployPhase::Failed => {
             let reason = report.error.as_deref().unwrap_or("the agent gave no reason");
-            state.store.fire_because(&id, Trigger::DeployFailed, reason, None).await?;
+            // A failed refresh stays `refreshing`: its campaign rolls it back.
+            if machine_state == Some(MachineState::Deploying) {
+                state.store.fire_because(&id, Trigger::DeployFailed, reason, None).await?;
+            }
             metrics::counter!("slipway_deployments_total", "outcome" => "failed").increment(1);
             Ok(Json(Instruction::Wait { poll_seconds: POLL_SECONDS }))
         }

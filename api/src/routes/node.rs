@@ -14,7 +14,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::auth::{Admin, NodeMachine};
+use super::Routes;
+use crate::auth::{NodeMachine, Viewer};
 use crate::error::{parse_json, ApiError};
 use crate::join::{self, JoinSpec, HEARTBEAT_SECONDS};
 use crate::lifecycle::{MachineState, Trigger};
@@ -26,8 +27,8 @@ pub fn agent_router() -> Router<AppState> {
     Router::new().route(wire::NODE_STATUS_PATH, post(status)).route(wire::NODE_SWARM_PATH, post(swarm_created))
 }
 
-pub fn operator_router() -> Router<AppState> {
-    Router::new()
+pub(super) fn operator_router() -> Routes {
+    Routes::new()
         .route("/api/v1/machines/{id}/node", get(show_node))
         .route("/api/v1/clusters", get(list_clusters))
         .route("/api/v1/clusters/{name}", get(show_cluster))
@@ -62,6 +63,7 @@ async fn status(
             docker = report.docker_version,
             "node agent started"
         );
+        crate::metrics_catalog::node_agent_started(&state.store, &id).await;
     }
     let spec = join_spec(&state, &id).await?;
     let cluster_name = spec.as_ref().and_then(JoinSpec::managed_cluster).map(str::to_string);
@@ -80,8 +82,17 @@ async fn status(
                     "node joined its cluster"
                 );
                 metrics::counter!("slipway_cluster_joins_total").increment(1);
+                crate::metrics_catalog::cluster_joined(&state.store, &id).await;
                 let detail = json!({ "kind": membership.kind, "node_id": membership.node_id, "manager": membership.manager, "cluster": cluster_name });
                 state.store.record_event(Some(&id), "cluster.joined", detail).await?;
+            }
+        }
+        // A manager carries out what OS refreshes wait for (drain, tidy).
+        if let (Some(name), true) = (cluster_name, membership.manager) {
+            let ops = state.store.cluster_ops(name).await?;
+            if let Some(op) = crate::campaign::refresh_plan::next_cluster_op(&ops, &membership.members) {
+                tracing::info!(machine = id, cluster = name, ?op, "asking a Swarm manager to change a node");
+                return Ok(Json(op));
             }
         }
         return Ok(Json(NodeInstruction::Wait { poll_seconds: HEARTBEAT_SECONDS }));
@@ -116,7 +127,7 @@ async fn swarm_created(
 }
 
 async fn show_node(
-    _: Admin,
+    _: Viewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<NodeReport>, ApiError> {
@@ -125,12 +136,12 @@ async fn show_node(
     report.map(Json).ok_or_else(|| ApiError::NotFound { what: format!("a node agent report from machine {id}") })
 }
 
-async fn list_clusters(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list_clusters(_: Viewer, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "clusters": state.store.clusters().await? })))
 }
 
 async fn show_cluster(
-    _: Admin,
+    _: Viewer,
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Cluster>, ApiError> {

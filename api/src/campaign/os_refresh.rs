@@ -1,0 +1,294 @@
+//! The OS-refresh action on one node: drain it from its Slipway-formed
+//! Swarm (through a manager's node agent), reinstall the target image with
+//! the machine's own deploy settings by rebooting it into the installer
+//! through its BMC, wait until it is written, verified and back (joined,
+//! or its new node agent reporting), tidy its Swarm entry; on failure
+//! reinstall the previous image the same way and record `rolled_back`.
+//!
+//! Every wait is bounded: the drain by `RunnerSettings::drain_timeout`,
+//! the write and the rejoin by 95% of the machine's own deadlines
+//! (`deploy_timeout`, `join_timeout`), so the action decides before the
+//! reaper would fail the machine. The decisions are `refresh_plan`'s.
+//!
+//! Not done: a node caught in progress by an appliance restart is
+//! finished only when its new deployment is already in place; otherwise
+//! it fails with that reason (and may stay drained).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use super::model::NodeProgress;
+use super::refresh_plan::{self, ClusterOp, DeployView, OpKind, Progress};
+use super::runner::RunnerSettings;
+use crate::join::JoinSpec;
+use crate::lifecycle::{MachineState, Trigger};
+use crate::store::{now_ms, ImageState, StoreError};
+use crate::AppState;
+
+/// How a node ended, or a store failure (the node stays in progress and
+/// the runner resumes it).
+enum Outcome {
+    Done(&'static str),
+    RolledBack(String),
+    Failed(String),
+}
+
+type Step<T> = Result<T, StoreError>;
+
+struct Node<'a> {
+    app: &'a AppState,
+    settings: &'a RunnerSettings,
+    campaign_id: &'a str,
+    machine_id: &'a str,
+}
+
+/// Runs the refresh on one node and records the outcome.
+pub async fn run_node(
+    app: AppState,
+    settings: RunnerSettings,
+    campaign_id: String,
+    progress: NodeProgress,
+    image: String,
+    resume: bool,
+) {
+    let node = Node { app: &app, settings: &settings, campaign_id: &campaign_id, machine_id: &progress.machine_id };
+    let machine = progress.machine_id.as_str();
+    let store = &app.store;
+    let recorded = match node.apply(&image, resume).await {
+        Ok(Outcome::Done(note)) => {
+            info!(campaign = campaign_id, machine, image, note, "OS refresh node done");
+            store.finish_campaign_node(&campaign_id, machine, Ok(&image), json!({ "note": note })).await
+        }
+        Ok(Outcome::RolledBack(why)) => {
+            warn!(campaign = campaign_id, machine, reason = why, "OS refresh node rolled back");
+            store.roll_back_campaign_node(&campaign_id, machine, &why, json!({ "image": image })).await
+        }
+        Ok(Outcome::Failed(why)) => {
+            warn!(campaign = campaign_id, machine, reason = why, "OS refresh node failed");
+            store.finish_campaign_node(&campaign_id, machine, Err(&why), json!({ "image": image })).await
+        }
+        Err(err) => Err(err),
+    };
+    if let Err(err) = recorded {
+        warn!(campaign = campaign_id, machine, error = %err, "recording a node's progress failed; it is resumed");
+    }
+}
+
+/// 95% of a deadline, so the action decides before the reaper.
+fn bound(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms - ms / 20).unwrap_or(0).max(1000))
+}
+
+impl Node<'_> {
+    async fn apply(&self, target: &str, resume: bool) -> Step<Outcome> {
+        let store = &self.app.store;
+        let Some(machine) = store.machine(self.machine_id).await? else {
+            return Ok(Outcome::Failed("the machine no longer exists".into()));
+        };
+        let Some(previous) = store.deployment(self.machine_id).await? else {
+            return Ok(Outcome::Failed(format!("the machine is {} with no deployment to refresh", machine.state)));
+        };
+        let join: Option<JoinSpec> = serde_json::from_value(previous.spec["cluster"].clone()).ok();
+        let cluster = join.as_ref().and_then(JoinSpec::managed_cluster).map(str::to_string);
+        if resume {
+            // Only a refresh already in place is picked up again.
+            if previous.image != target {
+                return Ok(Outcome::Failed("interrupted by an appliance restart before the reinstall".into()));
+            }
+            return Ok(match self.wait_back(target, join.is_some()).await? {
+                Ok(_) => Outcome::Done("found in place after a restart"),
+                Err(why) => Outcome::Failed(format!("interrupted by an appliance restart: {why}")),
+            });
+        }
+        if !matches!(machine.state, MachineState::Deployed | MachineState::Joined) {
+            return Ok(Outcome::Failed(format!(
+                "the machine is {}: only a deployed or joined machine is refreshed",
+                machine.state
+            )));
+        }
+        if previous.image == target {
+            return Ok(Outcome::Done("already on this image"));
+        }
+        if store.bmc_for_machine(self.machine_id).await?.is_none() {
+            return Ok(Outcome::Failed(
+                "an OS refresh needs a BMC (to reboot the machine into the installer); none is enrolled".into(),
+            ));
+        }
+        match store.image(target).await? {
+            Some(i) if i.state == ImageState::Available => {}
+            _ => return Ok(Outcome::Failed(format!("image {target} is not available"))),
+        }
+        store.note_campaign_node(self.campaign_id, self.machine_id, None, Some(&previous.image), false).await?;
+
+        // (a) Drain, when the machine is a member of a Slipway-formed Swarm.
+        let old_node = match (&cluster, machine.state) {
+            (Some(name), MachineState::Joined) => {
+                let report = store.node_report(self.machine_id).await?;
+                let node_id = report.and_then(|r| r.status.cluster).map(|c| c.node_id).filter(|id| !id.is_empty());
+                match node_id {
+                    Some(id) => {
+                        if let Err(why) = self.drain(name, &id).await? {
+                            return Ok(Outcome::Failed(why));
+                        }
+                        Some((name.clone(), id))
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+
+        // (b), (c) Reinstall with the machine's own settings.
+        let mut spec = previous.spec.clone();
+        spec["image"] = json!(target);
+        let cause = format!("campaign {}: OS refresh to {target}", self.campaign_id);
+        let refreshed = self.install(target, &spec, &cause, join.is_some()).await?;
+        let (outcome, new_node) = match refreshed {
+            Ok(new_node) => (Outcome::Done("reinstalled, verified and back"), new_node),
+            Err(why) => {
+                // (e) Roll back to the previous image, the same way.
+                let old = previous.image.as_str();
+                self.event("campaign.node_rolling_back", json!({ "reason": why, "image": old })).await?;
+                let cause = format!("campaign {}: rollback to {old}", self.campaign_id);
+                match self.install(old, &previous.spec, &cause, join.is_some()).await? {
+                    Ok(new_node) => (Outcome::RolledBack(format!("{why}; rolled back to {old}")), new_node),
+                    Err(why2) => {
+                        let reason = format!("{why}; the rollback to {old} failed too: {why2}");
+                        store.fire_because(self.machine_id, Trigger::RollbackFailed, &reason, None).await?;
+                        return Ok(Outcome::Failed(reason));
+                    }
+                }
+            }
+        };
+        // (d) Its old Swarm entry: removed (it rejoined as a new node).
+        if let Some((name, old)) = old_node {
+            let op = refresh_plan::after_refresh(&name, &old, new_node.as_deref());
+            if let Err(why) = self.cluster_op(&op).await? {
+                warn!(machine = self.machine_id, reason = why, "tidying the Swarm after a refresh");
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn event(&self, kind: &str, mut detail: Value) -> Step<()> {
+        if let Some(obj) = detail.as_object_mut() {
+            obj.insert("campaign".into(), json!(self.campaign_id));
+        }
+        self.app.store.record_event(Some(self.machine_id), kind, detail).await
+    }
+
+    /// Asks a manager to drain the node and waits until it shows drained;
+    /// on timeout asks for it active again.
+    async fn drain(&self, cluster: &str, node: &str) -> Step<Result<(), String>> {
+        let op = ClusterOp { cluster: cluster.into(), op: OpKind::Drain, node: node.into() };
+        match self.cluster_op(&op).await? {
+            Ok(()) => {
+                self.event("campaign.node_drained", json!({ "cluster": cluster, "node": node })).await?;
+                Ok(Ok(()))
+            }
+            Err(why) => {
+                let undo = ClusterOp { op: OpKind::Active, ..op };
+                let _ = self.cluster_op(&undo).await?;
+                Ok(Err(why))
+            }
+        }
+    }
+
+    /// Stores `op` as wanted (a manager's node agent is told at its next
+    /// report) and waits, bounded, until the manager's member list shows it.
+    async fn cluster_op(&self, op: &ClusterOp) -> Step<Result<(), String>> {
+        let text = serde_json::to_string(op).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let store = &self.app.store;
+        store.note_campaign_node(self.campaign_id, self.machine_id, Some(Some(&text)), None, false).await?;
+        let started = Instant::now();
+        let result = loop {
+            let members = store.cluster(&op.cluster).await?.map(|c| c.members).unwrap_or_default();
+            if op.done(&members) {
+                break Ok(());
+            }
+            if started.elapsed() > self.settings.drain_timeout {
+                break Err(format!(
+                    "Swarm {} did not show node {} {:?} within {} s (no manager's node agent reporting?)",
+                    op.cluster,
+                    op.node,
+                    op.op,
+                    self.settings.drain_timeout.as_secs()
+                ));
+            }
+            tokio::time::sleep(self.settings.task_poll).await;
+        };
+        store.note_campaign_node(self.campaign_id, self.machine_id, Some(None), None, false).await?;
+        Ok(result)
+    }
+
+    /// Starts a deployment of `image` (machine to `refreshing`), reboots
+    /// the machine into the installer through its BMC, and waits until it
+    /// is back. Returns its new Swarm node id, if it reports one.
+    async fn install(
+        &self,
+        image: &str,
+        spec: &Value,
+        cause: &str,
+        clustered: bool,
+    ) -> Step<Result<Option<String>, String>> {
+        let app = self.app;
+        let Some(img) = app.store.image(image).await?.filter(|i| i.state == ImageState::Available) else {
+            return Ok(Err(format!("image {image} is not available")));
+        };
+        match app.store.start_refresh(self.machine_id, &img, spec, now_ms() + app.deploy_timeout_ms, cause).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(why)) => return Ok(Err(why)),
+            Err(err) => return Err(err),
+        }
+        app.work_posted.notify_waiters();
+        match app.oob.network_boot(self.machine_id, cause).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(Err("the machine's BMC is gone: it cannot be rebooted into the installer".into())),
+            Err(err) => return Ok(Err(format!("rebooting into the installer through the BMC failed: {err}"))),
+        }
+        info!(machine = self.machine_id, image, "rebooted into the installer");
+        self.wait_back(image, clustered).await
+    }
+
+    /// Waits (bounded) until `image` is written and the machine is back.
+    async fn wait_back(&self, image: &str, clustered: bool) -> Step<Result<Option<String>, String>> {
+        let store = &self.app.store;
+        let mut started = Instant::now();
+        let mut limit = bound(self.app.deploy_timeout_ms);
+        let mut written = false;
+        loop {
+            let machine = store.machine(self.machine_id).await?;
+            let deployment = store.deployment(self.machine_id).await?;
+            let report = store.node_report(self.machine_id).await?;
+            let Some(machine) = machine else { return Ok(Err("the machine no longer exists".into())) };
+            let view =
+                deployment.as_ref().map(|d| DeployView { image: &d.image, phase: d.phase, error: d.error.as_deref() });
+            let at = refresh_plan::progress(
+                machine.state,
+                machine.failure.as_ref().map(|f| f.reason.as_str()),
+                view,
+                image,
+                clustered,
+                report.is_some(),
+            );
+            match at {
+                Progress::Back => return Ok(Ok(report.and_then(|r| r.status.cluster).map(|c| c.node_id))),
+                Progress::Failed(why) => return Ok(Err(why)),
+                Progress::Written if !written => {
+                    written = true;
+                    store.note_campaign_node(self.campaign_id, self.machine_id, None, None, true).await?;
+                    started = Instant::now();
+                    limit = bound(self.app.join_timeout_ms);
+                }
+                Progress::Written | Progress::Installing => {}
+            }
+            if started.elapsed() > limit {
+                let what = if written { "rejoin" } else { "be written and verified" };
+                return Ok(Err(format!("{image} did not {what} within {} s", limit.as_secs())));
+            }
+            tokio::time::sleep(self.settings.task_poll.max(Duration::from_millis(50))).await;
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! OS-refresh campaigns end to end, in process: four machines behind
+//! simulated BMCs, deployed into one Slipway-formed Swarm (`rack7`) whose
+//! manager is machine 0, and three workers refreshed by a campaign. The
+//! test plays every agent the way the real ones talk: the ramdisk agent
+//! (a new boot token after each BMC boot, instructions, deploy reports)
+//! and the node agents (status with membership; the manager keeps the
+//! member list and carries out drain, undrain and remove instructions).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use inventory::sim::MemoryBackend;
+use serde_json::{json, Value};
+
+use super::tests::sim_bmc;
+use crate::campaign::runner::{self, RunnerSettings};
+use crate::routes::test_support::{
+    app, available_image, deployed_machine, get, get_text, post, ready_machine, token_from, TestApp,
+};
+
+/// One machine as its agents see it.
+struct Sim {
+    id: String,
+    mac: String,
+    hostname: String,
+    backend: Arc<MemoryBackend>,
+    boots: usize,
+    /// The ramdisk agent's boot token, while it runs.
+    ramdisk: Option<String>,
+    /// The node agent's credential of the OS on the disk.
+    node_token: Option<String>,
+    /// Its Swarm node id, once its OS joined.
+    swarm_id: Option<String>,
+    joins: u32,
+}
+
+struct Fleet {
+    t: TestApp,
+    sims: Vec<Sim>,
+    /// The Swarm as its manager (machine 0) sees it.
+    members: Vec<Value>,
+    /// The most machines ever unavailable at once (refreshing, or drained
+    /// or down in the Swarm), once a campaign runs.
+    max_unavailable: usize,
+    watching: bool,
+    _runner: Option<Runner>,
+}
+
+struct Runner(tokio::task::JoinHandle<()>);
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn status(hostname: &str, membership: Option<Value>) -> Value {
+    let mut s = json!({ "agent_version": "0.1.0", "hostname": hostname, "os": "Debian GNU/Linux 12 (bookworm)",
+                        "kernel": "6.1.0-28-amd64" });
+    if let Some(m) = membership {
+        s["cluster"] = m;
+    }
+    s
+}
+
+impl Fleet {
+    async fn state(&self, id: &str) -> String {
+        let (_, m) = get(&self.t.operator, &format!("/api/v1/machines/{id}"), Some(&self.t.admin)).await;
+        m["state"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// One round of every agent.
+    async fn tick(&mut self) {
+        for i in 0..self.sims.len() {
+            let state = self.state(&self.sims[i].id.clone()).await;
+            let boots = self.sims[i].backend.boots().len();
+            let sim = &mut self.sims[i];
+            if boots > sim.boots {
+                sim.boots = boots;
+                if matches!(state.as_str(), "deploying" | "refreshing") {
+                    // Rebooted into the installer: the OS on the disk is down.
+                    let (_, script) =
+                        get_text(&self.t.boot, &format!("/boot/{}.ipxe", sim.mac.replace(':', "-"))).await;
+                    sim.ramdisk = Some(token_from(&script));
+                    sim.node_token = None;
+                    if let Some(id) = sim.swarm_id.take() {
+                        for m in self.members.iter_mut().filter(|m| m["id"] == id.as_str()) {
+                            m["status"] = json!("Down");
+                        }
+                    }
+                }
+            }
+            match state.as_str() {
+                "deploying" | "refreshing" => self.installer(i).await,
+                "deployed" | "joined" => self.node_agent(i).await,
+                _ => {}
+            }
+        }
+        if self.watching {
+            let mut unavailable = BTreeSet::new();
+            for sim in &self.sims {
+                if self.state(&sim.id).await == "refreshing" {
+                    unavailable.insert(sim.hostname.clone());
+                }
+            }
+            for m in &self.members {
+                if m["availability"] != "Active" || m["status"] != "Ready" {
+                    unavailable.insert(m["hostname"].as_str().unwrap().to_string());
+                }
+            }
+            self.max_unavailable = self.max_unavailable.max(unavailable.len());
+        }
+    }
+
+    async fn installer(&mut self, i: usize) {
+        let Some(token) = self.sims[i].ramdisk.clone() else { return };
+        let (_, instruction) = get(&self.t.boot, wire::INSTRUCTIONS_PATH, Some(&token)).await;
+        if instruction["action"] != "deploy" {
+            return;
+        }
+        self.sims[i].node_token = instruction["node_token"].as_str().map(str::to_string);
+        let report = if instruction["image"] == "broken" {
+            json!({ "phase": "failed", "bytes_written": 1u64 << 20, "disk": "/dev/vda",
+                    "error": "verify: sha256 of /dev/vda is 00ff..., the image's is 9a3c..." })
+        } else {
+            json!({ "phase": "written", "bytes_written": 1u64 << 20, "disk": "/dev/vda" })
+        };
+        let (status, reply) = post(&self.t.boot, wire::DEPLOY_PATH, &token, &report).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        if reply["action"] == "reboot" {
+            self.sims[i].ramdisk = None;
+        }
+    }
+
+    async fn node_agent(&mut self, i: usize) {
+        let Some(token) = self.sims[i].node_token.clone() else { return };
+        let (hostname, swarm_id) = (self.sims[i].hostname.clone(), self.sims[i].swarm_id.clone());
+        let membership = swarm_id.map(|id| {
+            let manager = i == 0;
+            let members = if manager { json!(self.members) } else { json!([]) };
+            json!({ "kind": "swarm", "node_id": id, "manager": manager, "members": members })
+        });
+        let (code, reply) = post(&self.t.boot, wire::NODE_STATUS_PATH, &token, &status(&hostname, membership)).await;
+        assert_eq!(code, StatusCode::OK, "{reply}");
+        let member = |id: &str, manager| json!({ "id": id, "hostname": hostname, "status": "Ready", "availability": "Active", "manager": manager });
+        match reply["action"].as_str().unwrap_or_default() {
+            "swarm_init" => {
+                let created =
+                    json!({ "endpoint": "10.77.0.100:2377", "worker_token": "SWMTKN-w", "manager_token": "SWMTKN-m" });
+                assert_eq!(post(&self.t.boot, wire::NODE_SWARM_PATH, &token, &created).await.0, StatusCode::OK);
+                self.members.push(member("mgr", true));
+                self.sims[i].swarm_id = Some("mgr".into());
+            }
+            "swarm_join" => {
+                let sim = &mut self.sims[i];
+                sim.joins += 1;
+                let id = format!("{}-{}", sim.hostname, sim.joins);
+                self.members.push(member(&id, false));
+                sim.swarm_id = Some(id);
+            }
+            "node_availability" => {
+                let availability = match reply["availability"].as_str() {
+                    Some("drain") => "Drain",
+                    _ => "Active",
+                };
+                for m in self.members.iter_mut().filter(|m| m["id"] == reply["node"]) {
+                    m["availability"] = json!(availability);
+                }
+            }
+            "node_remove" => self.members.retain(|m| m["id"] != reply["node"]),
+            _ => {}
+        }
+    }
+
+    /// Plays the agents until `done` holds for the campaign (or every
+    /// machine, with `None`).
+    async fn drive(&mut self, campaign: Option<&str>, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            self.tick().await;
+            let seen = match campaign {
+                Some(id) => get(&self.t.operator, &format!("/api/v1/campaigns/{id}"), Some(&self.t.admin)).await.1,
+                None => get(&self.t.operator, "/api/v1/machines", Some(&self.t.admin)).await.1,
+            };
+            if done(&seen) {
+                return seen;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "waiting for {what}: {seen:#} {:#?}", self.members);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn start_runner(&mut self) {
+        let settings = RunnerSettings {
+            tick: Duration::from_millis(100),
+            task_poll: Duration::from_millis(50),
+            drain_timeout: Duration::from_secs(10),
+            ..Default::default()
+        };
+        self.watching = true;
+        self._runner = Some(Runner(tokio::spawn(runner::run(self.t.state.clone(), settings))));
+    }
+
+    async fn create(&self, image: &str) -> String {
+        let targets: Vec<&str> = self.sims[1..].iter().map(|s| s.id.as_str()).collect();
+        let body = json!({ "name": format!("refresh to {image}"), "targets": { "machines": targets },
+                           "action": { "os_refresh": { "image": image } },
+                           "rollout": { "batch_size": 1, "max_failures": 1 } });
+        let (status, c) = post(&self.t.operator, "/api/v1/campaigns", &self.t.admin, &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{c}");
+        c["id"].as_str().unwrap().to_string()
+    }
+
+    async fn events(&self, id: &str) -> Vec<Value> {
+        let (_, events) =
+            get(&self.t.operator, &format!("/api/v1/machines/{id}/events?limit=1000"), Some(&self.t.admin)).await;
+        events["events"].as_array().unwrap().clone()
+    }
+}
+
+/// Four machines with BMCs, deployed with img-1 into Swarm rack7 and
+/// joined; machine 0 (the first to report) created it and manages it.
+async fn joined_fleet() -> Fleet {
+    let t = app().await;
+    for image in ["img-1", "img-2", "broken"] {
+        available_image(&t, image).await;
+    }
+    let mut sims = vec![];
+    for i in 0..4u8 {
+        let (url, backend) = sim_bmc(i).await;
+        let body =
+            json!({ "address": url, "protocol": "redfish", "username": "admin", "password": "pw", "rack": "r1" });
+        let (status, bmc) = post(&t.operator, "/api/v1/bmcs", &t.admin, &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{bmc}");
+        let mac = format!("52:54:00:cc:00:{i:02x}");
+        let (id, token) = ready_machine(&t, &mac).await;
+        let hostname = format!("node{i}");
+        let req = json!({ "image": "img-1", "hostname": hostname, "ssh_authorized_keys": ["ssh-ed25519 AAAA ops"],
+                          "cluster": { "kind": "swarm", "cluster": "rack7" } });
+        let (status, d) = post(&t.operator, &format!("/api/v1/machines/{id}/deploy"), &t.admin, &req).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{d}");
+        let boots = backend.boots().len();
+        sims.push(Sim {
+            id,
+            mac,
+            hostname,
+            backend,
+            boots,
+            ramdisk: Some(token),
+            node_token: None,
+            swarm_id: None,
+            joins: 0,
+        });
+    }
+    let mut fleet = Fleet { t, sims, members: vec![], max_unavailable: 0, watching: false, _runner: None };
+    fleet
+        .drive(None, "every machine joined", |m| {
+            m["machines"].as_array().unwrap().iter().all(|m| m["state"] == "joined")
+        })
+        .await;
+    assert_eq!(fleet.members.len(), 4);
+    fleet
+}
+
+fn node_states(c: &Value) -> Vec<String> {
+    c["nodes"].as_array().unwrap().iter().map(|n| n["state"].as_str().unwrap().to_string()).collect()
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e["kind"].as_str().unwrap() {
+            "state.changed" => format!("state.changed:{}", e["detail"]["to"].as_str().unwrap()),
+            k => k.to_string(),
+        })
+        .collect()
+}
+
+/// `want` occurs in `have` in this order (others may come between).
+fn in_order(have: &[String], want: &[&str]) -> bool {
+    let mut it = have.iter();
+    want.iter().all(|w| it.any(|h| h == w))
+}
+
+#[tokio::test]
+async fn an_os_refresh_moves_every_node_to_the_new_image_one_drained_node_at_a_time() {
+    let mut fleet = joined_fleet().await;
+    let id = fleet.create("img-2").await;
+    fleet.start_runner();
+    let c = fleet.drive(Some(&id), "completed", |c| c["state"] == "completed").await;
+    assert_eq!(node_states(&c), ["done", "done", "done"], "{c:#}");
+    assert_eq!(fleet.max_unavailable, 1, "never more than one node drained, down or refreshing");
+    for n in c["nodes"].as_array().unwrap() {
+        assert_eq!((n["old_version"].as_str(), n["new_version"].as_str()), (Some("img-1"), Some("img-2")), "{n}");
+    }
+    for sim in &fleet.sims[1..] {
+        assert_eq!(fleet.state(&sim.id).await, "joined");
+        let (_, d) =
+            get(&fleet.t.operator, &format!("/api/v1/machines/{}/deployment", sim.id), Some(&fleet.t.admin)).await;
+        assert_eq!((d["image"].as_str(), d["spec"]["hostname"].as_str()), (Some("img-2"), Some(sim.hostname.as_str())));
+        assert_eq!(d["spec"]["ssh_authorized_keys"][0], "ssh-ed25519 AAAA ops", "the deploy settings are kept");
+        assert_eq!(d["spec"]["cluster"]["cluster"], "rack7");
+        let story = kinds(&fleet.events(&sim.id).await);
+        let want = [
+            "campaign.node_started",
+            "campaign.node_drained",
+            "state.changed:refreshing",
+            "deploy.requested",
+            "power.action",
+            "state.changed:deployed",
+            "state.changed:joined",
+            "campaign.node_done",
+        ];
+        assert!(in_order(&story, &want), "{story:?}");
+    }
+    // The Swarm: the manager and three reinstalled workers, all active; no
+    // stale entries of the old installs.
+    let ids: BTreeSet<&str> = fleet.members.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, BTreeSet::from(["mgr", "node1-2", "node2-2", "node3-2"]), "{:#?}", fleet.members);
+    assert!(fleet.members.iter().all(|m| m["availability"] == "Active"));
+}
+
+#[tokio::test]
+async fn a_broken_image_rolls_the_first_node_back_where_it_rejoins_and_the_campaign_pauses() {
+    let mut fleet = joined_fleet().await;
+    let id = fleet.create("broken").await;
+    fleet.start_runner();
+    let c = fleet.drive(Some(&id), "paused", |c| c["state"] == "paused").await;
+    assert_eq!(node_states(&c), ["rolled_back", "pending", "pending"], "{c:#}");
+    let reason = c["nodes"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("sha256") && reason.contains("rolled back to img-1"), "{reason}");
+    assert!(c["reason"].as_str().unwrap().contains("max_failures 1"), "{c}");
+    assert_eq!(c["summary"]["rolled_back"], 1);
+    assert_eq!(fleet.max_unavailable, 1);
+    // Back on the old image, joined again (as a new Swarm node), undrained.
+    let first = &fleet.sims[1];
+    assert_eq!(fleet.state(&first.id).await, "joined");
+    let (_, d) =
+        get(&fleet.t.operator, &format!("/api/v1/machines/{}/deployment", first.id), Some(&fleet.t.admin)).await;
+    assert_eq!(d["image"], "img-1");
+    let ids: BTreeSet<&str> = fleet.members.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, BTreeSet::from(["mgr", "node1-2", "node2-1", "node3-1"]), "{:#?}", fleet.members);
+    assert!(fleet.members.iter().all(|m| m["availability"] == "Active"));
+    let story = kinds(&fleet.events(&first.id).await);
+    let want = [
+        "campaign.node_drained",
+        "state.changed:refreshing",
+        "deploy.requested",
+        "deploy.phase",
+        "campaign.node_rolling_back",
+        "deploy.requested",
+        "state.changed:deployed",
+        "state.changed:joined",
+        "campaign.node_rolled_back",
+    ];
+    assert!(in_order(&story, &want), "{story:?}");
+    assert!(!story.contains(&"state.changed:failed".to_string()), "a rolled-back machine never failed: {story:?}");
+    for sim in &fleet.sims[2..] {
+        assert_eq!(fleet.state(&sim.id).await, "joined", "the rest were never touched");
+    }
+}
+
+#[tokio::test]
+async fn a_machine_without_a_bmc_is_not_refreshed() {
+    let t = app().await;
+    let (id, _) = deployed_machine(&t, "52:54:00:00:00:51", "node1", None).await;
+    available_image(&t, "img-2").await;
+    let body =
+        json!({ "name": "r", "targets": { "machines": [id] }, "action": { "os_refresh": { "image": "img-2" } } });
+    let (status, c) = post(&t.operator, "/api/v1/campaigns", &t.admin, &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{c}");
+    let cid = c["id"].as_str().unwrap().to_string();
+    let settings = RunnerSettings { tick: Duration::from_millis(50), ..Default::default() };
+    let _runner = Runner(tokio::spawn(runner::run(t.state.clone(), settings)));
+    let started = Instant::now();
+    let c = loop {
+        let (_, c) = get(&t.operator, &format!("/api/v1/campaigns/{cid}"), Some(&t.admin)).await;
+        if c["state"] == "failed" {
+            break c;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{c:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(c["nodes"][0]["reason"].as_str().unwrap().contains("needs a BMC"), "{c}");
+    let (_, m) = get(&t.operator, &format!("/api/v1/machines/{id}"), Some(&t.admin)).await;
+    assert_eq!(m["state"], "deployed", "nothing was touched");
+}

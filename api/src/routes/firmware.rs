@@ -1,0 +1,163 @@
+//! Firmware files for refresh campaigns: `PUT /api/v1/firmware/{name}`
+//! streams an upload to `data_dir/firmware/NAME.bin` (size-limited, its
+//! SHA-256 computed on the way, renamed into place only when whole), `GET
+//! /api/v1/firmware` lists them, and the boot HTTP face serves them at
+//! `/boot/firmware/{name}`, where a BMC's SimpleUpdate fetches them.
+//! Whether a file is valid firmware is the BMC's to say (its task fails).
+
+use std::path::{Path as FsPath, PathBuf};
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tower::ServiceExt;
+
+use super::Routes;
+use crate::auth::{Operator, Viewer};
+use crate::error::ApiError;
+use crate::store::{now_ms, rfc3339, StoreError};
+use crate::AppState;
+
+/// Larger uploads are refused (413).
+pub const MAX_FIRMWARE_BYTES: u64 = 256 << 20;
+
+pub(super) fn router() -> Routes {
+    Routes::new().route("/api/v1/firmware", get(list)).route("/api/v1/firmware/{name}", put(upload))
+}
+
+pub fn boot_router() -> Router<AppState> {
+    Router::new().route("/boot/firmware/{name}", get(serve))
+}
+
+/// An uploaded firmware file as listed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FirmwareFile {
+    pub name: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub uploaded_at: String,
+}
+
+/// Names become file names: a safe alphabet.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+fn content_path(dir: &FsPath, name: &str) -> PathBuf {
+    dir.join(format!("{name}.bin"))
+}
+
+fn meta_path(dir: &FsPath, name: &str) -> PathBuf {
+    dir.join(format!("{name}.json"))
+}
+
+/// The file's record, if it was uploaded whole.
+pub fn find(dir: &FsPath, name: &str) -> Option<FirmwareFile> {
+    if !valid_name(name) || !content_path(dir, name).is_file() {
+        return None;
+    }
+    serde_json::from_slice(&std::fs::read(meta_path(dir, name)).ok()?).ok()
+}
+
+/// An RFC 9457 problem for statuses `ApiError` has no variant for.
+pub(super) fn problem(status: StatusCode, field: &str, detail: impl Into<String>) -> Response {
+    let body = json!({
+        "type": "about:blank", "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(), "detail": detail.into(), "field": field,
+    });
+    (status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
+}
+
+async fn upload(
+    _: Operator,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if !valid_name(&name) {
+        let detail = format!("{name:?}: use 1-64 of a-z, A-Z, 0-9, '.', '_', '-', starting with a letter or digit");
+        return Err(ApiError::BadRequest { field: "name".into(), detail });
+    }
+    let dir = state.firmware_dir.clone();
+    let io =
+        |what: &str, e: std::io::Error| ApiError::Store(StoreError::Corrupt(format!("{what} {}: {e}", dir.display())));
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| io("creating", e))?;
+    let partial = dir.join(format!(".{name}.partial"));
+    let mut file = tokio::fs::File::create(&partial).await.map_err(|e| io("writing into", e))?;
+    let (mut hasher, mut size) = (Sha256::new(), 0u64);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(ApiError::BadRequest {
+                    field: "content".into(),
+                    detail: format!("the upload broke off: {e}"),
+                });
+            }
+        };
+        size += chunk.len() as u64;
+        if size > MAX_FIRMWARE_BYTES {
+            let _ = tokio::fs::remove_file(&partial).await;
+            let detail = format!("firmware files are at most {} MiB", MAX_FIRMWARE_BYTES >> 20);
+            return Ok(problem(StatusCode::PAYLOAD_TOO_LARGE, "content", detail));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(|e| io("writing into", e))?;
+    }
+    if size == 0 {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(ApiError::BadRequest { field: "content".into(), detail: "the file is empty".into() });
+    }
+    file.sync_all().await.map_err(|e| io("writing into", e))?;
+    drop(file);
+    let record = FirmwareFile {
+        name: name.clone(),
+        size_bytes: size,
+        sha256: hex::encode(hasher.finalize()),
+        uploaded_at: rfc3339(now_ms()),
+    };
+    let meta = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tokio::fs::write(meta_path(&dir, &name), meta).await.map_err(|e| io("writing into", e))?;
+    tokio::fs::rename(&partial, content_path(&dir, &name)).await.map_err(|e| io("renaming in", e))?;
+    state.store.record_event(None, "firmware.uploaded", json!(record)).await?;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut files = vec![];
+    if let Ok(entries) = std::fs::read_dir(&state.firmware_dir) {
+        for entry in entries.flatten() {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(found) = file_name.strip_suffix(".bin").and_then(|n| find(&state.firmware_dir, n)) {
+                files.push(found);
+            }
+        }
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(json!({ "firmware": files })))
+}
+
+/// For BMCs: no token (a BMC's SimpleUpdate sends none), only whole files.
+async fn serve(State(state): State<AppState>, Path(name): Path<String>, req: Request) -> Result<Response, ApiError> {
+    if find(&state.firmware_dir, &name).is_none() {
+        return Err(ApiError::NotFound { what: format!("firmware {name}") });
+    }
+    let served = tower_http::services::ServeFile::new(content_path(&state.firmware_dir, &name)).oneshot(req).await;
+    match served {
+        Ok(response) => Ok(response.into_response()),
+        Err(never) => match never {},
+    }
+}
