@@ -15,8 +15,18 @@ fn bios_uefi_and_native_pxe_vms_network_boot_to_ready_with_their_hardware() {
     if !lab_tests_enabled("lab_boot", &["qemu-system-x86_64", "qemu-img", "ip"]) {
         return;
     }
-    let report = run_lab(&["--nodes", "3", "--firmware", "mixed"]);
+    let report = run_lab(&["--nodes", "3", "--firmware", "mixed", "--firmware-campaign", "2.0.0"]);
     assert_every_node_ready_with_its_hardware(&report, &["bios", "uefi", "pxe-uefi"]);
+    // Then a BIOS campaign through the simulated BMCs, one node at a
+    // time; the UPS going to battery mid-way held it, mains resumed it.
+    let c = &report["campaign"];
+    assert_eq!(c["state"], "completed", "{c}");
+    assert_eq!(c["max_in_progress"], 1, "batch size 1: {c}");
+    assert!(c["held_seconds"].as_f64().is_some_and(|s| s > 0.0), "held while on battery: {c}");
+    assert_eq!(c["started_while_on_battery"], 0, "{c}");
+    for node in report["nodes"].as_array().unwrap() {
+        assert_eq!(node["bmc"]["bios_version"], "2.0.0", "{}", node["name"]);
+    }
     assert_torn_down();
 }
 

@@ -86,6 +86,11 @@ enum LabCmd {
         /// wait until each is ready again.
         #[arg(long, requires = "deploy")]
         release: bool,
+        /// Once ready, roll this BIOS version across the rack with a
+        /// firmware campaign through the BMCs (the UPS goes to battery and
+        /// back mid-way: the campaign holds, then resumes).
+        #[arg(long)]
+        firmware_campaign: Option<String>,
     },
     /// Tear down a lab left by `lab up --keep`.
     Down,
@@ -192,7 +197,20 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Lab {
             command:
-                LabCmd::Up { nodes, firmware, dhcp, report, keep, timeout, accel, memory_mib, cache_dir, deploy, release },
+                LabCmd::Up {
+                    nodes,
+                    firmware,
+                    dhcp,
+                    report,
+                    keep,
+                    timeout,
+                    accel,
+                    memory_mib,
+                    cache_dir,
+                    deploy,
+                    release,
+                    firmware_campaign,
+                },
         } => {
             init_tracing("text");
             let opts = LabOptions {
@@ -220,6 +238,7 @@ fn main() -> anyhow::Result<()> {
                 cache_dir,
                 deploy,
                 release,
+                firmware_campaign,
             };
             lab::up(&opts).map(|_| ())
         }

@@ -6,7 +6,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::bmcs::{check_address, tls_trust};

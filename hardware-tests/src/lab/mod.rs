@@ -1,5 +1,6 @@
 //! `slipway lab up` / `slipway lab down`.
 
+mod campaign;
 pub mod net;
 mod oob;
 mod procs;
@@ -90,6 +91,10 @@ pub struct LabOptions {
     /// After the deploy, release every node (Slipway reboots it into the
     /// ramdisk through its BMC to wipe it) and wait until it is `ready`.
     pub release: bool,
+    /// Once ready, roll this BIOS version across the rack with a firmware
+    /// campaign (one node at a time), switching the UPS to battery and back
+    /// mid-way.
+    pub firmware_campaign: Option<String>,
 }
 
 /// Brings the lab up, waits for every node to be `ready`, writes the
@@ -228,8 +233,16 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     if outcome.is_ok() && opts.release {
         outcome = release_all(&mut watch, opts.timeout);
     }
+    let mut campaign = None;
+    if let (Ok(()), Some(version)) = (&outcome, &opts.firmware_campaign) {
+        match campaign::run(&mut watch, version, &opts.slipway_bin, opts.timeout) {
+            Ok(facts) => campaign = Some(facts),
+            Err(err) => outcome = Err(err),
+        }
+    }
     let mut report = report::build(&client, API, &token, &nodes, accel, &ramdisk, &disk_boot_ms)?;
     report.appliance_peak_rss_kib = lab.children.peak_appliance_rss_kib;
+    report.campaign = campaign;
     if opts.deploy.as_deref() == Some("lab-debian") {
         report.cluster = watch_cluster(&client, &token);
     }

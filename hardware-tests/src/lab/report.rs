@@ -18,6 +18,9 @@ pub struct LabReport {
     pub cluster: Option<Value>,
     /// The lab UPS as the API shows it.
     pub ups: Value,
+    /// `--firmware-campaign`: what the campaign did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<super::campaign::CampaignFacts>,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,6 +52,7 @@ pub struct BmcFacts {
     pub address: String,
     pub power_state: Value,
     pub status: Value,
+    pub bios_version: Value,
     pub disagreements: Vec<String>,
 }
 
@@ -132,6 +136,7 @@ pub fn build(
             address: b["address"].as_str().unwrap_or_default().to_string(),
             power_state: b["power_state"].clone(),
             status: b["status"].clone(),
+            bios_version: b["inventory"]["system"]["bios_version"].clone(),
             disagreements: if inventory.is_null() { vec![] } else { super::oob::disagreements(&inventory, &b) },
         });
         out.push(NodeReport {
@@ -177,6 +182,7 @@ pub fn build(
         },
         nodes: out,
         cluster: None,
+        campaign: None,
         ups: client
             .get(&format!("{api}/api/v1/ups/{}", super::oob::LAB_UPS))
             .set("Authorization", &auth)
@@ -250,8 +256,23 @@ pub fn summary(report: &LabReport) -> String {
             } else {
                 format!("DISAGREES with in-band: {}", b.disagreements.join("; "))
             };
-            let _ = writeln!(out, "{}: BMC {} ({}), power {}, {agree}", n.name, b.address, b.status, b.power_state);
+            let _ = writeln!(
+                out,
+                "{}: BMC {} ({}), power {}, BIOS {}, {agree}",
+                n.name, b.address, b.status, b.power_state, b.bios_version
+            );
         }
+    }
+    if let Some(c) = &report.campaign {
+        let _ = writeln!(
+            out,
+            "firmware campaign: {} in {:.0} s, at most {} node(s) at once, held {} s on battery ({} started meanwhile)",
+            c.state,
+            c.seconds,
+            c.max_in_progress,
+            c.held_seconds.map_or("-".into(), |s| format!("{s:.0}")),
+            c.started_while_on_battery
+        );
     }
     if !report.ups.is_null() {
         let s = &report.ups["state"];
@@ -309,6 +330,7 @@ mod tests {
                 },
             }],
             cluster: None,
+            campaign: None,
             ups: Value::Null,
         };
         let expected = "
