@@ -46,15 +46,7 @@ impl SecretBox {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
                 rand::thread_rng().fill_bytes(&mut key);
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                writeln!(file, "{}", hex::encode(key))?;
+                write_private(&path, &hex::encode(key))?;
                 Ok(SecretBox::new(key))
             }
             Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
@@ -80,6 +72,20 @@ impl SecretBox {
         let plain = self.cipher.decrypt(Nonce::from_slice(nonce), body).map_err(|_| OpenError)?;
         String::from_utf8(plain).map_err(|_| OpenError)
     }
+}
+
+/// Creates `path` readable by its owner only (0600) holding `line`; an
+/// existing file is an error, never overwritten.
+pub fn write_private(path: &Path, line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{line}").with_context(|| format!("writing {}", path.display()))
 }
 
 fn parse_key(text: &str) -> anyhow::Result<[u8; 32]> {

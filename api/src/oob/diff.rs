@@ -47,6 +47,26 @@ pub fn diff(old: &BmcInventory, new: &BmcInventory) -> Vec<Value> {
     out
 }
 
+/// The same for two in-band inventories (what the discovery agent saw at
+/// two boots): disks by serial, NICs by MAC, CPU count, memory size.
+pub fn diff_in_band(old: &inventory::Inventory, new: &inventory::Inventory) -> Vec<Value> {
+    let mut out = vec![];
+    let disk_key = |d: &inventory::Disk| d.serial.clone().unwrap_or_else(|| d.name.clone());
+    keyed(&mut out, "disks", by(&old.disks, disk_key), by(&new.disks, disk_key), |d| {
+        format!("{} {} bytes", d.name, d.size_bytes)
+    });
+    keyed(&mut out, "nics", by(&old.nics, |n| n.mac.clone()), by(&new.nics, |n| n.mac.clone()), |n| n.name.clone());
+    if old.cpu.count != new.cpu.count {
+        out.push(json!({ "section": "cpu", "change": "changed", "item": "count", "from": old.cpu.count, "to": new.cpu.count }));
+    }
+    // MemTotal moves by a few KiB between kernels; a DIMM is at least 1 GiB.
+    let (a, b) = (old.memory.total_bytes, new.memory.total_bytes);
+    if a.abs_diff(b) > 256 << 20 {
+        out.push(json!({ "section": "memory", "change": "changed", "item": "total_bytes", "from": a, "to": b }));
+    }
+    out
+}
+
 fn by<T: Clone>(items: &[T], key: impl Fn(&T) -> String) -> BTreeMap<String, T> {
     items.iter().map(|i| (key(i), i.clone())).collect()
 }
@@ -111,5 +131,45 @@ mod tests {
         check(|m| m.drives[0].serial = Some("S2".into()), &[("drives", "removed", "S1"), ("drives", "added", "S2")]);
         check(|m| m.firmware[0].version = Some("1.1".into()), &[("firmware", "changed", "BIOS")]);
         check(|m| m.system.bios_version = Some("1.1".into()), &[("system", "changed", "bios_version")]);
+    }
+}
+
+#[cfg(test)]
+mod in_band_tests {
+    use super::diff_in_band;
+    use inventory::{Cpu, Disk, Inventory, Memory, Nic, Source, SystemInfo};
+
+    fn machine() -> Inventory {
+        Inventory {
+            source: Source::InBand,
+            system: SystemInfo::default(),
+            cpu: Cpu { model: None, count: 4 },
+            memory: Memory { total_bytes: 16 << 30 },
+            disks: vec![Disk {
+                name: "sda".into(),
+                size_bytes: 1 << 40,
+                model: None,
+                serial: Some("S1".into()),
+                rotational: None,
+            }],
+            nics: vec![Nic { name: "eth0".into(), mac: "52:54:00:00:00:01".into(), link: true, speed_mbps: None }],
+        }
+    }
+
+    #[test]
+    fn a_replaced_disk_and_a_missing_dimm_are_named() {
+        assert!(diff_in_band(&machine(), &machine()).is_empty());
+        let mut new = machine();
+        new.disks[0].serial = Some("S2".into());
+        new.memory.total_bytes = 8 << 30;
+        new.memory.total_bytes += 4096;
+        let items: Vec<String> = diff_in_band(&machine(), &new)
+            .iter()
+            .map(|c| format!("{} {} {}", c["section"], c["change"], c["item"]))
+            .collect();
+        assert_eq!(
+            items,
+            ["\"disks\" \"removed\" \"S1\"", "\"disks\" \"added\" \"S2\"", "\"memory\" \"changed\" \"total_bytes\""]
+        );
     }
 }

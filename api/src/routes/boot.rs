@@ -5,12 +5,12 @@
 //! previous token. Files are served from the ramdisk directory only, with
 //! HEAD and Range support from `tower-http`.
 
+use super::confine::confined_dir;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use tower_http::services::ServeDir;
 
 use crate::error::ApiError;
 use crate::lifecycle::{self, BootKind};
@@ -24,8 +24,8 @@ pub fn router(state: &AppState) -> axum::Router<AppState> {
     let router = Router::new().route("/boot/{script}", get(script));
     match &state.boot {
         Some(boot) => router
-            .nest_service("/boot/files", ServeDir::new(&boot.ramdisk_dir))
-            .nest_service(pxe::boot::IPXE_HTTP_DIR, ServeDir::new(&boot.ipxe_dir)),
+            .nest_service("/boot/files", confined_dir(&boot.ramdisk_dir))
+            .nest_service(pxe::boot::IPXE_HTTP_DIR, confined_dir(&boot.ipxe_dir)),
         None => router,
     }
 }

@@ -239,19 +239,8 @@ async fn a_bios_campaign_upgrades_every_machine_one_node_at_a_time() {
 
 #[tokio::test]
 async fn a_ups_on_battery_holds_new_starts_and_mains_resumes_the_campaign() {
-    use inventory::ups::dummy::{running_as_root, DummyNut, DummyState};
-    if !running_as_root() || !std::path::Path::new("/lib/nut/dummy-ups").exists() {
-        assert!(std::env::var("SLIPWAY_LAB_TESTS").as_deref() != Ok("1"), "NUT dummy-ups and root are required");
-        eprintln!("skipped: needs root and nut-server");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let nut = tokio::task::spawn_blocking({
-        let dir = dir.path().to_path_buf();
-        move || DummyNut::start(&dir, "rack1").unwrap()
-    })
-    .await
-    .unwrap();
+    use inventory::ups::dummy::DummyState;
+    let Some((_dir, nut)) = crate::routes::test_support::dummy_ups("rack1").await else { return };
     let mut lab = lab(3).await;
     let creds = nut.credentials();
     let ups = json!({ "name": "rack1-ups", "protocol": "nut", "address": nut.addr(), "ups": "rack1",

@@ -134,7 +134,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use axum::http::StatusCode;
-    use inventory::ups::dummy::{running_as_root, DummyNut, DummyState};
+    use inventory::ups::dummy::DummyState;
     use serde_json::json;
 
     use crate::routes::test_support::{app, get, post, ready_machine, TestApp};
@@ -155,18 +155,7 @@ mod tests {
     /// to battery to low battery and back within seconds.
     #[tokio::test]
     async fn the_api_follows_a_nut_ups_from_mains_to_battery_to_low_and_back() {
-        if !running_as_root() || !std::path::Path::new("/lib/nut/dummy-ups").exists() {
-            assert!(std::env::var("SLIPWAY_LAB_TESTS").as_deref() != Ok("1"), "NUT dummy-ups and root are required");
-            eprintln!("skipped: needs root and nut-server");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let nut = tokio::task::spawn_blocking({
-            let dir = dir.path().to_path_buf();
-            move || DummyNut::start(&dir, "rack1").unwrap()
-        })
-        .await
-        .unwrap();
+        let Some((_dir, nut)) = crate::routes::test_support::dummy_ups("rack1").await else { return };
         let t = app().await;
         let (machine, _) = ready_machine(&t, "52:54:00:bb:00:01").await;
         let creds = nut.credentials();

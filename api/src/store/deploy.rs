@@ -221,6 +221,30 @@ impl Store {
 
     /// Records a deployment and moves a `ready` machine to `deploying`, in
     /// one transaction; refuses a machine in any other state.
+    /// A new deployment row in its first phase (the caller removed any old one).
+    pub(super) async fn insert_deployment_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        machine_id: &str,
+        image: &str,
+        spec: &serde_json::Value,
+        total_bytes: i64,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO deployments (machine_id, image, spec, phase, bytes_written, total_bytes, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, 0, $5, $6, $6)",
+        )
+        .bind(machine_id)
+        .bind(image)
+        .bind(spec.to_string())
+        .bind(DeployPhase::Requested.as_str())
+        .bind(total_bytes)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     pub async fn start_deployment(
         &self,
         machine_id: &str,
@@ -251,18 +275,7 @@ impl Store {
         }
         let now = now_ms();
         sqlx::query("DELETE FROM deployments WHERE machine_id = $1").bind(machine_id).execute(&mut *tx).await?;
-        sqlx::query(
-            "INSERT INTO deployments (machine_id, image, spec, phase, bytes_written, total_bytes, created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, 0, $5, $6, $6)",
-        )
-        .bind(machine_id)
-        .bind(&image.meta.name)
-        .bind(spec.to_string())
-        .bind(DeployPhase::Requested.as_str())
-        .bind(total)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        Self::insert_deployment_in(&mut tx, machine_id, &image.meta.name, spec, total, now).await?;
         Self::event_in(
             &mut *tx,
             Some(machine_id),
@@ -319,6 +332,11 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if before != phase.as_str() {
+            crate::metrics_catalog::deploy_phase_ended(
+                &before,
+                phase,
+                Self::deploy_phase_began_ms(&mut tx, machine_id).await?,
+            );
             let detail = serde_json::json!({
                 "phase": phase, "bytes_written": bytes_written, "disk": disk, "error": error, "configured": configured,
             });

@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 use sqlx::Row;
 
-use super::{now_ms, DeployPhase, Image, Result, Store, StoreError};
+use super::{now_ms, Image, Result, Store, StoreError};
 use crate::campaign::refresh_plan::ClusterOp;
 use crate::lifecycle::{MachineState, Trigger};
 
@@ -46,18 +46,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(
-            "INSERT INTO deployments (machine_id, image, spec, phase, bytes_written, total_bytes, created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, 0, $5, $6, $6)",
-        )
-        .bind(machine_id)
-        .bind(&image.meta.name)
-        .bind(spec.to_string())
-        .bind(DeployPhase::Requested.as_str())
-        .bind(total)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        Self::insert_deployment_in(&mut tx, machine_id, &image.meta.name, spec, total, now).await?;
         let detail = json!({ "image": image.meta.name, "spec": spec, "refresh": true, "cause": cause });
         Self::event_in(&mut *tx, Some(machine_id), now, "deploy.requested", detail).await?;
         tx.commit().await?;
