@@ -160,9 +160,10 @@ pub fn next(state: MachineState, trigger: Trigger) -> Option<Transition> {
         (Failed, Trigger::RetryRequested(to @ (Discovering | Ready | Deploying | Releasing))) => {
             Some(Transition { to, failed_phase: None })
         }
-        (Discovering | Ready | Deploying | Deployed | Joined | Releasing | Refreshing, Trigger::MarkFailedRequested) => {
-            Some(Transition { to: Failed, failed_phase: Some(state) })
-        }
+        (
+            Discovering | Ready | Deploying | Deployed | Joined | Releasing | Refreshing,
+            Trigger::MarkFailedRequested,
+        ) => Some(Transition { to: Failed, failed_phase: Some(state) }),
         (Retired, Trigger::ResetRequested) => None,
         (_, Trigger::ResetRequested) => to(Discovering),
         // Work in progress is marked failed first, so nothing is cut off

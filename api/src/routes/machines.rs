@@ -1,46 +1,36 @@
-//! `/api/v1/machines` and `/api/v1/events`.
+//! `/api/v1/machines`: the filtered, paged list, one machine with its
+//! `ETag`, `PATCH` of labels and rack (honouring `If-Match`), and the
+//! operator lifecycle actions (`/actions/{retry|mark-failed|reset|retire}`).
+//! The event routes are in `events`.
 
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Deserializer};
+use serde_json::json;
 
 use super::Routes;
-use crate::auth::Viewer;
-use crate::error::ApiError;
-use crate::store::Machine;
+use crate::auth::{Operator, Viewer};
+use crate::error::{parse_json, problem, ApiError};
+use crate::lifecycle::MachineState;
+use crate::store::labels::{PatchOutcome, MAX_LABELS};
+use crate::store::{Machine, MachineFilter, MachinePatch};
 use crate::AppState;
 
 pub(super) fn router() -> Routes {
     Routes::new()
         .route("/api/v1/machines", get(list))
-        .route("/api/v1/machines/{id}", get(show))
-        .route("/api/v1/machines/{id}/events", get(machine_events))
-        .route("/api/v1/events", get(all_events))
+        .route("/api/v1/machines/{id}", get(show).patch(patch))
+        .route("/api/v1/machines/{id}/actions/{action}", post(action))
 }
 
-async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "machines": state.store.machines().await? })))
-}
-
-/// `{id}` is the machine id or any of its MACs.
-pub(super) async fn find(state: &AppState, id_or_mac: &str) -> Result<Machine, ApiError> {
-    let id = match inventory::inband::normalize_mac(id_or_mac) {
-        Some(mac) => state.store.machine_id_by_mac(&mac).await?,
-        None => Some(id_or_mac.to_string()),
-    };
-    let machine = match id {
-        Some(id) => state.store.machine(&id).await?,
-        None => None,
-    };
-    machine.ok_or_else(|| ApiError::NotFound { what: format!("machine {id_or_mac}") })
-}
-
-async fn show(_: Viewer, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Machine>, ApiError> {
-    Ok(Json(find(&state, &id).await?))
-}
-
+/// `?after=ID&limit=N` (the event and audit lists).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Page {
@@ -56,48 +46,208 @@ pub(super) fn limit(page: &Page) -> Result<i64, ApiError> {
     }
 }
 
-async fn machine_events(
-    _: Viewer,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(page): Query<Page>,
-) -> Result<Json<Value>, ApiError> {
-    let machine = find(&state, &id).await?;
-    let events = state.store.events(Some(&machine.id), page.after.as_deref(), limit(&page)?).await?;
-    Ok(Json(json!({ "events": events })))
+fn bad(field: &str, detail: impl Into<String>) -> ApiError {
+    ApiError::BadRequest { field: field.into(), detail: detail.into() }
 }
 
-async fn all_events(
+/// `?state=ready&label=k=v&label=k2=v2&rack=r7&mac=...&limit=50&after=ID`.
+fn filter(query: &[(String, String)]) -> Result<MachineFilter, ApiError> {
+    let mut f = MachineFilter { limit: 1000, ..Default::default() };
+    for (name, value) in query {
+        match name.as_str() {
+            "state" => f.state = Some(MachineState::from_str(value).map_err(|e| bad("state", e))?),
+            "label" => {
+                let (k, v) = value.split_once('=').ok_or_else(|| bad("label", "label=NAME=VALUE"))?;
+                check_label(k, Some(v)).map_err(|d| bad("label", d))?;
+                f.labels.push((k.to_string(), v.to_string()));
+            }
+            "rack" => f.rack = Some(check_rack(value).map_err(|d| bad("rack", d))?.to_string()),
+            "mac" => {
+                let mac = inventory::inband::normalize_mac(value).ok_or_else(|| bad("mac", "a MAC address"))?;
+                f.mac = Some(mac);
+            }
+            "after" => f.after = Some(value.clone()),
+            "limit" => {
+                f.limit = match value.parse::<i64>() {
+                    Ok(n @ 1..=1000) => n,
+                    _ => return Err(bad("limit", format!("{value:?} is not in 1..=1000"))),
+                }
+            }
+            other => return Err(bad(other, "not a filter: state, label, rack, mac, after, limit")),
+        }
+    }
+    Ok(f)
+}
+
+async fn list(
     _: Viewer,
     State(state): State<AppState>,
-    Query(page): Query<Page>,
-) -> Result<Json<Value>, ApiError> {
-    let events = state.store.events(None, page.after.as_deref(), limit(&page)?).await?;
-    Ok(Json(json!({ "events": events })))
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let f = filter(&query)?;
+    let (machines, next) = state.store.machines_page(&f).await?.ok_or_else(|| bad("after", "names no machine"))?;
+    Ok(Json(json!({ "machines": machines, "next": next })))
+}
+
+/// `{id}` is the machine id or any of its MACs.
+pub(super) async fn find(state: &AppState, id_or_mac: &str) -> Result<Machine, ApiError> {
+    let id = match inventory::inband::normalize_mac(id_or_mac) {
+        Some(mac) => state.store.machine_id_by_mac(&mac).await?,
+        None => Some(id_or_mac.to_string()),
+    };
+    let machine = match id {
+        Some(id) => state.store.machine(&id).await?,
+        None => None,
+    };
+    machine.ok_or_else(|| ApiError::NotFound { what: format!("machine {id_or_mac}") })
+}
+
+/// The machine as JSON with its `ETag`.
+fn tagged(status: StatusCode, machine: &Machine) -> Response {
+    let mut response = (status, Json(machine)).into_response();
+    if let Ok(tag) = HeaderValue::from_str(&format!("\"{}\"", machine.etag)) {
+        response.headers_mut().insert(header::ETAG, tag);
+    }
+    response
+}
+
+async fn show(_: Viewer, State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(tagged(StatusCode::OK, &find(&state, &id).await?))
+}
+
+/// Label names: 1-63 characters, a letter or digit first, then letters,
+/// digits and `._/-` (Kubernetes-like); values at most 255 characters with
+/// no control characters.
+fn check_label(name: &str, value: Option<&str>) -> Result<(), String> {
+    let first_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || name.len() > 63 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c)) {
+        return Err(format!("{name:?}: 1-63 of [A-Za-z0-9._/-], starting with a letter or digit"));
+    }
+    if value.is_some_and(|v| v.len() > 255 || v.chars().any(char::is_control)) {
+        return Err(format!("the value of {name:?}: at most 255 characters, no control characters"));
+    }
+    Ok(())
+}
+
+fn check_rack(rack: &str) -> Result<&str, String> {
+    if rack.is_empty() || rack.len() > 64 || rack.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{rack:?}: 1-64 characters without spaces"));
+    }
+    Ok(rack)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    /// A JSON merge: a null value deletes the label.
+    #[serde(default)]
+    labels: BTreeMap<String, Option<String>>,
+    /// Absent: unchanged; null: cleared.
+    #[serde(default, deserialize_with = "present")]
+    rack: Option<Option<String>>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// `If-Match` is honoured when present and not required: a stale ETag is
+/// 412 with the current one in `ETag`.
+async fn patch(
+    _: Operator,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: PatchBody = parse_json(&body)?;
+    if req.labels.is_empty() && req.rack.is_none() {
+        return Err(bad("body", "give labels, rack or both"));
+    }
+    if req.labels.len() > MAX_LABELS {
+        return Err(bad("labels", format!("at most {MAX_LABELS} labels")));
+    }
+    for (name, value) in &req.labels {
+        check_label(name, value.as_deref()).map_err(|d| bad(&format!("labels.{name}"), d))?;
+    }
+    if let Some(Some(rack)) = &req.rack {
+        check_rack(rack).map_err(|d| bad("rack", d))?;
+    }
+    let if_match = match headers.get(header::IF_MATCH) {
+        Some(v) => Some(v.to_str().map_err(|_| bad("If-Match", "an ETag"))?.to_string()),
+        None => None,
+    };
+    let machine = find(&state, &id).await?;
+    let patch = MachinePatch { labels: req.labels, rack: req.rack };
+    match state.store.patch_machine(&machine.id, &patch, if_match.as_deref()).await? {
+        PatchOutcome::Done(machine) => Ok(tagged(StatusCode::OK, &machine)),
+        PatchOutcome::NotFound => Err(ApiError::NotFound { what: format!("machine {id}") }),
+        PatchOutcome::Stale(current) => {
+            let mut response = problem(
+                StatusCode::PRECONDITION_FAILED,
+                format!("machine {} changed since that ETag; its ETag is now \"{}\"", current.id, current.etag),
+            );
+            if let Ok(tag) = HeaderValue::from_str(&format!("\"{}\"", current.etag)) {
+                response.headers_mut().insert(header::ETAG, tag);
+            }
+            Ok(response)
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    /// Why (mark-failed: required; recorded as the failure's reason).
+    reason: Option<String>,
+}
+
+/// Applies an operator lifecycle action; a machine whose state the action
+/// does not apply to is 409. Then, through its BMC if it has one, the
+/// machine is booted into the ramdisk for the work the action started.
+async fn action(
+    _: Operator,
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    use crate::store::actions::{Action, ActionTimeouts};
+    let req: ActionBody = if body.is_empty() { ActionBody::default() } else { parse_json(&body)? };
+    let action = match name.as_str() {
+        "retry" => Action::Retry,
+        "mark-failed" => match req.reason.as_deref().map(str::trim) {
+            Some(reason) if !reason.is_empty() && reason.len() <= 500 => Action::MarkFailed { reason: reason.into() },
+            _ => return Err(bad("reason", "mark-failed needs a reason, 1 to 500 characters")),
+        },
+        "reset" => Action::Reset,
+        "retire" => Action::Retire,
+        other => {
+            return Err(ApiError::NotFound { what: format!("action {other:?} (retry, mark-failed, reset, retire)") })
+        }
+    };
+    let machine = find(&state, &id).await?;
+    let timeouts = ActionTimeouts {
+        discovery_ms: state.discovery_timeout_ms,
+        deploy_ms: state.deploy_timeout_ms,
+        release_wipe: state.release_wipe.clone(),
+    };
+    let to = state.store.machine_action(&machine.id, &action, &timeouts).await?;
+    let to = to.ok_or_else(|| ApiError::NotFound { what: format!("machine {id}") })?;
+    tracing::info!(machine = machine.id, action = name, to = %to, "operator action");
+    match to {
+        MachineState::Deploying | MachineState::Releasing => {
+            state.work_posted.notify_waiters();
+            state.oob.boot_for_work(&machine.id, true, "operator retry: boot into the ramdisk");
+        }
+        MachineState::Discovering => {
+            state.oob.boot_for_work(&machine.id, false, "operator retry or reset: boot into discovery")
+        }
+        _ => {}
+    }
+    Ok(tagged(StatusCode::OK, &find(&state, &machine.id).await?))
 }
 
 #[cfg(test)]
-mod tests {
-    use crate::routes::test_support::{app, get};
-    use axum::http::StatusCode;
-
-    #[tokio::test]
-    async fn machines_need_the_admin_token() {
-        let t = app().await;
-        assert_eq!(get(&t.operator, "/api/v1/machines", None).await.0, StatusCode::UNAUTHORIZED);
-        assert_eq!(get(&t.operator, "/api/v1/machines", Some("wrong")).await.0, StatusCode::UNAUTHORIZED);
-        let (status, body) = get(&t.operator, "/api/v1/machines", Some(&t.admin)).await;
-        assert_eq!((status, body["machines"].as_array().unwrap().len()), (StatusCode::OK, 0));
-        assert_eq!(get(&t.operator, "/healthz", None).await.0, StatusCode::OK, "health needs no token");
-    }
-
-    #[tokio::test]
-    async fn unknown_machine_is_a_404_problem() {
-        let t = app().await;
-        let (status, body) = get(&t.operator, "/api/v1/machines/52:54:00:00:00:99", Some(&t.admin)).await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
-        assert_eq!(body["status"], 404);
-        let (status, body) = get(&t.operator, "/api/v1/events?limit=0", Some(&t.admin)).await;
-        assert_eq!((status, body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("limit")));
-    }
-}
+#[path = "machines_tests.rs"]
+mod tests;

@@ -22,8 +22,11 @@ const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/metrics", Some(Viewer)),
     ("GET", "/api/v1/machines", Some(Viewer)),
     ("GET", "/api/v1/machines/{id}", Some(Viewer)),
+    ("PATCH", "/api/v1/machines/{id}", Some(Operator)),
+    ("POST", "/api/v1/machines/{id}/actions/{action}", Some(Operator)),
     ("GET", "/api/v1/machines/{id}/events", Some(Viewer)),
     ("GET", "/api/v1/events", Some(Viewer)),
+    ("GET", "/api/v1/events/stream", Some(Viewer)),
     ("POST", "/api/v1/machines/{id}/deploy", Some(Operator)),
     ("GET", "/api/v1/machines/{id}/deployment", Some(Viewer)),
     ("POST", "/api/v1/machines/{id}/release", Some(Operator)),
@@ -84,6 +87,10 @@ async fn call(router: &Router, method: &str, path: &str, token: Option<&str>) ->
     };
     let resp = router.clone().oneshot(req.body(body).unwrap()).await.unwrap();
     let status = resp.status();
+    if resp.headers().get(header::CONTENT_TYPE).is_some_and(|ct| ct == "text/event-stream") {
+        // A live stream (`/events/stream`) does not end: its status is the answer.
+        return (status, serde_json::Value::Null);
+    }
     let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
     (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
 }
