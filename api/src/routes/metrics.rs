@@ -1,25 +1,36 @@
-//! `/metrics`: Prometheus text format. Counters come from the `metrics`
-//! facade across the crates; machine counts by state are read at scrape.
+//! `/metrics`: Prometheus text format. Counters and histograms come from
+//! the `metrics` facade across the crates; every metric is described, and
+//! its starting series registered, by [`crate::metrics_catalog`]; the
+//! counts of machines, campaigns and campaign nodes by state and each
+//! UPS's state are read from the database at scrape.
 
 use std::sync::OnceLock;
 
 use axum::extract::State;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::Routes;
 use crate::auth::Viewer;
 use crate::error::ApiError;
-use crate::lifecycle::ALL_STATES;
+use crate::metrics_catalog;
 use crate::AppState;
 
-/// The process-wide recorder, installed on first use.
+/// The process-wide recorder, installed on first use, with the catalog's
+/// histogram buckets and every metric described.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let mut builder = PrometheusBuilder::new();
+        for (name, buckets) in metrics_catalog::BUCKETS {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full((*name).to_string()), buckets)
+                .expect("the catalog's buckets are not empty");
+        }
+        let recorder = builder.build_recorder();
         let handle = recorder.handle();
         let _ = metrics::set_global_recorder(recorder);
+        metrics_catalog::describe_all();
         handle
     })
 }
@@ -29,10 +40,7 @@ pub(super) fn router() -> Routes {
 }
 
 async fn render(_: Viewer, State(state): State<AppState>) -> Result<String, ApiError> {
-    let counts = state.store.count_by_state().await?;
-    for s in ALL_STATES {
-        let n = counts.get(&s).copied().unwrap_or(0);
-        metrics::gauge!("slipway_machines", "state" => s.as_str()).set(n as f64);
-    }
-    Ok(handle().render())
+    let handle = handle();
+    metrics_catalog::set_scrape_gauges(&state.store).await?;
+    Ok(handle.render())
 }

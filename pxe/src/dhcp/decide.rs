@@ -146,6 +146,20 @@ pub enum ReplyKind {
     ProxyAck,
 }
 
+impl ReplyKind {
+    /// The `kind` label of `slipway_dhcp_replies_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReplyKind::Offer => "offer",
+            ReplyKind::Ack => "ack",
+            ReplyKind::InformAck => "inform_ack",
+            ReplyKind::Nak => "nak",
+            ReplyKind::ProxyOffer => "proxy_offer",
+            ReplyKind::ProxyAck => "proxy_ack",
+        }
+    }
+}
+
 /// What happened, for the log line and the metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

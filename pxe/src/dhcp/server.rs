@@ -112,6 +112,7 @@ impl<B: DhcpBackend> DhcpServer<B> {
         let mut durable = Vec::new();
         let mut replies = Vec::new();
         let mut bound = Vec::new();
+        let mut kinds = Vec::new();
         for (bytes, from) in datagrams {
             self.stats.received.fetch_add(1, Ordering::Relaxed);
             let req = match Request::parse(bytes) {
@@ -148,12 +149,15 @@ impl<B: DhcpBackend> DhcpServer<B> {
                 bound.push((req.mac, reply.yiaddr, decision.client));
             }
             let dest = if reply.kind == ReplyKind::ProxyAck { *from } else { self.destination(&req, reply.kind) };
+            kinds.push(reply.kind.label());
             replies.push((encode_reply(&req, &reply, &self.cfg), dest));
         }
         if !durable.is_empty() {
             if let Err(err) = self.backend.save(&durable, &table).await {
                 self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(requests = datagrams.len(), error = %err, "lease store failed; not replying to this batch");
+                metrics::counter!("slipway_dhcp_dropped_total", "reason" => "lease_store_failed")
+                    .increment(replies.len() as u64);
                 if let Some(before) = snapshot {
                     *table = before;
                 }
@@ -167,6 +171,9 @@ impl<B: DhcpBackend> DhcpServer<B> {
             self.backend.bound(mac, ip, client);
         }
         self.stats.replied.fetch_add(replies.len() as u64, Ordering::Relaxed);
+        for kind in kinds {
+            metrics::counter!("slipway_dhcp_replies_total", "kind" => kind).increment(1);
+        }
         replies
     }
 
@@ -201,6 +208,7 @@ impl<B: DhcpBackend> DhcpServer<B> {
             for (bytes, dest) in self.handle_batch(&batch, unix_now(), on_pxe_port).await {
                 if let Err(err) = socket.send_to(&bytes, dest).await {
                     warn!(%dest, error = %err, "sending DHCP reply failed");
+                    metrics::counter!("slipway_dhcp_dropped_total", "reason" => "send_failed").increment(1);
                 }
             }
         }

@@ -112,6 +112,7 @@ impl TftpServer {
             Err((code, why)) => return self.refuse(&socket, peer, &req.filename, code, why).await,
         };
         self.stats.active.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("slipway_tftp_transfers_started_total").increment(1);
         let started = std::time::Instant::now();
         let size = data.len();
         let (mut session, mut outputs) = Session::start(&req, data, &self.limits);
@@ -121,6 +122,7 @@ impl TftpServer {
             for out in outputs.drain(..) {
                 match out {
                     Output::Send(bytes) => {
+                        metrics::counter!("slipway_tftp_sent_bytes_total").increment(bytes.len() as u64);
                         let _ = socket.send(&bytes).await;
                     }
                     Output::Done { completed } => finished = Some(Ok(completed)),
