@@ -71,6 +71,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A problem document with `status` and `detail`, for the statuses
+/// [`ApiError`] has no variant for (412, 422, 428).
+pub fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
+    let title = status.canonical_reason().unwrap_or("Error");
+    let body = json!({ "type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail.into() });
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, "application/problem+json".parse().expect("static header"));
+    response
+}
+
 /// Parses a JSON body, naming the offending field by its path
 /// (`disk.serial`, `users[0].name`) on error.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

@@ -6,17 +6,23 @@
 //! faces (operators on `api.listen`; booting machines and agents on the
 //! provisioning address) so tests drive them with `oneshot`, no listener.
 
+pub mod audit;
 pub mod auth;
+pub mod campaign;
 pub mod config;
 mod dhcp_backend;
 pub mod error;
+pub mod idempotency;
 pub mod join;
+pub mod leader;
 pub mod lifecycle;
+pub mod metrics_catalog;
 pub mod oob;
 mod routes;
 pub mod secrets;
 pub mod serve;
 pub mod store;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +47,8 @@ pub struct AppState {
     pub images_dir: PathBuf,
     /// BMC and UPS clients and their pollers.
     pub oob: Arc<oob::Oob>,
+    /// Uploaded firmware files (`NAME.bin`), served to BMCs.
+    pub firmware_dir: PathBuf,
 }
 
 /// What the boot HTTP face needs: where clients reach it, and the ramdisk.

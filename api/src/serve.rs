@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::dhcp_backend::StoreBackend;
+use crate::leader::{self, Leader};
 use crate::lifecycle::Trigger;
 use crate::store::{now_ms, Store};
 use crate::{auth, boot_router, operator_router, AppState, BootContext};
@@ -21,27 +22,48 @@ use pxe::dhcp::{DhcpConfig, LeaseJournal};
 use pxe::tftp::server::TftpServer;
 use pxe::tftp::SessionOptions;
 
+/// Seeds the first admin token (automation); see [`admin_token_in`].
+pub const BOOTSTRAP_TOKEN_ENV: &str = "SLIPWAY_BOOTSTRAP_TOKEN";
+
 /// The admin token: from the config, else from `data_dir/admin-token`,
-/// else generated there (mode 0600) and printed this once.
+/// else `SLIPWAY_BOOTSTRAP_TOKEN` or a generated one, written there.
 fn admin_token(config: &Config) -> anyhow::Result<String> {
-    if !config.api.token.is_empty() {
-        return Ok(config.api.token.clone());
+    let bootstrap = std::env::var(BOOTSTRAP_TOKEN_ENV).ok().filter(|t| !t.trim().is_empty());
+    admin_token_in(&config.api.token, &config.data_dir, bootstrap.as_deref())
+}
+
+/// The admin token: `config_token` if set, else `data_dir/admin-token`.
+/// When neither exists yet, `bootstrap` (at least 32 characters) becomes
+/// the first admin token, else one is generated and printed this once;
+/// either is written to `data_dir/admin-token` (mode 0600), so later starts
+/// keep it and ignore a changed `bootstrap`.
+pub(crate) fn admin_token_in(config_token: &str, data_dir: &Path, bootstrap: Option<&str>) -> anyhow::Result<String> {
+    if !config_token.is_empty() {
+        if bootstrap.is_some() {
+            warn!("{BOOTSTRAP_TOKEN_ENV} is ignored: api.token is set");
+        }
+        return Ok(config_token.to_string());
     }
-    let path = config.data_dir.join("admin-token");
+    let path = data_dir.join("admin-token");
     if let Ok(token) = std::fs::read_to_string(&path) {
+        if bootstrap.is_some_and(|b| b.trim() != token.trim()) {
+            warn!(path = %path.display(), "{BOOTSTRAP_TOKEN_ENV} is ignored: an admin token exists already");
+        }
         return Ok(token.trim().to_string());
     }
-    let token = auth::random_token();
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(file, "{token}")?;
-    eprintln!("First start: the admin API token is\n\n    {token}\n\nIt is stored in {} (mode 0600) and will not be shown again.", path.display());
+    let token = match bootstrap.map(str::trim) {
+        Some(token) if token.len() < 32 || token.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            bail!("{BOOTSTRAP_TOKEN_ENV} must be at least 32 characters without spaces")
+        }
+        Some(token) => token.to_string(),
+        None => auth::random_token(),
+    };
+    crate::secrets::write_private(&path, &token)?;
+    if bootstrap.is_some() {
+        info!(path = %path.display(), "the admin API token is {BOOTSTRAP_TOKEN_ENV}'s; stored (mode 0600)");
+    } else {
+        eprintln!("First start: the admin API token is\n\n    {token}\n\nIt is stored in {} (mode 0600) and will not be shown again.", path.display());
+    }
     Ok(token)
 }
 
@@ -94,7 +116,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let secrets = crate::secrets::SecretBox::load(&config.oob.secret_key, &config.data_dir)
         .context("loading the key for secrets at rest")?;
     let oob = crate::oob::Oob::new(store.clone(), secrets, (&config.oob).into(), discovery_timeout_ms);
-    oob.start().await.context("starting the BMC and UPS pollers")?;
+    // Background work (deadline reaper, BMC/UPS pollers, campaigns) runs
+    // on the one appliance holding the lease; see crate::leader.
+    let leader =
+        Leader::start(store.clone(), leader::BACKGROUND, leader::holder_name(&config.api.listen.to_string())).await;
+    oob.start(leader.clone()).await.context("starting the BMC and UPS pollers")?;
     let state = AppState {
         oob,
         store: store.clone(),
@@ -107,7 +133,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         images_dir: images_dir.clone(),
         release_wipe: config.release_wipe()?.to_string(),
         work_posted: Default::default(),
+        firmware_dir: config.data_dir.join("firmware"),
     };
+    crate::routes::enrol_configured_ups(&state, &config.oob.ups).await.context("enrolling the configured UPSes")?;
 
     if let (Some(p), Some(boot)) = (&provisioning, &boot) {
         let dhcp_config = DhcpConfig {
@@ -185,13 +213,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
               ramdisk = %boot.ramdisk_dir.display(), "boot services up");
     }
 
-    let listener = tokio::net::TcpListener::bind(config.api.listen)
-        .await
-        .with_context(|| format!("binding the API to {}", config.api.listen))?;
+    let api_tls = config.api_tls()?;
+    if api_tls == crate::config::ApiTls::Off && !config.api.listen.ip().is_loopback() {
+        warn!(listen = %config.api.listen, "the API listens beyond loopback without TLS: tokens and BMC passwords cross the network in clear; set api.tls");
+    }
+    let listener = crate::tls::ApiListener::bind(&config, &api_tls).await?;
+    let api_url = format!("{}://{}", listener.scheme(), listener.local_addr()?);
     let router = operator_router(state.clone());
-    tasks.spawn(async move { axum::serve(listener, router).await.context("API server") });
-    tasks.spawn(deadline_reaper(store));
-    info!(api = %config.api.listen, "slipway is serving");
+    tasks.spawn(async move { listener.serve(router).await.context("API server") });
+    tasks.spawn(deadline_reaper(store.clone(), leader.clone()));
+    // One campaign runner per database: started on gaining the lease,
+    // dropped (its node workers with it) on losing it.
+    let (campaign_state, campaign_leader) = (state.clone(), leader.clone());
+    tasks.spawn(async move {
+        campaign_leader
+            .while_leading("campaign runner", || {
+                crate::campaign::runner::run(campaign_state.clone(), Default::default())
+            })
+            .await;
+        anyhow::Ok(())
+    });
+    info!(api = %api_url, "slipway is serving");
 
     tokio::select! {
         Some(result) = tasks.join_next() => {
@@ -204,20 +246,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         _ = shutdown_signal() => {
             info!("shutting down");
+            leader.release(&store).await;
             Ok(())
         }
     }
 }
 
-/// Moves machines whose waiting state passed its deadline to `failed`.
-async fn deadline_reaper(store: Store) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+/// Moves machines whose waiting state passed its deadline to `failed`,
+/// on the leader only (once per database, not once per appliance).
+async fn deadline_reaper(store: Store, leader: Leader) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
+        if !leader.is_leader() {
+            continue;
+        }
         match store.overdue(now_ms()).await {
             Ok(ids) => {
                 for id in ids {
                     warn!(machine = id, "waiting state's deadline passed");
+                    crate::metrics_catalog::deadline_passed(&store, &id).await;
                     if let Err(err) = store.fire(&id, Trigger::DeadlinePassed).await {
                         warn!(machine = id, error = %err, "marking an overdue machine failed");
                     }

@@ -22,6 +22,7 @@ use crate::secrets::SecretBox;
 use crate::store::{now_ms, Bmc, Store, StoreError, Ups};
 use client::{BmcClient, Op, OpOutput};
 use inventory::oob::{BmcInventory, BootTarget, Credentials, OobError, PowerAction, PowerState};
+use inventory::redfish::TaskInfo;
 
 /// Timings, from the config.
 #[derive(Debug, Clone)]
@@ -73,6 +74,9 @@ pub struct Oob {
     discovery_timeout_ms: i64,
     handles: Mutex<HashMap<String, Arc<BmcHandle>>>,
     tasks: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Pollers run only while this appliance leads (one per database);
+    /// unset (tests, before `start`) means always.
+    leader: std::sync::OnceLock<crate::leader::Leader>,
 }
 
 impl std::fmt::Debug for Oob {
@@ -95,6 +99,7 @@ impl Oob {
             discovery_timeout_ms,
             handles: Mutex::default(),
             tasks: Mutex::default(),
+            leader: std::sync::OnceLock::new(),
         })
     }
 
@@ -102,15 +107,44 @@ impl Oob {
         self.secrets.seal(secret)
     }
 
-    /// Starts a poll task for every enrolled BMC and UPS (at start-up).
-    pub async fn start(self: &Arc<Self>) -> Result<(), StoreError> {
+    /// Polls every enrolled BMC and UPS while `leader` leads: at start-up,
+    /// and every few seconds for devices enrolled through another
+    /// appliance or whose poller stopped.
+    pub async fn start(self: &Arc<Self>, leader: crate::leader::Leader) -> Result<(), StoreError> {
+        let _ = self.leader.set(leader);
+        self.watch_all().await?;
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::leader::RENEW).await;
+                if me.is_leader() {
+                    if let Err(err) = me.watch_all().await {
+                        warn!(error = %err, "listing BMCs and UPSes to poll failed");
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts a poll task for each enrolled BMC and UPS that has none.
+    async fn watch_all(self: &Arc<Self>) -> Result<(), StoreError> {
+        let polled = |key: String| self.tasks.lock().expect("tasks lock").get(&key).is_some_and(|t| !t.is_finished());
         for bmc in self.store.bmcs().await? {
-            self.watch_bmc(&bmc.id, false);
+            if !polled(format!("bmc:{}", bmc.id)) {
+                self.watch_bmc(&bmc.id, false);
+            }
         }
         for ups in self.store.ups_list().await? {
-            self.watch_ups(&ups.name);
+            if !polled(format!("ups:{}", ups.name)) {
+                self.watch_ups(&ups.name);
+            }
         }
         Ok(())
+    }
+
+    fn is_leader(&self) -> bool {
+        self.leader.get().is_none_or(crate::leader::Leader::is_leader)
     }
 
     fn handle(&self, bmc: &Bmc) -> Arc<BmcHandle> {
@@ -133,7 +167,10 @@ impl Oob {
     /// The outcome is recorded on the BMC and counted.
     async fn run(&self, bmc: &Bmc, op: Op) -> Result<OpOutput, OobFailure> {
         let handle = self.handle(bmc);
+        let started = std::time::Instant::now();
         let result = self.run_on(&handle, bmc, op).await;
+        metrics::histogram!("slipway_bmc_request_duration_seconds", "protocol" => handle.protocol.clone())
+            .record(started.elapsed());
         let outcome = match &result {
             Ok(_) => "ok",
             Err(err) => err.kind(),
@@ -232,6 +269,29 @@ impl Oob {
         Ok(())
     }
 
+    /// Asks the BMC to fetch and apply a firmware image (Redfish
+    /// SimpleUpdate); returns the task to poll, when the BMC gives one.
+    pub async fn simple_update(
+        &self,
+        bmc_id: &str,
+        image_uri: &str,
+        targets: &[String],
+    ) -> Result<Option<String>, OobFailure> {
+        let bmc = self.bmc(bmc_id).await?;
+        let op = Op::SimpleUpdate { image_uri: image_uri.to_string(), targets: targets.to_vec() };
+        let OpOutput::Task(task) = self.run(&bmc, op).await? else { unreachable!("an update answers with a task") };
+        Ok(task)
+    }
+
+    /// The state of a task [`Oob::simple_update`] returned.
+    pub async fn task_state(&self, bmc_id: &str, task: &str) -> Result<TaskInfo, OobFailure> {
+        let bmc = self.bmc(bmc_id).await?;
+        let OpOutput::TaskState(info) = self.run(&bmc, Op::Task(task.to_string())).await? else {
+            unreachable!("a task op answers with its state")
+        };
+        Ok(info)
+    }
+
     /// Makes a machine network-boot now through its BMC, if it has one:
     /// PXE once, then on (when off) or a reset (when on). Returns whether
     /// a BMC was used. Used to start deploys and releases.
@@ -281,6 +341,10 @@ impl Oob {
                 tokio::time::sleep(me.settings.power_poll).await;
             }
             loop {
+                if !me.is_leader() {
+                    tokio::time::sleep(crate::leader::RENEW).await;
+                    continue;
+                }
                 let result = if have_inventory {
                     me.power_state(&id).await.map(|_| ())
                 } else {
@@ -359,6 +423,10 @@ impl Oob {
         let task = tokio::spawn(async move {
             let mut failures = 0u32;
             loop {
+                if !me.is_leader() {
+                    tokio::time::sleep(crate::leader::RENEW).await;
+                    continue;
+                }
                 let delay = match me.store.ups(&name_owned).await {
                     Ok(None) => return,
                     Ok(Some(ups)) => match me.read_ups(&ups).await {

@@ -1,33 +1,85 @@
 //! HTTP routes, one module per resource.
+//!
+//! Every operator route is registered through [`Routes`], which notes its
+//! path template, so the route-table test (`roles_tests`) sees every route
+//! and fails when one is added without a role in its table. The operator
+//! router is wrapped in the audit layer ([`crate::audit`]), which resolves
+//! the caller's token and records every mutating request.
 
 mod agent;
 mod bmcs;
 mod boot;
+mod campaigns;
+mod confine;
 mod deploy;
+mod events;
+pub(crate) mod firmware;
 mod images;
 mod machines;
 mod metrics;
 mod node;
+mod tokens;
 mod ups;
 
 pub use metrics::handle as metrics_handle;
+pub use ups::enrol_configured as enrol_configured_ups;
 
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::Router;
 
 use crate::AppState;
 
-/// The operator API (`api.listen`): health, machines, events, metrics.
-pub fn operator_router(state: AppState) -> Router {
-    Router::new()
+/// Operator routes being registered, with their path templates noted.
+pub(crate) struct Routes {
+    router: Router<AppState>,
+    paths: Vec<&'static str>,
+}
+
+impl Routes {
+    pub fn new() -> Routes {
+        Routes { router: Router::new(), paths: Vec::new() }
+    }
+
+    /// As [`Router::route`].
+    pub fn route(mut self, path: &'static str, methods: MethodRouter<AppState>) -> Routes {
+        self.router = self.router.route(path, methods);
+        self.paths.push(path);
+        self
+    }
+
+    /// As [`Router::merge`].
+    pub fn merge(mut self, other: Routes) -> Routes {
+        self.router = self.router.merge(other.router);
+        self.paths.extend(other.paths);
+        self
+    }
+}
+
+/// Every operator route: health, machines, events, deploys, images, nodes
+/// and clusters, BMCs and UPSes, tokens, the audit log, metrics.
+pub(crate) fn operator_routes() -> Routes {
+    Routes::new()
         .route("/healthz", get(health))
         .merge(machines::router())
+        .merge(events::router())
         .merge(deploy::router())
         .merge(images::router())
         .merge(node::operator_router())
         .merge(bmcs::router())
         .merge(ups::router())
+        .merge(firmware::router())
+        .merge(campaigns::router())
+        .merge(tokens::router())
         .merge(metrics::router())
+}
+
+/// The operator API (`api.listen`), behind the audit layer.
+pub fn operator_router(state: AppState) -> Router {
+    operator_routes()
+        .router
+        // Inside the audit layer: it needs the caller the audit layer resolves.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::idempotency::layer))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::layer))
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
@@ -39,9 +91,11 @@ pub fn boot_router(state: AppState) -> Router {
         .route("/healthz", get(health))
         .merge(boot::router(&state))
         .merge(images::boot_router())
+        .merge(firmware::boot_router())
         .merge(agent::router())
         .merge(node::agent_router())
         .with_state(state)
+        .layer(axum::middleware::from_fn(crate::metrics_catalog::count_boot_http))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
@@ -62,3 +116,6 @@ async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> 
 
 #[cfg(test)]
 pub(crate) mod test_support;
+
+#[cfg(test)]
+mod roles_tests;

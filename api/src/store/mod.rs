@@ -13,11 +13,23 @@ use sqlx::{AnyPool, Row};
 use thiserror::Error;
 use uuid::Uuid;
 
+pub mod actions;
+mod campaign;
 mod deploy;
+pub mod feed;
+mod gauges;
+pub mod idempotency;
+pub mod labels;
+mod lease;
 mod node;
 mod oob;
+mod refresh;
+#[cfg(test)]
+pub(crate) mod test_db;
+pub mod tokens;
 
 pub use deploy::{DeployPhase, Deployment, Image, ImageMeta, ImageState};
+pub use labels::{MachineFilter, MachinePatch};
 pub use node::{Cluster, NodeReport};
 pub use oob::{Bmc, LinkedBy, NewBmc, Ups, UpsFeeds};
 
@@ -49,6 +61,8 @@ pub struct Store {
     /// (that sleep was most of the DHCP ACK latency in a PXE storm). On
     /// PostgreSQL the same pool as reads.
     writer: AnyPool,
+    /// Committed events, tailed from the database for live streams.
+    pub feed: std::sync::Arc<feed::EventFeed>,
 }
 
 /// A DHCP client that was ACKed (or, in proxy mode, given boot information
@@ -73,6 +87,16 @@ pub struct Machine {
     pub serial: Option<String>,
     pub rack: Option<String>,
     pub inventory: Option<Inventory>,
+    /// Operator labels (`PATCH /machines/{id}`).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// A digest of this document (without `etag`): the `ETag` header.
+    pub etag: String,
+    /// The row's edit counter and last change, which a conditional edit
+    /// (`If-Match`) is guarded on.
+    #[serde(skip)]
+    pub(crate) version: i64,
+    #[serde(skip)]
+    pub(crate) updated_at_ms: i64,
     /// When the current waiting state times out, if it does.
     pub state_deadline: Option<String>,
     pub created_at: String,
@@ -116,7 +140,8 @@ impl Store {
         let pool = Self::open_pool(url, if sqlite { 4 } else { 16 }, sqlite).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         let writer = if sqlite { Self::open_pool(url, 1, true).await? } else { pool.clone() };
-        Ok(Store { pool, writer })
+        let feed = std::sync::Arc::new(feed::EventFeed::new(pool.clone()));
+        Ok(Store { pool, writer, feed })
     }
 
     async fn open_pool(url: &str, connections: u32, sqlite: bool) -> Result<AnyPool> {
@@ -161,7 +186,8 @@ impl Store {
             .bind(kind)
             .bind(detail.to_string())
             .execute(exec)
-            .await?;
+            .await
+            .inspect_err(|_| metrics::counter!("slipway_event_write_failures_total").increment(1))?;
         Ok(())
     }
 
@@ -313,7 +339,12 @@ impl Store {
             .iter()
             .map(|r| r.try_get::<String, _>("mac"))
             .collect::<Result<_, _>>()?;
-        Ok(Machine {
+        let labels = self.labels_of(&id).await?;
+        let mut machine = Machine {
+            labels,
+            etag: String::new(),
+            version: row.try_get("version")?,
+            updated_at_ms: row.try_get("updated_at_ms")?,
             state,
             failure,
             macs,
@@ -325,7 +356,9 @@ impl Store {
             created_at: rfc3339(row.try_get("created_at_ms")?),
             updated_at: rfc3339(row.try_get("updated_at_ms")?),
             id,
-        })
+        };
+        machine.etag = labels::etag_of(&machine);
+        Ok(machine)
     }
 
     /// Applies `trigger` through the lifecycle; records the state change (or
@@ -405,6 +438,27 @@ impl Store {
     pub async fn set_inventory(&self, id: &str, inventory: &Inventory) -> Result<()> {
         let text = serde_json::to_string(inventory).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.writer.begin().await?;
+        // Hardware that changed since the last discovery boot is an event.
+        let before: Option<String> = sqlx::query("SELECT inventory FROM machines WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get::<Option<String>, _>("inventory"))
+            .transpose()?
+            .flatten();
+        if let Some(old) = before.and_then(|t| serde_json::from_str::<Inventory>(&t).ok()) {
+            let changes = crate::oob::diff::diff_in_band(&old, inventory);
+            if !changes.is_empty() {
+                Self::event_in(
+                    &mut *tx,
+                    Some(id),
+                    now_ms(),
+                    "inventory.changed",
+                    serde_json::json!({ "source": "in_band", "changes": changes }),
+                )
+                .await?;
+            }
+        }
         let (uuid, serial) = (inventory.system.uuid.clone(), inventory.system.serial.clone());
         sqlx::query(
             "UPDATE machines SET inventory = $1, updated_at_ms = $2, system_uuid = COALESCE($3, system_uuid), \
@@ -539,15 +593,14 @@ pub fn mac_text(mac: &[u8; 6]) -> String {
 mod tests {
     use super::*;
 
-    pub(crate) async fn temp_store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        (dir, Store::connect(&url).await.unwrap())
-    }
+    test_db::on_both_databases!(
+        machine_lifecycle_is_recorded,
+        dhcp_bindings_create_network_booting_machines_once,
+        discovery_deadline_fails_the_machine,
+        agent_tokens_are_good_for_one_boot,
+    );
 
-    #[tokio::test]
-    async fn machine_lifecycle_is_recorded() {
-        let (_d, store) = temp_store().await;
+    async fn machine_lifecycle_is_recorded(store: Store) {
         let (id, created) = store.ensure_machine("52:54:00:00:00:01", "dhcp", 60_000).await.unwrap();
         assert!(created);
         assert_eq!(store.ensure_machine("52:54:00:00:00:01", "dhcp", 60_000).await.unwrap(), (id.clone(), false));
@@ -563,9 +616,7 @@ mod tests {
         assert_eq!(kinds, ["machine.created", "state.changed"]);
     }
 
-    #[tokio::test]
-    async fn dhcp_bindings_create_network_booting_machines_once() {
-        let (_d, store) = temp_store().await;
+    async fn dhcp_bindings_create_network_booting_machines_once(store: Store) {
         let binding = |mac: &str, network_boot| DhcpBinding {
             mac: mac.to_string(),
             ip: Ipv4Addr::new(10, 0, 0, 9),
@@ -582,9 +633,7 @@ mod tests {
         assert_eq!(kinds, ["machine.created", "dhcp.ack", "dhcp.ack"]);
     }
 
-    #[tokio::test]
-    async fn discovery_deadline_fails_the_machine() {
-        let (_d, store) = temp_store().await;
+    async fn discovery_deadline_fails_the_machine(store: Store) {
         let (id, _) = store.ensure_machine("52:54:00:00:00:02", "dhcp", 0).await.unwrap();
         assert_eq!(store.overdue(now_ms() + 1).await.unwrap(), vec![id.clone()]);
         store.fire(&id, Trigger::DeadlinePassed).await.unwrap();
@@ -594,9 +643,7 @@ mod tests {
         assert!(store.overdue(now_ms() + 1).await.unwrap().is_empty());
     }
 
-    #[tokio::test]
-    async fn agent_tokens_are_good_for_one_boot() {
-        let (_d, store) = temp_store().await;
+    async fn agent_tokens_are_good_for_one_boot(store: Store) {
         let (id, _) = store.ensure_machine("52:54:00:00:00:03", "dhcp", 60_000).await.unwrap();
         let first = store.issue_agent_token(&id, 60_000).await.unwrap();
         assert_eq!(store.machine_for_agent_token(&first).await.unwrap(), Some(id.clone()));
