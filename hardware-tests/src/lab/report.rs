@@ -266,12 +266,12 @@ pub fn summary(report: &LabReport) -> String {
     if let Some(c) = &report.campaign {
         let _ = writeln!(
             out,
-            "firmware campaign: {} in {:.0} s, at most {} node(s) at once, held {} s on battery ({} started meanwhile)",
+            "firmware campaign: {} in {:.0} s, at most {} node(s) at once, held {} s on battery ({} started while held)",
             c.state,
             c.seconds,
             c.max_in_progress,
             c.held_seconds.map_or("-".into(), |s| format!("{s:.0}")),
-            c.started_while_on_battery
+            c.started_while_held
         );
     }
     if !report.ups.is_null() {
