@@ -538,20 +538,7 @@ impl Store {
                     .await?
             }
         };
-        rows.iter()
-            .map(|r| {
-                let at_ms: i64 = r.try_get("at_ms")?;
-                let detail: String = r.try_get("detail")?;
-                Ok(Event {
-                    id: r.try_get("id")?,
-                    machine_id: r.try_get("machine_id")?,
-                    at: rfc3339(at_ms),
-                    at_ms,
-                    kind: r.try_get("kind")?,
-                    detail: serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                })
-            })
-            .collect()
+        rows.iter().map(feed::event_from_row).collect()
     }
 
     /// A fresh agent credential for `machine_id`; any earlier one stops
