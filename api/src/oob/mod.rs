@@ -218,9 +218,12 @@ impl Oob {
     /// machine. Returns the machine's id.
     pub async fn refresh_inventory(&self, bmc_id: &str) -> Result<(BmcInventory, String), OobFailure> {
         let bmc = self.bmc(bmc_id).await?;
-        let OpOutput::Inventory(inv) = self.run(&bmc, Op::Inventory).await? else {
+        let OpOutput::Inventory(mut inv) = self.run(&bmc, Op::Inventory).await? else {
             unreachable!("an inventory op answers with an inventory")
         };
+        if let Some(old) = &bmc.inventory {
+            keep_unread_sections(&mut inv, old);
+        }
         self.store.record_bmc_ok(bmc_id, inv.system.power_state, Some(&inv), diff::diff).await?;
         let (machine, by) = self.store.link_bmc(bmc_id, &inv, now_ms() + self.discovery_timeout_ms).await?;
         info!(bmc = bmc_id, machine, by = ?by, "BMC inventory read");
@@ -457,6 +460,26 @@ impl Oob {
             task.abort();
         }
     }
+}
+
+/// A read with failed sections (a BMC busy with a reboot) does not wipe
+/// what an earlier read saw there: a section that came back empty while
+/// some section failed keeps its previous contents.
+fn keep_unread_sections(new: &mut BmcInventory, old: &BmcInventory) {
+    if new.errors.is_empty() {
+        return;
+    }
+    fn keep<T: Clone>(new: &mut Vec<T>, old: &[T]) {
+        if new.is_empty() {
+            *new = old.to_vec();
+        }
+    }
+    keep(&mut new.processors, &old.processors);
+    keep(&mut new.memory, &old.memory);
+    keep(&mut new.drives, &old.drives);
+    keep(&mut new.nics, &old.nics);
+    keep(&mut new.power_supplies, &old.power_supplies);
+    keep(&mut new.firmware, &old.firmware);
 }
 
 impl OobFailure {
