@@ -327,7 +327,11 @@ mod tests {
             boot_mac: "52:54:00:5e:00:02".into(),
             node: Some((
                 agent,
-                crate::node::NodeConfig { api: "http://10.77.0.1:8081".into(), token: "secret".into() },
+                crate::node::NodeConfig {
+                    api: "http://10.77.0.1:8081".into(),
+                    token: "secret".into(),
+                    image: Some("debian-12".into()),
+                },
             )),
         }
     }
@@ -342,7 +346,10 @@ mod tests {
         write_into(&root, &full_config(dir.path())).unwrap();
 
         let env = root.join("etc/slipway/agent.env");
-        assert_eq!(std::fs::read_to_string(&env).unwrap(), "SLIPWAY_API=http://10.77.0.1:8081\nSLIPWAY_TOKEN=secret\n");
+        assert_eq!(
+            std::fs::read_to_string(&env).unwrap(),
+            "SLIPWAY_API=http://10.77.0.1:8081\nSLIPWAY_TOKEN=secret\nSLIPWAY_IMAGE=debian-12\n"
+        );
         assert_eq!(
             std::fs::metadata(&env).unwrap().permissions().mode() & 0o777,
             0o600,

@@ -129,10 +129,16 @@ fn run_deploy(client: &Client, spec: &DeploySpec, inventory: &inventory::Invento
             })?;
         log(&format!("partition table: {grown:?}"));
         // The node agent is this very binary, with a credential of its own.
-        let node = (!spec.node_token.is_empty())
-            .then(|| std::env::current_exe().ok())
-            .flatten()
-            .map(|exe| (exe, node::NodeConfig { api: client.api.clone(), token: spec.node_token.clone() }));
+        let node = (!spec.node_token.is_empty()).then(|| std::env::current_exe().ok()).flatten().map(|exe| {
+            (
+                exe,
+                node::NodeConfig {
+                    api: client.api.clone(),
+                    token: spec.node_token.clone(),
+                    image: Some(spec.image.clone()),
+                },
+            )
+        });
         let config = firstboot::FirstBoot {
             hostname: spec.hostname.clone(),
             ssh_authorized_keys: spec.ssh_authorized_keys.clone(),

@@ -20,6 +20,9 @@ use wire::{Member, Membership, NodeInstruction, NodeStatus, SwarmCreated};
 pub struct NodeConfig {
     pub api: String,
     pub token: String,
+    /// The image this OS was deployed from (absent in configs written
+    /// before it was recorded).
+    pub image: Option<String>,
 }
 
 /// Parses `KEY=VALUE` lines (a systemd `EnvironmentFile`).
@@ -31,12 +34,16 @@ pub fn parse_config(text: &str) -> Result<NodeConfig, String> {
             .filter(|v| !v.is_empty())
             .ok_or_else(|| format!("{key} missing from {}", wire::NODE_CONFIG_PATH))
     };
-    Ok(NodeConfig { api: get("SLIPWAY_API")?, token: get("SLIPWAY_TOKEN")? })
+    Ok(NodeConfig { api: get("SLIPWAY_API")?, token: get("SLIPWAY_TOKEN")?, image: get("SLIPWAY_IMAGE").ok() })
 }
 
 /// The config file's text, as the ramdisk agent writes it.
 pub fn render_config(config: &NodeConfig) -> String {
-    format!("SLIPWAY_API={}\nSLIPWAY_TOKEN={}\n", config.api, config.token)
+    let mut text = format!("SLIPWAY_API={}\nSLIPWAY_TOKEN={}\n", config.api, config.token);
+    if let Some(image) = &config.image {
+        text.push_str(&format!("SLIPWAY_IMAGE={image}\n"));
+    }
+    text
 }
 
 /// Runs forever: report, act, wait.
@@ -47,7 +54,7 @@ pub fn run(config: &NodeConfig) -> ! {
     let mut check: Option<String> = None;
     let mut backoff = 1;
     loop {
-        let status = collect(&config.api, check.as_deref(), join_error.take());
+        let status = collect(config, check.as_deref(), join_error.take());
         let instruction = match client.post_for::<_, NodeInstruction>(wire::NODE_STATUS_PATH, &status) {
             Ok(instruction) => {
                 backoff = 1;
@@ -82,6 +89,9 @@ pub fn run(config: &NodeConfig) -> ! {
             NodeInstruction::NodeAvailability { node, availability } => node_update(&node, &availability),
             NodeInstruction::NodeRemove { node } => {
                 crate::log(&format!("removing Swarm node {node}, which was reinstalled"));
+                // A manager's entry leaves the Raft group first (`rm` refuses
+                // a manager); a worker's demote fails harmlessly.
+                let _ = docker(&["node", "demote", &node]);
                 docker(&["node", "rm", "--force", &node]).map(|_| ())
             }
         };
@@ -93,7 +103,8 @@ pub fn run(config: &NodeConfig) -> ! {
     }
 }
 
-fn collect(api: &str, check: Option<&str>, join_error: Option<String>) -> NodeStatus {
+fn collect(config: &NodeConfig, check: Option<&str>, join_error: Option<String>) -> NodeStatus {
+    let api = config.api.as_str();
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default().trim().to_string();
     let os = os_pretty_name(&read("/etc/os-release"));
     let cluster = swarm_membership().or_else(|| {
@@ -106,6 +117,7 @@ fn collect(api: &str, check: Option<&str>, join_error: Option<String>) -> NodeSt
         hostname: read("/proc/sys/kernel/hostname"),
         os,
         kernel: read("/proc/sys/kernel/osrelease"),
+        image: config.image.clone(),
         address: source_address(api),
         containerd_version: output("containerd", &["--version"]).and_then(|v| containerd_version(&v)),
         docker_version: output("docker", &["version", "--format", "{{.Server.Version}}"]),
@@ -241,7 +253,9 @@ mod tests {
 
     #[test]
     fn config_round_trips() {
-        let config = NodeConfig { api: "http://10.77.0.1:8081".into(), token: "abc".into() };
+        let config = NodeConfig { api: "http://10.77.0.1:8081".into(), token: "abc".into(), image: None };
+        assert_eq!(parse_config(&render_config(&config)), Ok(config.clone()));
+        let config = NodeConfig { image: Some("debian-12.7".into()), ..config };
         assert_eq!(parse_config(&render_config(&config)), Ok(config));
         assert!(parse_config("SLIPWAY_API=x\n").unwrap_err().contains("SLIPWAY_TOKEN"));
     }

@@ -117,7 +117,8 @@ pub fn plan(spec: &JoinSpec, machine_id: &str, cluster: Option<&Cluster>) -> Nod
             (Some(endpoint), Some(token), _) => {
                 NodeInstruction::SwarmJoin { endpoint: endpoint.clone(), token: token.clone() }
             }
-            (_, _, Some(c)) if c.initiator == machine_id => NodeInstruction::SwarmInit,
+            // Created once: a reinstalled initiator joins like any other.
+            (_, _, Some(c)) if c.initiator == machine_id && c.endpoint.is_none() => NodeInstruction::SwarmInit,
             (_, _, Some(c)) => {
                 let token = if spec.manager() { &c.manager_token } else { &c.worker_token };
                 match (&c.endpoint, token) {
@@ -192,6 +193,11 @@ mod tests {
         assert_eq!(
             plan(&manager, "m3", Some(&cluster("m1", true))),
             NodeInstruction::SwarmJoin { endpoint: "10.77.0.100:2377".into(), token: "SWMTKN-m".into() }
+        );
+        assert_eq!(
+            plan(&manager, "m1", Some(&cluster("m1", true))),
+            NodeInstruction::SwarmJoin { endpoint: "10.77.0.100:2377".into(), token: "SWMTKN-m".into() },
+            "the first node, reinstalled (an OS refresh), joins the Swarm it created instead of a new one"
         );
     }
 

@@ -130,6 +130,11 @@ pub struct NodeStatus {
     pub os: String,
     /// The running kernel release.
     pub kernel: String,
+    /// The Slipway image this OS was deployed from (written with the node
+    /// agent's credential at deploy): how an OS refresh knows the node came
+    /// back on the new image, not on the old disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// The address the node reaches the appliance from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,

@@ -233,6 +233,12 @@ pub struct Gates {
     /// not low, and answering).
     #[serde(default = "yes")]
     pub on_mains: bool,
+    /// The health check after an OS refresh: once the new image is written,
+    /// the node must be back (its node agent reporting the new image, and
+    /// in its cluster when it has one) within this many seconds, or it is
+    /// rolled back. Default: the machine's own join deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub back_within_seconds: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -241,7 +247,7 @@ fn yes() -> bool {
 
 impl Default for Gates {
     fn default() -> Self {
-        Gates { ups_min_charge_percent: None, on_mains: true }
+        Gates { ups_min_charge_percent: None, on_mains: true, back_within_seconds: None }
     }
 }
 

@@ -5,10 +5,18 @@
 //! or its new node agent reporting), tidy its Swarm entry; on failure
 //! reinstall the previous image the same way and record `rolled_back`.
 //!
+//! "Back" means the new OS's node agent reports the target image (written
+//! with its credential at deploy, so an OS that came up from the old disk
+//! does not count) and, with a cluster, that it is joined.
+//!
+//! A Swarm manager is refreshed only while the other managers keep a Raft
+//! quorum without it; its old entry is demoted and removed once it is back.
+//!
 //! Every wait is bounded: the drain by `RunnerSettings::drain_timeout`,
 //! the write and the rejoin by 95% of the machine's own deadlines
-//! (`deploy_timeout`, `join_timeout`), so the action decides before the
-//! reaper would fail the machine. The decisions are `refresh_plan`'s.
+//! (`deploy_timeout`, `join_timeout`), the rejoin also by the campaign's
+//! `gates.back_within_seconds`, so the action decides before the reaper
+//! would fail the machine. The decisions are `refresh_plan`'s.
 //!
 //! Not done: a node caught in progress by an appliance restart is
 //! finished only when its new deployment is already in place; otherwise
@@ -42,6 +50,14 @@ struct Node<'a> {
     settings: &'a RunnerSettings,
     campaign_id: &'a str,
     machine_id: &'a str,
+    back_within: Option<Duration>,
+}
+
+/// What a node is refreshed to, and the campaign's health-check bound.
+pub struct Target {
+    pub image: String,
+    /// From the image written to the node agent reporting it (and joined).
+    pub back_within: Option<Duration>,
 }
 
 /// Runs the refresh on one node and records the outcome.
@@ -50,10 +66,17 @@ pub async fn run_node(
     settings: RunnerSettings,
     campaign_id: String,
     progress: NodeProgress,
-    image: String,
+    target: Target,
     resume: bool,
 ) {
-    let node = Node { app: &app, settings: &settings, campaign_id: &campaign_id, machine_id: &progress.machine_id };
+    let Target { image, back_within } = target;
+    let node = Node {
+        app: &app,
+        settings: &settings,
+        campaign_id: &campaign_id,
+        machine_id: &progress.machine_id,
+        back_within,
+    };
     let machine = progress.machine_id.as_str();
     let store = &app.store;
     let recorded = match node.apply(&image, resume).await {
@@ -129,6 +152,10 @@ impl Node<'_> {
                 let node_id = report.and_then(|r| r.status.cluster).map(|c| c.node_id).filter(|id| !id.is_empty());
                 match node_id {
                     Some(id) => {
+                        let members = store.cluster(name).await?.map(|c| c.members).unwrap_or_default();
+                        if let Err(why) = refresh_plan::quorum_without(&members, &id) {
+                            return Ok(Outcome::Failed(format!("not refreshed: {why}")));
+                        }
                         if let Err(why) = self.drain(name, &id).await? {
                             return Ok(Outcome::Failed(why));
                         }
@@ -265,13 +292,14 @@ impl Node<'_> {
             let Some(machine) = machine else { return Ok(Err("the machine no longer exists".into())) };
             let view =
                 deployment.as_ref().map(|d| DeployView { image: &d.image, phase: d.phase, error: d.error.as_deref() });
+            let node_image = report.as_ref().and_then(|r| r.status.image.clone());
             let at = refresh_plan::progress(
                 machine.state,
                 machine.failure.as_ref().map(|f| f.reason.as_str()),
                 view,
                 image,
                 clustered,
-                report.is_some(),
+                node_image.as_deref(),
             );
             match at {
                 Progress::Back => return Ok(Ok(report.and_then(|r| r.status.cluster).map(|c| c.node_id))),
@@ -281,12 +309,18 @@ impl Node<'_> {
                     store.note_campaign_node(self.campaign_id, self.machine_id, None, None, true).await?;
                     started = Instant::now();
                     limit = bound(self.app.join_timeout_ms);
+                    limit = self.back_within.map_or(limit, |b| b.min(limit));
                 }
                 Progress::Written | Progress::Installing => {}
             }
             if started.elapsed() > limit {
-                let what = if written { "rejoin" } else { "be written and verified" };
-                return Ok(Err(format!("{image} did not {what} within {} s", limit.as_secs())));
+                let what = if written { "come back" } else { "be written and verified" };
+                let seen = match (written, node_image) {
+                    (false, _) => String::new(),
+                    (true, None) => ": no node agent reported".into(),
+                    (true, Some(other)) => format!(": its node agent reports image {other}"),
+                };
+                return Ok(Err(format!("{image} did not {what} within {} s{seen}", limit.as_secs())));
             }
             tokio::time::sleep(self.settings.task_poll.max(Duration::from_millis(50))).await;
         }

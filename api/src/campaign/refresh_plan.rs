@@ -72,15 +72,37 @@ pub fn after_refresh(cluster: &str, old_node: &str, new_node: Option<&str>) -> C
     ClusterOp { cluster: cluster.into(), op, node: old_node.into() }
 }
 
+/// Whether the Swarm keeps a quorum of managers while `node` is down:
+/// Raft needs more than half of all managers (down ones count) to be up.
+/// A worker, or a node not in the list, leaves the managers as they are.
+pub fn quorum_without(members: &[Member], node: &str) -> Result<(), String> {
+    let Some(leaving) = members.iter().find(|m| m.id == node) else { return Ok(()) };
+    if !leaving.manager {
+        return Ok(());
+    }
+    let managers = members.iter().filter(|m| m.manager).count();
+    let up_after =
+        members.iter().filter(|m| m.manager && m.id != node && m.status.eq_ignore_ascii_case("ready")).count();
+    if up_after * 2 > managers {
+        Ok(())
+    } else {
+        Err(format!(
+            "it is a Swarm manager, and without it {up_after} of {managers} managers would be up: no quorum \
+             (deploy three or five nodes with role manager)"
+        ))
+    }
+}
+
 /// Where a machine's (re)install of `target` stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
     /// Not written yet.
     Installing,
-    /// Written and verified; waiting for the new OS's node agent (and,
-    /// with a cluster, its membership).
+    /// Written and verified; waiting for the new OS's node agent to report
+    /// `target` (and, with a cluster, its membership).
     Written,
-    /// Up on `target`: joined, or (no cluster) its node agent reported.
+    /// Up on `target`: its node agent reports `target`, and it is joined
+    /// when it has a cluster.
     Back,
     Failed(String),
 }
@@ -98,7 +120,7 @@ pub fn progress(
     deployment: Option<DeployView<'_>>,
     target: &str,
     clustered: bool,
-    node_reported: bool,
+    node_image: Option<&str>,
 ) -> Progress {
     use MachineState::*;
     let Some(d) = deployment.filter(|d| d.image == target) else {
@@ -109,7 +131,8 @@ pub fn progress(
             Progress::Failed(d.error.unwrap_or("the installer reported a failed write").to_string())
         }
         Refreshing => Progress::Installing,
-        Deployed if clustered || !node_reported => Progress::Written,
+        Deployed | Joined if node_image != Some(target) => Progress::Written,
+        Deployed if clustered => Progress::Written,
         Deployed | Joined => Progress::Back,
         Failed => Progress::Failed(format!("the machine failed: {}", failure_reason.unwrap_or("no reason given"))),
         other => Progress::Failed(format!("the machine is {other}")),
@@ -172,29 +195,50 @@ mod tests {
     fn progress_of_a_refresh() {
         use MachineState::*;
         let d = |image, phase, error| Some(DeployView { image, phase, error });
-        let check = |state, dep, clustered, reported, want: Progress| {
+        let check = |state, dep, clustered, reported: Option<&str>, want: Progress| {
             assert_eq!(progress(state, Some("deadline"), dep, "img-2", clustered, reported), want);
         };
-        check(Refreshing, d("img-2", DeployPhase::Writing, None), true, false, Progress::Installing);
+        check(Refreshing, d("img-2", DeployPhase::Writing, None), true, None, Progress::Installing);
         check(
             Refreshing,
             d("img-2", DeployPhase::Failed, Some("sha256 mismatch")),
             true,
-            false,
+            None,
             Progress::Failed("sha256 mismatch".into()),
         );
-        check(Deployed, d("img-2", DeployPhase::Written, None), true, true, Progress::Written);
-        check(Deployed, d("img-2", DeployPhase::Written, None), false, false, Progress::Written);
-        check(Deployed, d("img-2", DeployPhase::Written, None), false, true, Progress::Back);
-        check(Joined, d("img-2", DeployPhase::Written, None), true, true, Progress::Back);
+        let written = || d("img-2", DeployPhase::Written, None);
+        check(Deployed, written(), true, Some("img-2"), Progress::Written);
+        check(Deployed, written(), false, None, Progress::Written);
+        check(Deployed, written(), false, Some("img-2"), Progress::Back);
+        check(Joined, written(), true, Some("img-2"), Progress::Back);
+        // Back, but from the old disk (or an agent that does not say): not yet.
+        check(Joined, written(), true, Some("img-1"), Progress::Written);
+        check(Deployed, written(), false, Some("img-1"), Progress::Written);
         assert!(matches!(
-            progress(Failed, Some("deadline"), d("img-2", DeployPhase::Writing, None), "img-2", true, false),
+            progress(Failed, Some("deadline"), d("img-2", DeployPhase::Writing, None), "img-2", true, None),
             Progress::Failed(why) if why.contains("deadline")
         ));
         assert!(matches!(
-            progress(Joined, None, d("img-1", DeployPhase::Written, None), "img-2", true, true),
+            progress(Joined, None, d("img-1", DeployPhase::Written, None), "img-2", true, Some("img-1")),
             Progress::Failed(why) if why.contains("replaced")
         ));
-        assert!(matches!(progress(Ready, None, None, "img-2", true, true), Progress::Failed(_)));
+        assert!(matches!(progress(Ready, None, None, "img-2", true, None), Progress::Failed(_)));
+    }
+
+    #[test]
+    fn a_manager_leaves_only_while_the_others_keep_a_quorum() {
+        let manager = |id: &str, status: &str| Member { manager: true, status: status.into(), ..member(id, "Active") };
+        let three = [manager("a", "Ready"), manager("b", "Ready"), manager("c", "Ready"), member("w", "Active")];
+        assert_eq!(quorum_without(&three, "a"), Ok(()), "2 of 3 stay up");
+        assert_eq!(quorum_without(&three, "w"), Ok(()), "a worker");
+        assert_eq!(quorum_without(&three, "gone"), Ok(()));
+        let one_down = [manager("a", "Ready"), manager("b", "Ready"), manager("c", "Down")];
+        assert!(quorum_without(&one_down, "a").unwrap_err().contains("1 of 3"));
+        let only = [manager("a", "Ready"), member("w", "Active")];
+        assert!(quorum_without(&only, "a").unwrap_err().contains("0 of 1"));
+        // A reinstalled manager back under a new id, its old entry not yet
+        // removed: four managers, three up; another may not leave yet.
+        let rejoined = [manager("a2", "Ready"), manager("a", "Down"), manager("b", "Ready"), manager("c", "Ready")];
+        assert!(quorum_without(&rejoined, "b").is_err());
     }
 }

@@ -133,8 +133,11 @@ fn spawn_node(
             tasks.spawn(async move { super::firmware::run_node(app, settings, id, node, action, resume).await })
         }
         Action::OsRefresh { image } => {
-            let image = image.clone();
-            tasks.spawn(async move { super::os_refresh::run_node(app, settings, id, node, image, resume).await })
+            let target = super::os_refresh::Target {
+                image: image.clone(),
+                back_within: campaign.gates.back_within_seconds.map(std::time::Duration::from_secs),
+            };
+            tasks.spawn(async move { super::os_refresh::run_node(app, settings, id, node, target, resume).await })
         }
     };
     workers.insert(key, handle);

@@ -152,6 +152,9 @@ async fn create(_: Operator, State(state): State<AppState>, body: Bytes) -> Resu
     if req.gates.ups_min_charge_percent.is_some_and(|c| !(0.0..=100.0).contains(&c)) {
         return Err(bad("gates.ups_min_charge_percent", "0 to 100"));
     }
+    if req.gates.back_within_seconds.is_some_and(|s| !(10..=86_400).contains(&s)) {
+        return Err(bad("gates.back_within_seconds", "10 to 86400"));
+    }
     let nodes = order_nodes(resolve(&state, &req.targets).await?, req.rollout.order);
     let at = now_ms();
     let campaign = Campaign {

@@ -29,8 +29,10 @@ struct Sim {
     boots: usize,
     /// The ramdisk agent's boot token, while it runs.
     ramdisk: Option<String>,
-    /// The node agent's credential of the OS on the disk.
+    /// The node agent's credential of the OS on the disk, and the image
+    /// that OS was deployed from (its node agent reports it).
     node_token: Option<String>,
+    image: Option<String>,
     /// Its Swarm node id, once its OS joined.
     swarm_id: Option<String>,
     joins: u32,
@@ -56,9 +58,9 @@ impl Drop for Runner {
     }
 }
 
-fn status(hostname: &str, membership: Option<Value>) -> Value {
+fn status(hostname: &str, image: Option<&str>, membership: Option<Value>) -> Value {
     let mut s = json!({ "agent_version": "0.1.0", "hostname": hostname, "os": "Debian GNU/Linux 12 (bookworm)",
-                        "kernel": "6.1.0-28-amd64" });
+                        "kernel": "6.1.0-28-amd64", "image": image });
     if let Some(m) = membership {
         s["cluster"] = m;
     }
@@ -121,6 +123,7 @@ impl Fleet {
             return;
         }
         self.sims[i].node_token = instruction["node_token"].as_str().map(str::to_string);
+        self.sims[i].image = instruction["image"].as_str().map(str::to_string);
         let report = if instruction["image"] == "broken" {
             json!({ "phase": "failed", "bytes_written": 1u64 << 20, "disk": "/dev/vda",
                     "error": "verify: sha256 of /dev/vda is 00ff..., the image's is 9a3c..." })
@@ -137,12 +140,14 @@ impl Fleet {
     async fn node_agent(&mut self, i: usize) {
         let Some(token) = self.sims[i].node_token.clone() else { return };
         let (hostname, swarm_id) = (self.sims[i].hostname.clone(), self.sims[i].swarm_id.clone());
+        let image = self.sims[i].image.clone();
         let membership = swarm_id.map(|id| {
             let manager = i == 0;
             let members = if manager { json!(self.members) } else { json!([]) };
             json!({ "kind": "swarm", "node_id": id, "manager": manager, "members": members })
         });
-        let (code, reply) = post(&self.t.boot, wire::NODE_STATUS_PATH, &token, &status(&hostname, membership)).await;
+        let (code, reply) =
+            post(&self.t.boot, wire::NODE_STATUS_PATH, &token, &status(&hostname, image.as_deref(), membership)).await;
         assert_eq!(code, StatusCode::OK, "{reply}");
         let member = |id: &str, manager| json!({ "id": id, "hostname": hostname, "status": "Ready", "availability": "Active", "manager": manager });
         match reply["action"].as_str().unwrap_or_default() {
@@ -203,8 +208,13 @@ impl Fleet {
         self._runner = Some(Runner(tokio::spawn(runner::run(self.t.state.clone(), settings))));
     }
 
+    /// A campaign refreshing the three workers to `image`.
     async fn create(&self, image: &str) -> String {
         let targets: Vec<&str> = self.sims[1..].iter().map(|s| s.id.as_str()).collect();
+        self.create_for(&targets, image).await
+    }
+
+    async fn create_for(&self, targets: &[&str], image: &str) -> String {
         let body = json!({ "name": format!("refresh to {image}"), "targets": { "machines": targets },
                            "action": { "os_refresh": { "image": image } },
                            "rollout": { "batch_size": 1, "max_failures": 1 } });
@@ -250,6 +260,7 @@ async fn joined_fleet() -> Fleet {
             boots,
             ramdisk: Some(token),
             node_token: None,
+            image: None,
             swarm_id: None,
             joins: 0,
         });
@@ -360,6 +371,24 @@ async fn a_broken_image_rolls_the_first_node_back_where_it_rejoins_and_the_campa
     for sim in &fleet.sims[2..] {
         assert_eq!(fleet.state(&sim.id).await, "joined", "the rest were never touched");
     }
+}
+
+/// Machine 0 is the Swarm's only manager: reinstalling it would end the
+/// Swarm, so it is refused before anything is drained.
+#[tokio::test]
+async fn the_only_manager_is_not_refreshed() {
+    let mut fleet = joined_fleet().await;
+    let manager = fleet.sims[0].id.clone();
+    let id = fleet.create_for(&[&manager], "img-2").await;
+    fleet.start_runner();
+    let c = fleet.drive(Some(&id), "failed", |c| c["state"] == "failed").await;
+    let reason = c["nodes"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("manager") && reason.contains("0 of 1 managers"), "{reason}");
+    assert_eq!(fleet.state(&manager).await, "joined");
+    let story = kinds(&fleet.events(&manager).await);
+    assert!(!story.contains(&"campaign.node_drained".to_string()), "{story:?}");
+    assert!(!story.contains(&"state.changed:refreshing".to_string()), "{story:?}");
+    assert!(fleet.members.iter().all(|m| m["availability"] == "Active"), "nothing drained");
 }
 
 #[tokio::test]

@@ -23,6 +23,9 @@ use crate::store::{Cluster, NodeReport};
 use crate::AppState;
 use wire::{NodeInstruction, NodeStatus, SwarmCreated};
 
+/// How often a manager reports while a refresh waits for a Swarm change.
+const OPS_POLL_SECONDS: u32 = 2;
+
 pub fn agent_router() -> Router<AppState> {
     Router::new().route(wire::NODE_STATUS_PATH, post(status)).route(wire::NODE_SWARM_PATH, post(swarm_created))
 }
@@ -88,14 +91,19 @@ async fn status(
             }
         }
         // A manager carries out what OS refreshes wait for (drain, tidy).
+        let mut poll_seconds = HEARTBEAT_SECONDS;
         if let (Some(name), true) = (cluster_name, membership.manager) {
             let ops = state.store.cluster_ops(name).await?;
             if let Some(op) = crate::campaign::refresh_plan::next_cluster_op(&ops, &membership.members) {
                 tracing::info!(machine = id, cluster = name, ?op, "asking a Swarm manager to change a node");
                 return Ok(Json(op));
             }
+            // A refresh waits on this manager's member list: report often.
+            if !ops.is_empty() {
+                poll_seconds = OPS_POLL_SECONDS;
+            }
         }
-        return Ok(Json(NodeInstruction::Wait { poll_seconds: HEARTBEAT_SECONDS }));
+        return Ok(Json(NodeInstruction::Wait { poll_seconds }));
     }
     let Some(spec) = spec else {
         return Ok(Json(NodeInstruction::Wait { poll_seconds: HEARTBEAT_SECONDS }));
@@ -104,7 +112,18 @@ async fn status(
         tracing::warn!(machine = id, error, "cluster join attempt failed; the agent retries");
     }
     let cluster = match cluster_name {
-        Some(name) => Some(state.store.claim_cluster(name, &spec.kind, &id).await?),
+        Some(name) => {
+            let mut cluster = state.store.claim_cluster(name, &spec.kind, &id).await?;
+            // Join through a manager that is up: the one that created the
+            // Swarm may be away (an OS refresh), or be this very node.
+            if cluster.endpoint.is_some() {
+                let since = crate::store::now_ms() - 3 * i64::from(HEARTBEAT_SECONDS) * 1000;
+                if let Some(live) = state.store.live_manager_endpoint(name, &id, since).await? {
+                    cluster.endpoint = Some(live);
+                }
+            }
+            Some(cluster)
+        }
         None => None,
     };
     Ok(Json(join::plan(&spec, &id, cluster.as_ref())))

@@ -193,6 +193,36 @@ impl Store {
         Ok(())
     }
 
+    /// `ip:2377` of a manager of the Slipway-formed cluster `name` other than
+    /// `except` whose node agent reported since `since_ms`: where a node
+    /// joins when the one that created the Swarm may be the one away.
+    pub async fn live_manager_endpoint(&self, name: &str, except: &str, since_ms: i64) -> Result<Option<String>> {
+        let rows = sqlx::query(
+            "SELECT n.machine_id, n.status, d.spec FROM node_status n \
+             JOIN deployments d ON d.machine_id = n.machine_id \
+             WHERE n.last_seen_ms >= $1 AND n.machine_id <> $2 ORDER BY n.machine_id",
+        )
+        .bind(since_ms)
+        .bind(except)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            let (status, spec): (String, String) = (r.try_get("status")?, r.try_get("spec")?);
+            let (Ok(status), Ok(spec)) =
+                (serde_json::from_str::<NodeStatus>(&status), serde_json::from_str::<serde_json::Value>(&spec))
+            else {
+                continue;
+            };
+            let in_cluster = spec["cluster"]["cluster"] == name && spec["cluster"]["kind"] == "swarm";
+            if let (true, Some(true), Some(address)) =
+                (in_cluster, status.cluster.as_ref().map(|c| c.manager), status.address)
+            {
+                return Ok(Some(format!("{address}:2377")));
+            }
+        }
+        Ok(None)
+    }
+
     /// Members as a manager of the cluster sees them.
     pub async fn set_cluster_members(&self, name: &str, members: &[Member]) -> Result<()> {
         let text = serde_json::to_string(members).map_err(|e| StoreError::Corrupt(e.to_string()))?;
