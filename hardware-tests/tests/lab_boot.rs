@@ -82,18 +82,29 @@ fn deploys_lab_tiny_and_each_node_boots_its_disk() {
     assert_torn_down();
 }
 
-/// The product's main job: three machines from power-on to one Docker
-/// Swarm. `lab-debian` (debootstrap with systemd, the kernel, containerd
-/// and docker.io; built once and cached) is written and verified by each
+/// The product's main job, and its later life: three machines from
+/// power-on to one Docker Swarm, then refreshed to a new OS release.
+///
+/// `lab-debian` (debootstrap with systemd, the kernel, containerd and
+/// docker.io; built once and cached) is written and verified by each
 /// node's agent; each boots its own disk to a login prompt with its host
-/// name; its node agent starts, and Slipway forms a Swarm on the first node
-/// to report and hands the join token to the other two.
+/// name; its node agent starts, and Slipway forms a Swarm (three managers)
+/// on the first node to report and hands the join token to the other two.
+///
+/// Then an OS-refresh campaign (batch size 1) moves the three to release 2
+/// of the image: drained, reinstalled through the BMC, back and rejoined
+/// one at a time, the lab UPS on battery mid-way holding it. Then a
+/// campaign to an image that cannot boot rolls its first node back to
+/// release 2, where it rejoins, and pauses.
 #[test]
-fn three_nodes_deploy_lab_debian_and_form_one_swarm() {
-    if !lab_tests_enabled("lab_debian", &["qemu-system-x86_64", "ip", "debootstrap", "mkfs.ext4", "syslinux"]) {
+fn three_nodes_form_one_swarm_and_roll_to_a_new_os_release() {
+    if !lab_tests_enabled(
+        "lab_debian",
+        &["qemu-system-x86_64", "ip", "debootstrap", "mkfs.ext4", "syslinux", "losetup"],
+    ) {
         return;
     }
-    let report = run_lab_within(900, &["--nodes", "3", "--firmware", "bios", "--deploy", "lab-debian"]);
+    let report = run_lab_within(900, &["--nodes", "3", "--firmware", "bios", "--deploy", "lab-debian", "--os-refresh"]);
     for node in report["nodes"].as_array().unwrap() {
         assert_eq!(node["state"], "joined", "{node}");
         let s = &node["seconds"];
@@ -102,14 +113,42 @@ fn three_nodes_deploy_lab_debian_and_form_one_swarm() {
             steps.iter().all(Option::is_some) && steps.windows(2).all(|w| w[0] <= w[1]),
             "ready, written, Debian's login prompt, node agent, joined, in that order: {s}"
         );
+        // On release 2: as the API has it, as its node agent reports it, and
+        // as the console banner of its last boot shows it.
+        assert_eq!(node["image"], "lab-debian-r2", "{}", node["name"]);
+        assert_eq!(node["reported_image"], "lab-debian-r2", "{}", node["name"]);
+        assert_eq!(node["console_release"], 2, "{}", node["name"]);
     }
+
+    let refresh = &report["os_refresh"];
+    assert_eq!(refresh["state"], "completed", "{refresh}");
+    let states: Vec<&str> = refresh["nodes"].as_array().unwrap().iter().map(|n| n["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["done", "done", "done"], "{refresh}");
+    assert_eq!(refresh["max_in_progress"], 1, "batch size 1: {refresh}");
+    assert_eq!(refresh["max_drained"], 1, "never more than one node drained: {refresh}");
+    assert!(refresh["held_seconds"].as_f64().is_some_and(|s| s > 0.0), "held while on battery: {refresh}");
+    assert_eq!(refresh["started_while_held"], 0, "no node starts while held: {refresh}");
+
+    let broken = &report["broken_refresh"];
+    assert_eq!(broken["state"], "paused", "{broken}");
+    let nodes = broken["nodes"].as_array().unwrap();
+    let states: Vec<&str> = nodes.iter().map(|n| n["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["rolled_back", "pending", "pending"], "the first is rolled back, the rest untouched: {broken}");
+    let reason = nodes[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("did not come back") && reason.contains("rolled back to lab-debian-r2"), "{reason}");
+    assert_eq!(broken["max_drained"], 1, "{broken}");
+
     let cluster = &report["cluster"];
     let members = cluster["members"].as_array().expect("the manager reports the cluster's members");
     let mut hostnames: Vec<&str> = members.iter().map(|m| m["hostname"].as_str().unwrap()).collect();
     hostnames.sort();
-    assert_eq!(hostnames, ["node1", "node2", "node3"], "one Swarm of all three, as its manager sees it: {cluster}");
-    assert!(members.iter().all(|m| m["status"] == "Ready"), "{cluster}");
-    assert_eq!(members.iter().filter(|m| m["manager"] == true).count(), 1, "one created it, two joined as workers");
+    assert_eq!(
+        hostnames,
+        ["node1", "node2", "node3"],
+        "one Swarm of all three, no entries left by the reinstalls: {cluster}"
+    );
+    assert!(members.iter().all(|m| m["status"] == "Ready" && m["availability"] == "Active"), "{cluster}");
+    assert!(members.iter().all(|m| m["manager"] == true), "three managers: {cluster}");
     assert!(!cluster.to_string().contains("SWMTKN"), "join tokens never leave the appliance");
     assert_torn_down();
 }

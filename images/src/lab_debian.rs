@@ -28,8 +28,8 @@ const RECIPE: u32 = 2;
 pub const BOOTED_MARKER: &str = "Slipway lab-debian";
 pub const ROOT_LABEL: &str = "slipway-root";
 
-const BOOT_MIB: u64 = 128;
-const BOOT_START: u64 = 2048;
+pub(crate) const BOOT_MIB: u64 = 128;
+pub(crate) const BOOT_START: u64 = 2048;
 const MBR_BIN: &str = "/usr/lib/syslinux/mbr/mbr.bin";
 
 /// The cached image and what the catalog needs to know of it.

@@ -91,6 +91,12 @@ enum LabCmd {
         /// back mid-way: the campaign holds, then resumes).
         #[arg(long)]
         firmware_campaign: Option<String>,
+        /// With `--deploy lab-debian`: once the Swarm is formed, roll the
+        /// nodes to lab-debian release 2 with an OS-refresh campaign (UPS to
+        /// battery and back mid-way), then try an image that cannot boot
+        /// (its first node is rolled back and the campaign pauses).
+        #[arg(long)]
+        os_refresh: bool,
     },
     /// Tear down a lab left by `lab up --keep`.
     Down,
@@ -210,6 +216,7 @@ fn main() -> anyhow::Result<()> {
                     deploy,
                     release,
                     firmware_campaign,
+                    os_refresh,
                 },
         } => {
             init_tracing("text");
@@ -239,6 +246,7 @@ fn main() -> anyhow::Result<()> {
                 deploy,
                 release,
                 firmware_campaign,
+                os_refresh,
             };
             lab::up(&opts).map(|_| ())
         }

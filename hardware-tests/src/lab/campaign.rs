@@ -1,24 +1,38 @@
-//! `lab up --firmware-campaign VERSION`: once every node is ready, a BIOS
-//! firmware campaign rolls across the lab rack through the simulated BMCs,
-//! one node at a time. Mid-campaign the lab UPS goes to battery, the
-//! campaign must hold (no new node starts), and it resumes by itself when
-//! mains returns. The report keeps what was seen.
+//! Refresh campaigns across the lab rack, as an operator runs them through
+//! the API, with what was seen kept for the report.
+//!
+//! - `lab up --firmware-campaign VERSION`: once every node is ready, a BIOS
+//!   firmware campaign through the simulated BMCs, one node at a time.
+//! - `lab up --deploy lab-debian --os-refresh`: once the three nodes are one
+//!   Swarm, a campaign moves them to `lab-debian` release 2, one node at a
+//!   time, drained first; then a campaign to an image that cannot boot
+//!   rolls its first node back and pauses.
+//!
+//! In both, the lab UPS goes to battery once the first node is done: the
+//! campaign must hold (no new node starts) and resume by itself when mains
+//! returns.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use super::{api_post, oob, progress_at, Watch, API};
+use super::{api_post, oob, progress_at, Watch, API, LAB_CLUSTER};
 
-/// What the campaign did, for the report.
+/// What a campaign did, for the report.
 #[derive(Debug, Default, Serialize)]
 pub struct CampaignFacts {
     pub id: String,
     pub state: String,
+    /// Why it ended held, paused or failed, as the API says.
+    pub reason: Value,
     /// Most nodes in progress at once, as polled.
     pub max_in_progress: usize,
+    /// Most Swarm nodes drained at once, as the cluster's manager reported
+    /// them (OS refresh only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_drained: Option<usize>,
     /// Seconds the campaign was held while the UPS was on battery.
     pub held_seconds: Option<f64>,
     /// Nodes that finished while the UPS was on battery.
@@ -27,6 +41,8 @@ pub struct CampaignFacts {
     /// may start in the seconds before Slipway's UPS poll sees the battery;
     /// that is not a hold that failed.
     pub started_while_held: usize,
+    /// Each node's progress as the API shows it.
+    pub nodes: Value,
     pub seconds: f64,
 }
 
@@ -44,18 +60,18 @@ fn switch_ups(bin: &std::path::Path, state: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(
+/// A BIOS firmware campaign to `version` across the lab rack.
+pub fn firmware(
     watch: &mut Watch,
     version: &str,
     bin: &std::path::Path,
     timeout: Duration,
 ) -> anyhow::Result<CampaignFacts> {
     let name = format!("lab-bios-{version}");
-    let auth = format!("Bearer {}", watch.token);
     watch
         .client
         .put(&format!("{API}/api/v1/firmware/{name}"))
-        .set("Authorization", &auth)
+        .set("Authorization", &format!("Bearer {}", watch.token))
         .send_bytes(&firmware_file(version))
         .with_context(|| format!("uploading firmware {name}"))?;
     let body = json!({
@@ -66,16 +82,52 @@ pub fn run(
         "rollout": { "batch_size": 1, "max_failures": 1 },
         "gates": { "ups_min_charge_percent": 50, "on_mains": true },
     });
-    let created = api_post(watch.client, watch.token, "/api/v1/campaigns", &body)?;
+    let what = format!("firmware campaign {name} (BIOS {version})");
+    run(watch, &what, &body, Some(bin), false, timeout)
+}
+
+/// An OS-refresh campaign to `image` across the lab rack, one node at a
+/// time; `back_within` is its health check's bound. With `bin`, the UPS
+/// goes to battery after the first node.
+pub fn os_refresh(
+    watch: &mut Watch,
+    image: &str,
+    back_within: Duration,
+    bin: Option<&std::path::Path>,
+    timeout: Duration,
+) -> anyhow::Result<CampaignFacts> {
+    let body = json!({
+        "name": format!("refresh to {image}"),
+        "targets": { "racks": [oob::LAB_RACK] },
+        "action": { "os_refresh": { "image": image } },
+        "schedule": "now",
+        "rollout": { "batch_size": 1, "max_failures": 1 },
+        "gates": { "ups_min_charge_percent": 50, "on_mains": true, "back_within_seconds": back_within.as_secs() },
+    });
+    run(watch, &format!("OS refresh to {image}"), &body, bin, true, timeout)
+}
+
+/// Creates the campaign and follows it to its end (completed, failed,
+/// paused or cancelled), cutting the mains once with `ups_bin`.
+fn run(
+    watch: &mut Watch,
+    what: &str,
+    body: &Value,
+    ups_bin: Option<&std::path::Path>,
+    clustered: bool,
+    timeout: Duration,
+) -> anyhow::Result<CampaignFacts> {
+    let created = api_post(watch.client, watch.token, "/api/v1/campaigns", body)?;
     let id = created["id"].as_str().context("campaign without an id")?.to_string();
-    progress_at(watch.started, &format!("firmware campaign {name} started: BIOS {version}, one node at a time"));
+    progress_at(watch.started, &format!("{what}: started, one node at a time"));
 
     let began = Instant::now();
-    let mut facts = CampaignFacts { id: id.clone(), ..Default::default() };
+    let mut facts = CampaignFacts { id: id.clone(), max_drained: clustered.then_some(0), ..Default::default() };
     let mut on_battery_since: Option<Instant> = None;
     let mut held_at: Option<Instant> = None;
     let mut done_before_battery = 0;
     let mut started_at_hold = 0;
+    let mut last_states = String::new();
     loop {
         watch.check()?;
         let c = watch.api(&format!("/api/v1/campaigns/{id}"))?;
@@ -83,22 +135,31 @@ pub fn run(
         let count = |s: &str| nodes.iter().filter(|n| n["state"] == s).count();
         let started = nodes.iter().filter(|n| n["state"] != "pending").count();
         facts.max_in_progress = facts.max_in_progress.max(count("applying") + count("verifying"));
+        if let Some(max) = facts.max_drained.as_mut() {
+            *max = (*max).max(drained(watch)?);
+        }
+        let states: Vec<&str> = nodes.iter().map(|n| n["state"].as_str().unwrap_or("?")).collect();
+        let states = states.join(" ");
+        if states != last_states {
+            progress_at(watch.started, &format!("{what}: nodes {states}"));
+            last_states = states;
+        }
         let state = c["state"].as_str().unwrap_or("?").to_string();
-        match on_battery_since {
+        match (on_battery_since, ups_bin) {
             // After the first node is done, cut the mains.
-            None if count("done") >= 1 && facts.held_seconds.is_none() => {
+            (None, Some(bin)) if count("done") >= 1 && facts.held_seconds.is_none() => {
                 switch_ups(bin, "battery")?;
                 progress_at(watch.started, "lab UPS on battery: the campaign must hold");
                 on_battery_since = Some(Instant::now());
                 done_before_battery = count("done");
             }
-            Some(since) => {
+            (Some(since), Some(bin)) => {
                 if state == "held" && held_at.is_none() {
                     held_at = Some(Instant::now());
                     started_at_hold = started;
                     progress_at(watch.started, &format!("campaign held: {}", c["reason"]));
                 }
-                // Hold a while (the node mid-flash finishes), then mains back.
+                // Hold a while (a node mid-way finishes), then mains back.
                 if held_at.is_some_and(|h| h.elapsed() > Duration::from_secs(6))
                     || since.elapsed() > Duration::from_secs(60)
                 {
@@ -110,17 +171,26 @@ pub fn run(
                     on_battery_since = None;
                 }
             }
-            None => {}
+            _ => {}
         }
         if matches!(state.as_str(), "completed" | "failed" | "paused" | "cancelled") {
             facts.state = state;
+            facts.reason = c["reason"].clone();
+            facts.nodes = c["nodes"].clone();
             facts.seconds = began.elapsed().as_secs_f64();
-            progress_at(watch.started, &format!("firmware campaign {}: {}", facts.state, c["summary"]));
+            progress_at(watch.started, &format!("{what}: {} {}", facts.state, c["summary"]));
             return Ok(facts);
         }
         if began.elapsed() > timeout {
-            bail!("the firmware campaign did not finish within {} s: {c}", timeout.as_secs());
+            bail!("{what} did not finish within {} s: {c}", timeout.as_secs());
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Swarm nodes the lab cluster's manager last reported drained.
+fn drained(watch: &Watch) -> anyhow::Result<usize> {
+    let cluster = watch.api(&format!("/api/v1/clusters/{LAB_CLUSTER}"))?;
+    let members = cluster["members"].as_array().cloned().unwrap_or_default();
+    Ok(members.iter().filter(|m| m["availability"].as_str().is_some_and(|a| a.eq_ignore_ascii_case("drain"))).count())
 }

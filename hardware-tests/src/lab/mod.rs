@@ -5,6 +5,7 @@ pub mod net;
 mod oob;
 mod procs;
 mod qemu;
+mod refresh;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -95,6 +96,10 @@ pub struct LabOptions {
     /// campaign (one node at a time), switching the UPS to battery and back
     /// mid-way.
     pub firmware_campaign: Option<String>,
+    /// With `--deploy lab-debian`: once the Swarm is formed, an OS-refresh
+    /// campaign to lab-debian release 2 (UPS to battery and back mid-way),
+    /// then one to an image that cannot boot (rolled back, paused).
+    pub os_refresh: bool,
 }
 
 /// Brings the lab up, waits for every node to be `ready`, writes the
@@ -107,6 +112,9 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     qemu::check_prerequisites(opts.nodes, opts.firmware != FirmwareChoice::Bios)?;
     if opts.deploy.is_some() && opts.firmware != FirmwareChoice::Bios {
         bail!("--deploy needs --firmware bios for now: lab-tiny boots through an MBR (UEFI disk boot needs an ESP)");
+    }
+    if opts.os_refresh && opts.deploy.as_deref() != Some("lab-debian") {
+        bail!("--os-refresh needs --deploy lab-debian (a Swarm to refresh)");
     }
     if opts.dhcp == DhcpChoice::Proxy && !Path::new("/usr/sbin/dnsmasq").exists() {
         bail!("--dhcp proxy needs dnsmasq as the network's DHCP server (apt-get install dnsmasq-base)");
@@ -137,6 +145,10 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     ));
 
     let deploy_image = opts.deploy.as_deref().map(|image| prepare_image(image, &ramdisk, opts)).transpose()?;
+    let refresh_images = match &deploy_image {
+        Some(base) if opts.os_refresh => Some(refresh::prepare(&base.path)?),
+        _ => None,
+    };
 
     let work = Path::new(WORK_DIR);
     let _ = std::fs::remove_dir_all(work);
@@ -235,14 +247,20 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     }
     let mut campaign = None;
     if let (Ok(()), Some(version)) = (&outcome, &opts.firmware_campaign) {
-        match campaign::run(&mut watch, version, &opts.slipway_bin, opts.timeout) {
+        match campaign::firmware(&mut watch, version, &opts.slipway_bin, opts.timeout) {
             Ok(facts) => campaign = Some(facts),
             Err(err) => outcome = Err(err),
         }
     }
+    let mut refreshes = refresh::Outcome::default();
+    if let (Ok(()), Some(images)) = (&outcome, &refresh_images) {
+        outcome = refresh::run(&mut watch, images, opts, &mut refreshes);
+    }
     let mut report = report::build(&client, API, &token, &nodes, accel, &ramdisk, &disk_boot_ms)?;
     report.appliance_peak_rss_kib = lab.children.peak_appliance_rss_kib;
     report.campaign = campaign;
+    report.os_refresh = refreshes.release;
+    report.broken_refresh = refreshes.broken;
     if opts.deploy.as_deref() == Some("lab-debian") {
         report.cluster = watch_cluster(&client, &token);
     }
@@ -515,7 +533,9 @@ fn prepare_image(image: &str, ramdisk: &images::Ramdisk, opts: &LabOptions) -> a
                 format: "raw+zstd",
                 marker: Some(images::lab_debian::BOOTED_MARKER),
                 marker_has_hostname: true,
-                cluster: Some(serde_json::json!({ "kind": "swarm", "cluster": LAB_CLUSTER })),
+                // Three managers: Raft keeps a quorum while one is away
+                // (an OS refresh reinstalls one node at a time).
+                cluster: Some(serde_json::json!({ "kind": "swarm", "cluster": LAB_CLUSTER, "role": "manager" })),
             }
         }
         file => {
@@ -535,16 +555,11 @@ fn prepare_image(image: &str, ramdisk: &images::Ramdisk, opts: &LabOptions) -> a
     })
 }
 
-/// Registers the image, deploys it to every node, waits until each is
-/// `deployed` and (for lab-tiny) has booted its disk.
-fn deploy_all(
-    watch: &mut Watch,
-    image: DeployImage,
-    opts: &LabOptions,
-    disk_boot_ms: &mut [Option<i64>],
-) -> anyhow::Result<()> {
-    let DeployImage { name, path, format, marker, marker_has_hostname, cluster } = image;
-    let body = serde_json::json!({ "name": name, "os": "lab", "version": "1", "format": format, "source_path": path });
+/// Registers an image file through the API and waits until the appliance
+/// has imported it.
+fn register_image(watch: &mut Watch, name: &str, version: &str, format: &str, path: &Path) -> anyhow::Result<()> {
+    let body =
+        serde_json::json!({ "name": name, "os": "lab", "version": version, "format": format, "source_path": path });
     watch.post("/api/v1/images", &body)?;
     let began = Instant::now();
     loop {
@@ -560,7 +575,7 @@ fn deploy_all(
                         img["sha256"].as_str().unwrap_or("?")
                     ),
                 );
-                break;
+                return Ok(());
             }
             Some("failed") => bail!("importing {}: {}", path.display(), img["error"]),
             _ if began.elapsed() > Duration::from_secs(600) => {
@@ -569,6 +584,18 @@ fn deploy_all(
             _ => std::thread::sleep(Duration::from_millis(300)),
         }
     }
+}
+
+/// Registers the image, deploys it to every node, waits until each is
+/// `deployed` and (for lab-tiny) has booted its disk.
+fn deploy_all(
+    watch: &mut Watch,
+    image: DeployImage,
+    opts: &LabOptions,
+    disk_boot_ms: &mut [Option<i64>],
+) -> anyhow::Result<()> {
+    let DeployImage { name, path, format, marker, marker_has_hostname, cluster } = image;
+    register_image(watch, &name, "1", format, &path)?;
     let machines = watch.api("/api/v1/machines")?;
     for (spec, _) in watch.nodes {
         let id = report::machine_for(&machines, &spec.mac)

@@ -21,6 +21,12 @@ pub struct LabReport {
     /// `--firmware-campaign`: what the campaign did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub campaign: Option<super::campaign::CampaignFacts>,
+    /// `--os-refresh`: the campaign to release 2, and the one to an image
+    /// that cannot boot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub os_refresh: Option<super::campaign::CampaignFacts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broken_refresh: Option<super::campaign::CampaignFacts>,
 }
 
 #[derive(Debug, Serialize)]
@@ -44,6 +50,13 @@ pub struct NodeReport {
     /// The machine's BMC as the API shows it, and where its inventory and
     /// the in-band one disagree (empty: they agree).
     pub bmc: Option<BmcFacts>,
+    /// The image of its deployment, as the API has it, and the image its
+    /// node agent reports running (deployed nodes).
+    pub image: Value,
+    pub reported_image: Value,
+    /// The release the node's console banner showed at its last boot of
+    /// `lab-debian` (1: the base image, no release in the banner).
+    pub console_release: Option<u32>,
     pub seconds: Seconds,
 }
 
@@ -122,15 +135,13 @@ pub fn build(
                 .unwrap_or_default(),
             None => vec![],
         };
-        let bmc = match &id {
-            Some(id) => client
-                .get(&format!("{api}/api/v1/machines/{id}/bmc"))
-                .set("Authorization", &auth)
-                .call()
-                .ok()
-                .and_then(|r| r.into_json::<Value>().ok()),
-            None => None,
+        let get = |what: &str| -> Option<Value> {
+            let url = format!("{api}/api/v1/machines/{}/{what}", id.as_deref()?);
+            client.get(&url).set("Authorization", &auth).call().ok()?.into_json().ok()
         };
+        let bmc = get("bmc");
+        let image = get("deployment").map(|d| d["image"].clone()).unwrap_or(Value::Null);
+        let reported_image = get("node").map(|n| n["status"]["image"].clone()).unwrap_or(Value::Null);
         let inventory = machine.map(|m| m["inventory"].clone()).unwrap_or(Value::Null);
         let bmc = bmc.map(|b| BmcFacts {
             address: b["address"].as_str().unwrap_or_default().to_string(),
@@ -154,6 +165,9 @@ pub fn build(
             },
             inventory,
             bmc,
+            image,
+            reported_image,
+            console_release: console_release(&std::fs::read(spec.serial_log()).unwrap_or_default()),
             seconds: Seconds {
                 // In proxy mode another server ACKs; our proxy answer stands in.
                 dhcp_ack: first(&events, *start_ms, |e| e["kind"] == "dhcp.ack" || e["kind"] == "dhcp.proxy"),
@@ -183,6 +197,8 @@ pub fn build(
         nodes: out,
         cluster: None,
         campaign: None,
+        os_refresh: None,
+        broken_refresh: None,
         ups: client
             .get(&format!("{api}/api/v1/ups/{}", super::oob::LAB_UPS))
             .set("Authorization", &auth)
@@ -191,6 +207,14 @@ pub fn build(
             .and_then(|r| r.into_json().ok())
             .unwrap_or(Value::Null),
     })
+}
+
+/// The release in the last `lab-debian` banner of a serial log.
+fn console_release(log: &[u8]) -> Option<u32> {
+    let text = String::from_utf8_lossy(log);
+    let line = text.lines().rfind(|l| l.contains(images::lab_debian::BOOTED_MARKER))?;
+    let release = line.split("(release ").nth(1).and_then(|r| r.split(')').next()?.parse().ok());
+    Some(release.unwrap_or(1))
 }
 
 /// The human summary printed at the end of `lab up`.
@@ -263,15 +287,38 @@ pub fn summary(report: &LabReport) -> String {
             );
         }
     }
-    if let Some(c) = &report.campaign {
-        let _ = writeln!(
+    for (what, c) in [
+        ("firmware campaign", &report.campaign),
+        ("OS refresh", &report.os_refresh),
+        ("refresh to a broken image", &report.broken_refresh),
+    ] {
+        let Some(c) = c else { continue };
+        let _ = write!(
             out,
-            "firmware campaign: {} in {:.0} s, at most {} node(s) at once, held {} s on battery ({} started while held)",
+            "{what}: {} in {:.0} s, at most {} node(s) at once, held {} s on battery ({} started while held)",
             c.state,
             c.seconds,
             c.max_in_progress,
             c.held_seconds.map_or("-".into(), |s| format!("{s:.0}")),
             c.started_while_held
+        );
+        match c.max_drained {
+            Some(d) => {
+                let _ = writeln!(out, ", at most {d} drained");
+            }
+            None => {
+                let _ = writeln!(out);
+            }
+        }
+    }
+    for n in report.nodes.iter().filter(|n| !n.image.is_null()) {
+        let _ = writeln!(
+            out,
+            "{}: image {}, its node agent reports {}, console release {}",
+            n.name,
+            n.image,
+            n.reported_image,
+            n.console_release.map_or("-".into(), |r| r.to_string())
         );
     }
     if !report.ups.is_null() {
@@ -288,6 +335,14 @@ pub fn summary(report: &LabReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_console_release_is_the_last_banners() {
+        let log = b"Slipway lab-debian node1 ttyS0\r\nreboot\r\nSlipway lab-debian node1 ttyS0 (release 2)\r\n";
+        assert_eq!(console_release(log), Some(2));
+        assert_eq!(console_release(b"Slipway lab-debian node1 ttyS0\r\n"), Some(1));
+        assert_eq!(console_release(b"iPXE 1.21\r\n"), None);
+    }
 
     #[test]
     fn summary_snapshot() {
@@ -314,6 +369,9 @@ mod tests {
                     uuid: "u".into(),
                 },
                 bmc: None,
+                image: Value::Null,
+                reported_image: Value::Null,
+                console_release: None,
                 inventory: serde_json::json!({
                     "cpu": { "count": 1 }, "memory": { "total_bytes": 479_641_600u64 },
                     "disks": [{ "size_bytes": 8u64 << 30 }]
@@ -331,6 +389,8 @@ mod tests {
             }],
             cluster: None,
             campaign: None,
+            os_refresh: None,
+            broken_refresh: None,
             ups: Value::Null,
         };
         let expected = "
