@@ -3,10 +3,16 @@
 //! (after 1, 2, 4, 8 s). Used by `slipway bench dhcp` and by the tests that
 //! kill the server mid-storm. Run it inside a namespace whose only link
 //! leads to the server under test.
+//!
+//! Latencies end when the kernel queued the reply on the client socket
+//! (`SO_TIMESTAMPNS`), not when this one thread got round to reading it:
+//! 1,000 real machines each hear their own reply at once, while this
+//! simulator reads a burst's replies one by one behind its own sends.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use dhcproto::v4::{Decodable, Decoder, DhcpOption, Message, MessageType, OptionCode};
@@ -28,7 +34,9 @@ struct Client {
     xid: u32,
     ipxe: bool,
     phase: Phase,
-    first_sent: Instant,
+    /// When the exchange's first DISCOVER (or REQUEST) left, wall clock,
+    /// as kernel receive timestamps are.
+    first_sent: SystemTime,
     last_sent: Instant,
     attempts: usize,
     offer_ms: Option<f64>,
@@ -89,6 +97,7 @@ pub fn run_spread(
     }
     socket.bind_device(Some(interface.as_bytes())).context("binding to the storm interface")?;
     socket.bind(&SocketAddr::from(([0, 0, 0, 0], 68)).into()).context("binding UDP 68 (another DHCP client here?)")?;
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimestampns, &true)?;
     let socket: UdpSocket = socket.into();
     socket.set_read_timeout(Some(Duration::from_millis(5)))?;
     let server: SocketAddr = "255.255.255.255:67".parse()?;
@@ -99,7 +108,7 @@ pub fn run_spread(
             xid: 0x5100_0000 | i as u32,
             ipxe: ipxe_every > 0 && i % ipxe_every == 0,
             phase: Phase::Discovering,
-            first_sent: started,
+            first_sent: SystemTime::now(),
             last_sent: started,
             attempts: 0,
             offer_ms: None,
@@ -123,14 +132,12 @@ pub fn run_spread(
         while started_clients < due.min(clients) {
             let c = &mut all[started_clients];
             send(&socket, server, c)?;
-            c.first_sent = Instant::now();
-            c.last_sent = c.first_sent;
+            c.first_sent = SystemTime::now();
+            c.last_sent = Instant::now();
             started_clients += 1;
         }
-        match socket.recv_from(&mut buf) {
-            Ok((len, _)) => on_reply(&buf[..len], &by_xid, &mut all, &socket, server)?,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(e) => return Err(e.into()),
+        if let Some((len, arrived)) = recv_stamped(&socket, &mut buf)? {
+            on_reply(&buf[..len], arrived, &by_xid, &mut all, &socket, server)?;
         }
         let now = Instant::now();
         let pending =
@@ -180,8 +187,28 @@ fn percentile(samples: &mut [f64], q: f64) -> f64 {
     samples[((samples.len() - 1) as f64 * q).round() as usize]
 }
 
+/// One datagram and when the kernel queued it; `None` on the read timeout.
+fn recv_stamped(socket: &UdpSocket, buf: &mut [u8]) -> anyhow::Result<Option<(usize, SystemTime)>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let msg = match recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty()) {
+        Ok(msg) => msg,
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut arrived = SystemTime::now();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmTimestampns(ts) = cmsg {
+            arrived = UNIX_EPOCH + Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32);
+        }
+    }
+    Ok(Some((msg.bytes, arrived)))
+}
+
 fn on_reply(
     bytes: &[u8],
+    arrived: SystemTime,
     by_xid: &HashMap<u32, usize>,
     all: &mut [Client],
     socket: &UdpSocket,
@@ -193,7 +220,7 @@ fn on_reply(
     if msg.chaddr().get(..6) != Some(&c.mac[..]) {
         return Ok(());
     }
-    let elapsed_ms = c.first_sent.elapsed().as_secs_f64() * 1000.0;
+    let elapsed_ms = arrived.duration_since(c.first_sent).unwrap_or_default().as_secs_f64() * 1000.0;
     let server_id = match msg.opts().get(OptionCode::ServerIdentifier) {
         Some(DhcpOption::ServerIdentifier(ip)) => *ip,
         _ => return Ok(()),
@@ -203,12 +230,11 @@ fn on_reply(
             c.offer_ms = Some(elapsed_ms);
             c.phase = Phase::Requesting { ip: msg.yiaddr(), server: server_id };
             c.attempts = 0;
-            c.first_sent = Instant::now();
             send(socket, server, c)?;
             c.last_sent = Instant::now();
             // Offer latency is from the first DISCOVER; ack latency from the
             // first REQUEST.
-            c.first_sent = c.last_sent;
+            c.first_sent = SystemTime::now();
         }
         (Phase::Requesting { ip, .. }, Some(MessageType::Ack)) if msg.yiaddr() == ip => {
             c.ack_ms = Some(elapsed_ms);
