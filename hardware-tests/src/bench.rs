@@ -219,6 +219,9 @@ pub fn start(name: &str, slipway_bin: &Path, dir: &Path) -> anyhow::Result<Serve
                 "--port=0",
                 "--bind-interfaces",
                 "--dhcp-authoritative",
+                // Otherwise it pings each address before offering it and
+                // answers a burst one ping wait at a time.
+                "--no-ping",
             ])
             .arg(format!("--interface={SERVER_IF}"))
             .args(["--dhcp-range=10.90.1.0,10.90.7.254,255.255.248.0,1h", "--dhcp-lease-max=5000"])
