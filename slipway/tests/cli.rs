@@ -202,6 +202,32 @@ fn deploy_to_an_unknown_machine_prints_the_problem() {
 }
 
 #[test]
+fn firmware_uploads_and_campaign_commands_reach_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Appliance::start(dir.path(), "off");
+    let file = dir.path().join("bios-2.1.bin");
+    std::fs::write(&file, b"slipway-lab-firmware BIOS 2.1\n").unwrap();
+    let out = api.cli(&["firmware", "upload", "bios-2.1", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("firmware bios-2.1: 30 B, sha256 "), "{}", stdout(&out));
+    let out = api.cli(&["firmware"]);
+    let text = stdout(&out);
+    assert!(text.starts_with("NAME") && text.lines().nth(1).unwrap().starts_with("bios-2.1   30 B"), "{text}");
+
+    let out = api.cli(&["campaigns"]);
+    assert_eq!(stdout(&out), "ID   NAME   ACTION   STATE   PROGRESS   REASON\n", "{}", stderr(&out));
+    // The API checks the request; the CLI prints its problem, field named.
+    let out = api.cli(&["campaigns", "create", "r7", "--machines", "m-x", "--os-image", "debian-12.8"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error: Bad Request: invalid action.os_refresh.image: no image named \"debian-12.8\" (field: action.os_refresh.image)\n"
+    );
+    let out = api.cli(&["campaigns", "pause", "c-none"]);
+    assert_eq!(stderr(&out), "error: Not Found: campaign c-none not found\n");
+}
+
+#[test]
 fn token_and_url_from_the_environment_or_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let api = Appliance::start(dir.path(), "off");

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
+use super::campaigns::{self, CampaignsCmd, FirmwareCmd};
 use super::client::seg;
 use super::images::{self, ImagesCmd};
 use super::oob::{self, BmcsCmd, UpsCmd};
@@ -81,6 +82,20 @@ pub enum Command {
         machine: Option<String>,
         #[arg(short, long)]
         follow: bool,
+    },
+    /// Refresh campaigns: list (default), show, create, pause, resume, cancel.
+    Campaigns {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: Option<CampaignsCmd>,
+    },
+    /// Firmware files for campaigns: list (default), upload.
+    Firmware {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: Option<FirmwareCmd>,
     },
     /// API tokens: list (default), create, revoke.
     Tokens {
@@ -208,6 +223,8 @@ pub fn run(command: Command) -> Result<(), CliError> {
         }
         Command::Events { api, machine, follow } => events(&api, machine, follow),
         Command::Tokens { api, cmd } => tokens(&api, cmd.unwrap_or(TokensCmd::List)),
+        Command::Campaigns { api, cmd } => campaigns::campaigns(&api, cmd.unwrap_or(CampaignsCmd::List)),
+        Command::Firmware { api, cmd } => campaigns::firmware(&api, cmd.unwrap_or(FirmwareCmd::List)),
     }
 }
 

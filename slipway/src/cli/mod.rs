@@ -1,5 +1,6 @@
 //! The operator CLI: `slipway machines|bmcs|ups|images|deploy|release|
-//! power|events|tokens`, a client of the REST API (blocking `ureq`).
+//! power|events|tokens|campaigns|firmware`, a client of the REST API
+//! (blocking `ureq`).
 //!
 //! It owns argument parsing for those commands, finding the API
 //! (`settings`), talking to it (`client`), and printing (`views` over the
@@ -7,6 +8,7 @@
 //! logic the API does not: every check and decision is the server's, and
 //! its problem documents are printed as `error: <title>: <detail> (field: X)`.
 
+mod campaigns;
 mod client;
 mod commands;
 mod images;

@@ -338,6 +338,80 @@ pub fn tokens(list: &Value) -> String {
     t.render()
 }
 
+/// What a campaign does, in a few words.
+fn campaign_action(c: &Value) -> String {
+    match (c.pointer("/action/os_refresh/image"), c.pointer("/action/firmware")) {
+        (Some(image), _) => format!("OS refresh to {}", text(image, "")),
+        (None, Some(f)) => format!("{} {}", text(f, "/component"), text(f, "/version")),
+        (None, None) => String::new(),
+    }
+}
+
+fn campaign_progress(c: &Value) -> String {
+    let n = |k: &str| c.pointer(&format!("/summary/{k}")).and_then(Value::as_u64).unwrap_or(0);
+    let mut out = format!("{}/{} done", n("done"), n("total"));
+    for (k, label) in
+        [("failed", "failed"), ("rolled_back", "rolled back"), ("applying", "applying"), ("verifying", "verifying")]
+    {
+        if n(k) > 0 {
+            out.push_str(&format!(", {} {label}", n(k)));
+        }
+    }
+    out
+}
+
+pub fn campaigns(list: &Value) -> String {
+    let mut t = Table::new(&["id", "name", "action", "state", "progress", "reason"]);
+    for c in items(list, "campaigns") {
+        t.row(vec![
+            text(c, "/id"),
+            text(c, "/name"),
+            campaign_action(c),
+            text(c, "/state"),
+            campaign_progress(c),
+            text(c, "/reason"),
+        ]);
+    }
+    t.render()
+}
+
+pub fn campaign(c: &Value) -> String {
+    let mut out = key_values(&[
+        ("ID", text(c, "/id")),
+        ("Name", text(c, "/name")),
+        ("Action", campaign_action(c)),
+        ("State", text(c, "/state")),
+        ("Reason", text(c, "/reason")),
+        ("Progress", campaign_progress(c)),
+        ("Next window", text(c, "/schedule_next_open")),
+        ("Started", text(c, "/started_at")),
+        ("Finished", text(c, "/finished_at")),
+    ]);
+    let mut t = Table::new(&["#", "machine", "rack", "state", "from", "to", "reason"]);
+    for n in items(c, "nodes") {
+        t.row(vec![
+            text(n, "/position"),
+            text(n, "/machine_id"),
+            text(n, "/rack"),
+            text(n, "/state"),
+            text(n, "/old_version"),
+            text(n, "/new_version"),
+            text(n, "/reason"),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&t.render());
+    out
+}
+
+pub fn firmware(list: &Value) -> String {
+    let mut t = Table::new(&["name", "size", "sha256", "uploaded"]);
+    for f in items(list, "firmware") {
+        t.row(vec![text(f, "/name"), bytes_at(f, "/size_bytes"), text(f, "/sha256"), text(f, "/uploaded_at")]);
+    }
+    t.render()
+}
+
 #[cfg(test)]
 #[path = "views_tests.rs"]
 mod tests;

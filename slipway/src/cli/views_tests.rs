@@ -252,3 +252,43 @@ fn small_helpers() {
     assert_eq!(age("not a time", NOW_MS), "");
     assert_eq!(text(&json!({"a": [1, "x", null]}), "/a"), "1, x");
 }
+
+#[test]
+fn campaign_list_and_details() {
+    let c = json!({
+        "id": "c1", "name": "r7 to 12.8", "state": "paused", "reason": "1 node(s) failed (max_failures 1)",
+        "action": {"os_refresh": {"image": "debian-12.8"}},
+        "summary": {"total": 3, "pending": 2, "applying": 0, "verifying": 0, "done": 0, "failed": 0, "rolled_back": 1},
+        "started_at": "2026-01-02T02:00:00.000Z", "finished_at": null, "schedule_next_open": null,
+        "nodes": [
+            {"position": 0, "machine_id": "m1", "rack": "r7", "state": "rolled_back", "old_version": "debian-12.7",
+             "new_version": null, "reason": "debian-12.8 did not come back within 600 s; rolled back to debian-12.7"},
+            {"position": 1, "machine_id": "m2", "rack": "r7", "state": "pending"}
+        ]
+    });
+    check(
+        campaigns(&json!({"campaigns": [c.clone()]})),
+        expect![[r#"
+            ID   NAME         ACTION                      STATE    PROGRESS                  REASON
+            c1   r7 to 12.8   OS refresh to debian-12.8   paused   0/3 done, 1 rolled back   1 node(s) failed (max_failures 1)
+        "#]],
+    );
+    check(
+        campaign(&c),
+        expect![[r#"
+            ID:            c1
+            Name:          r7 to 12.8
+            Action:        OS refresh to debian-12.8
+            State:         paused
+            Reason:        1 node(s) failed (max_failures 1)
+            Progress:      0/3 done, 1 rolled back
+            Next window:
+            Started:       2026-01-02T02:00:00.000Z
+            Finished:
+
+            #   MACHINE   RACK   STATE         FROM          TO   REASON
+            0   m1        r7     rolled_back   debian-12.7        debian-12.8 did not come back within 600 s; rolled back to debian-12.7
+            1   m2        r7     pending
+        "#]],
+    );
+}
