@@ -3,8 +3,14 @@
 //! component starts at reset (BIOS), then read the BMC inventory again
 //! until FirmwareInventory shows the target version (bounded).
 //!
+//! A member of a Slipway-formed Swarm is drained before a host reset (if
+//! the other managers keep a quorum without it), and once the version
+//! shows and its node agent reports again after the reset it is made
+//! active again.
+//!
 //! A node found in progress after a restart is re-checked first: if the
-//! version is already there it is done; a stored task is polled again
+//! version is already there it is done (and undrained if it was left
+//! drained); a stored task is polled again
 //! (a task the BMC no longer knows is applied again). The store records
 //! each step, so a crash at any point resumes from the last one.
 //! Deciding which node runs is `engine`'s; this only carries one out.
@@ -16,7 +22,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::model::{FirmwareAction, NodeProgress, NodeState};
+use super::refresh_plan::{ClusterOp, OpKind};
 use super::runner::RunnerSettings;
+use super::swarm::{Membership, SwarmHand};
 use crate::lifecycle::MachineState;
 use crate::oob::OobFailure;
 use crate::store::StoreError;
@@ -39,6 +47,10 @@ pub enum NodeFailure {
     TaskTimeout(u64),
     #[error("the BMC shows {component} {shown:?}, not {wanted:?}, {secs} s after the update")]
     NotVerified { component: String, shown: Option<String>, wanted: String, secs: u64 },
+    /// Draining, the node's return or undraining failed (it may be left
+    /// drained: the reason says).
+    #[error("{0}")]
+    Swarm(String),
 }
 
 impl From<StoreError> for NodeFailure {
@@ -130,9 +142,14 @@ async fn apply(
     let machine_id = progress.machine_id.as_str();
     let bmc = app.store.bmc_for_machine(machine_id).await?.ok_or(NodeFailure::NoBmc)?;
     let node = Node { app, settings, campaign_id, machine_id, bmc_id: bmc.id, action };
+    let swarm = SwarmHand { app, settings, campaign_id, machine_id };
+    let membership = if action.needs_host_reset() { swarm.membership().await? } else { None };
     let current = node.version().await?;
     if current.as_deref() == Some(action.version.as_str()) {
         node.note(None, current.as_deref(), false).await?;
+        if let Some(m) = &membership {
+            node.put_back(&swarm, m, None).await?;
+        }
         let note = if resume { "the version was found in place after a restart" } else { "already at this version" };
         return Ok(Applied { note });
     }
@@ -168,6 +185,13 @@ async fn apply(
         }
         node.note(None, None, true).await?;
     }
+    if let Some(m) = &membership {
+        // A drain from before a restart stands.
+        if !swarm.is_drained(m).await? {
+            swarm.take_out(m).await?.map_err(NodeFailure::Swarm)?;
+        }
+    }
+    let reset_at_ms = crate::store::now_ms();
     let was_off = if action.needs_host_reset() {
         let power = app.oob.power_state(&node.bmc_id).await?;
         let cause = format!("campaign {campaign_id}: {} {} starts at reset", action.component, action.version);
@@ -183,7 +207,11 @@ async fn apply(
             warn!(machine = machine_id, error = %err, "powering the machine off again failed");
         }
     }
-    verified.map(|()| Applied { note: "applied and verified" })
+    verified?;
+    if let Some(m) = &membership {
+        node.put_back(&swarm, m, Some(reset_at_ms)).await?;
+    }
+    Ok(Applied { note: "applied and verified" })
 }
 
 /// The BMC no longer knows the task (it restarted): apply again.
@@ -223,6 +251,46 @@ impl Node<'_> {
             }
             tokio::time::sleep(self.settings.task_poll).await;
         }
+    }
+
+    /// Makes a drained Swarm member active again once its node agent
+    /// reports (after `reset_at_ms`, with a few seconds' margin for the
+    /// reset to take) and the machine is still `joined`; bounded by the
+    /// verify timeout.
+    async fn put_back(
+        &self,
+        swarm: &SwarmHand<'_>,
+        m: &Membership,
+        reset_at_ms: Option<i64>,
+    ) -> Result<(), NodeFailure> {
+        if !swarm.is_drained(m).await? {
+            return Ok(());
+        }
+        let store = &self.app.store;
+        let started = Instant::now();
+        let after = reset_at_ms.map_or(0, |at| at + 5_000);
+        loop {
+            let joined = store.machine(self.machine_id).await?.is_some_and(|m| m.state == MachineState::Joined);
+            let seen = store
+                .node_report(self.machine_id)
+                .await?
+                .and_then(|r| chrono::DateTime::parse_from_rfc3339(&r.last_seen).ok().map(|t| t.timestamp_millis()));
+            if joined && seen.is_some_and(|t| t >= after) {
+                break;
+            }
+            if started.elapsed() > self.settings.verify_timeout {
+                return Err(NodeFailure::Swarm(format!(
+                    "its node agent did not report within {} s of the reset; it is left drained in Swarm {}",
+                    self.settings.verify_timeout.as_secs(),
+                    m.cluster
+                )));
+            }
+            tokio::time::sleep(self.settings.task_poll.max(Duration::from_millis(100))).await;
+        }
+        let op = ClusterOp { cluster: m.cluster.clone(), op: OpKind::Active, node: m.node.clone() };
+        swarm.op(&op).await?.map_err(NodeFailure::Swarm)?;
+        swarm.event("campaign.node_undrained", json!({ "cluster": m.cluster, "node": m.node })).await?;
+        Ok(())
     }
 
     /// Reads the inventory until the target version shows (bounded); the

@@ -6,7 +6,8 @@
 //! `model` is the data, `engine` the pure decision, `runner` the one task
 //! that gathers facts and applies decisions, `firmware` and `os_refresh`
 //! the actions on one node (`refresh_plan` holds the OS refresh's pure
-//! decisions: drain, tidy, progress, rollback). Persistence is `store::campaign`'s; the HTTP resource is
+//! decisions: drain, tidy, progress, rollback; `swarm` the Swarm drain
+//! both actions share). Persistence is `store::campaign`'s; the HTTP resource is
 //! `routes::campaigns`'. A new action kind is a variant of
 //! `model::Action`, a module beside `firmware` and an arm in
 //! `runner::spawn_node`; a new gate is a fact in `engine::Facts` and a
@@ -18,3 +19,4 @@ pub mod model;
 pub mod os_refresh;
 pub mod refresh_plan;
 pub mod runner;
+pub mod swarm;

@@ -28,8 +28,9 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use super::model::NodeProgress;
-use super::refresh_plan::{self, ClusterOp, DeployView, OpKind, Progress};
+use super::refresh_plan::{self, DeployView, Progress};
 use super::runner::RunnerSettings;
+use super::swarm::SwarmHand;
 use crate::join::JoinSpec;
 use crate::lifecycle::{MachineState, Trigger};
 use crate::store::{now_ms, ImageState, StoreError};
@@ -146,23 +147,12 @@ impl Node<'_> {
         store.note_campaign_node(self.campaign_id, self.machine_id, None, Some(&previous.image), false).await?;
 
         // (a) Drain, when the machine is a member of a Slipway-formed Swarm.
-        let old_node = match (&cluster, machine.state) {
-            (Some(name), MachineState::Joined) => {
-                let report = store.node_report(self.machine_id).await?;
-                let node_id = report.and_then(|r| r.status.cluster).map(|c| c.node_id).filter(|id| !id.is_empty());
-                match node_id {
-                    Some(id) => {
-                        let members = store.cluster(name).await?.map(|c| c.members).unwrap_or_default();
-                        if let Err(why) = refresh_plan::quorum_without(&members, &id) {
-                            return Ok(Outcome::Failed(format!("not refreshed: {why}")));
-                        }
-                        if let Err(why) = self.drain(name, &id).await? {
-                            return Ok(Outcome::Failed(why));
-                        }
-                        Some((name.clone(), id))
-                    }
-                    None => None,
+        let old_node = match (&cluster, self.swarm().membership().await?) {
+            (Some(_), Some(m)) => {
+                if let Err(why) = self.swarm().take_out(&m).await? {
+                    return Ok(Outcome::Failed(why));
                 }
+                Some((m.cluster, m.node))
             }
             _ => None,
         };
@@ -177,7 +167,7 @@ impl Node<'_> {
             Err(why) => {
                 // (e) Roll back to the previous image, the same way.
                 let old = previous.image.as_str();
-                self.event("campaign.node_rolling_back", json!({ "reason": why, "image": old })).await?;
+                self.swarm().event("campaign.node_rolling_back", json!({ "reason": why, "image": old })).await?;
                 let cause = format!("campaign {}: rollback to {old}", self.campaign_id);
                 match self.install(old, &previous.spec, &cause, join.is_some()).await? {
                     Ok(new_node) => (Outcome::RolledBack(format!("{why}; rolled back to {old}")), new_node),
@@ -192,62 +182,15 @@ impl Node<'_> {
         // (d) Its old Swarm entry: removed (it rejoined as a new node).
         if let Some((name, old)) = old_node {
             let op = refresh_plan::after_refresh(&name, &old, new_node.as_deref());
-            if let Err(why) = self.cluster_op(&op).await? {
+            if let Err(why) = self.swarm().op(&op).await? {
                 warn!(machine = self.machine_id, reason = why, "tidying the Swarm after a refresh");
             }
         }
         Ok(outcome)
     }
 
-    async fn event(&self, kind: &str, mut detail: Value) -> Step<()> {
-        if let Some(obj) = detail.as_object_mut() {
-            obj.insert("campaign".into(), json!(self.campaign_id));
-        }
-        self.app.store.record_event(Some(self.machine_id), kind, detail).await
-    }
-
-    /// Asks a manager to drain the node and waits until it shows drained;
-    /// on timeout asks for it active again.
-    async fn drain(&self, cluster: &str, node: &str) -> Step<Result<(), String>> {
-        let op = ClusterOp { cluster: cluster.into(), op: OpKind::Drain, node: node.into() };
-        match self.cluster_op(&op).await? {
-            Ok(()) => {
-                self.event("campaign.node_drained", json!({ "cluster": cluster, "node": node })).await?;
-                Ok(Ok(()))
-            }
-            Err(why) => {
-                let undo = ClusterOp { op: OpKind::Active, ..op };
-                let _ = self.cluster_op(&undo).await?;
-                Ok(Err(why))
-            }
-        }
-    }
-
-    /// Stores `op` as wanted (a manager's node agent is told at its next
-    /// report) and waits, bounded, until the manager's member list shows it.
-    async fn cluster_op(&self, op: &ClusterOp) -> Step<Result<(), String>> {
-        let text = serde_json::to_string(op).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let store = &self.app.store;
-        store.note_campaign_node(self.campaign_id, self.machine_id, Some(Some(&text)), None, false).await?;
-        let started = Instant::now();
-        let result = loop {
-            let members = store.cluster(&op.cluster).await?.map(|c| c.members).unwrap_or_default();
-            if op.done(&members) {
-                break Ok(());
-            }
-            if started.elapsed() > self.settings.drain_timeout {
-                break Err(format!(
-                    "Swarm {} did not show node {} {:?} within {} s (no manager's node agent reporting?)",
-                    op.cluster,
-                    op.node,
-                    op.op,
-                    self.settings.drain_timeout.as_secs()
-                ));
-            }
-            tokio::time::sleep(self.settings.task_poll).await;
-        };
-        store.note_campaign_node(self.campaign_id, self.machine_id, Some(None), None, false).await?;
-        Ok(result)
+    fn swarm(&self) -> SwarmHand<'_> {
+        SwarmHand { app: self.app, settings: self.settings, campaign_id: self.campaign_id, machine_id: self.machine_id }
     }
 
     /// Starts a deployment of `image` (machine to `refreshing`), reboots

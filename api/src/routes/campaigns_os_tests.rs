@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::tests::sim_bmc;
 use crate::campaign::runner::{self, RunnerSettings};
 use crate::routes::test_support::{
-    app, available_image, deployed_machine, get, get_text, post, ready_machine, token_from, TestApp,
+    app, available_image, deployed_machine, get, get_text, post, put_bytes, ready_machine, token_from, TestApp,
 };
 
 /// One machine as its agents see it.
@@ -198,6 +198,13 @@ impl Fleet {
     }
 
     fn start_runner(&mut self) {
+        let state = self.t.state.clone();
+        self.start_runner_on(state);
+    }
+
+    /// The runner on `state` (a firmware campaign's BMCs fetch from a
+    /// loopback boot face).
+    fn start_runner_on(&mut self, state: crate::AppState) {
         let settings = RunnerSettings {
             tick: Duration::from_millis(100),
             task_poll: Duration::from_millis(50),
@@ -205,7 +212,7 @@ impl Fleet {
             ..Default::default()
         };
         self.watching = true;
-        self._runner = Some(Runner(tokio::spawn(runner::run(self.t.state.clone(), settings))));
+        self._runner = Some(Runner(tokio::spawn(runner::run(state, settings))));
     }
 
     /// A campaign refreshing the three workers to `image`.
@@ -370,6 +377,48 @@ async fn a_broken_image_rolls_the_first_node_back_where_it_rejoins_and_the_campa
     assert!(!story.contains(&"state.changed:failed".to_string()), "a rolled-back machine never failed: {story:?}");
     for sim in &fleet.sims[2..] {
         assert_eq!(fleet.state(&sim.id).await, "joined", "the rest were never touched");
+    }
+}
+
+/// A BIOS update resets the host: each joined worker is drained first and
+/// made active again once its node agent reports after the reset.
+#[tokio::test]
+async fn a_firmware_campaign_drains_each_joined_node_around_its_reset() {
+    use super::tests::{boot_face, BIOS_2};
+    let mut fleet = joined_fleet().await;
+    let (status, _) =
+        put_bytes(&fleet.t.operator, "/api/v1/firmware/bios-2.0.0", &fleet.t.admin, &[], BIOS_2.to_vec()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let targets: Vec<&str> = fleet.sims[1..].iter().map(|s| s.id.as_str()).collect();
+    let body = json!({ "name": "bios", "targets": { "machines": targets },
+                       "action": { "firmware": { "component": "BIOS", "firmware": "bios-2.0.0", "version": "2.0.0" } } });
+    let (status, c) = post(&fleet.t.operator, "/api/v1/campaigns", &fleet.t.admin, &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{c}");
+    let id = c["id"].as_str().unwrap().to_string();
+    let boot = boot_face(fleet.t.state.clone()).await;
+    let mut state = fleet.t.state.clone();
+    let old = state.boot.clone().unwrap();
+    state.boot = Some(Arc::new(crate::BootContext {
+        http_base: boot.url.clone(),
+        ramdisk_dir: old.ramdisk_dir.clone(),
+        ipxe_dir: old.ipxe_dir.clone(),
+    }));
+    fleet.start_runner_on(state);
+    let c = fleet.drive(Some(&id), "completed", |c| c["state"] == "completed").await;
+    assert_eq!(node_states(&c), ["done", "done", "done"], "{c:#}");
+    assert_eq!(fleet.max_unavailable, 1, "one node drained at a time");
+    assert!(fleet.members.iter().all(|m| m["availability"] == "Active"), "{:#?}", fleet.members);
+    for sim in &fleet.sims[1..] {
+        let story = kinds(&fleet.events(&sim.id).await);
+        let want = [
+            "campaign.node_started",
+            "campaign.node_drained",
+            "power.action",
+            "campaign.node_undrained",
+            "campaign.node_done",
+        ];
+        assert!(in_order(&story, &want), "{story:?}");
+        assert_eq!(fleet.state(&sim.id).await, "joined");
     }
 }
 

@@ -22,7 +22,7 @@ use crate::campaign::runner::{self, RunnerSettings};
 use crate::routes::test_support::{app, get, get_raw, post, put_bytes, restart, TestApp};
 use crate::{boot_router, AppState, BootContext};
 
-const BIOS_2: &[u8] = b"slipway-lab-firmware BIOS 2.0.0\nlab payload\n";
+pub(super) const BIOS_2: &[u8] = b"slipway-lab-firmware BIOS 2.0.0\nlab payload\n";
 
 /// A simulated BMC for machine `i` (BIOS and BMC at 1.0.0, powered off).
 pub(super) async fn sim_bmc(i: u8) -> (String, Arc<MemoryBackend>) {
@@ -50,13 +50,13 @@ pub(super) async fn sim_bmc(i: u8) -> (String, Arc<MemoryBackend>) {
 
 /// The boot face on loopback. While the gate is shut, requests wait (a
 /// BMC's firmware fetch hangs); `waiting` counts requests that arrived.
-struct BootFace {
-    url: String,
+pub(super) struct BootFace {
+    pub(super) url: String,
     gate: watch::Sender<bool>,
     arrived: Arc<AtomicUsize>,
 }
 
-async fn boot_face(state: AppState) -> BootFace {
+pub(super) async fn boot_face(state: AppState) -> BootFace {
     let (gate, open) = watch::channel(true);
     let arrived = Arc::new(AtomicUsize::new(0));
     let counter = arrived.clone();

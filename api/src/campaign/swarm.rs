@@ -1,0 +1,116 @@
+//! A campaign node's dealings with its Slipway-formed Swarm, shared by the
+//! OS-refresh and firmware actions: find its membership, check that the
+//! managers keep a quorum without it, drain it and make it active again.
+//! Swarm changes are asked of a manager's node agent (the wanted operation
+//! is stored as the node's `task`) and count as done only when the
+//! manager's own member list shows them.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use super::refresh_plan::{self, ClusterOp, OpKind};
+use super::runner::RunnerSettings;
+use crate::join::JoinSpec;
+use crate::lifecycle::MachineState;
+use crate::store::StoreError;
+use crate::AppState;
+
+type Step<T> = Result<T, StoreError>;
+
+pub struct SwarmHand<'a> {
+    pub app: &'a AppState,
+    pub settings: &'a RunnerSettings,
+    pub campaign_id: &'a str,
+    pub machine_id: &'a str,
+}
+
+/// A joined machine's place in its Slipway-formed Swarm.
+pub struct Membership {
+    pub cluster: String,
+    pub node: String,
+}
+
+impl SwarmHand<'_> {
+    /// Where the machine is in its Slipway-formed Swarm, when it is joined
+    /// to one and its node agent has said under which node id.
+    pub async fn membership(&self) -> Step<Option<Membership>> {
+        let store = &self.app.store;
+        let joined = store.machine(self.machine_id).await?.is_some_and(|m| m.state == MachineState::Joined);
+        let spec = store.deployment(self.machine_id).await?.map(|d| d.spec["cluster"].clone());
+        let spec: Option<JoinSpec> = spec.and_then(|s| serde_json::from_value(s).ok());
+        let Some(cluster) = spec.as_ref().and_then(JoinSpec::managed_cluster).filter(|_| joined) else {
+            return Ok(None);
+        };
+        let report = store.node_report(self.machine_id).await?;
+        let node = report.and_then(|r| r.status.cluster).map(|c| c.node_id).filter(|id| !id.is_empty());
+        Ok(node.map(|node| Membership { cluster: cluster.to_string(), node }))
+    }
+
+    /// Drains the node after checking that the managers keep a quorum
+    /// without it; `Err` says why it was not (it is left as it was).
+    pub async fn take_out(&self, m: &Membership) -> Step<Result<(), String>> {
+        let members = self.app.store.cluster(&m.cluster).await?.map(|c| c.members).unwrap_or_default();
+        if let Err(why) = refresh_plan::quorum_without(&members, &m.node) {
+            return Ok(Err(format!("not taken out of Swarm {}: {why}", m.cluster)));
+        }
+        self.drain(&m.cluster, &m.node).await
+    }
+
+    /// Whether the manager last showed the node drained.
+    pub async fn is_drained(&self, m: &Membership) -> Step<bool> {
+        let members = self.app.store.cluster(&m.cluster).await?.map(|c| c.members).unwrap_or_default();
+        Ok(ClusterOp { cluster: m.cluster.clone(), op: OpKind::Drain, node: m.node.clone() }.done(&members))
+    }
+
+    pub async fn event(&self, kind: &str, mut detail: Value) -> Step<()> {
+        if let Some(obj) = detail.as_object_mut() {
+            obj.insert("campaign".into(), json!(self.campaign_id));
+        }
+        self.app.store.record_event(Some(self.machine_id), kind, detail).await
+    }
+
+    /// Asks a manager to drain the node and waits until it shows drained;
+    /// on timeout asks for it active again.
+    pub async fn drain(&self, cluster: &str, node: &str) -> Step<Result<(), String>> {
+        let op = ClusterOp { cluster: cluster.into(), op: OpKind::Drain, node: node.into() };
+        match self.op(&op).await? {
+            Ok(()) => {
+                self.event("campaign.node_drained", json!({ "cluster": cluster, "node": node })).await?;
+                Ok(Ok(()))
+            }
+            Err(why) => {
+                let undo = ClusterOp { op: OpKind::Active, ..op };
+                let _ = self.op(&undo).await?;
+                Ok(Err(why))
+            }
+        }
+    }
+
+    /// Stores `op` as wanted (a manager's node agent is told at its next
+    /// report) and waits, bounded, until the manager's member list shows it.
+    pub async fn op(&self, op: &ClusterOp) -> Step<Result<(), String>> {
+        let text = serde_json::to_string(op).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let store = &self.app.store;
+        store.note_campaign_node(self.campaign_id, self.machine_id, Some(Some(&text)), None, false).await?;
+        let started = Instant::now();
+        let result = loop {
+            let members = store.cluster(&op.cluster).await?.map(|c| c.members).unwrap_or_default();
+            if op.done(&members) {
+                break Ok(());
+            }
+            if started.elapsed() > self.settings.drain_timeout {
+                break Err(format!(
+                    "Swarm {} did not show node {} {:?} within {} s (no manager's node agent reporting?)",
+                    op.cluster,
+                    op.node,
+                    op.op,
+                    self.settings.drain_timeout.as_secs()
+                ));
+            }
+            tokio::time::sleep(self.settings.task_poll).await;
+        };
+        store.note_campaign_node(self.campaign_id, self.machine_id, Some(None), None, false).await?;
+        Ok(result)
+    }
+}
