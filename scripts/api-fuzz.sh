@@ -11,9 +11,10 @@
 # network namespace that has only loopback (unshare --net). schemathesis
 # enrols BMCs and UPSes at random addresses and the server tries to reach
 # them: there, every such attempt fails at once and nothing leaves this
-# machine. The appliance runs with boot services off (no provisioning
-# interface: no DHCP, TFTP or boot HTTP), a throwaway data directory and a
-# fixed bootstrap admin token; in its own namespace port 8080 is free.
+# machine. The appliance's boot services listen on `lo` only (DHCP and
+# TFTP on unusual ports, nothing can answer them there), with a stand-in
+# ramdisk (nothing is built or downloaded), a throwaway data directory and
+# a fixed bootstrap admin token; in its own namespace every port is free.
 #
 # Usage: bash scripts/api-fuzz.sh [SECONDS]   (schemathesis' time budget, default 150)
 # Uses $SLIPWAY_BIN, else builds the release binary. Exits non-zero when
@@ -31,7 +32,8 @@ if [ "${SLIPWAY_API_FUZZ_INSIDE:-}" != 1 ]; then
     SLIPWAY_BIN="$CARGO_TARGET_DIR/release/slipway"
   fi
   work=$(mktemp -d /tmp/slipway-api-fuzz.XXXXXX)
-  trap 'rm -rf "$work"' EXIT
+  # SLIPWAY_API_FUZZ_LOGS=DIR keeps the server's and schemathesis' logs and the report there.
+  trap '[ -z "${SLIPWAY_API_FUZZ_LOGS:-}" ] || { mkdir -p "$SLIPWAY_API_FUZZ_LOGS"; cp "$work"/*.log "$work"/*.json "$SLIPWAY_API_FUZZ_LOGS"/ 2>/dev/null; }; rm -rf "$work"' EXIT
   # Everything below runs in a new network namespace: only `lo`, down until
   # we bring it up; it disappears with its last process.
   status=0
@@ -61,8 +63,22 @@ listen = "127.0.0.1:8080"
 tls = "off"
 
 [provisioning]
-# Empty: DHCP, TFTP and boot HTTP are off; nothing but the API listens.
-interface = ""
+# Boot services on loopback, the only link there is: the seeding below
+# boots the fuzz machine's discovery through the boot HTTP face as its
+# agent would, so it is ready and deployable.
+interface = "lo"
+address = "127.0.0.1"
+prefix_len = 24
+pool_start = "127.0.0.100"
+pool_end = "127.0.0.199"
+dhcp_port = 6767
+tftp_port = 6969
+http_port = 8081
+router_advertisements = false
+
+[boot]
+ipxe_dir = "$WORK/ipxe"
+ramdisk_dir = "$WORK/ramdisk"
 
 [oob]
 # Devices at random addresses fail fast; pollers back off quickly.
@@ -71,6 +87,10 @@ min_backoff_secs = 1
 max_backoff_secs = 4
 EOF
 
+mkdir -p "$WORK/ipxe" "$WORK/ramdisk"
+echo stand-in > "$WORK/ipxe/undionly.kpxe"
+echo stand-in > "$WORK/ramdisk/vmlinuz"
+echo stand-in > "$WORK/ramdisk/initrd.img"
 SLIPWAY_BOOTSTRAP_TOKEN=$token "$SLIPWAY_BIN" serve --config "$WORK/slipway.toml" > "$WORK/serve.log" 2>&1 &
 server=$!
 stop_server() { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
@@ -82,18 +102,20 @@ for _ in $(seq 100); do
 done
 curl -fsS "$api/healthz" >/dev/null || { echo "api-fuzz: slipway serve did not come up" >&2; tail -20 "$WORK/serve.log" >&2; exit 1; }
 
-# Something for the operations to find, so they get past 404: a machine
-# (created by enrolling its BMC: a simulated Redfish BMC on loopback,
-# driving an in-memory machine), an available image and one waiting for
-# its content, a UPS (nobody answers on its port), a firmware file, a
-# viewer token and a campaign scheduled for 2100. schemathesis reuses the
-# ids it sees in responses.
+# Something for the operations to find, so they get past 404, named as the
+# document's examples name them: machine 52:54:00:12:34:56 in rack r7
+# (created by enrolling its BMC, a simulated Redfish BMC on loopback
+# driving an in-memory machine, then discovered through the boot face as
+# its agent would: `ready`), image debian-12 (available) and fuzz-pending
+# (waiting for its content), UPS r7-ups (nobody answers on its port),
+# firmware bios-2.1, a viewer token and a campaign scheduled for 2100.
+# schemathesis also reuses the ids it sees in responses.
 cat > "$WORK/vbmc.json" <<EOF
 [{"name": "fuzz1", "listen": "127.0.0.1:8000", "qmp": "$WORK/none.qmp", "username": "admin",
   "password": "fuzz-bmc-password",
   "smbios": {"serial": "FUZZ-0001", "uuid": "00000000-0000-4000-8000-00000000f001",
              "manufacturer": "Slipway", "product": "API fuzz"},
-  "mac": "52:54:00:fe:00:01", "disk_serial": "FUZZ-DISK-1"}]
+  "mac": "52:54:00:12:34:56", "disk_serial": "DISK-1"}]
 EOF
 "$SLIPWAY_BIN" lab vbmc --memory --config "$WORK/vbmc.json" > "$WORK/vbmc.log" 2>&1 &
 vbmc=$!
@@ -103,21 +125,34 @@ call() { # METHOD PATH [JSON]: fails the run unless the API answers 2xx
     ${3:+--data "$3"} "$api$2" || { echo "api-fuzz: seeding $1 $2 failed" >&2; exit 1; }
 }
 for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:8000/redfish/v1" && break; sleep 0.1; done
+mac=52:54:00:12:34:56
 call POST /api/v1/bmcs '{"address": "http://127.0.0.1:8000", "protocol": "redfish", "username": "admin",
-  "password": "fuzz-bmc-password", "rack": "r1"}'
-call POST /api/v1/images '{"name": "fuzz-image", "os": "debian", "version": "12"}'
+  "password": "fuzz-bmc-password", "rack": "r7"}'
+# Discovery as the machine's agent does it: the boot script carries its token.
+agent_token=$(curl -fsS "http://127.0.0.1:8081/boot/${mac//:/-}.ipxe" | sed -n 's/.*slipway\.token=\([^ ]*\).*/\1/p' | head -1)
+[ -n "$agent_token" ] || { echo "api-fuzz: no agent token in the boot script" >&2; exit 1; }
+curl -fsS -o /dev/null -H "Authorization: Bearer $agent_token" -H "Content-Type: application/json" \
+  --data '{"source": "in_band", "system": {"vendor": "Slipway", "product": "API fuzz", "serial": "FUZZ-0001",
+    "uuid": "00000000-0000-4000-8000-00000000f001"}, "cpu": {"model": "fuzz", "count": 2},
+    "memory": {"total_bytes": 4294967296}, "disks": [{"name": "vda", "size_bytes": 17179869184, "model": null,
+    "serial": "DISK-1", "rotational": false}], "nics": [{"name": "eth0", "mac": "'"$mac"'", "link": true,
+    "speed_mbps": 1000}]}' http://127.0.0.1:8081/api/v1/agent/inventory \
+  || { echo "api-fuzz: posting the machine's inventory failed" >&2; exit 1; }
+call POST /api/v1/images '{"name": "debian-12", "os": "debian", "version": "12"}'
 head -c 1048576 /dev/zero > "$WORK/image.raw"
 curl -fsS -o /dev/null -X PUT -H "Authorization: Bearer $token" -H "Content-Type: application/octet-stream" \
-  --data-binary @"$WORK/image.raw" "$api/api/v1/images/fuzz-image/content"
+  --data-binary @"$WORK/image.raw" "$api/api/v1/images/debian-12/content"
 call POST /api/v1/images '{"name": "fuzz-pending", "os": "debian", "version": "12"}'
-call POST /api/v1/ups '{"name": "fuzz-ups", "protocol": "nut", "address": "127.0.0.1:3493", "ups": "ups1",
-  "feeds": {"racks": ["r1"]}}'
+call POST /api/v1/ups '{"name": "r7-ups", "protocol": "nut", "address": "127.0.0.1:3493", "ups": "eaton1",
+  "feeds": {"racks": ["r7"]}}'
 curl -fsS -o /dev/null -X PUT -H "Authorization: Bearer $token" --data-binary "fuzz firmware" \
-  "$api/api/v1/firmware/fuzz-bios"
+  "$api/api/v1/firmware/bios-2.1"
 call POST /api/v1/tokens '{"name": "fuzz-viewer", "role": "viewer"}'
-call POST /api/v1/campaigns '{"name": "fuzz", "targets": {"machines": ["52:54:00:fe:00:01"]},
-  "action": {"firmware": {"component": "BIOS", "image_url": "http://127.0.0.1:8000/fw.bin", "version": "2.0"}},
+call POST /api/v1/campaigns '{"name": "fuzz", "targets": {"machines": ["'"$mac"'"]},
+  "action": {"firmware": {"component": "BIOS", "firmware": "bios-2.1", "version": "2.1"}},
   "schedule": {"at": "2100-01-01T00:00:00Z"}}'
+state=$(curl -fsS -H "Authorization: Bearer $token" "$api/api/v1/machines/$mac" | sed -n 's/.*"state":"\([a-z]*\)".*/\1/p')
+[ "$state" = ready ] || { echo "api-fuzz: the seeded machine is ${state:-missing}, not ready" >&2; exit 1; }
 
 started=$(date +%s)
 status=0

@@ -56,7 +56,9 @@ pub struct OobConfig {
 /// table in the configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(as = NewUps)]
+#[schema(as = NewUps, example = json!({
+    "name": "r7-ups", "protocol": "nut", "address": "10.0.1.5:3493", "ups": "eaton1", "feeds": {"racks": ["r7"]}
+}))]
 pub struct UpsEntry {
     /// 1-63 letters, digits, `-`, `_` or `.`.
     #[schema(pattern = "^[A-Za-z0-9._-]{1,63}$")]

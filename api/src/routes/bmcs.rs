@@ -35,7 +35,10 @@ fn bad(field: &str, detail: impl Into<String>) -> ApiError {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(as = NewBmc)]
+#[schema(as = NewBmc, example = json!({
+    "address": "https://10.0.1.21", "protocol": "redfish", "username": "root", "password": "calvin",
+    "tls_verify": false, "rack": "r7"
+}))]
 pub(super) struct Enrol {
     /// `https://10.0.0.5`, `10.0.0.5` or `10.0.0.5:623`.
     address: String,
@@ -261,7 +264,7 @@ async fn reread(_: Operator, State(state): State<AppState>, Path(id): Path<Strin
     operation_id = "get_machine_bmc",
     tag = "bmcs",
     description = "Role: viewer.",
-    params(("id" = String, Path, description = "The machine's id or any of its MACs")),
+    params(("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs")),
     responses(
         (status = 200, description = "The BMC", body = Bmc),
         (status = 401, response = super::openapi::Unauthorized),
@@ -276,6 +279,7 @@ async fn machine_bmc(_: Viewer, State(state): State<AppState>, Path(id): Path<St
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"action": "cycle", "boot": "pxe"}))]
 pub(super) struct PowerRequest {
     action: Option<PowerAction>,
     /// Boot this device once, before the action.
@@ -302,7 +306,7 @@ pub(super) struct PowerResult {
     description = "Role: operator. 409 when the machine has no BMC; 502 when the BMC refuses or does not answer. \
         Honours `Idempotency-Key`.",
     params(
-        ("id" = String, Path, description = "The machine's id or any of its MACs"),
+        ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
          description = "Run this request at most once (24 h, per token and path)"),
     ),

@@ -42,7 +42,12 @@ fn bad(field: &str, detail: impl Into<String>) -> ApiError {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(as = NewCampaign)]
+#[schema(as = NewCampaign, example = json!({
+    "name": "BIOS 2.1, rack r7", "targets": {"racks": ["r7"], "machines": []},
+    "action": {"firmware": {"component": "BIOS", "firmware": "bios-2.1", "version": "2.1"}},
+    "schedule": {"window": {"cron": "0 2 * * SAT", "timezone": "Europe/Berlin", "minutes": 240}},
+    "rollout": {"batch_size": 2, "order": "by_rack", "max_failures": 1}, "gates": {"on_mains": true}
+}))]
 pub(super) struct Create {
     name: String,
     targets: Targets,

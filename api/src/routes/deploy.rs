@@ -31,6 +31,7 @@ pub(super) fn router() -> Routes {
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"wipe": "quick"}))]
 pub(super) struct ReleaseRequest {
     /// `quick` or `full`; the configured default when absent.
     #[serde(default)]
@@ -51,7 +52,7 @@ pub(super) struct ReleaseRequest {
     description = "Role: operator. A deployed, joined or failed machine moves to `releasing`. The body is optional. \
         Honours `Idempotency-Key`.",
     params(
-        ("id" = String, Path, description = "The machine's id or any of its MACs"),
+        ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
          description = "Run this request at most once (24 h, per token and path)"),
     ),
@@ -90,6 +91,10 @@ async fn release(
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "image": "debian-12", "hostname": "node1", "ssh_authorized_keys": ["ssh-ed25519 AAAAC3Nz... ops@example"],
+    "disk": {"serial": "DISK-1"}, "cluster": {"kind": "swarm", "cluster": "rack7"}
+}))]
 pub(super) struct DeployRequest {
     image: String,
     hostname: String,
@@ -193,7 +198,7 @@ fn valid_hostname(name: &str) -> bool {
     description = "Role: operator. A ready machine moves to `deploying`; its agent writes, verifies and configures \
         the image. Honours `Idempotency-Key`.",
     params(
-        ("id" = String, Path, description = "The machine's id or any of its MACs"),
+        ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
          description = "Run this request at most once (24 h, per token and path)"),
     ),
@@ -245,7 +250,7 @@ async fn deploy(
     operation_id = "get_deployment",
     tag = "deploys",
     description = "Role: viewer.",
-    params(("id" = String, Path, description = "The machine's id or any of its MACs")),
+    params(("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs")),
     responses(
         (status = 200, description = "The deployment", body = Deployment),
         (status = 401, response = super::openapi::Unauthorized),

@@ -70,7 +70,7 @@ async fn page(store: &Store, machine: Option<&str>, page: &Page) -> Result<Json<
     operation_id = "list_machine_events",
     tag = "events",
     description = "Role: viewer.",
-    params(("id" = String, Path, description = "The machine's id or any of its MACs"), Page),
+    params(("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"), Page),
     responses(
         (status = 200, description = "A page of events", body = EventPage),
         (status = 400, response = super::openapi::BadRequest),

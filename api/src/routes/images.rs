@@ -45,7 +45,7 @@ pub fn content_path(images_dir: &FsPath, name: &str) -> PathBuf {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(as = NewImage)]
+#[schema(as = NewImage, example = json!({"name": "debian-12-1", "os": "debian", "version": "12"}))]
 pub(super) struct Register {
     /// Becomes a file name: 1-64 of `a-z0-9._-`, starting with a letter or digit.
     #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
@@ -207,7 +207,7 @@ async fn finish(state: &AppState, name: &str, outcome: Result<catalog::Imported,
     description = "Role: operator. Streams the content into the catalog, never holding it in memory. The image \
         must be `importing`.",
     params(
-        ("name" = String, Path, description = "The image's name"),
+        ("name" = String, Path, example = "debian-12-1", description = "The image's name"),
         ("X-Content-SHA256" = Option<String>, Header, description = "SHA-256 of the raw content, 64 hex digits"),
     ),
     request_body(content((Vec<u8> = "application/octet-stream"), (Vec<u8> = "application/zstd")),
@@ -295,7 +295,7 @@ async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<ImageList
     operation_id = "get_image",
     tag = "images",
     description = "Role: viewer.",
-    params(("name" = String, Path, description = "The image's name")),
+    params(("name" = String, Path, example = "debian-12", description = "The image's name")),
     responses(
         (status = 200, description = "The image", body = Image),
         (status = 401, response = super::openapi::Unauthorized),

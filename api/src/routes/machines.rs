@@ -151,7 +151,7 @@ fn tagged(status: StatusCode, machine: &Machine) -> Response {
     operation_id = "get_machine",
     tag = "machines",
     description = "Role: viewer.",
-    params(("id" = String, Path, description = "The machine's id or any of its MACs")),
+    params(("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs")),
     responses(
         (status = 200, description = "The machine", body = Machine,
          headers(("ETag" = String, description = "Send it as If-Match to edit only this version"))),
@@ -186,7 +186,7 @@ fn check_rack(rack: &str) -> Result<&str, String> {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(as = MachinePatch)]
+#[schema(as = MachinePatch, example = json!({"labels": {"pool": "gpu", "old": null}, "rack": "r7"}))]
 pub(super) struct PatchBody {
     /// A JSON merge: a null value deletes the label.
     #[serde(default)]
@@ -215,7 +215,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
         1-63 of `[A-Za-z0-9._/-]` starting with a letter or digit; values at most 255 characters, no control \
         characters; at most 64 labels.",
     params(
-        ("id" = String, Path, description = "The machine's id or any of its MACs"),
+        ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
         ("If-Match" = Option<String>, Header, description = "The machine's ETag, as GET returned it"),
     ),
     request_body = PatchBody,
@@ -274,7 +274,7 @@ async fn patch(
 
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(as = MachineAction)]
+#[schema(as = MachineAction, example = json!({"reason": "fan failure"}))]
 pub(super) struct ActionBody {
     /// Why (mark-failed: required; recorded as the failure's reason).
     reason: Option<String>,
@@ -291,8 +291,8 @@ pub(super) struct ActionBody {
     description = "Role: operator. `retry` a failed machine, `mark-failed` (a reason is required), `reset` \
         (back to discovering), `retire` (terminal). The body is optional. Honours `Idempotency-Key`.",
     params(
-        ("id" = String, Path, description = "The machine's id or any of its MACs"),
-        ("action" = String, Path, pattern = "^(retry|mark-failed|reset|retire)$",
+        ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
+        ("action" = String, Path, pattern = "^(retry|mark-failed|reset|retire)$", example = "mark-failed",
          description = "retry, mark-failed, reset or retire"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
          description = "Run this request at most once (24 h, per token and path)"),

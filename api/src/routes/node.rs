@@ -135,7 +135,7 @@ async fn swarm_created(
     operation_id = "get_node",
     tag = "nodes",
     description = "Role: viewer.",
-    params(("id" = String, Path, description = "The machine's id or any of its MACs")),
+    params(("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs")),
     responses(
         (status = 200, description = "The node's last report", body = NodeReport),
         (status = 401, response = super::openapi::Unauthorized),
@@ -182,7 +182,7 @@ async fn list_clusters(_: Viewer, State(state): State<AppState>) -> Result<Json<
     operation_id = "get_cluster",
     tag = "nodes",
     description = "Role: viewer.",
-    params(("name" = String, Path, description = "The cluster's name")),
+    params(("name" = String, Path, example = "rack7", description = "The cluster's name")),
     responses(
         (status = 200, description = "The cluster", body = Cluster),
         (status = 401, response = super::openapi::Unauthorized),

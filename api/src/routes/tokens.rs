@@ -34,6 +34,7 @@ const MAX_EXPIRES_IN_SECS: u64 = 10 * 365 * 24 * 3600;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "ci", "role": "operator", "expires_in_secs": 2592000}))]
 pub(super) struct NewToken {
     /// Who or what holds it (`ci`, `alice`): shown in listings and the audit log.
     name: String,

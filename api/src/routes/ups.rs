@@ -171,7 +171,7 @@ async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<UpsList>,
     operation_id = "get_ups",
     tag = "ups",
     description = "Role: viewer.",
-    params(("name" = String, Path, description = "The UPS's name")),
+    params(("name" = String, Path, example = "r7-ups", description = "The UPS's name")),
     responses(
         (status = 200, description = "The UPS", body = UpsView),
         (status = 401, response = super::openapi::Unauthorized),
