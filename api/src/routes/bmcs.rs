@@ -89,6 +89,28 @@ pub(super) fn check_address(address: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Whether the chosen protocol can use this address (and CA) at all: a
+/// BMC whose address no client can be built for would only ever be in
+/// `error`, so it is refused now, naming the field.
+fn check_client(protocol: &str, address: &str, creds: &Credentials, tls: &TlsTrust) -> Result<(), ApiError> {
+    let timeout = std::time::Duration::from_secs(1);
+    let url = address.starts_with("http://") || address.starts_with("https://");
+    if protocol == "ipmi" && url {
+        return Err(bad("address", "IPMI takes a host or host:port, not a URL"));
+    }
+    if address.contains("://") && !url {
+        return Err(bad("address", "a host, host:port or an http(s) URL"));
+    }
+    // Build the client without the CA first, so a bad address is blamed on the address.
+    BmcClient::connect(protocol, address, creds.clone(), TlsTrust::Verify, timeout)
+        .map_err(|e| bad("address", e.to_string()))?;
+    if let TlsTrust::Ca(_) = tls {
+        BmcClient::connect(protocol, address, creds.clone(), tls.clone(), timeout)
+            .map_err(|e| bad("ca_pem", e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Enrols a BMC: its inventory is read at once and it is linked to its
 /// machine (by MAC, system UUID or serial), or creates it.
 #[utoipa::path(
@@ -137,6 +159,7 @@ async fn enrol(
             .to_string(),
         other => return Err(bad("protocol", format!("{other:?} is not redfish, ipmi or auto"))),
     };
+    check_client(&protocol, &req.address, &creds, &tls)?;
     let new = NewBmc {
         address: req.address.trim_end_matches('/').to_string(),
         protocol,

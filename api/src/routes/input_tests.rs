@@ -113,6 +113,11 @@ async fn what_no_handler_answers_is_a_problem_too() {
     let t = app().await;
     let (status, problem) = send(&t, Method::GET, "/api/v1/nothing-here", None, Body::empty()).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    let (status, problem) = send(&t, Method::POST, "/api/v1/nothing-here", JSON, "{}").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    let (_, audit) = super::test_support::get(&t.operator, "/api/v1/audit", Some(&t.admin)).await;
+    let last = audit["entries"].as_array().unwrap().last().cloned().unwrap_or_default();
+    assert_eq!((last["path"].as_str(), last["status"].as_u64()), (Some("/api/v1/nothing-here"), Some(404)), "{audit}");
     let (status, problem) = send(&t, Method::PATCH, "/api/v1/tokens", JSON, "{}").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{problem}");
     assert!(problem["detail"].as_str().unwrap().contains("PATCH"), "{problem}");
@@ -121,4 +126,28 @@ async fn what_no_handler_answers_is_a_problem_too() {
     assert_eq!(resp.headers()[header::ALLOW], "GET,HEAD,POST", "the 405 keeps its Allow");
     let (status, problem) = send(&t, Method::GET, "/api/v1/machines/%FF%FE", None, Body::empty()).await;
     assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("path")), "{problem}");
+}
+
+/// The fuzz run enrolled BMCs at addresses no client can use (`+Xi|` for
+/// Redfish, `https://10.0.1.21:623` for IPMI): they were stored and only
+/// ever failed. They are refused, naming the address.
+#[tokio::test]
+async fn bmc_addresses_no_client_can_use_are_refused() {
+    let t = app().await;
+    for (protocol, address) in [("redfish", "+Xi|"), ("redfish", "ftp://10.0.1.21"), ("ipmi", "https://10.0.1.21:623")]
+    {
+        let body = serde_json::json!({ "address": address, "protocol": protocol, "username": "u", "password": "p" });
+        let got = send(&t, Method::POST, "/api/v1/bmcs", JSON, body.to_string()).await;
+        check(got, StatusCode::BAD_REQUEST, Some("address"));
+    }
+    let pem = "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n";
+    let body = serde_json::json!({ "address": "https://10.0.1.21", "protocol": "redfish", "username": "u",
+                                   "password": "p", "ca_pem": pem });
+    check(
+        send(&t, Method::POST, "/api/v1/bmcs", JSON, body.to_string()).await,
+        StatusCode::BAD_REQUEST,
+        Some("ca_pem"),
+    );
+    let (_, bmcs) = super::test_support::get(&t.operator, "/api/v1/bmcs", Some(&t.admin)).await;
+    assert_eq!(bmcs["bmcs"], serde_json::json!([]), "nothing was enrolled");
 }

@@ -79,10 +79,11 @@ pub(crate) fn operator_routes() -> Routes {
 pub fn operator_router(state: AppState) -> Router {
     operator_routes()
         .router
+        // Before the layers, so a POST to no route is audited like any other.
+        .fallback(crate::extract::no_route)
         // Inside the audit layer: it needs the caller the audit layer resolves.
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::idempotency::layer))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::layer))
-        .fallback(crate::extract::no_route)
         .layer(axum::extract::DefaultBodyLimit::max(crate::extract::MAX_JSON_BODY))
         .with_state(state)
         // Outermost: every error response leaves as a problem document.
