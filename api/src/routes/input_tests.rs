@@ -151,3 +151,18 @@ async fn bmc_addresses_no_client_can_use_are_refused() {
     let (_, bmcs) = super::test_support::get(&t.operator, "/api/v1/bmcs", Some(&t.admin)).await;
     assert_eq!(bmcs["bmcs"], serde_json::json!([]), "nothing was enrolled");
 }
+
+/// The same for UPSes: an address the protocol's client cannot use is
+/// refused before anything is stored.
+#[tokio::test]
+async fn ups_addresses_no_client_can_use_are_refused() {
+    let t = app().await;
+    for (protocol, address) in [("nut", "http://10.0.1.5:3493"), ("snmp", "ftp://x"), ("redfish", "+Xi|")] {
+        let body = serde_json::json!({ "name": "u1", "protocol": protocol, "address": address, "ups": "eaton1",
+                                       "username": "u", "password": "p" });
+        let got = send(&t, Method::POST, "/api/v1/ups", JSON, body.to_string()).await;
+        check(got, StatusCode::BAD_REQUEST, Some("address"));
+    }
+    let (_, ups) = super::test_support::get(&t.operator, "/api/v1/ups", Some(&t.admin)).await;
+    assert_eq!(ups["ups"], serde_json::json!([]), "nothing was enrolled");
+}

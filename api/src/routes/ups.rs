@@ -14,8 +14,11 @@ use crate::auth::{Operator, Viewer};
 use crate::config::UpsEntry;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::oob::client::redfish_url;
 use crate::store::Ups;
 use crate::AppState;
+use inventory::oob::{Credentials, TlsTrust};
+use inventory::redfish::RedfishClient;
 
 pub(super) fn router() -> Routes {
     Routes::new().route("/api/v1/ups", get(list).post(enrol)).route("/api/v1/ups/{name}", get(show).delete(remove))
@@ -75,6 +78,29 @@ pub async fn enrol_configured(state: &AppState, entries: &[UpsEntry]) -> anyhow:
     Ok(())
 }
 
+/// Whether the protocol's client can use this address (and CA) at all, as
+/// for BMCs: NUT and SNMP take `host:port`, Redfish an http(s) URL or a host.
+fn check_client(protocol: &str, address: &str, tls: &TlsTrust) -> Result<(), ApiError> {
+    let url = address.starts_with("http://") || address.starts_with("https://");
+    if protocol != "redfish" && address.contains("://") {
+        return Err(bad("address", format!("{protocol} takes host:port, not a URL")));
+    }
+    if protocol == "redfish" {
+        if address.contains("://") && !url {
+            return Err(bad("address", "an http(s) URL or a host"));
+        }
+        let creds = Credentials { username: String::new(), password: String::new() };
+        let timeout = std::time::Duration::from_secs(1);
+        RedfishClient::new(&redfish_url(address), creds.clone(), TlsTrust::Verify, timeout)
+            .map_err(|e| bad("address", e.to_string()))?;
+        if let TlsTrust::Ca(_) = tls {
+            RedfishClient::new(&redfish_url(address), creds, tls.clone(), timeout)
+                .map_err(|e| bad("ca_pem", e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Checks an enrolment (from the API or the configuration) and seals its
 /// password.
 async fn validated(state: &AppState, req: UpsEntry) -> Result<Ups, ApiError> {
@@ -94,6 +120,8 @@ async fn validated(state: &AppState, req: UpsEntry) -> Result<Ups, ApiError> {
     if req.password.is_some() != req.username.is_some() {
         return Err(bad("password", "give both username and password, or neither"));
     }
+    let tls = tls_trust(req.tls_verify, req.ca_pem.clone())?;
+    check_client(&req.protocol, &req.address, &tls)?;
     for (i, id) in req.feeds.machines.iter().enumerate() {
         if state.store.machine(id).await?.is_none() {
             return Err(bad(&format!("feeds.machines[{i}]"), format!("no machine {id}")));
@@ -105,7 +133,7 @@ async fn validated(state: &AppState, req: UpsEntry) -> Result<Ups, ApiError> {
         address: req.address,
         target: None,
         username: req.username,
-        tls: tls_trust(req.tls_verify, req.ca_pem)?,
+        tls,
         feeds: req.feeds,
         state: None,
         status: "ok",
