@@ -43,14 +43,9 @@ fi
 
 # Inside the namespace.
 ip link set lo up
-if ip -o link show | grep -v ': lo:' | grep -q .; then
-  echo "api-fuzz: the namespace has links other than lo" >&2
-  exit 1
-fi
-if ip route show default | grep -q .; then
-  echo "api-fuzz: the namespace has a default route" >&2
-  exit 1
-fi
+others=$(ip -o link show | grep -v ': lo:' || true)
+[ -z "$others" ] || { echo "api-fuzz: the namespace has links other than lo: $others" >&2; exit 1; }
+[ -z "$(ip route show default)" ] || { echo "api-fuzz: the namespace has a default route" >&2; exit 1; }
 
 token=api-fuzz-admin-token-0123456789abcdef0123456789
 api=http://127.0.0.1:8080
@@ -129,7 +124,7 @@ mac=52:54:00:12:34:56
 call POST /api/v1/bmcs '{"address": "http://127.0.0.1:8000", "protocol": "redfish", "username": "admin",
   "password": "fuzz-bmc-password", "rack": "r7"}'
 # Discovery as the machine's agent does it: the boot script carries its token.
-agent_token=$(curl -fsS "http://127.0.0.1:8081/boot/${mac//:/-}.ipxe" | sed -n 's/.*slipway\.token=\([^ ]*\).*/\1/p' | head -1)
+agent_token=$(curl -fsS "http://127.0.0.1:8081/boot/${mac//:/-}.ipxe" | sed -n 's/.*slipway\.token=\([^ ]*\).*/\1/p' | sed -n 1p)
 [ -n "$agent_token" ] || { echo "api-fuzz: no agent token in the boot script" >&2; exit 1; }
 curl -fsS -o /dev/null -H "Authorization: Bearer $agent_token" -H "Content-Type: application/json" \
   --data '{"source": "in_band", "system": {"vendor": "Slipway", "product": "API fuzz", "serial": "FUZZ-0001",
