@@ -63,3 +63,16 @@ if [ "$(cat "$venv/.peers" 2>/dev/null)" != "$py_peers" ]; then
   "$venv/bin/pip" install -q $py_peers
   echo "$py_peers" > "$venv/.peers"
 fi
+
+# schemathesis, which fuzzes the operator API from its OpenAPI document
+# (scripts/api-fuzz.sh), in a venv of its own: changing its pin does not
+# rebuild the peers' venv, and the reverse.
+fuzz_venv=/var/cache/slipway/venv-schemathesis
+fuzz_pkgs="schemathesis==4.32.5 hypothesis==6.170.17"  # hypothesis: scripts/api-fuzz-hooks.py patches it
+if [ "$(cat "$fuzz_venv/.pkgs" 2>/dev/null)" != "$fuzz_pkgs" ]; then
+  echo "prereqs: creating $fuzz_venv with $fuzz_pkgs"
+  rm -rf "$fuzz_venv"
+  python3 -m venv "$fuzz_venv"
+  "$fuzz_venv/bin/pip" install -q $fuzz_pkgs
+  echo "$fuzz_pkgs" > "$fuzz_venv/.pkgs"
+fi

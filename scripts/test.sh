@@ -32,7 +32,10 @@ SLIPWAY_TEST_API_DB=postgres cargo test --locked --workspace --lib -- --test-thr
 
 echo "== fuzzing the network decoders (20 s a target)"
 bash scripts/fuzz.sh 20 | tee -a "$log"
+echo "== fuzzing the operator API from its OpenAPI document (schemathesis, loopback-only namespace)"
+# Its last line is "api fuzz: ... ok" or "... FAILED"; a failure fails the run.
+bash scripts/api-fuzz.sh 150 | tee -a "$log"
 # One closing line for the whole run (the last cargo line is a doc-test
 # binary with nothing in it).
-awk '/^test result:/ { p += $4; f += $6 } /^fuzz [a-z_]*: ok/ { z += 1 }
-     END { printf "\ntests: %d passed, %d failed; fuzz targets: %d passed\n", p, f, z }' "$log"
+awk '/^test result:/ { p += $4; f += $6 } /^fuzz [a-z_]*: ok/ { z += 1 } /^api fuzz: / { a = $0 }
+     END { printf "\n%s\ntests: %d passed, %d failed; fuzz targets: %d passed\n", a, p, f, z }' "$log"

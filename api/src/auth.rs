@@ -41,7 +41,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// What an operator token may do. Ordered: each role includes the ones
 /// before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Every GET except tokens and the audit log.

@@ -54,11 +54,17 @@ pub struct OobConfig {
 
 /// One UPS to enrol: the body of `POST /api/v1/ups`, or an `[[oob.ups]]`
 /// table in the configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewUps, example = json!({
+    "name": "r7-ups", "protocol": "nut", "address": "10.0.1.5:3493", "ups": "eaton1", "feeds": {"racks": ["r7"]}
+}))]
 pub struct UpsEntry {
+    /// 1-63 letters, digits, `-`, `_` or `.`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,63}$")]
     pub name: String,
     /// `nut`, `snmp` or `redfish`.
+    #[schema(pattern = "^(nut|snmp|redfish)$")]
     pub protocol: String,
     /// `host:port` (NUT 3493, SNMP 161) or a Redfish URL.
     pub address: String,

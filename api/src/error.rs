@@ -19,6 +19,12 @@ pub enum ApiError {
     NotFound { what: String },
     #[error("invalid {field}: {detail}")]
     BadRequest { field: String, detail: String },
+    /// A request body over its limit (HTTP 413).
+    #[error("{field} too large: {detail}")]
+    PayloadTooLarge { field: String, detail: String },
+    /// A request body in a format the route does not read (HTTP 415).
+    #[error("unsupported {field}: {detail}")]
+    UnsupportedMediaType { field: String, detail: String },
     /// A BMC or UPS failed the request (HTTP 502): it says which and why.
     #[error("{0}")]
     Device(String),
@@ -43,6 +49,12 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden", None),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "Not Found", None),
             ApiError::BadRequest { field, .. } => (StatusCode::BAD_REQUEST, "Bad Request", Some(field.clone())),
+            ApiError::PayloadTooLarge { field, .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "Content Too Large", Some(field.clone()))
+            }
+            ApiError::UnsupportedMediaType { field, .. } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type", Some(field.clone()))
+            }
             ApiError::Device(_) => (StatusCode::BAD_GATEWAY, "Bad Gateway", None),
             ApiError::Store(StoreError::Conflict(_)) => (StatusCode::CONFLICT, "Conflict", None),
             ApiError::Store(err) => {
@@ -74,8 +86,16 @@ impl IntoResponse for ApiError {
 /// A problem document with `status` and `detail`, for the statuses
 /// [`ApiError`] has no variant for (412, 422, 428).
 pub fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
+    problem_with_field(status, None, detail)
+}
+
+/// [`problem`], naming the offending field when there is one.
+pub fn problem_with_field(status: StatusCode, field: Option<&str>, detail: impl Into<String>) -> Response {
     let title = status.canonical_reason().unwrap_or("Error");
-    let body = json!({ "type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail.into() });
+    let mut body = json!({ "type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail.into() });
+    if let Some(field) = field {
+        body["field"] = json!(field);
+    }
     let mut response = (status, body.to_string()).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, "application/problem+json".parse().expect("static header"));
     response
@@ -85,22 +105,29 @@ pub fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
 /// (`disk.serial`, `users[0].name`) on error.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let detail = e.inner().to_string();
-        // An unknown or missing field is reported at its parent: name it.
-        let named = ["unknown field `", "missing field `"]
-            .iter()
-            .find_map(|p| detail.strip_prefix(p))
-            .and_then(|rest| rest.split('`').next());
-        let field = match (path.as_str(), named) {
-            (".", Some(name)) => name.to_string(),
-            (".", None) => "body".to_string(),
-            (parent, Some(name)) if !parent.ends_with(name) => format!("{parent}.{name}"),
-            (path, _) => path.to_string(),
-        };
-        ApiError::BadRequest { field, detail }
-    })
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| named(e, "body"))?;
+    // Trailing bytes after the value (`{}x`, `{}{}`) are malformed too.
+    de.end().map_err(|e| ApiError::BadRequest { field: "body".into(), detail: e.to_string() })?;
+    Ok(value)
+}
+
+/// A deserialization error as a 400 naming the field by its path; `whole`
+/// names the input itself when no field is to blame (`body`, `query`).
+pub(crate) fn named<E: std::fmt::Display>(e: serde_path_to_error::Error<E>, whole: &str) -> ApiError {
+    let path = e.path().to_string();
+    let detail = e.inner().to_string();
+    // An unknown or missing field is reported at its parent: name it.
+    let named = ["unknown field `", "missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|p| detail.strip_prefix(p))
+        .and_then(|rest| rest.split('`').next());
+    let field = match (path.as_str(), named) {
+        (".", Some(name)) => name.to_string(),
+        (".", None) => whole.to_string(),
+        (parent, Some(name)) if !parent.ends_with(name) => format!("{parent}.{name}"),
+        (path, _) => path.to_string(),
+    };
+    ApiError::BadRequest { field, detail }
 }
 
 #[cfg(test)]
@@ -143,5 +170,6 @@ mod tests {
         assert_eq!(field(r#"{"name": "a", "list": [{"count": 1}, {"count": -1}]}"#), "list[1].count");
         assert_eq!(field(r#"{"name": "#), "name", "truncated where name's value should be");
         assert_eq!(field("not json"), "body");
+        assert_eq!(field(r#"{"name": "a"} trailing"#), "body", "one value, nothing after it");
     }
 }

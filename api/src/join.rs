@@ -22,7 +22,7 @@ pub const HEARTBEAT_SECONDS: u32 = 15;
 const CLUSTER_WAIT_SECONDS: u32 = 2;
 
 /// The `cluster` field of a deploy request.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinSpec {
     /// `swarm`, `kubeadm`, `k3s` or `command`.

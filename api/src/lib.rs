@@ -12,6 +12,7 @@ pub mod campaign;
 pub mod config;
 mod dhcp_backend;
 pub mod error;
+pub mod extract;
 pub mod idempotency;
 pub mod join;
 pub mod leader;

@@ -17,6 +17,7 @@ use thiserror::Error;
 
 /// The format an image arrives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum SourceFormat {
     #[serde(rename = "raw")]
     Raw,

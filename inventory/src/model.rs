@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Where a fact came from. In-band facts are read by our agent on the
 /// machine; out-of-band facts come from its BMC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     InBand,
@@ -14,6 +15,7 @@ pub enum Source {
 
 /// Everything Slipway knows about a machine's hardware.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Inventory {
     pub source: Source,
@@ -27,6 +29,7 @@ pub struct Inventory {
 /// DMI system identity (SMBIOS type 1). Fields the firmware leaves empty or
 /// fills with placeholders ("To Be Filled By O.E.M.") are `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SystemInfo {
     pub vendor: Option<String>,
@@ -36,6 +39,7 @@ pub struct SystemInfo {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Cpu {
     pub model: Option<String>,
@@ -44,6 +48,7 @@ pub struct Cpu {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Memory {
     /// `MemTotal` from `/proc/meminfo`: usable RAM, slightly below installed.
@@ -51,6 +56,7 @@ pub struct Memory {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Disk {
     /// Kernel name, for example `vda` or `nvme0n1`.
@@ -62,6 +68,7 @@ pub struct Disk {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Nic {
     pub name: String,

@@ -28,6 +28,7 @@ impl fmt::Debug for Credentials {
 
 /// How to trust a BMC's TLS certificate. Most BMCs ship a self-signed one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", tag = "mode", content = "ca_pem")]
 pub enum TlsTrust {
     /// The system roots (and the name must match).
@@ -41,6 +42,7 @@ pub enum TlsTrust {
 
 /// Chassis power as the BMC reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PowerState {
     On,
@@ -53,6 +55,7 @@ pub enum PowerState {
 
 /// What an operator (or the lifecycle engine) asks of a machine's power.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PowerAction {
     On,
@@ -67,6 +70,7 @@ pub enum PowerAction {
 
 /// Where the machine boots next, once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BootTarget {
     Pxe,
@@ -79,6 +83,7 @@ pub enum BootTarget {
 /// have are empty; sections that failed to read are empty and named in
 /// `errors`, so one broken resource never hides the rest.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BmcInventory {
     pub system: BmcSystem,
     pub processors: Vec<Processor>,
@@ -96,6 +101,7 @@ pub struct BmcInventory {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BmcSystem {
     pub source: Option<Source>,
     pub manufacturer: Option<String>,
@@ -108,6 +114,7 @@ pub struct BmcSystem {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Processor {
     pub socket: Option<String>,
     pub manufacturer: Option<String>,
@@ -117,6 +124,7 @@ pub struct Processor {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Dimm {
     pub slot: String,
     pub size_bytes: u64,
@@ -127,6 +135,7 @@ pub struct Dimm {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Drive {
     pub name: String,
     pub model: Option<String>,
@@ -139,6 +148,7 @@ pub struct Drive {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BmcNic {
     pub name: String,
     /// Lower-case, colon separated, as in-band reports it.
@@ -148,6 +158,7 @@ pub struct BmcNic {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PowerSupply {
     pub name: String,
     pub model: Option<String>,
@@ -160,6 +171,7 @@ pub struct PowerSupply {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SensorKind {
     Temperature,
@@ -171,6 +183,7 @@ pub enum SensorKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Sensor {
     pub name: String,
     pub kind: SensorKind,
@@ -181,6 +194,7 @@ pub struct Sensor {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Battery {
     pub name: String,
     pub charge_percent: Option<f64>,
@@ -188,6 +202,7 @@ pub struct Battery {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FirmwareComponent {
     /// The BMC's id for it (`BIOS`, `BMC`, `Installed-0-2.10.2`).
     pub id: String,
@@ -198,6 +213,7 @@ pub struct FirmwareComponent {
 
 /// One inventory section that could not be read, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SectionError {
     pub section: String,
     pub error: String,
@@ -205,6 +221,7 @@ pub struct SectionError {
 
 /// A UPS's state, normalized across NUT, SNMP UPS-MIB and Redfish.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpsState {
     pub status: UpsStatus,
     /// NUT-style flags (`OL`, `OB`, `LB`, `RB`, `CHRG`, `DISCHRG`, ...),
@@ -220,6 +237,7 @@ pub struct UpsState {
 
 /// The headline a campaign gate reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum UpsStatus {
     Online,

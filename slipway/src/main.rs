@@ -122,6 +122,9 @@ enum LabCmd {
         /// A JSON list of BMCs (`inventory::sim::BmcConfig`).
         #[arg(long)]
         config: PathBuf,
+        /// Drive in-memory machines instead of VMs (no QMP, no QEMU).
+        #[arg(long)]
+        memory: bool,
     },
 }
 
@@ -274,11 +277,15 @@ fn main() -> anyhow::Result<()> {
             drop(ups);
             Ok(())
         }
-        Cmd::Lab { command: LabCmd::Vbmc { config } } => {
+        Cmd::Lab { command: LabCmd::Vbmc { config, memory } } => {
             init_tracing("text");
             let bmcs = inventory::sim::load_config(&config)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(inventory::sim::serve_all(bmcs, terminated()))?;
+            if memory {
+                runtime.block_on(inventory::sim::serve_all_in_memory(bmcs, terminated()))?;
+            } else {
+                runtime.block_on(inventory::sim::serve_all(bmcs, terminated()))?;
+            }
             Ok(())
         }
         Cmd::Bench { command: BenchCmd::Tftp { parallel, report } } => {

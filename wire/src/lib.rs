@@ -98,6 +98,7 @@ pub struct DeploySpec {
 
 /// An account created at first boot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub name: String,
@@ -110,6 +111,7 @@ pub struct User {
 
 /// A static address on the NIC the machine booted from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StaticNetwork {
     /// `10.0.0.5/24`.
@@ -122,6 +124,7 @@ pub struct StaticNetwork {
 
 /// What the node agent on a deployed OS reports, every heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeStatus {
     pub agent_version: String,
@@ -154,6 +157,7 @@ pub struct NodeStatus {
 /// A node's cluster membership, read from the cluster (`docker info`, or
 /// a join spec's check command).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Membership {
     /// `swarm` or `command`.
@@ -167,6 +171,7 @@ pub struct Membership {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Member {
     /// The cluster's id for the node (Swarm `ID`); empty from old agents.
@@ -216,6 +221,7 @@ pub struct SwarmCreated {
 /// Which disk to write: the first that matches every given field; with
 /// none given, the largest non-removable disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DiskHint {
     #[serde(default, skip_serializing_if = "Option::is_none")]

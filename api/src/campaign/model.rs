@@ -36,7 +36,7 @@ pub struct Campaign {
 
 /// Which machines: listed ones and every machine in the listed racks
 /// (resolved once, when the campaign is created).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Targets {
     #[serde(default)]
@@ -46,7 +46,7 @@ pub struct Targets {
 }
 
 /// What is done to each node. JSON: `{"firmware": {...}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
     Firmware(FirmwareAction),
@@ -57,7 +57,7 @@ pub enum Action {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FirmwareAction {
     /// The FirmwareInventory id the BMC lists (`BIOS`, `BMC`, ...).
@@ -83,7 +83,7 @@ impl FirmwareAction {
 
 /// When nodes may start. JSON: `"now"`, `{"at": "2025-06-07T02:00:00Z"}`
 /// or `{"window": {"cron": "0 2 * * SAT", "timezone": "UTC", "minutes": 240}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Schedule {
     Now,
@@ -94,7 +94,7 @@ pub enum Schedule {
     Window(Window),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Window {
     pub cron: String,
@@ -186,7 +186,7 @@ impl ParsedSchedule {
 }
 
 /// How fast and in which order nodes go, and when failures stop it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
     /// At most this many nodes in progress at once.
@@ -212,7 +212,7 @@ impl Default for Rollout {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Order {
     /// Listed machines first, in the order given, then the racks' machines.
@@ -223,7 +223,7 @@ pub enum Order {
 }
 
 /// Conditions for starting a node (a node already in progress finishes).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Gates {
     /// Every UPS feeding a remaining target has at least this charge.
@@ -254,7 +254,7 @@ impl Default for Gates {
 macro_rules! text_enum {
     ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),* $(,)? }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),* }
 

@@ -2,18 +2,18 @@
 //! `/api/v1/machines/{id}/power` (power actions and the next boot device
 //! through the machine's BMC).
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::machines::find;
 use super::Routes;
 use crate::auth::{Operator, Viewer};
-use crate::error::{parse_json, ApiError};
+use crate::error::ApiError;
+use crate::extract::JsonBody;
 use crate::lifecycle::MachineState;
 use crate::oob::client::BmcClient;
 use crate::store::{Bmc, NewBmc};
@@ -33,14 +33,24 @@ fn bad(field: &str, detail: impl Into<String>) -> ApiError {
     ApiError::BadRequest { field: field.into(), detail: detail.into() }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Enrol {
+#[schema(as = NewBmc, example = json!({
+    "address": "https://10.0.1.21", "protocol": "redfish", "username": "root", "password": "calvin",
+    "tls_verify": false, "rack": "r7"
+}))]
+pub(super) struct Enrol {
     /// `https://10.0.0.5`, `10.0.0.5` or `10.0.0.5:623`.
     address: String,
+    /// `redfish`, `ipmi`, or `auto`: Redfish, else IPMI (an unreachable BMC
+    /// is refused, as there is nothing to detect).
     #[serde(default = "auto")]
+    #[schema(pattern = "^(redfish|ipmi|auto)$", default = "auto")]
     protocol: String,
+    #[schema(min_length = 1, max_length = 64)]
     username: String,
+    /// Sealed at rest, never returned.
+    #[schema(max_length = 256)]
     password: String,
     /// Check the BMC's certificate against the system roots (or `ca_pem`).
     #[serde(default = "yes")]
@@ -79,8 +89,59 @@ pub(super) fn check_address(address: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn enrol(_: Operator, State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let req: Enrol = parse_json(&body)?;
+/// Whether the chosen protocol can use this address (and CA) at all: a
+/// BMC whose address no client can be built for would only ever be in
+/// `error`, so it is refused now, naming the field.
+fn check_client(protocol: &str, address: &str, creds: &Credentials, tls: &TlsTrust) -> Result<(), ApiError> {
+    let timeout = std::time::Duration::from_secs(1);
+    let url = address.starts_with("http://") || address.starts_with("https://");
+    if protocol == "ipmi" && url {
+        return Err(bad("address", "IPMI takes a host or host:port, not a URL"));
+    }
+    if address.contains("://") && !url {
+        return Err(bad("address", "a host, host:port or an http(s) URL"));
+    }
+    // Build the client without the CA first, so a bad address is blamed on the address.
+    BmcClient::connect(protocol, address, creds.clone(), TlsTrust::Verify, timeout)
+        .map_err(|e| bad("address", e.to_string()))?;
+    if let TlsTrust::Ca(_) = tls {
+        BmcClient::connect(protocol, address, creds.clone(), tls.clone(), timeout)
+            .map_err(|e| bad("ca_pem", e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Enrols a BMC: its inventory is read at once and it is linked to its
+/// machine (by MAC, system UUID or serial), or creates it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/bmcs",
+    operation_id = "enrol_bmc",
+    tag = "bmcs",
+    description = "Role: operator. A BMC that cannot be read now is still enrolled, with its error shown. \
+        With `protocol: auto` an unreachable BMC is refused (400, `address`): there is nothing to detect. \
+        With `commission`, the machine is powered on into discovery through the BMC (502 if the BMC refuses). \
+        Honours `Idempotency-Key`.",
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+         description = "Run this request at most once (24 h, per token and path)")),
+    request_body = Enrol,
+    responses(
+        (status = 201, description = "The BMC, enrolled", body = Bmc),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 422, response = super::openapi::Unprocessable),
+        (status = 502, response = super::openapi::BadGateway),
+    )
+)]
+async fn enrol(
+    _: Operator,
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<Enrol>,
+) -> Result<(StatusCode, Json<Bmc>), ApiError> {
     check_address(&req.address)?;
     if req.username.is_empty() || req.username.len() > 64 {
         return Err(bad("username", "1 to 64 characters"));
@@ -98,6 +159,7 @@ async fn enrol(_: Operator, State(state): State<AppState>, body: Bytes) -> Resul
             .to_string(),
         other => return Err(bad("protocol", format!("{other:?} is not redfish, ipmi or auto"))),
     };
+    check_client(&protocol, &req.address, &creds, &tls)?;
     let new = NewBmc {
         address: req.address.trim_end_matches('/').to_string(),
         protocol,
@@ -123,24 +185,71 @@ async fn enrol(_: Operator, State(state): State<AppState>, body: Bytes) -> Resul
         }
     }
     let bmc = state.store.bmc(&bmc.id).await?.ok_or_else(|| ApiError::NotFound { what: "BMC".into() })?;
-    Ok((StatusCode::CREATED, Json(json!(bmc))))
+    Ok((StatusCode::CREATED, Json(bmc)))
 }
 
-async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// The enrolled BMCs, without their inventories.
+#[derive(Serialize, ToSchema)]
+pub(super) struct BmcList {
+    pub bmcs: Vec<Bmc>,
+}
+
+/// Every BMC (`inventory` is null here: one BMC's is at `/bmcs/{id}`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/bmcs",
+    operation_id = "list_bmcs",
+    tag = "bmcs",
+    description = "Role: viewer.",
+    responses(
+        (status = 200, description = "Every BMC", body = BmcList),
+        (status = 401, response = super::openapi::Unauthorized),
+    )
+)]
+async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<BmcList>, ApiError> {
     let mut bmcs = state.store.bmcs().await?;
     // The list is a summary; one BMC's inventory is at /bmcs/{id}.
     bmcs.iter_mut().for_each(|b| b.inventory = None);
-    Ok(Json(json!({ "bmcs": bmcs })))
+    Ok(Json(BmcList { bmcs }))
 }
 
 async fn one(state: &AppState, id: &str) -> Result<Bmc, ApiError> {
     state.store.bmc(id).await?.ok_or_else(|| ApiError::NotFound { what: format!("BMC {id}") })
 }
 
+/// One BMC: power state, inventory, last error.
+#[utoipa::path(
+    get,
+    path = "/api/v1/bmcs/{id}",
+    operation_id = "get_bmc",
+    tag = "bmcs",
+    description = "Role: viewer.",
+    params(("id" = String, Path, description = "The BMC's id")),
+    responses(
+        (status = 200, description = "The BMC", body = Bmc),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::NotFound),
+    )
+)]
 async fn show(_: Viewer, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Bmc>, ApiError> {
     Ok(Json(one(&state, &id).await?))
 }
 
+/// Removes a BMC (its machine stays).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/bmcs/{id}",
+    operation_id = "delete_bmc",
+    tag = "bmcs",
+    description = "Role: operator.",
+    params(("id" = String, Path, description = "The BMC's id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+    )
+)]
 async fn remove(_: Operator, State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     if !state.store.delete_bmc(&id).await? {
         return Err(ApiError::NotFound { what: format!("BMC {id}") });
@@ -149,21 +258,52 @@ async fn remove(_: Operator, State(state): State<AppState>, Path(id): Path<Strin
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Reads the BMC's inventory again now.
+#[utoipa::path(
+    post,
+    path = "/api/v1/bmcs/{id}/inventory",
+    operation_id = "reread_bmc_inventory",
+    tag = "bmcs",
+    description = "Role: operator. 502 when the BMC cannot be read (its record says why too).",
+    params(("id" = String, Path, description = "The BMC's id")),
+    responses(
+        (status = 200, description = "The BMC with its new inventory", body = Bmc),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 502, response = super::openapi::BadGateway),
+    )
+)]
 async fn reread(_: Operator, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Bmc>, ApiError> {
     one(&state, &id).await?;
     state.oob.refresh_inventory(&id).await?;
     Ok(Json(one(&state, &id).await?))
 }
 
+/// The machine's BMC.
+#[utoipa::path(
+    get,
+    path = "/api/v1/machines/{id}/bmc",
+    operation_id = "get_machine_bmc",
+    tag = "bmcs",
+    description = "Role: viewer.",
+    params(("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs")),
+    responses(
+        (status = 200, description = "The BMC", body = Bmc),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::NotFound),
+    )
+)]
 async fn machine_bmc(_: Viewer, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Bmc>, ApiError> {
     let machine = find(&state, &id).await?;
     let bmc = state.store.bmc_for_machine(&machine.id).await?;
     Ok(Json(bmc.ok_or_else(|| ApiError::NotFound { what: format!("a BMC for machine {}", machine.id) })?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PowerRequest {
+#[schema(example = json!({"action": "cycle", "boot": "pxe"}))]
+pub(super) struct PowerRequest {
     action: Option<PowerAction>,
     /// Boot this device once, before the action.
     boot: Option<BootTarget>,
@@ -171,13 +311,48 @@ struct PowerRequest {
     uefi: Option<bool>,
 }
 
+/// What a power request did.
+#[derive(Serialize, ToSchema)]
+pub(super) struct PowerResult {
+    pub machine: String,
+    pub bmc: String,
+    /// As the BMC last reported it.
+    pub power_state: Option<inventory::oob::PowerState>,
+}
+
+/// A power action and/or the next boot device, through the machine's BMC.
+#[utoipa::path(
+    post,
+    path = "/api/v1/machines/{id}/power",
+    operation_id = "power_machine",
+    tag = "bmcs",
+    description = "Role: operator. 409 when the machine has no BMC; 502 when the BMC refuses or does not answer. \
+        Honours `Idempotency-Key`.",
+    params(
+        ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+         description = "Run this request at most once (24 h, per token and path)"),
+    ),
+    request_body = PowerRequest,
+    responses(
+        (status = 200, description = "Done", body = PowerResult),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 422, response = super::openapi::Unprocessable),
+        (status = 502, response = super::openapi::BadGateway),
+    )
+)]
 async fn power(
     _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let req: PowerRequest = parse_json(&body)?;
+    JsonBody(req): JsonBody<PowerRequest>,
+) -> Result<Json<PowerResult>, ApiError> {
     if req.action.is_none() && req.boot.is_none() {
         return Err(bad("action", "give an action, a boot device, or both"));
     }
@@ -187,7 +362,7 @@ async fn power(
     };
     state.oob.power(&bmc.id, req.action, req.boot.map(|t| (t, req.uefi)), "operator request").await?;
     let bmc = one(&state, &bmc.id).await?;
-    Ok(Json(json!({ "machine": machine.id, "bmc": bmc.id, "power_state": bmc.power_state })))
+    Ok(Json(PowerResult { machine: machine.id, bmc: bmc.id, power_state: bmc.power_state }))
 }
 
 #[cfg(test)]

@@ -5,14 +5,14 @@
 
 use std::collections::BTreeSet;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
 
 use super::firmware::valid_name;
 use super::machines::find;
@@ -22,7 +22,8 @@ use crate::campaign::model::{
     order_nodes, Action, Campaign, CampaignState, FirmwareAction, Gates, NodeProgress, NodeState, Rollout, Schedule,
     Targets,
 };
-use crate::error::{parse_json, ApiError};
+use crate::error::ApiError;
+use crate::extract::JsonBody;
 use crate::store::{now_ms, rfc3339, ImageState, StoreError, UpsFeeds};
 use crate::AppState;
 
@@ -39,12 +40,19 @@ fn bad(field: &str, detail: impl Into<String>) -> ApiError {
     ApiError::BadRequest { field: field.into(), detail: detail.into() }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Create {
+#[schema(as = NewCampaign, example = json!({
+    "name": "BIOS 2.1, rack r7", "targets": {"racks": ["r7"], "machines": []},
+    "action": {"firmware": {"component": "BIOS", "firmware": "bios-2.1", "version": "2.1"}},
+    "schedule": {"window": {"cron": "0 2 * * SAT", "timezone": "Europe/Berlin", "minutes": 240}},
+    "rollout": {"batch_size": 2, "order": "by_rack", "max_failures": 1}, "gates": {"on_mains": true}
+}))]
+pub(super) struct Create {
     name: String,
     targets: Targets,
     action: Action,
+    /// `"now"` when absent.
     #[serde(default = "now")]
     schedule: Schedule,
     #[serde(default)]
@@ -123,8 +131,32 @@ async fn resolve(state: &AppState, targets: &Targets) -> Result<Vec<(String, Opt
     Ok(out)
 }
 
-async fn create(_: Operator, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let req: Create = parse_json(&body)?;
+/// Creates a refresh campaign; its targets are resolved to machines now.
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns",
+    operation_id = "create_campaign",
+    tag = "campaigns",
+    description = "Role: operator. Honours `Idempotency-Key`.",
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+         description = "Run this request at most once (24 h, per token and path)")),
+    request_body = Create,
+    responses(
+        (status = 201, description = "The campaign, scheduled", body = CampaignView),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 422, response = super::openapi::Unprocessable),
+    )
+)]
+async fn create(
+    _: Operator,
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<Create>,
+) -> Result<Response, ApiError> {
     if req.name.trim().is_empty() || req.name.len() > 128 || req.name.chars().any(char::is_control) {
         return Err(bad("name", "1 to 128 characters"));
     }
@@ -177,49 +209,164 @@ async fn create(_: Operator, State(state): State<AppState>, body: Bytes) -> Resu
     Ok((StatusCode::CREATED, Json(view(&campaign, &nodes))).into_response())
 }
 
-/// The campaign as shown: times in RFC 3339, node counts, the next time
-/// its schedule opens, and (with `nodes`) each node's progress.
-fn view(c: &Campaign, nodes: &[NodeProgress]) -> Value {
+/// A campaign as shown: times in RFC 3339, node counts, the next time its
+/// schedule opens, and (one campaign, not in the list) each node.
+#[derive(Serialize, ToSchema)]
+pub(super) struct CampaignView {
+    pub id: String,
+    pub name: String,
+    pub state: CampaignState,
+    /// Why it is held, paused or failed.
+    pub reason: Option<String>,
+    pub targets: Targets,
+    pub action: Action,
+    pub schedule: Schedule,
+    pub rollout: Rollout,
+    pub gates: Gates,
+    /// Failed nodes an operator resumed past.
+    pub acknowledged_failures: u32,
+    pub created_at: String,
+    pub updated_at: String,
+    /// When the first node started.
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// When nodes may next start, if not now (null once finished).
+    pub schedule_next_open: Option<String>,
+    pub summary: CampaignSummary,
+    /// Each node's progress, in rollout order (absent in the list).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<CampaignNodeView>>,
+}
+
+/// Nodes by state.
+#[derive(Serialize, ToSchema)]
+pub(super) struct CampaignSummary {
+    pub total: usize,
+    pub pending: usize,
+    pub applying: usize,
+    pub verifying: usize,
+    pub done: usize,
+    pub failed: usize,
+    pub rolled_back: usize,
+}
+
+/// One target machine's progress.
+#[derive(Serialize, ToSchema)]
+pub(super) struct CampaignNodeView {
+    pub machine_id: String,
+    /// Its place in the rollout order.
+    pub position: u32,
+    pub rack: Option<String>,
+    pub state: NodeState,
+    /// Why it failed (or a note such as "already at 2.0").
+    pub reason: Option<String>,
+    pub old_version: Option<String>,
+    pub new_version: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+/// The campaigns, without their nodes.
+#[derive(Serialize, ToSchema)]
+pub(super) struct CampaignList {
+    pub campaigns: Vec<CampaignView>,
+}
+
+fn view(c: &Campaign, nodes: &[NodeProgress]) -> CampaignView {
     let time = |ms: Option<i64>| ms.map(rfc3339);
     let count = |s: NodeState| nodes.iter().filter(|n| n.state == s).count();
     let next_start = c.schedule.parse().ok().and_then(|s| s.next_open(now_ms()));
-    json!({
-        "id": c.id, "name": c.name, "state": c.state, "reason": c.reason,
-        "targets": c.targets, "action": c.action, "schedule": c.schedule, "rollout": c.rollout, "gates": c.gates,
-        "acknowledged_failures": c.acknowledged_failures,
-        "created_at": rfc3339(c.created_at_ms), "updated_at": rfc3339(c.updated_at_ms),
-        "started_at": time(c.started_at_ms), "finished_at": time(c.finished_at_ms),
-        "schedule_next_open": if c.state.is_final() { None } else { time(next_start) },
-        "summary": {
-            "total": nodes.len(), "pending": count(NodeState::Pending), "applying": count(NodeState::Applying),
-            "verifying": count(NodeState::Verifying), "done": count(NodeState::Done), "failed": count(NodeState::Failed),
-            "rolled_back": count(NodeState::RolledBack),
+    CampaignView {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        state: c.state,
+        reason: c.reason.clone(),
+        targets: c.targets.clone(),
+        action: c.action.clone(),
+        schedule: c.schedule.clone(),
+        rollout: c.rollout.clone(),
+        gates: c.gates.clone(),
+        acknowledged_failures: c.acknowledged_failures,
+        created_at: rfc3339(c.created_at_ms),
+        updated_at: rfc3339(c.updated_at_ms),
+        started_at: time(c.started_at_ms),
+        finished_at: time(c.finished_at_ms),
+        schedule_next_open: if c.state.is_final() { None } else { time(next_start) },
+        summary: CampaignSummary {
+            total: nodes.len(),
+            pending: count(NodeState::Pending),
+            applying: count(NodeState::Applying),
+            verifying: count(NodeState::Verifying),
+            done: count(NodeState::Done),
+            failed: count(NodeState::Failed),
+            rolled_back: count(NodeState::RolledBack),
         },
-        "nodes": nodes.iter().map(|n| json!({
-            "machine_id": n.machine_id, "position": n.position, "rack": n.rack, "state": n.state,
-            "reason": n.reason, "old_version": n.old_version, "new_version": n.new_version,
-            "started_at": time(n.started_at_ms), "finished_at": time(n.finished_at_ms),
-        })).collect::<Vec<_>>(),
-    })
+        nodes: Some(
+            nodes
+                .iter()
+                .map(|n| CampaignNodeView {
+                    machine_id: n.machine_id.clone(),
+                    position: n.position,
+                    rack: n.rack.clone(),
+                    state: n.state,
+                    reason: n.reason.clone(),
+                    old_version: n.old_version.clone(),
+                    new_version: n.new_version.clone(),
+                    started_at: time(n.started_at_ms),
+                    finished_at: time(n.finished_at_ms),
+                })
+                .collect(),
+        ),
+    }
 }
 
-async fn one(state: &AppState, id: &str) -> Result<Value, ApiError> {
+async fn one(state: &AppState, id: &str) -> Result<CampaignView, ApiError> {
     let c = state.store.campaign(id).await?.ok_or_else(|| ApiError::NotFound { what: format!("campaign {id}") })?;
     Ok(view(&c, &state.store.campaign_nodes(id).await?))
 }
 
-async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let mut out = vec![];
+/// Every campaign with its node counts.
+#[utoipa::path(
+    get,
+    path = "/api/v1/campaigns",
+    operation_id = "list_campaigns",
+    tag = "campaigns",
+    description = "Role: viewer.",
+    responses(
+        (status = 200, description = "Every campaign", body = CampaignList),
+        (status = 401, response = super::openapi::Unauthorized),
+    )
+)]
+async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<CampaignList>, ApiError> {
+    let mut campaigns = vec![];
     for c in state.store.campaigns().await? {
         let mut v = view(&c, &state.store.campaign_nodes(&c.id).await?);
         // The list is a summary; one campaign's nodes are at /campaigns/{id}.
-        v.as_object_mut().map(|o| o.remove("nodes"));
-        out.push(v);
+        v.nodes = None;
+        campaigns.push(v);
     }
-    Ok(Json(json!({ "campaigns": out })))
+    Ok(Json(CampaignList { campaigns }))
 }
 
-async fn show(_: Viewer, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+/// One campaign with each node's progress and versions.
+#[utoipa::path(
+    get,
+    path = "/api/v1/campaigns/{id}",
+    operation_id = "get_campaign",
+    tag = "campaigns",
+    description = "Role: viewer.",
+    params(("id" = String, Path, description = "The campaign's id")),
+    responses(
+        (status = 200, description = "The campaign", body = CampaignView),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::NotFound),
+    )
+)]
+async fn show(
+    _: Viewer,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CampaignView>, ApiError> {
     Ok(Json(one(&state, &id).await?))
 }
 
@@ -232,7 +379,7 @@ async fn operate(
     event: &str,
     reason: &str,
     acknowledge: bool,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CampaignView>, ApiError> {
     let c = state.store.campaign(id).await?.ok_or_else(|| ApiError::NotFound { what: format!("campaign {id}") })?;
     let detail = json!({ "cause": "operator" });
     let moved = state.store.transition_campaign(id, from, to(&c), Some(reason), event, detail, acknowledge).await?;
@@ -243,7 +390,26 @@ async fn operate(
     Ok(Json(one(state, id).await?))
 }
 
-async fn pause(_: Operator, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns/{id}/pause",
+    operation_id = "pause_campaign",
+    tag = "campaigns",
+    description = "Role: operator. Scheduled, running or held campaigns; no node starts until it is resumed.",
+    params(("id" = String, Path, description = "The campaign's id")),
+    responses(
+        (status = 200, description = "The campaign", body = CampaignView),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+    )
+)]
+async fn pause(
+    _: Operator,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CampaignView>, ApiError> {
     use CampaignState::*;
     operate(&state, &id, &[Scheduled, Running, Held], |_| Paused, "campaign.paused", "paused by an operator", false)
         .await
@@ -251,7 +417,26 @@ async fn pause(_: Operator, State(state): State<AppState>, Path(id): Path<String
 
 /// Back to `running` (or `scheduled` if no node ever started); the
 /// failures so far are accepted, and the failure policy counts from here.
-async fn resume(_: Operator, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns/{id}/resume",
+    operation_id = "resume_campaign",
+    tag = "campaigns",
+    description = "Role: operator. A paused campaign; the failures so far are accepted.",
+    params(("id" = String, Path, description = "The campaign's id")),
+    responses(
+        (status = 200, description = "The campaign", body = CampaignView),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+    )
+)]
+async fn resume(
+    _: Operator,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CampaignView>, ApiError> {
     use CampaignState::*;
     let to = |c: &Campaign| if c.started_at_ms.is_some() { Running } else { Scheduled };
     operate(&state, &id, &[Paused], to, "campaign.resumed", "resumed by an operator", true).await
@@ -259,7 +444,26 @@ async fn resume(_: Operator, State(state): State<AppState>, Path(id): Path<Strin
 
 /// No node starts any more; one in progress finishes (a flash is not
 /// interrupted) and is recorded.
-async fn cancel(_: Operator, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns/{id}/cancel",
+    operation_id = "cancel_campaign",
+    tag = "campaigns",
+    description = "Role: operator. No node starts any more; one in progress finishes.",
+    params(("id" = String, Path, description = "The campaign's id")),
+    responses(
+        (status = 200, description = "The campaign", body = CampaignView),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+    )
+)]
+async fn cancel(
+    _: Operator,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CampaignView>, ApiError> {
     use CampaignState::*;
     operate(
         &state,

@@ -7,16 +7,17 @@
 //! machine that reboots meanwhile gets the ramdisk again and the same
 //! deployment): no separate installer boot.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::Routes;
 use crate::auth::{Operator, Viewer};
-use crate::error::{parse_json, ApiError};
+use crate::error::ApiError;
+use crate::extract::JsonBody;
 use crate::join::JoinSpec;
 use crate::store::{now_ms, Deployment, ImageState};
 use crate::AppState;
@@ -28,25 +29,53 @@ pub(super) fn router() -> Routes {
         .route("/api/v1/machines/{id}/release", post(release))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReleaseRequest {
+#[schema(example = json!({"wipe": "quick"}))]
+pub(super) struct ReleaseRequest {
     /// `quick` or `full`; the configured default when absent.
     #[serde(default)]
     wipe: Option<String>,
 }
 
+/// Releases a machine: its disks are wiped and it is `ready` again.
+///
 /// Releasing needs the machine's agent: a machine with a BMC is
 /// network-booted into the ramdisk through it; without one, a deployed
 /// machine gets the ramdisk at its next network boot (by hand), and a
 /// failed one is often still running it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/machines/{id}/release",
+    operation_id = "release_machine",
+    tag = "deploys",
+    description = "Role: operator. A deployed, joined or failed machine moves to `releasing`. The body is optional. \
+        Honours `Idempotency-Key`.",
+    params(
+        ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+         description = "Run this request at most once (24 h, per token and path)"),
+    ),
+    request_body(content = Option<ReleaseRequest>, description = "Optional"),
+    responses(
+        (status = 202, description = "The machine, releasing", body = crate::store::Machine),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 422, response = super::openapi::Unprocessable),
+    )
+)]
 async fn release(
     _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    JsonBody(req): JsonBody<Option<ReleaseRequest>>,
 ) -> Result<(StatusCode, Json<crate::store::Machine>), ApiError> {
-    let req: ReleaseRequest = if body.is_empty() { ReleaseRequest::default() } else { parse_json(&body)? };
+    let req = req.unwrap_or_default();
     let mode = req.wipe.unwrap_or_else(|| state.release_wipe.clone());
     if mode != "quick" && mode != "full" {
         return Err(bad("wipe", format!("{mode:?}: quick or full")));
@@ -60,9 +89,13 @@ async fn release(
     Ok((StatusCode::ACCEPTED, Json(machine)))
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DeployRequest {
+#[schema(example = json!({
+    "image": "debian-12", "hostname": "node1", "ssh_authorized_keys": ["ssh-ed25519 AAAAC3Nz... ops@example"],
+    "disk": {"serial": "DISK-1"}, "cluster": {"kind": "swarm", "cluster": "rack7"}
+}))]
+pub(super) struct DeployRequest {
     image: String,
     hostname: String,
     #[serde(default)]
@@ -156,13 +189,38 @@ fn valid_hostname(name: &str) -> bool {
         })
 }
 
+/// Deploys an available image to a ready machine.
+#[utoipa::path(
+    post,
+    path = "/api/v1/machines/{id}/deploy",
+    operation_id = "deploy_machine",
+    tag = "deploys",
+    description = "Role: operator. A ready machine moves to `deploying`; its agent writes, verifies and configures \
+        the image. Honours `Idempotency-Key`.",
+    params(
+        ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+         description = "Run this request at most once (24 h, per token and path)"),
+    ),
+    request_body = DeployRequest,
+    responses(
+        (status = 202, description = "The deployment, requested", body = Deployment),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 422, response = super::openapi::Unprocessable),
+    )
+)]
 async fn deploy(
     _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    JsonBody(req): JsonBody<DeployRequest>,
 ) -> Result<(StatusCode, Json<Deployment>), ApiError> {
-    let req: DeployRequest = parse_json(&body)?;
     req.validate()?;
     let machine = super::machines::find(&state, &id).await?;
     let image = match state.store.image(&req.image).await? {
@@ -185,6 +243,20 @@ async fn deploy(
     Ok((StatusCode::ACCEPTED, Json(deployment)))
 }
 
+/// The machine's deployment: its image, spec and progress.
+#[utoipa::path(
+    get,
+    path = "/api/v1/machines/{id}/deployment",
+    operation_id = "get_deployment",
+    tag = "deploys",
+    description = "Role: viewer.",
+    params(("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs")),
+    responses(
+        (status = 200, description = "The deployment", body = Deployment),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::NotFound),
+    )
+)]
 async fn show(_: Viewer, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Deployment>, ApiError> {
     let machine = super::machines::find(&state, &id).await?;
     let deployment = state.store.deployment(&machine.id).await?;

@@ -14,20 +14,22 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::routing::get;
 use axum::Json;
 use futures_util::stream::Stream;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::sync::broadcast::{self, error::RecvError};
+use utoipa::{IntoParams, ToSchema};
 
 use super::machines::{find, limit, Page};
 use super::Routes;
 use crate::auth::Viewer;
 use crate::error::ApiError;
+use crate::extract::Query;
 use crate::store::{Event, Store};
 use crate::AppState;
 
@@ -43,32 +45,74 @@ pub(super) fn router() -> Routes {
         .route("/api/v1/events/stream", get(stream))
 }
 
+/// A page of events, oldest first.
+#[derive(Serialize, ToSchema)]
+pub(super) struct EventPage {
+    pub events: Vec<Event>,
+    /// The `after` for the next page; null when there are no more yet.
+    pub next: Option<String>,
+}
+
 /// One page and the id to pass as `after` for the next (`null`: none yet).
-async fn page(store: &Store, machine: Option<&str>, page: &Page) -> Result<Json<Value>, ApiError> {
+async fn page(store: &Store, machine: Option<&str>, page: &Page) -> Result<Json<EventPage>, ApiError> {
     let n = limit(page)?;
     let mut events = store.events(machine, page.after.as_deref(), n + 1).await?;
     let more = events.len() as i64 > n;
     events.truncate(n as usize);
     let next = if more { events.last().map(|e| e.id.clone()) } else { None };
-    Ok(Json(json!({ "events": events, "next": next })))
+    Ok(Json(EventPage { events, next }))
 }
 
+/// One machine's events, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/machines/{id}/events",
+    operation_id = "list_machine_events",
+    tag = "events",
+    description = "Role: viewer.",
+    params(("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"), Page),
+    responses(
+        (status = 200, description = "A page of events", body = EventPage),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::NotFound),
+    )
+)]
 async fn machine_events(
     _: Viewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(p): Query<Page>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventPage>, ApiError> {
     let machine = find(&state, &id).await?;
     page(&state.store, Some(&machine.id), &p).await
 }
 
-async fn all_events(_: Viewer, State(state): State<AppState>, Query(p): Query<Page>) -> Result<Json<Value>, ApiError> {
+/// Every event, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    operation_id = "list_events",
+    tag = "events",
+    description = "Role: viewer.",
+    params(Page),
+    responses(
+        (status = 200, description = "A page of events", body = EventPage),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+    )
+)]
+async fn all_events(
+    _: Viewer,
+    State(state): State<AppState>,
+    Query(p): Query<Page>,
+) -> Result<Json<EventPage>, ApiError> {
     page(&state.store, None, &p).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StreamQuery {
     /// Only this machine's events (its id or a MAC).
     machine: Option<String>,
@@ -142,6 +186,27 @@ async fn next(mut f: Feed) -> Option<(Result<SseEvent, Infallible>, Feed)> {
     }
 }
 
+/// Live events as server-sent events: each event's id is its SSE `id`,
+/// its kind the SSE `event`, the event as JSON its `data`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events/stream",
+    operation_id = "stream_events",
+    tag = "events",
+    description = "Role: viewer. Resumes after `Last-Event-ID` (or `after`) from the database, then goes live; \
+        a keep-alive comment every 15 s; a client too far behind gets `event: lagged` and the stream ends.",
+    params(
+        StreamQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (wins over `after`)"),
+    ),
+    responses(
+        (status = 200, description = "The stream; it does not end by itself", content_type = "text/event-stream",
+         body = String),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::NotFound),
+    )
+)]
 async fn stream(
     _: Viewer,
     State(state): State<AppState>,

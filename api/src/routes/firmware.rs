@@ -15,10 +15,11 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
+use utoipa::ToSchema;
 
 use super::Routes;
 use crate::auth::{Operator, Viewer};
@@ -38,7 +39,7 @@ pub fn boot_router() -> Router<AppState> {
 }
 
 /// An uploaded firmware file as listed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FirmwareFile {
     pub name: String,
     pub size_bytes: u64,
@@ -79,6 +80,23 @@ pub(super) fn problem(status: StatusCode, field: &str, detail: impl Into<String>
     (status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
 }
 
+/// Uploads a firmware file (streamed; its SHA-256 computed on the way).
+#[utoipa::path(
+    put,
+    path = "/api/v1/firmware/{name}",
+    operation_id = "upload_firmware",
+    tag = "campaigns",
+    description = "Role: operator. At most 256 MiB; replaces a file of the same name.",
+    params(("name" = String, Path, description = "1-64 of `A-Za-z0-9._-`, starting with a letter or digit")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file"),
+    responses(
+        (status = 201, description = "The file, stored", body = FirmwareFile),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+    )
+)]
 async fn upload(
     _: Operator,
     State(state): State<AppState>,
@@ -136,7 +154,25 @@ async fn upload(
     Ok((StatusCode::CREATED, Json(record)).into_response())
 }
 
-async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// The uploaded firmware files.
+#[derive(Serialize, ToSchema)]
+pub(super) struct FirmwareList {
+    pub firmware: Vec<FirmwareFile>,
+}
+
+/// Every uploaded firmware file, by name.
+#[utoipa::path(
+    get,
+    path = "/api/v1/firmware",
+    operation_id = "list_firmware",
+    tag = "campaigns",
+    description = "Role: viewer.",
+    responses(
+        (status = 200, description = "Every firmware file", body = FirmwareList),
+        (status = 401, response = super::openapi::Unauthorized),
+    )
+)]
+async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<FirmwareList>, ApiError> {
     let mut files = vec![];
     if let Ok(entries) = std::fs::read_dir(&state.firmware_dir) {
         for entry in entries.flatten() {
@@ -147,7 +183,7 @@ async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<Value>, A
         }
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(json!({ "firmware": files })))
+    Ok(Json(FirmwareList { firmware: files }))
 }
 
 /// For BMCs: no token (a BMC's SimpleUpdate sends none), only whole files.

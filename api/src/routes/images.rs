@@ -8,7 +8,7 @@
 
 use std::path::{Path as FsPath, PathBuf};
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,13 +16,14 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use futures_util::TryStreamExt;
 use images::catalog::{self, ImportError, SourceFormat};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use tower::ServiceExt;
+use utoipa::ToSchema;
 
 use super::Routes;
 use crate::auth::{Operator, Viewer};
-use crate::error::{parse_json, ApiError};
+use crate::error::ApiError;
+use crate::extract::JsonBody;
 use crate::store::{Image, ImageMeta, ImageState};
 use crate::AppState;
 
@@ -42,15 +43,20 @@ pub fn content_path(images_dir: &FsPath, name: &str) -> PathBuf {
     images_dir.join(format!("{name}.raw.zst"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Register {
+#[schema(as = NewImage, example = json!({"name": "debian-12-1", "os": "debian", "version": "12"}))]
+pub(super) struct Register {
+    /// Becomes a file name: 1-64 of `a-z0-9._-`, starting with a letter or digit.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     name: String,
     os: String,
     version: String,
     #[serde(default = "default_arch")]
+    #[schema(pattern = "^(x86_64|arm64)$", default = "x86_64")]
     arch: String,
     #[serde(default = "default_boot_mode")]
+    #[schema(pattern = "^(bios|uefi|both)$", default = "both")]
     boot_mode: String,
     /// Format of the content given by `source_path` (uploads say theirs in
     /// Content-Type).
@@ -58,9 +64,11 @@ struct Register {
     format: Option<SourceFormat>,
     /// SHA-256 of the raw content; the import fails when it differs.
     #[serde(default)]
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     sha256: Option<String>,
     /// A file on the appliance to import from.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     source_path: Option<PathBuf>,
 }
 
@@ -98,8 +106,31 @@ fn check_sha256(sha: &Option<String>) -> Result<(), ApiError> {
     }
 }
 
-async fn register(_: Operator, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let req: Register = parse_json(&body)?;
+/// Registers an image; with `source_path`, imports it from that file in
+/// the background.
+#[utoipa::path(
+    post,
+    path = "/api/v1/images",
+    operation_id = "register_image",
+    tag = "images",
+    description = "Role: operator. Without `source_path` the image waits in `importing` for \
+        `PUT /api/v1/images/{name}/content`.",
+    request_body = Register,
+    responses(
+        (status = 202, description = "The image, importing", body = Image),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+    )
+)]
+async fn register(
+    _: Operator,
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<Register>,
+) -> Result<Response, ApiError> {
     check_name(&req.name)?;
     check_sha256(&req.sha256)?;
     if !["bios", "uefi", "both"].contains(&req.boot_mode.as_str()) {
@@ -168,6 +199,29 @@ async fn finish(state: &AppState, name: &str, outcome: Result<catalog::Imported,
 /// `PUT /api/v1/images/{name}/content`: the body is the content, raw
 /// (`application/octet-stream`) or raw+zstd (`application/zstd`). Answers
 /// once the import finished: 200 with the image, or 422 with why.
+#[utoipa::path(
+    put,
+    path = "/api/v1/images/{name}/content",
+    operation_id = "upload_image_content",
+    tag = "images",
+    description = "Role: operator. Streams the content into the catalog, never holding it in memory. The image \
+        must be `importing`.",
+    params(
+        ("name" = String, Path, example = "debian-12-1", description = "The image's name"),
+        ("X-Content-SHA256" = Option<String>, Header, description = "SHA-256 of the raw content, 64 hex digits"),
+    ),
+    request_body(content((Vec<u8> = "application/octet-stream"), (Vec<u8> = "application/zstd")),
+                 description = "The image: raw, or raw+zstd"),
+    responses(
+        (status = 200, description = "The image, available", body = Image),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 422, response = super::openapi::Unprocessable),
+    )
+)]
 async fn upload(
     _: Operator,
     State(state): State<AppState>,
@@ -204,13 +258,7 @@ async fn upload(
     finish(&state, &name, outcome.clone()).await;
     match outcome {
         Ok(_) => Ok(Json(find(&state, &name).await?).into_response()),
-        Err(error) => Ok((
-            StatusCode::UNPROCESSABLE_ENTITY,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            json!({ "type": "about:blank", "title": "Unprocessable Content", "status": 422, "detail": error, "field": "content" })
-                .to_string(),
-        )
-            .into_response()),
+        Err(error) => Ok(crate::error::problem_with_field(StatusCode::UNPROCESSABLE_ENTITY, Some("content"), error)),
     }
 }
 
@@ -218,14 +266,62 @@ async fn find(state: &AppState, name: &str) -> Result<Image, ApiError> {
     state.store.image(name).await?.ok_or_else(|| ApiError::NotFound { what: format!("image {name}") })
 }
 
-async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "images": state.store.images().await? })))
+/// The image catalog.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ImageList {
+    pub images: Vec<Image>,
 }
 
+/// Every image.
+#[utoipa::path(
+    get,
+    path = "/api/v1/images",
+    operation_id = "list_images",
+    tag = "images",
+    description = "Role: viewer.",
+    responses(
+        (status = 200, description = "Every image", body = ImageList),
+        (status = 401, response = super::openapi::Unauthorized),
+    )
+)]
+async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<ImageList>, ApiError> {
+    Ok(Json(ImageList { images: state.store.images().await? }))
+}
+
+/// One image.
+#[utoipa::path(
+    get,
+    path = "/api/v1/images/{name}",
+    operation_id = "get_image",
+    tag = "images",
+    description = "Role: viewer.",
+    params(("name" = String, Path, example = "debian-12", description = "The image's name")),
+    responses(
+        (status = 200, description = "The image", body = Image),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::NotFound),
+    )
+)]
 async fn show(_: Viewer, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Image>, ApiError> {
     Ok(Json(find(&state, &name).await?))
 }
 
+/// Deletes an image and its content.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/images/{name}",
+    operation_id = "delete_image",
+    tag = "images",
+    description = "Role: operator. Refused (409) while a machine is deploying or running it.",
+    params(("name" = String, Path, description = "The image's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+    )
+)]
 async fn remove(_: Operator, State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     if !state.store.delete_image(&name).await? {
         return Err(ApiError::NotFound { what: format!("image {name}") });

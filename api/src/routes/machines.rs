@@ -6,18 +6,18 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
-use serde::{Deserialize, Deserializer};
-use serde_json::json;
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::Routes;
 use crate::auth::{Operator, Viewer};
-use crate::error::{parse_json, problem, ApiError};
+use crate::error::{problem, ApiError};
+use crate::extract::{JsonBody, Query};
 use crate::lifecycle::MachineState;
 use crate::store::labels::{PatchOutcome, MAX_LABELS};
 use crate::store::{Machine, MachineFilter, MachinePatch};
@@ -31,11 +31,14 @@ pub(super) fn router() -> Routes {
 }
 
 /// `?after=ID&limit=N` (the event and audit lists).
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct Page {
-    /// Return entries after this id.
+    /// Return entries after this id (a page's `next`).
     pub after: Option<String>,
+    /// At most this many entries (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -79,14 +82,44 @@ fn filter(query: &[(String, String)]) -> Result<MachineFilter, ApiError> {
     Ok(f)
 }
 
+/// A page of machines.
+#[derive(Serialize, ToSchema)]
+pub(super) struct MachinePage {
+    pub machines: Vec<Machine>,
+    /// The `after` for the next page; null on the last one.
+    pub next: Option<String>,
+}
+
+/// Machines, filtered and paged by id.
+#[utoipa::path(
+    get,
+    path = "/api/v1/machines",
+    operation_id = "list_machines",
+    tag = "machines",
+    description = "Role: viewer. Every filter given must match.",
+    params(
+        ("state" = Option<MachineState>, Query, description = "Only machines in this state"),
+        ("label" = Option<Vec<String>>, Query, explode = true, style = Form,
+         description = "`NAME=VALUE`; repeat for several, all must match"),
+        ("rack" = Option<String>, Query, description = "Only machines in this rack (1-64 characters, no spaces)"),
+        ("mac" = Option<String>, Query, description = "Only the machine with this MAC"),
+        ("after" = Option<String>, Query, description = "Machines after this id (a page's `next`)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 1000)"),
+    ),
+    responses(
+        (status = 200, description = "A page of machines", body = MachinePage),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+    )
+)]
 async fn list(
     _: Viewer,
     State(state): State<AppState>,
     Query(query): Query<Vec<(String, String)>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<MachinePage>, ApiError> {
     let f = filter(&query)?;
     let (machines, next) = state.store.machines_page(&f).await?.ok_or_else(|| bad("after", "names no machine"))?;
-    Ok(Json(json!({ "machines": machines, "next": next })))
+    Ok(Json(MachinePage { machines, next }))
 }
 
 /// `{id}` is the machine id or any of its MACs.
@@ -111,6 +144,21 @@ fn tagged(status: StatusCode, machine: &Machine) -> Response {
     response
 }
 
+/// One machine, by its id or any of its MACs.
+#[utoipa::path(
+    get,
+    path = "/api/v1/machines/{id}",
+    operation_id = "get_machine",
+    tag = "machines",
+    description = "Role: viewer.",
+    params(("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs")),
+    responses(
+        (status = 200, description = "The machine", body = Machine,
+         headers(("ETag" = String, description = "Send it as If-Match to edit only this version"))),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::NotFound),
+    )
+)]
 async fn show(_: Viewer, State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(tagged(StatusCode::OK, &find(&state, &id).await?))
 }
@@ -136,14 +184,16 @@ fn check_rack(rack: &str) -> Result<&str, String> {
     Ok(rack)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchBody {
+#[schema(as = MachinePatch, example = json!({"labels": {"pool": "gpu", "old": null}, "rack": "r7"}))]
+pub(super) struct PatchBody {
     /// A JSON merge: a null value deletes the label.
     #[serde(default)]
     labels: BTreeMap<String, Option<String>>,
     /// Absent: unchanged; null: cleared.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     rack: Option<Option<String>>,
 }
 
@@ -152,16 +202,42 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
     Option::<String>::deserialize(d).map(Some)
 }
 
+/// Edits a machine's labels and rack, as a JSON merge.
+///
 /// `If-Match` is honoured when present and not required: a stale ETag is
 /// 412 with the current one in `ETag`.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/machines/{id}",
+    operation_id = "patch_machine",
+    tag = "machines",
+    description = "Role: operator. A null label deletes it; `\"rack\": null` clears the rack. Label names: \
+        1-63 of `[A-Za-z0-9._/-]` starting with a letter or digit; values at most 255 characters, no control \
+        characters; at most 64 labels.",
+    params(
+        ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
+        ("If-Match" = Option<String>, Header, description = "The machine's ETag, as GET returned it"),
+    ),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "The machine as edited", body = Machine,
+         headers(("ETag" = String, description = "The machine's new ETag"))),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 412, response = super::openapi::PreconditionFailed),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+    )
+)]
 async fn patch(
     _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    JsonBody(req): JsonBody<PatchBody>,
 ) -> Result<Response, ApiError> {
-    let req: PatchBody = parse_json(&body)?;
     if req.labels.is_empty() && req.rack.is_none() {
         return Err(bad("body", "give labels, rack or both"));
     }
@@ -196,9 +272,10 @@ async fn patch(
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ActionBody {
+#[schema(as = MachineAction, example = json!({"reason": "fan failure"}))]
+pub(super) struct ActionBody {
     /// Why (mark-failed: required; recorded as the failure's reason).
     reason: Option<String>,
 }
@@ -206,14 +283,41 @@ struct ActionBody {
 /// Applies an operator lifecycle action; a machine whose state the action
 /// does not apply to is 409. Then, through its BMC if it has one, the
 /// machine is booted into the ramdisk for the work the action started.
+#[utoipa::path(
+    post,
+    path = "/api/v1/machines/{id}/actions/{action}",
+    operation_id = "machine_action",
+    tag = "machines",
+    description = "Role: operator. `retry` a failed machine, `mark-failed` (a reason is required), `reset` \
+        (back to discovering), `retire` (terminal). The body is optional. Honours `Idempotency-Key`.",
+    params(
+        ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
+        ("action" = String, Path, pattern = "^(retry|mark-failed|reset|retire)$", example = "mark-failed",
+         description = "retry, mark-failed, reset or retire"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+         description = "Run this request at most once (24 h, per token and path)"),
+    ),
+    request_body(content = Option<ActionBody>, description = "Optional"),
+    responses(
+        (status = 200, description = "The machine after the action", body = Machine),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 422, response = super::openapi::Unprocessable),
+    )
+)]
 async fn action(
     _: Operator,
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
-    body: Bytes,
+    JsonBody(req): JsonBody<Option<ActionBody>>,
 ) -> Result<Response, ApiError> {
     use crate::store::actions::{Action, ActionTimeouts};
-    let req: ActionBody = if body.is_empty() { ActionBody::default() } else { parse_json(&body)? };
+    let req = req.unwrap_or_default();
     let action = match name.as_str() {
         "retry" => Action::Retry,
         "mark-failed" => match req.reason.as_deref().map(str::trim) {

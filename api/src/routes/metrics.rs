@@ -39,6 +39,18 @@ pub(super) fn router() -> Routes {
     Routes::new().route("/metrics", get(render))
 }
 
+/// Prometheus text format: every metric in `api::metrics_catalog`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "meta",
+    description = "Role: viewer.",
+    responses(
+        (status = 200, description = "The metrics", content_type = "text/plain", body = String),
+        (status = 401, response = super::openapi::Unauthorized),
+    )
+)]
 async fn render(_: Viewer, State(state): State<AppState>) -> Result<String, ApiError> {
     let handle = handle();
     metrics_catalog::set_scrape_gauges(&state.store).await?;

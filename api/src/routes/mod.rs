@@ -18,6 +18,7 @@ mod images;
 mod machines;
 mod metrics;
 mod node;
+pub mod openapi;
 mod tokens;
 mod ups;
 
@@ -71,16 +72,22 @@ pub(crate) fn operator_routes() -> Routes {
         .merge(campaigns::router())
         .merge(tokens::router())
         .merge(metrics::router())
+        .merge(openapi::router())
 }
 
 /// The operator API (`api.listen`), behind the audit layer.
 pub fn operator_router(state: AppState) -> Router {
     operator_routes()
         .router
+        // Before the layers, so a POST to no route is audited like any other.
+        .fallback(crate::extract::no_route)
         // Inside the audit layer: it needs the caller the audit layer resolves.
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::idempotency::layer))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::layer))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::extract::MAX_JSON_BODY))
         .with_state(state)
+        // Outermost: every error response leaves as a problem document.
+        .layer(axum::middleware::from_fn(crate::extract::problems))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
@@ -99,16 +106,33 @@ pub fn boot_router(state: AppState) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
+/// The appliance's health: whether its database answers.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// `ok`, or `database unreachable`.
+    status: &'static str,
+}
+
+/// Whether the appliance can serve: its database answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "health",
+    tag = "meta",
+    description = "No token needed.",
+    security(()),
+    responses(
+        (status = 200, description = "The database answers", body = Health),
+        (status = 503, description = "The database does not answer", body = Health),
+    )
+)]
 async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> axum::response::Response {
     use axum::response::IntoResponse;
     match state.store.ping().await {
-        Ok(()) => axum::Json(serde_json::json!({ "status": "ok" })).into_response(),
+        Ok(()) => axum::Json(Health { status: "ok" }).into_response(),
         Err(err) => {
             tracing::error!(error = %err, "health check: database unreachable");
-            (
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(serde_json::json!({ "status": "database unreachable" })),
-            )
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(Health { status: "database unreachable" }))
                 .into_response()
         }
     }
@@ -119,3 +143,6 @@ pub(crate) mod test_support;
 
 #[cfg(test)]
 mod roles_tests;
+
+#[cfg(test)]
+mod input_tests;

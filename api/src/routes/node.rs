@@ -12,7 +12,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use super::Routes;
 use crate::auth::{NodeMachine, Viewer};
@@ -145,6 +147,20 @@ async fn swarm_created(
     Ok(Json(NodeInstruction::Wait { poll_seconds: 1 }))
 }
 
+/// The node agent's last report from the machine's deployed OS.
+#[utoipa::path(
+    get,
+    path = "/api/v1/machines/{id}/node",
+    operation_id = "get_node",
+    tag = "nodes",
+    description = "Role: viewer.",
+    params(("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs")),
+    responses(
+        (status = 200, description = "The node's last report", body = NodeReport),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::NotFound),
+    )
+)]
 async fn show_node(
     _: Viewer,
     State(state): State<AppState>,
@@ -155,10 +171,43 @@ async fn show_node(
     report.map(Json).ok_or_else(|| ApiError::NotFound { what: format!("a node agent report from machine {id}") })
 }
 
-async fn list_clusters(_: Viewer, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "clusters": state.store.clusters().await? })))
+/// The clusters Slipway formed.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ClusterList {
+    pub clusters: Vec<Cluster>,
 }
 
+/// Every cluster Slipway formed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clusters",
+    operation_id = "list_clusters",
+    tag = "nodes",
+    description = "Role: viewer.",
+    responses(
+        (status = 200, description = "Every cluster", body = ClusterList),
+        (status = 401, response = super::openapi::Unauthorized),
+    )
+)]
+async fn list_clusters(_: Viewer, State(state): State<AppState>) -> Result<Json<ClusterList>, ApiError> {
+    Ok(Json(ClusterList { clusters: state.store.clusters().await? }))
+}
+
+/// One cluster with its members as its manager sees them; join tokens
+/// are never shown.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clusters/{name}",
+    operation_id = "get_cluster",
+    tag = "nodes",
+    description = "Role: viewer.",
+    params(("name" = String, Path, example = "rack7", description = "The cluster's name")),
+    responses(
+        (status = 200, description = "The cluster", body = Cluster),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::NotFound),
+    )
+)]
 async fn show_cluster(
     _: Viewer,
     State(state): State<AppState>,

@@ -17,9 +17,10 @@ use super::test_support::{app, post, TestApp};
 use crate::auth::Role::{self, Admin, Operator, Viewer};
 
 /// Every operator route and the least role it needs (`None`: no token).
-const ROUTES: &[(&str, &str, Option<Role>)] = &[
+pub(super) const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/healthz", None),
     ("GET", "/metrics", Some(Viewer)),
+    ("GET", "/api/v1/openapi.json", Some(Viewer)),
     ("GET", "/api/v1/machines", Some(Viewer)),
     ("GET", "/api/v1/machines/{id}", Some(Viewer)),
     ("PATCH", "/api/v1/machines/{id}", Some(Operator)),
@@ -64,7 +65,7 @@ const ROUTES: &[(&str, &str, Option<Role>)] = &[
 ];
 
 /// `template` with each `{param}` replaced by a dummy value.
-fn fill(template: &str) -> String {
+pub(super) fn fill(template: &str) -> String {
     template.split('/').map(|seg| if seg.starts_with('{') { "dummy-0" } else { seg }).collect::<Vec<_>>().join("/")
 }
 

@@ -6,19 +6,19 @@
 //! configuration, not a row: it is neither listed nor revocable here.
 //! Checking tokens is `auth`'s; writing the audit log is `audit`'s.
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::machines::{limit, Page};
 use super::Routes;
 use crate::auth::{Admin, Role, ADMIN_TOKEN_ID};
-use crate::error::{parse_json, ApiError};
+use crate::error::ApiError;
+use crate::extract::{JsonBody, Query};
 use crate::store::{now_ms, StoreError};
 use crate::AppState;
 
@@ -32,13 +32,15 @@ pub(super) fn router() -> Routes {
 /// The longest lifetime a token may be given: ten years.
 const MAX_EXPIRES_IN_SECS: u64 = 10 * 365 * 24 * 3600;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewToken {
+#[schema(example = json!({"name": "ci", "role": "operator", "expires_in_secs": 2592000}))]
+pub(super) struct NewToken {
     /// Who or what holds it (`ci`, `alice`): shown in listings and the audit log.
     name: String,
     role: Role,
     /// Absent: the token never expires.
+    #[schema(minimum = 1, maximum = 315_360_000)]
     expires_in_secs: Option<u64>,
 }
 
@@ -46,10 +48,51 @@ fn bad(field: &str, detail: impl Into<String>) -> ApiError {
     ApiError::BadRequest { field: field.into(), detail: detail.into() }
 }
 
+/// A token as created: with its secret, shown this once.
+#[derive(Serialize, ToSchema)]
+pub(super) struct CreatedToken {
+    #[serde(flatten)]
+    pub token: crate::store::tokens::ApiToken,
+    /// The bearer token itself; only its digest is kept.
+    pub secret: String,
+}
+
+/// Every token, expired ones included; never a secret.
+#[derive(Serialize, ToSchema)]
+pub(super) struct TokenList {
+    pub tokens: Vec<crate::store::tokens::ApiToken>,
+}
+
+/// Audit entries, oldest first.
+#[derive(Serialize, ToSchema)]
+pub(super) struct AuditPage {
+    pub entries: Vec<crate::store::tokens::AuditEntry>,
+}
+
 /// `POST /api/v1/tokens`: 201 with the token and its `secret`, shown this
 /// once.
-async fn create(Admin(caller): Admin, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let req: NewToken = parse_json(&body)?;
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    operation_id = "create_token",
+    tag = "tokens",
+    description = "Role: admin. Name: 1-64 characters (trimmed), no control characters, not `admin-token` or \
+        `anonymous`.",
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "The token with its secret", body = CreatedToken),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+    )
+)]
+async fn create(
+    Admin(caller): Admin,
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<NewToken>,
+) -> Result<Response, ApiError> {
     let name = req.name.trim();
     if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
         return Err(bad("name", "1 to 64 characters, no control characters"));
@@ -64,17 +107,43 @@ async fn create(Admin(caller): Admin, State(state): State<AppState>, body: Bytes
     };
     let (token, secret) = state.store.create_api_token(name, req.role, &caller.name, expires_at_ms).await?;
     tracing::info!(token = token.id, name = token.name, role = %token.role, by = caller.name, "API token created");
-    let mut body = serde_json::to_value(&token).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    body["secret"] = json!(secret);
-    Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+    Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(CreatedToken { token, secret }))
+        .into_response())
 }
 
 /// `GET /api/v1/tokens`: every token, expired ones included; never a secret.
-async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "tokens": state.store.api_tokens().await? })))
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    operation_id = "list_tokens",
+    tag = "tokens",
+    description = "Role: admin.",
+    responses(
+        (status = 200, description = "Every token", body = TokenList),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+    )
+)]
+async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<TokenList>, ApiError> {
+    Ok(Json(TokenList { tokens: state.store.api_tokens().await? }))
 }
 
 /// `DELETE /api/v1/tokens/{id}`: 204; the token is refused from then on.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    operation_id = "revoke_token",
+    tag = "tokens",
+    description = "Role: admin. The appliance's own admin token is configuration and cannot be revoked (409).",
+    params(("id" = String, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+    )
+)]
 async fn revoke(
     Admin(caller): Admin,
     State(state): State<AppState>,
@@ -95,9 +164,23 @@ async fn revoke(
 
 /// `GET /api/v1/audit?after=&limit=`: audit entries after `after`, oldest
 /// first.
-async fn audit(_: Admin, State(state): State<AppState>, Query(page): Query<Page>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    operation_id = "list_audit",
+    tag = "tokens",
+    description = "Role: admin.",
+    params(Page),
+    responses(
+        (status = 200, description = "A page of audit entries", body = AuditPage),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+    )
+)]
+async fn audit(_: Admin, State(state): State<AppState>, Query(page): Query<Page>) -> Result<Json<AuditPage>, ApiError> {
     let entries = state.store.audit(page.after.as_deref(), limit(&page)?).await?;
-    Ok(Json(json!({ "entries": entries })))
+    Ok(Json(AuditPage { entries }))
 }
 
 #[cfg(test)]

@@ -1,20 +1,24 @@
 //! `/api/v1/ups`: enrol a UPS (NUT, SNMP UPS-MIB or Redfish power
 //! equipment), read each one's normalized state and what it feeds.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::bmcs::{check_address, tls_trust};
 use super::Routes;
 use crate::auth::{Operator, Viewer};
 use crate::config::UpsEntry;
-use crate::error::{parse_json, ApiError};
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::oob::client::redfish_url;
 use crate::store::Ups;
 use crate::AppState;
+use inventory::oob::{Credentials, TlsTrust};
+use inventory::redfish::RedfishClient;
 
 pub(super) fn router() -> Routes {
     Routes::new().route("/api/v1/ups", get(list).post(enrol)).route("/api/v1/ups/{name}", get(show).delete(remove))
@@ -28,8 +32,29 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
-async fn enrol(_: Operator, State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let req: UpsEntry = parse_json(&body)?;
+/// Enrols a UPS and reads it once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/ups",
+    operation_id = "enrol_ups",
+    tag = "ups",
+    description = "Role: operator. A UPS that does not answer is still enrolled; its `status` says why.",
+    request_body = UpsEntry,
+    responses(
+        (status = 201, description = "The UPS, enrolled", body = UpsView),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+    )
+)]
+async fn enrol(
+    _: Operator,
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<UpsEntry>,
+) -> Result<(StatusCode, Json<UpsView>), ApiError> {
     let name = req.name.clone();
     let ups = validated(&state, req).await?;
     state.store.insert_ups(&ups).await?;
@@ -53,6 +78,29 @@ pub async fn enrol_configured(state: &AppState, entries: &[UpsEntry]) -> anyhow:
     Ok(())
 }
 
+/// Whether the protocol's client can use this address (and CA) at all, as
+/// for BMCs: NUT and SNMP take `host:port`, Redfish an http(s) URL or a host.
+fn check_client(protocol: &str, address: &str, tls: &TlsTrust) -> Result<(), ApiError> {
+    let url = address.starts_with("http://") || address.starts_with("https://");
+    if protocol != "redfish" && address.contains("://") {
+        return Err(bad("address", format!("{protocol} takes host:port, not a URL")));
+    }
+    if protocol == "redfish" {
+        if address.contains("://") && !url {
+            return Err(bad("address", "an http(s) URL or a host"));
+        }
+        let creds = Credentials { username: String::new(), password: String::new() };
+        let timeout = std::time::Duration::from_secs(1);
+        RedfishClient::new(&redfish_url(address), creds.clone(), TlsTrust::Verify, timeout)
+            .map_err(|e| bad("address", e.to_string()))?;
+        if let TlsTrust::Ca(_) = tls {
+            RedfishClient::new(&redfish_url(address), creds, tls.clone(), timeout)
+                .map_err(|e| bad("ca_pem", e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Checks an enrolment (from the API or the configuration) and seals its
 /// password.
 async fn validated(state: &AppState, req: UpsEntry) -> Result<Ups, ApiError> {
@@ -72,6 +120,8 @@ async fn validated(state: &AppState, req: UpsEntry) -> Result<Ups, ApiError> {
     if req.password.is_some() != req.username.is_some() {
         return Err(bad("password", "give both username and password, or neither"));
     }
+    let tls = tls_trust(req.tls_verify, req.ca_pem.clone())?;
+    check_client(&req.protocol, &req.address, &tls)?;
     for (i, id) in req.feeds.machines.iter().enumerate() {
         if state.store.machine(id).await?.is_none() {
             return Err(bad(&format!("feeds.machines[{i}]"), format!("no machine {id}")));
@@ -83,7 +133,7 @@ async fn validated(state: &AppState, req: UpsEntry) -> Result<Ups, ApiError> {
         address: req.address,
         target: None,
         username: req.username,
-        tls: tls_trust(req.tls_verify, req.ca_pem)?,
+        tls,
         feeds: req.feeds,
         state: None,
         status: "ok",
@@ -101,26 +151,80 @@ async fn one(state: &AppState, name: &str) -> Result<Ups, ApiError> {
     state.store.ups(name).await?.ok_or_else(|| ApiError::NotFound { what: format!("UPS {name}") })
 }
 
+/// A UPS with the machines it feeds.
+#[derive(Serialize, ToSchema)]
+pub(super) struct UpsView {
+    #[serde(flatten)]
+    pub ups: Ups,
+    /// Every machine it feeds: listed ones and those in its racks.
+    pub feeds_machines: Vec<String>,
+}
+
+/// The enrolled UPSes.
+#[derive(Serialize, ToSchema)]
+pub(super) struct UpsList {
+    pub ups: Vec<UpsView>,
+}
+
 /// The UPS with the machines it feeds (listed and through its racks).
-async fn view(state: &AppState, ups: Ups) -> Result<Value, ApiError> {
-    let machines = state.store.machines_fed_by(&ups.feeds).await?;
-    let mut v = json!(ups);
-    v["feeds_machines"] = json!(machines);
-    Ok(v)
+async fn view(state: &AppState, ups: Ups) -> Result<UpsView, ApiError> {
+    let feeds_machines = state.store.machines_fed_by(&ups.feeds).await?;
+    Ok(UpsView { ups, feeds_machines })
 }
 
-async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let mut out = vec![];
-    for ups in state.store.ups_list().await? {
-        out.push(view(&state, ups).await?);
+/// Every UPS with its state and what it feeds.
+#[utoipa::path(
+    get,
+    path = "/api/v1/ups",
+    operation_id = "list_ups",
+    tag = "ups",
+    description = "Role: viewer.",
+    responses(
+        (status = 200, description = "Every UPS", body = UpsList),
+        (status = 401, response = super::openapi::Unauthorized),
+    )
+)]
+async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<UpsList>, ApiError> {
+    let mut ups = vec![];
+    for one in state.store.ups_list().await? {
+        ups.push(view(&state, one).await?);
     }
-    Ok(Json(json!({ "ups": out })))
+    Ok(Json(UpsList { ups }))
 }
 
-async fn show(_: Viewer, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+/// One UPS.
+#[utoipa::path(
+    get,
+    path = "/api/v1/ups/{name}",
+    operation_id = "get_ups",
+    tag = "ups",
+    description = "Role: viewer.",
+    params(("name" = String, Path, example = "r7-ups", description = "The UPS's name")),
+    responses(
+        (status = 200, description = "The UPS", body = UpsView),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, response = super::openapi::NotFound),
+    )
+)]
+async fn show(_: Viewer, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<UpsView>, ApiError> {
     Ok(Json(view(&state, one(&state, &name).await?).await?))
 }
 
+/// Removes a UPS.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/ups/{name}",
+    operation_id = "delete_ups",
+    tag = "ups",
+    description = "Role: operator.",
+    params(("name" = String, Path, description = "The UPS's name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+    )
+)]
 async fn remove(_: Operator, State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     if !state.store.delete_ups(&name).await? {
         return Err(ApiError::NotFound { what: format!("UPS {name}") });

@@ -8,7 +8,7 @@ use super::{now_ms, rfc3339, Result, Store, StoreError};
 use crate::lifecycle::{MachineState, Trigger};
 
 /// What an operator says about an image when registering it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageMeta {
     pub name: String,
     pub os: String,
@@ -18,7 +18,7 @@ pub struct ImageMeta {
     pub boot_mode: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ImageState {
     Importing,
@@ -36,7 +36,7 @@ impl ImageState {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Image {
     #[serde(flatten)]
     pub meta: ImageMeta,
@@ -51,7 +51,7 @@ pub struct Image {
     pub created_at: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeployPhase {
     /// Waiting for the machine's agent to pick it up.
@@ -76,7 +76,7 @@ impl DeployPhase {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Deployment {
     pub machine_id: String,
     pub image: String,

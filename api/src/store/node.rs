@@ -9,7 +9,7 @@ use super::{now_ms, rfc3339, sha256_hex, Result, Store, StoreError};
 use wire::{Member, NodeStatus};
 
 /// A node agent's last report, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeReport {
     pub status: NodeStatus,
     pub first_seen: String,
@@ -18,7 +18,7 @@ pub struct NodeReport {
 
 /// A cluster Slipway formed. Join tokens are kept for the nodes and never
 /// shown.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Cluster {
     pub name: String,
     pub kind: String,

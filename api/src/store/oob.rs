@@ -12,7 +12,7 @@ use super::{now_ms, rfc3339, Result, Store, StoreError};
 use inventory::oob::{BmcInventory, PowerState, TlsTrust, UpsState, UpsStatus};
 
 /// A BMC as the API shows it. The sealed password stays in the store.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Bmc {
     pub id: String,
     pub address: String,
@@ -25,6 +25,7 @@ pub struct Bmc {
     pub serial: Option<String>,
     pub power_state: Option<PowerState>,
     /// `ok`, or `error` with `last_error` saying why.
+    #[schema(value_type = String)]
     pub status: &'static str,
     pub last_error: Option<String>,
     pub last_error_kind: Option<String>,
@@ -47,7 +48,7 @@ pub struct NewBmc {
 }
 
 /// A UPS as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Ups {
     pub name: String,
     /// `nut`, `snmp` or `redfish`.
@@ -61,6 +62,8 @@ pub struct Ups {
     pub tls: TlsTrust,
     pub feeds: UpsFeeds,
     pub state: Option<UpsState>,
+    /// `ok`, or `error` with `last_error` saying why.
+    #[schema(value_type = String)]
     pub status: &'static str,
     pub last_error: Option<String>,
     pub last_ok: Option<String>,
@@ -73,7 +76,7 @@ pub struct Ups {
 }
 
 /// Which racks and machines a UPS feeds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpsFeeds {
     #[serde(default)]

@@ -12,7 +12,7 @@ use super::{now_ms, rfc3339, sha256_hex, Result, Store, StoreError};
 use crate::auth::Role;
 
 /// An operator API token as listed: never its secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ApiToken {
     pub id: String,
     pub name: String,
@@ -31,7 +31,7 @@ pub struct ApiToken {
 }
 
 /// One mutating operator request, as recorded after its response.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: String,
     pub at: String,

@@ -15,7 +15,9 @@
 //!
 //! This module does not start QEMU (the lab does) and is not a Redfish
 //! client (`crate::redfish` is). `slipway lab vbmc --config FILE` runs the
-//! BMCs described by a JSON file (`BmcConfig`) with `serve_all`.
+//! BMCs described by a JSON file (`BmcConfig`) with `serve_all`; with
+//! `--memory`, each drives an in-memory machine instead of a VM
+//! (`serve_all_in_memory`: the API fuzz run's BMC, where no QEMU runs).
 
 mod auth;
 pub mod backend;
@@ -35,7 +37,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::oob::{BootTarget, Credentials};
 
-pub use backend::{Backend, BootOverride, FirmwareKind, FirmwareVersions, MemoryBackend, SystemFacts};
+pub use backend::{
+    Backend, BootOverride, DiskFact, FirmwareKind, FirmwareVersions, MachineState, MemoryBackend, NicFact, SystemFacts,
+};
 pub use qmp::{QmpBackend, QmpClient};
 pub use redfish::{router, SimState};
 
@@ -157,6 +161,39 @@ pub fn load_config(path: &Path) -> Result<Vec<BmcConfig>, SimError> {
 /// QMP, until `shutdown` completes. Every listener is bound before any is
 /// served, so a taken port fails the whole start.
 pub async fn serve_all(configs: Vec<BmcConfig>, shutdown: impl Future<Output = ()> + Send) -> Result<(), SimError> {
+    serve_with(configs, |config| Arc::new(QmpBackend::new(config)), shutdown).await
+}
+
+/// As [`serve_all`], each BMC driving an in-memory machine (powered off,
+/// 2 CPUs, 4 GiB, one 16 GiB disk with the configured serial, one NIC with
+/// the configured MAC) instead of a VM.
+pub async fn serve_all_in_memory(
+    configs: Vec<BmcConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), SimError> {
+    let memory = |config: &BmcConfig| {
+        let facts = SystemFacts {
+            cpus: 2,
+            memory_bytes: 4 << 30,
+            disks: vec![DiskFact {
+                id: "disk0".into(),
+                size_bytes: 16 << 30,
+                serial: Some(config.disk_serial.clone()),
+            }],
+            nics: vec![NicFact { id: "nic0".into(), mac: config.mac.to_ascii_lowercase() }],
+            smbios: config.smbios.clone(),
+        };
+        let machine = MachineState::new(config.default_boot, &config.bios_version, &config.bmc_version);
+        Arc::new(MemoryBackend::new(facts, machine))
+    };
+    serve_with(configs, memory, shutdown).await
+}
+
+async fn serve_with<B: Backend>(
+    configs: Vec<BmcConfig>,
+    backend_for: impl Fn(&BmcConfig) -> Arc<B>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), SimError> {
     let mut listeners = Vec::new();
     for config in configs {
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|source| SimError::Bind {
@@ -170,7 +207,7 @@ pub async fn serve_all(configs: Vec<BmcConfig>, shutdown: impl Future<Output = (
     let mut tasks = tokio::task::JoinSet::new();
     for (listener, config) in listeners {
         let name = config.name.clone();
-        let backend = Arc::new(QmpBackend::new(&config));
+        let backend = backend_for(&config);
         let credentials = Credentials { username: config.username.clone(), password: config.password.clone() };
         let state = SimState::new(&config.name, &config.smbios.uuid, credentials, config.uefi, backend.clone());
         tracing::info!(bmc = %name, listen = %config.listen, qmp = %config.qmp.display(), "simulated BMC serving");
