@@ -173,7 +173,11 @@ pub fn start(name: &str, slipway_bin: &Path, dir: &Path) -> anyhow::Result<Serve
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", SERVER_NS]);
     match name {
-        "slipway" => {
+        // `slipway-nofsync`: leases written but not fsynced, so durable
+        // across kill -9 (the page cache keeps them) but not power loss: as
+        // Kea's memfile.
+        "slipway" | "slipway-nofsync" => {
+            let fsync = name == "slipway";
             let ramdisk = dir.join("ramdisk");
             std::fs::create_dir_all(&ramdisk)?;
             for f in ["vmlinuz", "initrd.img"] {
@@ -185,7 +189,7 @@ pub fn start(name: &str, slipway_bin: &Path, dir: &Path) -> anyhow::Result<Serve
                 format!(
                     "data_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:18095\"\ntoken = \"bench\"\n[provisioning]\ninterface = \"{SERVER_IF}\"\n\
                      address = \"10.90.0.1\"\nprefix_len = 21\npool_start = \"10.90.1.0\"\npool_end = \"10.90.7.254\"\n\
-                     router_advertisements = false\n[boot]\nramdisk_dir = \"{}\"\n",
+                     router_advertisements = false\nlease_fsync = {fsync}\n[boot]\nramdisk_dir = \"{}\"\n",
                     dir.join("data").display(),
                     ramdisk.display()
                 ),

@@ -139,8 +139,9 @@ enum BenchCmd {
         /// (0: one burst).
         #[arg(long, default_value_t = 0)]
         spread_ms: u64,
-        /// Which servers, comma separated.
-        #[arg(long, value_delimiter = ',', default_value = "slipway,kea,dnsmasq")]
+        /// Which servers, comma separated (`slipway-nofsync`: leases not
+        /// fsynced, durable across kill -9 but not power loss, as Kea's memfile).
+        #[arg(long, value_delimiter = ',', default_value = "slipway,slipway-nofsync,kea,dnsmasq")]
         servers: Vec<String>,
         /// Write the results as JSON here.
         #[arg(long)]
