@@ -15,7 +15,9 @@
 //! Every wait is bounded: the drain by `RunnerSettings::drain_timeout`,
 //! the write and the rejoin by 95% of the machine's own deadlines
 //! (`deploy_timeout`, `join_timeout`), the rejoin also by the campaign's
-//! `gates.back_within_seconds`, so the action decides before the reaper
+//! `gates.back_within_seconds` (the new image's health check; a rollback
+//! to the known-good image gets the join deadline), so the action decides
+//! before the reaper
 //! would fail the machine. The decisions are `refresh_plan`'s.
 //!
 //! Not done: a node caught in progress by an appliance restart is
@@ -121,7 +123,7 @@ impl Node<'_> {
             if previous.image != target {
                 return Ok(Outcome::Failed("interrupted by an appliance restart before the reinstall".into()));
             }
-            return Ok(match self.wait_back(target, join.is_some()).await? {
+            return Ok(match self.wait_back(target, join.is_some(), self.back_within).await? {
                 Ok(_) => Outcome::Done("found in place after a restart"),
                 Err(why) => Outcome::Failed(format!("interrupted by an appliance restart: {why}")),
             });
@@ -161,7 +163,7 @@ impl Node<'_> {
         let mut spec = previous.spec.clone();
         spec["image"] = json!(target);
         let cause = format!("campaign {}: OS refresh to {target}", self.campaign_id);
-        let refreshed = self.install(target, &spec, &cause, join.is_some()).await?;
+        let refreshed = self.install(target, &spec, &cause, join.is_some(), self.back_within).await?;
         let (outcome, new_node) = match refreshed {
             Ok(new_node) => (Outcome::Done("reinstalled, verified and back"), new_node),
             Err(why) => {
@@ -169,7 +171,7 @@ impl Node<'_> {
                 let old = previous.image.as_str();
                 self.swarm().event("campaign.node_rolling_back", json!({ "reason": why, "image": old })).await?;
                 let cause = format!("campaign {}: rollback to {old}", self.campaign_id);
-                match self.install(old, &previous.spec, &cause, join.is_some()).await? {
+                match self.install(old, &previous.spec, &cause, join.is_some(), None).await? {
                     Ok(new_node) => (Outcome::RolledBack(format!("{why}; rolled back to {old}")), new_node),
                     Err(why2) => {
                         let reason = format!("{why}; the rollback to {old} failed too: {why2}");
@@ -195,13 +197,15 @@ impl Node<'_> {
 
     /// Starts a deployment of `image` (machine to `refreshing`), reboots
     /// the machine into the installer through its BMC, and waits until it
-    /// is back. Returns its new Swarm node id, if it reports one.
+    /// is back (within `back_within` of the write, when given). Returns
+    /// its new Swarm node id, if it reports one.
     async fn install(
         &self,
         image: &str,
         spec: &Value,
         cause: &str,
         clustered: bool,
+        back_within: Option<Duration>,
     ) -> Step<Result<Option<String>, String>> {
         let app = self.app;
         let Some(img) = app.store.image(image).await?.filter(|i| i.state == ImageState::Available) else {
@@ -219,11 +223,18 @@ impl Node<'_> {
             Err(err) => return Ok(Err(format!("rebooting into the installer through the BMC failed: {err}"))),
         }
         info!(machine = self.machine_id, image, "rebooted into the installer");
-        self.wait_back(image, clustered).await
+        self.wait_back(image, clustered, back_within).await
     }
 
     /// Waits (bounded) until `image` is written and the machine is back.
-    async fn wait_back(&self, image: &str, clustered: bool) -> Step<Result<Option<String>, String>> {
+    /// `back_within` bounds the wait once the image is written (besides
+    /// the join deadline).
+    async fn wait_back(
+        &self,
+        image: &str,
+        clustered: bool,
+        back_within: Option<Duration>,
+    ) -> Step<Result<Option<String>, String>> {
         let store = &self.app.store;
         let mut started = Instant::now();
         let mut limit = bound(self.app.deploy_timeout_ms);
@@ -252,7 +263,7 @@ impl Node<'_> {
                     store.note_campaign_node(self.campaign_id, self.machine_id, None, None, true).await?;
                     started = Instant::now();
                     limit = bound(self.app.join_timeout_ms);
-                    limit = self.back_within.map_or(limit, |b| b.min(limit));
+                    limit = back_within.map_or(limit, |b| b.min(limit));
                 }
                 Progress::Written | Progress::Installing => {}
             }
