@@ -107,7 +107,7 @@ pub fn run_dhcp(
     let _net = BenchNet::create()?;
 
     let mut results = Vec::new();
-    let all = [("slipway", 1u8), ("kea", 2), ("dnsmasq", 3)];
+    let all = [("slipway", 1u8), ("slipway-nofsync", 4), ("kea", 2), ("dnsmasq", 3)];
     for (name, round) in all.into_iter().filter(|(n, _)| servers.iter().any(|s| s == n)) {
         eprintln!("bench: {name}: starting");
         let server = match start(name, slipway_bin, &work.join(name)) {
