@@ -464,11 +464,11 @@ impl Oob {
 
 /// A read with failed sections (a BMC busy with a reboot) does not wipe
 /// what an earlier read saw there: a section that came back empty while
-/// some section failed keeps its previous contents.
+/// some section failed keeps its previous contents. Processors and memory
+/// are kept whenever they come back empty: no machine runs without them,
+/// so none listed is a BMC that has not collected them yet (BMCs do this
+/// while the host is in POST).
 fn keep_unread_sections(new: &mut BmcInventory, old: &BmcInventory) {
-    if new.errors.is_empty() {
-        return;
-    }
     fn keep<T: Clone>(new: &mut Vec<T>, old: &[T]) {
         if new.is_empty() {
             *new = old.to_vec();
@@ -476,6 +476,9 @@ fn keep_unread_sections(new: &mut BmcInventory, old: &BmcInventory) {
     }
     keep(&mut new.processors, &old.processors);
     keep(&mut new.memory, &old.memory);
+    if new.errors.is_empty() {
+        return;
+    }
     keep(&mut new.drives, &old.drives);
     keep(&mut new.nics, &old.nics);
     keep(&mut new.power_supplies, &old.power_supplies);
@@ -495,6 +498,25 @@ impl OobFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_read_keeps_what_the_last_one_saw() {
+        use inventory::oob::{Dimm, Drive, Processor, SectionError};
+        let old = BmcInventory {
+            processors: vec![Processor::default()],
+            memory: vec![Dimm::default()],
+            drives: vec![Drive::default()],
+            ..Default::default()
+        };
+        let mut clean = BmcInventory::default();
+        keep_unread_sections(&mut clean, &old);
+        assert_eq!((clean.processors.len(), clean.memory.len()), (1, 1), "no machine has no CPUs or memory");
+        assert!(clean.drives.is_empty(), "a clean read may show no drives");
+        let error = SectionError { section: "Storage".into(), error: "timed out".into() };
+        let mut failed = BmcInventory { errors: vec![error], ..Default::default() };
+        keep_unread_sections(&mut failed, &old);
+        assert_eq!(failed.drives.len(), 1, "a section that failed keeps its last contents");
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

@@ -57,11 +57,16 @@ pub struct QmpClient {
     socket: PathBuf,
     conn: Option<Conn>,
     events: VecDeque<Value>,
+    /// Set while a command or a read is under way. Still set on entry, it
+    /// means the last caller's future was dropped mid-exchange (its HTTP
+    /// client gave up): the connection may hold that command's late reply
+    /// or half a line, so it is opened afresh instead of read out of step.
+    in_flight: bool,
 }
 
 impl QmpClient {
     pub fn new(socket: &Path) -> QmpClient {
-        QmpClient { socket: socket.to_path_buf(), conn: None, events: VecDeque::new() }
+        QmpClient { socket: socket.to_path_buf(), conn: None, events: VecDeque::new(), in_flight: false }
     }
 
     fn io_err(&self, what: &str) -> impl FnOnce(std::io::Error) -> SimError + '_ {
@@ -76,6 +81,7 @@ impl QmpClient {
             command: command.into(),
             secs: COMMAND_TIMEOUT.as_secs(),
         };
+        self.begin();
         let result = match tokio::time::timeout(COMMAND_TIMEOUT, self.execute_inner(command, arguments)).await {
             Ok(result) => result,
             Err(_) => Err(timeout),
@@ -83,6 +89,7 @@ impl QmpClient {
         if matches!(result, Err(SimError::QmpIo { .. } | SimError::QmpTimeout { .. } | SimError::Qmp { .. })) {
             self.conn = None;
         }
+        self.in_flight = false;
         result
     }
 
@@ -183,6 +190,21 @@ impl QmpClient {
         if let Some(i) = self.events.iter().position(&wanted) {
             return Ok(self.events.remove(i).unwrap_or_default());
         }
+        self.begin();
+        let result = self.wait_event_inner(wanted).await;
+        self.in_flight = false;
+        result
+    }
+
+    /// Starts an exchange, first dropping a connection a cancelled one left.
+    fn begin(&mut self) {
+        if self.in_flight {
+            self.conn = None;
+        }
+        self.in_flight = true;
+    }
+
+    async fn wait_event_inner(&mut self, wanted: impl Fn(&Value) -> bool) -> Result<Value, SimError> {
         let deadline = tokio::time::Instant::now() + COMMAND_TIMEOUT;
         loop {
             let msg = match tokio::time::timeout_at(deadline, self.read_message()).await {
