@@ -48,24 +48,36 @@ fn key() -> String {
 /// Returns the cached image, building it (a few minutes: debootstrap) if
 /// needed. `progress` hears each step.
 pub fn ensure_lab_debian(cache_dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<LabDebian, String> {
-    let key = key();
-    let path = cache_dir.join(format!("lab-debian-{key}.raw.zst"));
-    let meta = cache_dir.join(format!("lab-debian-{key}.json"));
+    cached(cache_dir, &format!("lab-debian-{}", key()), |work, out| {
+        for tool in ["debootstrap", "mkfs.ext4", "sfdisk", "mkfs.vfat", "mcopy", "syslinux"] {
+            if which(tool).is_none() {
+                return Err(format!("{tool} is missing (scripts/prereqs.sh installs it)"));
+            }
+        }
+        build(work, out, progress)
+    })
+}
+
+/// `dir/NAME.raw.zst` with its catalog facts in `dir/NAME.json`: found, or
+/// made by `make(work, out)` in a scratch directory removed afterwards.
+/// The facts are written last, so a half-made image is never taken.
+pub(crate) fn cached(
+    dir: &Path,
+    name: &str,
+    make: impl FnOnce(&Path, &Path) -> Result<Imported, String>,
+) -> Result<LabDebian, String> {
+    let path = dir.join(format!("{name}.raw.zst"));
+    let meta = dir.join(format!("{name}.json"));
     if let (true, Ok(text)) = (path.is_file(), std::fs::read_to_string(&meta)) {
         if let Ok((raw_bytes, sha256)) = serde_json::from_str::<(u64, String)>(&text) {
             let stored_bytes = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
             return Ok(LabDebian { path, imported: Imported { raw_bytes, sha256, stored_bytes } });
         }
     }
-    for tool in ["debootstrap", "mkfs.ext4", "sfdisk", "mkfs.vfat", "mcopy", "syslinux"] {
-        if which(tool).is_none() {
-            return Err(format!("{tool} is missing (scripts/prereqs.sh installs it)"));
-        }
-    }
-    let work = cache_dir.join(format!("lab-debian-{key}.building"));
+    let work = dir.join(format!("{name}.building"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let result = build(&work, &path, progress);
+    let result = make(&work, &path);
     let _ = std::fs::remove_dir_all(&work);
     let imported = result?;
     std::fs::write(&meta, serde_json::to_string(&(imported.raw_bytes, &imported.sha256)).map_err(|e| e.to_string())?)
@@ -220,4 +232,29 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     }
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_image_is_made_once_and_a_failed_make_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = |work: &Path, out: &Path| {
+            assert!(work.is_dir(), "a scratch directory to work in");
+            std::fs::write(out, b"zstd bytes").map_err(|e| e.to_string())?;
+            Ok(Imported { raw_bytes: 42, sha256: "ab".into(), stored_bytes: 10 })
+        };
+        let first = cached(dir.path(), "img", made).unwrap();
+        assert_eq!(first.path, dir.path().join("img.raw.zst"));
+        assert!(!dir.path().join("img.building").exists(), "the scratch directory is gone");
+        let again = cached(dir.path(), "img", |_, _| panic!("made twice")).unwrap();
+        assert_eq!((again.imported.raw_bytes, again.imported.sha256.as_str()), (42, "ab"));
+        assert_eq!(again.imported.stored_bytes, 10);
+
+        let failed = cached(dir.path(), "other", |_, _| Err("disk full".into()));
+        assert_eq!(failed.err().as_deref(), Some("disk full"));
+        assert!(!dir.path().join("other.json").exists() && !dir.path().join("other.building").exists());
+    }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::catalog::{self, SourceFormat};
-use crate::lab_debian::{LabDebian, BOOT_MIB, BOOT_START, ROOT_LABEL};
+use crate::lab_debian::{cached, LabDebian, BOOT_MIB, BOOT_START, ROOT_LABEL};
 use crate::tools::run;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,23 +43,7 @@ pub fn release_banner(n: u32) -> String {
 pub fn ensure_variant(base: &Path, variant: Variant, progress: &mut dyn FnMut(&str)) -> Result<LabDebian, String> {
     let stem = base.file_name().and_then(|n| n.to_str()).unwrap_or("lab-debian").trim_end_matches(".raw.zst");
     let dir = base.parent().unwrap_or(Path::new("."));
-    let path = dir.join(format!("{stem}-{}.raw.zst", variant.tag()));
-    let meta = dir.join(format!("{stem}-{}.json", variant.tag()));
-    if let (true, Ok(text)) = (path.is_file(), std::fs::read_to_string(&meta)) {
-        if let Ok((raw_bytes, sha256)) = serde_json::from_str::<(u64, String)>(&text) {
-            let stored_bytes = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
-            return Ok(LabDebian { path, imported: catalog::Imported { raw_bytes, sha256, stored_bytes } });
-        }
-    }
-    let work = dir.join(format!("{stem}-{}.building", variant.tag()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let result = derive(base, &work, &path, variant, progress);
-    let _ = std::fs::remove_dir_all(&work);
-    let imported = result?;
-    std::fs::write(&meta, serde_json::to_string(&(imported.raw_bytes, &imported.sha256)).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
-    Ok(LabDebian { path, imported })
+    cached(dir, &format!("{stem}-{}", variant.tag()), |work, out| derive(base, work, out, variant, progress))
 }
 
 fn derive(
