@@ -396,14 +396,7 @@ async fn a_firmware_campaign_drains_each_joined_node_around_its_reset() {
     assert_eq!(status, StatusCode::CREATED, "{c}");
     let id = c["id"].as_str().unwrap().to_string();
     let boot = boot_face(fleet.t.state.clone()).await;
-    let mut state = fleet.t.state.clone();
-    let old = state.boot.clone().unwrap();
-    state.boot = Some(Arc::new(crate::BootContext {
-        http_base: boot.url.clone(),
-        ramdisk_dir: old.ramdisk_dir.clone(),
-        ipxe_dir: old.ipxe_dir.clone(),
-    }));
-    fleet.start_runner_on(state);
+    fleet.start_runner_on(boot.serving(&fleet.t.state));
     let c = fleet.drive(Some(&id), "completed", |c| c["state"] == "completed").await;
     assert_eq!(node_states(&c), ["done", "done", "done"], "{c:#}");
     assert_eq!(fleet.max_unavailable, 1, "one node drained at a time");

@@ -56,6 +56,20 @@ pub(super) struct BootFace {
     arrived: Arc<AtomicUsize>,
 }
 
+impl BootFace {
+    /// `state` with BMCs told to fetch from this face.
+    pub(super) fn serving(&self, state: &AppState) -> AppState {
+        let mut state = state.clone();
+        let old = state.boot.clone().unwrap();
+        state.boot = Some(Arc::new(BootContext {
+            http_base: self.url.clone(),
+            ramdisk_dir: old.ramdisk_dir.clone(),
+            ipxe_dir: old.ipxe_dir.clone(),
+        }));
+        state
+    }
+}
+
 pub(super) async fn boot_face(state: AppState) -> BootFace {
     let (gate, open) = watch::channel(true);
     let arrived = Arc::new(AtomicUsize::new(0));
@@ -112,13 +126,7 @@ impl Lab {
     /// Starts the runner (as `serve` does), its BMCs fetching from the
     /// loopback boot face.
     fn start_runner(&mut self) {
-        let mut state = self.t.state.clone();
-        let old = state.boot.clone().unwrap();
-        state.boot = Some(Arc::new(BootContext {
-            http_base: self.boot.url.clone(),
-            ramdisk_dir: old.ramdisk_dir.clone(),
-            ipxe_dir: old.ipxe_dir.clone(),
-        }));
+        let state = self.boot.serving(&self.t.state);
         let settings = RunnerSettings {
             tick: Duration::from_millis(100),
             task_poll: Duration::from_millis(100),
