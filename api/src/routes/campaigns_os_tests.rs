@@ -148,6 +148,12 @@ impl Fleet {
         });
         let (code, reply) =
             post(&self.t.boot, wire::NODE_STATUS_PATH, &token, &status(&hostname, image.as_deref(), membership)).await;
+        if code == StatusCode::CONFLICT {
+            // The runner moved the machine on (to refreshing) between this
+            // round's state read and the report; the real agent backs off
+            // and reports again, as this one does next round.
+            return;
+        }
         assert_eq!(code, StatusCode::OK, "{reply}");
         let member = |id: &str, manager| json!({ "id": id, "hostname": hostname, "status": "Ready", "availability": "Active", "manager": manager });
         match reply["action"].as_str().unwrap_or_default() {
