@@ -22,13 +22,14 @@ pub const MIRROR: &str = "http://deb.debian.org/debian";
 pub const PACKAGES: &[&str] =
     &["systemd-sysv", "udev", "kmod", "iproute2", "linux-image-amd64", "containerd", "docker.io"];
 /// Bumped whenever the steps below change what is built.
-const RECIPE: u32 = 2;
+const RECIPE: u32 = 3;
 /// What the image's serial console shows once it reaches a login prompt;
 /// the lab looks for it.
 pub const BOOTED_MARKER: &str = "Slipway lab-debian";
 pub const ROOT_LABEL: &str = "slipway-root";
 
-pub(crate) const BOOT_MIB: u64 = 128;
+/// Room for the kernel and Debian's initramfs (~45 MiB together).
+pub(crate) const BOOT_MIB: u64 = 64;
 pub(crate) const BOOT_START: u64 = 2048;
 const MBR_BIN: &str = "/usr/lib/syslinux/mbr/mbr.bin";
 
@@ -99,8 +100,15 @@ fn build(work: &Path, out: &Path, progress: &mut dyn FnMut(&str)) -> Result<Impo
     )?;
     progress("configuring the root filesystem");
     configure(&root)?;
-
     let (kernel, initrd) = boot_files(&root)?;
+    let staged_kernel = work.join("vmlinuz");
+    let staged_initrd = work.join("initrd.img");
+    std::fs::copy(&kernel, &staged_kernel).map_err(|e| e.to_string())?;
+    std::fs::copy(&initrd, &staged_initrd).map_err(|e| e.to_string())?;
+    progress("leaving out what a virtual machine never loads");
+    let used = slim(&root, &work.join("unused"))?;
+    progress(&format!("root filesystem {} MiB", used >> 20));
+
     let boot = work.join("boot.img");
     run(Command::new("mkfs.vfat").args(["-n", "BOOT", "-C"]).arg(&boot).arg((BOOT_MIB * 1024).to_string()), None)?;
     let cfg = work.join("syslinux.cfg");
@@ -111,15 +119,10 @@ fn build(work: &Path, out: &Path, progress: &mut dyn FnMut(&str)) -> Result<Impo
              APPEND initrd=initrd.img root=LABEL={ROOT_LABEL} ro console=ttyS0,115200\n"
         ),
     )?;
-    let staged_kernel = work.join("vmlinuz");
-    let staged_initrd = work.join("initrd.img");
-    std::fs::copy(&kernel, &staged_kernel).map_err(|e| e.to_string())?;
-    std::fs::copy(&initrd, &staged_initrd).map_err(|e| e.to_string())?;
     run(Command::new("mcopy").arg("-i").arg(&boot).arg(&staged_kernel).arg(&staged_initrd).arg(&cfg).arg("::/"), None)?;
     run(Command::new("syslinux").arg("--install").arg(&boot), None)?;
 
     progress("making the ext4 root (mkfs.ext4 -d)");
-    let used = du_bytes(&root)?;
     // Little slack: the agent grows the partition to the disk at deploy and
     // the image grows its root filesystem at first boot, so every byte
     // here is only written (and verified) on every node.
@@ -197,6 +200,68 @@ fn configure(root: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Kernel modules for hardware a QEMU machine does not have. Kept: virtio,
+/// block, filesystems, and all of `net/` (netfilter, bridge, vxlan, ipvs:
+/// what Docker and Swarm overlay networks load).
+const UNUSED: &[&str] = &[
+    "sound",
+    "drivers/gpu",
+    "drivers/media",
+    "drivers/infiniband",
+    "drivers/iio",
+    "drivers/staging",
+    "drivers/usb",
+    "drivers/hwmon",
+    "drivers/isdn",
+    "drivers/bluetooth",
+    "drivers/scsi",
+    "drivers/mtd",
+    "drivers/input",
+    "drivers/hid",
+    "drivers/video",
+    "drivers/net/wireless",
+    "drivers/net/ethernet",
+    "drivers/net/can",
+    "drivers/net/usb",
+    "net/wireless",
+    "net/mac80211",
+    "net/bluetooth",
+];
+
+/// Moves out of the root what a lab node never loads or reads (the
+/// modules above, documentation, translations, the copy of the kernel the
+/// boot partition holds): every byte left is written and read back on
+/// every reinstall. Returns the bytes the root holds afterwards.
+fn slim(root: &Path, unused: &Path) -> Result<u64, String> {
+    let modules = root.join("usr/lib/modules");
+    let releases: Vec<PathBuf> =
+        std::fs::read_dir(&modules).map_err(|e| format!("{}: {e}", modules.display()))?.flatten().map(|e| e.path()).collect();
+    let mut moved = vec![];
+    for release in &releases {
+        moved.extend(UNUSED.iter().map(|dir| release.join("kernel").join(dir)));
+    }
+    moved.extend(["usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info"].map(|d| root.join(d)));
+    // The kernel and initramfs are read from the boot partition.
+    moved.extend(["vmlinuz", "initrd.img"].iter().flat_map(|n| {
+        std::fs::read_dir(root.join("boot"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(move |p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with(n)))
+    }));
+    std::fs::create_dir_all(unused).map_err(|e| e.to_string())?;
+    for (i, path) in moved.iter().filter(|p| p.exists()).enumerate() {
+        std::fs::rename(path, unused.join(i.to_string())).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    for release in &releases {
+        let version = release.file_name().unwrap_or_default();
+        // The image's own depmod (kmod is one of its packages).
+        run(Command::new("chroot").arg(root).arg("depmod").arg("-a").arg(version), None)?;
+    }
+    du_bytes(root)
 }
 
 /// The kernel and initramfs Debian installed (`/boot/vmlinuz-*`).
