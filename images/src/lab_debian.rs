@@ -236,8 +236,11 @@ const UNUSED: &[&str] = &[
 /// every reinstall. Returns the bytes the root holds afterwards.
 fn slim(root: &Path, unused: &Path) -> Result<u64, String> {
     let modules = root.join("usr/lib/modules");
-    let releases: Vec<PathBuf> =
-        std::fs::read_dir(&modules).map_err(|e| format!("{}: {e}", modules.display()))?.flatten().map(|e| e.path()).collect();
+    let releases: Vec<PathBuf> = std::fs::read_dir(&modules)
+        .map_err(|e| format!("{}: {e}", modules.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     let mut moved = vec![];
     for release in &releases {
         moved.extend(UNUSED.iter().map(|dir| release.join("kernel").join(dir)));
