@@ -92,18 +92,23 @@ impl<B: DhcpBackend> DhcpServer<B> {
         from: SocketAddr,
         on_pxe_port: bool,
     ) -> Option<(Vec<u8>, SocketAddr)> {
-        self.handle_batch(&[(bytes.to_vec(), from)], now, on_pxe_port).await.pop()
+        self.handle_batch(&[(bytes.to_vec(), from)], now, on_pxe_port, &mut |_, _| false).await.pop()
     }
 
     /// Handles datagrams that arrived together, in order, and commits all
-    /// their lease changes in one write (group commit) before any reply of
-    /// the batch leaves. If the write fails, the whole batch goes
-    /// unanswered and the in-memory table is restored: clients retransmit.
+    /// their lease changes in one write (group commit). A reply whose own
+    /// decision changed nothing durable (an OFFER, a NAK, proxyDHCP) is
+    /// handed to `send_now` at once, so it does not wait for the write;
+    /// the rest are returned once the write succeeded. If the write fails,
+    /// they go unanswered and the in-memory table is restored: clients
+    /// retransmit. `send_now` returns false when it could not send; that
+    /// reply is returned with the others.
     pub async fn handle_batch(
         self: &Arc<Self>,
         datagrams: &[(Vec<u8>, SocketAddr)],
         now: u64,
         on_pxe_port: bool,
+        send_now: &mut (dyn FnMut(&[u8], SocketAddr) -> bool + Send),
     ) -> Vec<(Vec<u8>, SocketAddr)> {
         let mut table = self.table.lock().await;
         // Taken before the first change that must be written, so a batch of
@@ -134,7 +139,8 @@ impl<B: DhcpBackend> DhcpServer<B> {
             // Offers are held in memory only: losing one in a crash costs
             // the client a retransmitted DISCOVER.
             let to_write: Vec<LeaseOp> = decision.ops.iter().filter(|op| !is_offer(op)).cloned().collect();
-            if !to_write.is_empty() && snapshot.is_none() {
+            let needs_write = !to_write.is_empty();
+            if needs_write && snapshot.is_none() {
                 snapshot = Some(table.clone());
             }
             for op in &decision.ops {
@@ -150,7 +156,10 @@ impl<B: DhcpBackend> DhcpServer<B> {
             }
             let dest = if reply.kind == ReplyKind::ProxyAck { *from } else { self.destination(&req, reply.kind) };
             kinds.push(reply.kind.label());
-            replies.push((encode_reply(&req, &reply, &self.cfg), dest));
+            let bytes = encode_reply(&req, &reply, &self.cfg);
+            if needs_write || !send_now(&bytes, dest) {
+                replies.push((bytes, dest));
+            }
         }
         if !durable.is_empty() {
             if let Err(err) = self.backend.save(&durable, &table).await {
@@ -158,6 +167,7 @@ impl<B: DhcpBackend> DhcpServer<B> {
                 warn!(requests = datagrams.len(), error = %err, "lease store failed; not replying to this batch");
                 metrics::counter!("slipway_dhcp_dropped_total", "reason" => "lease_store_failed")
                     .increment(replies.len() as u64);
+                self.stats.replied.fetch_add((kinds.len() - replies.len()) as u64, Ordering::Relaxed);
                 if let Some(before) = snapshot {
                     *table = before;
                 }
@@ -170,7 +180,7 @@ impl<B: DhcpBackend> DhcpServer<B> {
         for (mac, ip, client) in bound {
             self.backend.bound(mac, ip, client);
         }
-        self.stats.replied.fetch_add(replies.len() as u64, Ordering::Relaxed);
+        self.stats.replied.fetch_add(kinds.len() as u64, Ordering::Relaxed);
         for kind in kinds {
             metrics::counter!("slipway_dhcp_replies_total", "kind" => kind).increment(1);
         }
@@ -205,7 +215,9 @@ impl<B: DhcpBackend> DhcpServer<B> {
                     Err(e) => return Err(e),
                 }
             }
-            for (bytes, dest) in self.handle_batch(&batch, unix_now(), on_pxe_port).await {
+            // UDP sends rarely block; one that would is sent after the batch.
+            let mut send_now = |bytes: &[u8], dest: SocketAddr| socket.try_send_to(bytes, dest).is_ok();
+            for (bytes, dest) in self.handle_batch(&batch, unix_now(), on_pxe_port, &mut send_now).await {
                 if let Err(err) = socket.send_to(&bytes, dest).await {
                     warn!(%dest, error = %err, "sending DHCP reply failed");
                     metrics::counter!("slipway_dhcp_dropped_total", "reason" => "send_failed").increment(1);
@@ -216,7 +228,7 @@ impl<B: DhcpBackend> DhcpServer<B> {
 }
 
 /// Most requests answered per lease write.
-const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 256;
 
 fn log_decision(req: &Request, decision: &super::decide::Decision) {
     let reply_ip = decision.reply.as_ref().map_or_else(String::new, |r| r.yiaddr.to_string());
@@ -379,15 +391,25 @@ mod tests {
         };
         let recorder = Arc::new(Recorder::default());
         let server = DhcpServer::new(config(), Ports::default(), LeaseTable::default(), recorder.clone());
-        let replies = server.handle_batch(&[request(1), request(2)], 0, false).await;
-        assert_eq!(replies.len(), 2);
+        let mut sent_early = vec![];
+        let mut send_now = |bytes: &[u8], _: SocketAddr| {
+            sent_early.push(bytes.to_vec());
+            true
+        };
+        let replies = server.handle_batch(&[request(1), request(2)], 0, false, &mut send_now).await;
+        assert_eq!(replies.len(), 2, "ACKs wait for the write");
         assert_eq!(recorder.saved.lock().unwrap().len(), 2, "both leases stored");
 
         let failing = Arc::new(Recorder { fail: true, ..Default::default() });
         let server = DhcpServer::new(config(), Ports::default(), LeaseTable::default(), failing);
         let discover = (ipxe_discover([2, 0, 0, 0, 0, 3]), FROM);
-        assert!(server.handle_batch(&[request(1), discover], 0, false).await.is_empty(), "nothing leaves unstored");
+        let replies = server.handle_batch(&[request(1), discover], 0, false, &mut send_now).await;
+        assert!(replies.is_empty(), "no ACK leaves unstored");
         assert!(server.table.lock().await.is_empty(), "memory is rolled back with the write");
+        assert_eq!(sent_early.len(), 1, "the OFFER needed no write and did not wait for it");
+        use dhcproto::v4::{Decodable, Decoder, Message, MessageType};
+        let early = Message::decode(&mut Decoder::new(&sent_early[0])).unwrap();
+        assert_eq!(early.opts().msg_type(), Some(MessageType::Offer));
     }
 
     #[tokio::test]
