@@ -3,6 +3,7 @@
 //! (in `discovering`) in the database.
 
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use pxe::boot::ClientKind;
 use pxe::dhcp::server::DhcpBackend;
@@ -15,9 +16,14 @@ use crate::store::{mac_text, DhcpBinding, Store};
 /// (counted), never a reply: the boot script request creates the machine
 /// too.
 const BOOKKEEPING_QUEUE: usize = 4096;
-/// Bindings recorded per transaction: large enough that a storm costs few
-/// commits, small enough that a lease write queued behind it waits little.
-const BOOKKEEPING_BATCH: usize = 32;
+/// Bindings recorded per transaction at most.
+const BOOKKEEPING_BATCH: usize = 512;
+/// Bookkeeping waits for a pause this long in the bindings, so that in a
+/// storm the database work (a worker thread, commits) does not take the
+/// CPU from the replies still to be sent...
+const BOOKKEEPING_QUIET: Duration = Duration::from_millis(25);
+/// ...but never longer than this after the first binding waiting.
+const BOOKKEEPING_MAX_DELAY: Duration = Duration::from_secs(1);
 
 pub struct StoreBackend {
     store: Store,
@@ -33,6 +39,23 @@ impl StoreBackend {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BOOKKEEPING_BATCH);
             while rx.recv_many(&mut batch, BOOKKEEPING_BATCH).await > 0 {
+                // Collect by looking every QUIET rather than being woken for
+                // each binding: a wake-up per ACK batch would cost the DHCP
+                // loop a cross-thread hand-off each time.
+                let first = Instant::now();
+                while batch.len() < BOOKKEEPING_BATCH && first.elapsed() < BOOKKEEPING_MAX_DELAY {
+                    tokio::time::sleep(BOOKKEEPING_QUIET).await;
+                    let before = batch.len();
+                    while batch.len() < BOOKKEEPING_BATCH {
+                        match rx.try_recv() {
+                            Ok(binding) => batch.push(binding),
+                            Err(_) => break,
+                        }
+                    }
+                    if batch.len() == before {
+                        break;
+                    }
+                }
                 if let Err(err) = recorder.record_dhcp_bindings(&batch, discovery_timeout_ms).await {
                     tracing::warn!(bindings = batch.len(), error = %err, "recording DHCP bindings failed");
                 }
