@@ -127,12 +127,8 @@ fn check_client(protocol: &str, address: &str, creds: &Credentials, tls: &TlsTru
     request_body = Enrol,
     responses(
         (status = 201, description = "The BMC, enrolled", body = Bmc),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole, super::openapi::TakesJson,
         (status = 409, response = super::openapi::Conflict),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
         (status = 422, response = super::openapi::Unprocessable),
         (status = 502, response = super::openapi::BadGateway),
     )
@@ -203,7 +199,7 @@ pub(super) struct BmcList {
     description = "Role: viewer.",
     responses(
         (status = 200, description = "Every BMC", body = BmcList),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
     )
 )]
 async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<BmcList>, ApiError> {
@@ -227,7 +223,7 @@ async fn one(state: &AppState, id: &str) -> Result<Bmc, ApiError> {
     params(("id" = String, Path, description = "The BMC's id")),
     responses(
         (status = 200, description = "The BMC", body = Bmc),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
         (status = 404, response = super::openapi::NotFound),
     )
 )]
@@ -245,8 +241,7 @@ async fn show(_: Viewer, State(state): State<AppState>, Path(id): Path<String>) 
     params(("id" = String, Path, description = "The BMC's id")),
     responses(
         (status = 204, description = "Removed"),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole,
         (status = 404, response = super::openapi::NotFound),
     )
 )]
@@ -268,8 +263,7 @@ async fn remove(_: Operator, State(state): State<AppState>, Path(id): Path<Strin
     params(("id" = String, Path, description = "The BMC's id")),
     responses(
         (status = 200, description = "The BMC with its new inventory", body = Bmc),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole,
         (status = 404, response = super::openapi::NotFound),
         (status = 502, response = super::openapi::BadGateway),
     )
@@ -290,7 +284,7 @@ async fn reread(_: Operator, State(state): State<AppState>, Path(id): Path<Strin
     params(("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs")),
     responses(
         (status = 200, description = "The BMC", body = Bmc),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
         (status = 404, response = super::openapi::NotFound),
     )
 )]
@@ -336,13 +330,9 @@ pub(super) struct PowerResult {
     request_body = PowerRequest,
     responses(
         (status = 200, description = "Done", body = PowerResult),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole, super::openapi::TakesJson,
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
         (status = 422, response = super::openapi::Unprocessable),
         (status = 502, response = super::openapi::BadGateway),
     )

@@ -143,12 +143,8 @@ async fn resolve(state: &AppState, targets: &Targets) -> Result<Vec<(String, Opt
     request_body = Create,
     responses(
         (status = 201, description = "The campaign, scheduled", body = CampaignView),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole, super::openapi::TakesJson,
         (status = 409, response = super::openapi::Conflict),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
         (status = 422, response = super::openapi::Unprocessable),
     )
 )]
@@ -334,7 +330,7 @@ async fn one(state: &AppState, id: &str) -> Result<CampaignView, ApiError> {
     description = "Role: viewer.",
     responses(
         (status = 200, description = "Every campaign", body = CampaignList),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
     )
 )]
 async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<CampaignList>, ApiError> {
@@ -358,7 +354,7 @@ async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<CampaignL
     params(("id" = String, Path, description = "The campaign's id")),
     responses(
         (status = 200, description = "The campaign", body = CampaignView),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
         (status = 404, response = super::openapi::NotFound),
     )
 )]
@@ -399,8 +395,7 @@ async fn operate(
     params(("id" = String, Path, description = "The campaign's id")),
     responses(
         (status = 200, description = "The campaign", body = CampaignView),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole,
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
     )
@@ -426,8 +421,7 @@ async fn pause(
     params(("id" = String, Path, description = "The campaign's id")),
     responses(
         (status = 200, description = "The campaign", body = CampaignView),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole,
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
     )
@@ -453,8 +447,7 @@ async fn resume(
     params(("id" = String, Path, description = "The campaign's id")),
     responses(
         (status = 200, description = "The campaign", body = CampaignView),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole,
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
     )

@@ -59,13 +59,9 @@ pub(super) struct ReleaseRequest {
     request_body(content = Option<ReleaseRequest>, description = "Optional"),
     responses(
         (status = 202, description = "The machine, releasing", body = crate::store::Machine),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole, super::openapi::TakesJson,
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
         (status = 422, response = super::openapi::Unprocessable),
     )
 )]
@@ -205,13 +201,9 @@ fn valid_hostname(name: &str) -> bool {
     request_body = DeployRequest,
     responses(
         (status = 202, description = "The deployment, requested", body = Deployment),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole, super::openapi::TakesJson,
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
         (status = 422, response = super::openapi::Unprocessable),
     )
 )]
@@ -253,7 +245,7 @@ async fn deploy(
     params(("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs")),
     responses(
         (status = 200, description = "The deployment", body = Deployment),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
         (status = 404, response = super::openapi::NotFound),
     )
 )]

@@ -74,7 +74,7 @@ async fn page(store: &Store, machine: Option<&str>, page: &Page) -> Result<Json<
     responses(
         (status = 200, description = "A page of events", body = EventPage),
         (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
         (status = 404, response = super::openapi::NotFound),
     )
 )]
@@ -99,7 +99,7 @@ async fn machine_events(
     responses(
         (status = 200, description = "A page of events", body = EventPage),
         (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
     )
 )]
 async fn all_events(
@@ -203,7 +203,7 @@ async fn next(mut f: Feed) -> Option<(Result<SseEvent, Infallible>, Feed)> {
         (status = 200, description = "The stream; it does not end by itself", content_type = "text/event-stream",
          body = String),
         (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
         (status = 404, response = super::openapi::NotFound),
     )
 )]

@@ -92,8 +92,7 @@ pub(super) fn problem(status: StatusCode, field: &str, detail: impl Into<String>
     responses(
         (status = 201, description = "The file, stored", body = FirmwareFile),
         (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole,
         (status = 413, response = super::openapi::PayloadTooLarge),
     )
 )]
@@ -169,7 +168,7 @@ pub(super) struct FirmwareList {
     description = "Role: viewer.",
     responses(
         (status = 200, description = "Every firmware file", body = FirmwareList),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
     )
 )]
 async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<FirmwareList>, ApiError> {

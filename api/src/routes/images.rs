@@ -118,12 +118,8 @@ fn check_sha256(sha: &Option<String>) -> Result<(), ApiError> {
     request_body = Register,
     responses(
         (status = 202, description = "The image, importing", body = Image),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole, super::openapi::TakesJson,
         (status = 409, response = super::openapi::Conflict),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
     )
 )]
 async fn register(
@@ -215,8 +211,7 @@ async fn finish(state: &AppState, name: &str, outcome: Result<catalog::Imported,
     responses(
         (status = 200, description = "The image, available", body = Image),
         (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole,
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
         (status = 422, response = super::openapi::Unprocessable),
@@ -281,7 +276,7 @@ pub(super) struct ImageList {
     description = "Role: viewer.",
     responses(
         (status = 200, description = "Every image", body = ImageList),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
     )
 )]
 async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<ImageList>, ApiError> {
@@ -298,7 +293,7 @@ async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<ImageList
     params(("name" = String, Path, example = "debian-12", description = "The image's name")),
     responses(
         (status = 200, description = "The image", body = Image),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
         (status = 404, response = super::openapi::NotFound),
     )
 )]
@@ -316,8 +311,7 @@ async fn show(_: Viewer, State(state): State<AppState>, Path(name): Path<String>
     params(("name" = String, Path, description = "The image's name")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole,
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
     )

@@ -109,7 +109,7 @@ pub(super) struct MachinePage {
     responses(
         (status = 200, description = "A page of machines", body = MachinePage),
         (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
     )
 )]
 async fn list(
@@ -155,7 +155,7 @@ fn tagged(status: StatusCode, machine: &Machine) -> Response {
     responses(
         (status = 200, description = "The machine", body = Machine,
          headers(("ETag" = String, description = "Send it as If-Match to edit only this version"))),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
         (status = 404, response = super::openapi::NotFound),
     )
 )]
@@ -222,13 +222,9 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
     responses(
         (status = 200, description = "The machine as edited", body = Machine,
          headers(("ETag" = String, description = "The machine's new ETag"))),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole, super::openapi::TakesJson,
         (status = 404, response = super::openapi::NotFound),
         (status = 412, response = super::openapi::PreconditionFailed),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
     )
 )]
 async fn patch(
@@ -300,13 +296,9 @@ pub(super) struct ActionBody {
     request_body(content = Option<ActionBody>, description = "Optional"),
     responses(
         (status = 200, description = "The machine after the action", body = Machine),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole, super::openapi::TakesJson,
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
         (status = 422, response = super::openapi::Unprocessable),
     )
 )]

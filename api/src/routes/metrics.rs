@@ -48,7 +48,7 @@ pub(super) fn router() -> Routes {
     description = "Role: viewer.",
     responses(
         (status = 200, description = "The metrics", content_type = "text/plain", body = String),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
     )
 )]
 async fn render(_: Viewer, State(state): State<AppState>) -> Result<String, ApiError> {

@@ -157,7 +157,7 @@ async fn swarm_created(
     params(("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs")),
     responses(
         (status = 200, description = "The node's last report", body = NodeReport),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
         (status = 404, response = super::openapi::NotFound),
     )
 )]
@@ -186,7 +186,7 @@ pub(super) struct ClusterList {
     description = "Role: viewer.",
     responses(
         (status = 200, description = "Every cluster", body = ClusterList),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
     )
 )]
 async fn list_clusters(_: Viewer, State(state): State<AppState>) -> Result<Json<ClusterList>, ApiError> {
@@ -204,7 +204,7 @@ async fn list_clusters(_: Viewer, State(state): State<AppState>) -> Result<Json<
     params(("name" = String, Path, example = "rack7", description = "The cluster's name")),
     responses(
         (status = 200, description = "The cluster", body = Cluster),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
         (status = 404, response = super::openapi::NotFound),
     )
 )]

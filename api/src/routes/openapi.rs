@@ -12,6 +12,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
 
 use crate::auth::Viewer;
@@ -71,6 +72,32 @@ problem_responses!(
     Unprocessable,
     /// The BMC or UPS did not answer, refused, or answered nonsense.
     BadGateway,
+);
+
+/// Error responses that come from how an operation is reached rather than
+/// what it does, listed once: `responses((status = 200, ..), NeedsRole,
+/// TakesJson, (status = 409, ..))`.
+macro_rules! error_sets {
+    ($($(#[$doc:meta])* $name:ident: $($status:literal => $response:ident),+;)*) => {$(
+        $(#[$doc])*
+        pub struct $name;
+        impl utoipa::IntoResponses for $name {
+            fn responses() -> std::collections::BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+                [$(($status.to_string(), RefOr::Ref(Ref::from_response_name(stringify!($response))))),+]
+                    .into_iter()
+                    .collect()
+            }
+        }
+    )*};
+}
+
+error_sets!(
+    /// A bearer token is needed (any role).
+    NeedsToken: "401" => Unauthorized;
+    /// A bearer token of a role above viewer is needed.
+    NeedsRole: "401" => Unauthorized, "403" => Forbidden;
+    /// The JSON body extractor's refusals.
+    TakesJson: "400" => BadRequest, "413" => PayloadTooLarge, "415" => UnsupportedMediaType;
 );
 
 /// The bearer token scheme every operation but `/healthz` uses.

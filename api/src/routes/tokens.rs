@@ -81,11 +81,7 @@ pub(super) struct AuditPage {
     request_body = NewToken,
     responses(
         (status = 201, description = "The token with its secret", body = CreatedToken),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
+        super::openapi::NeedsRole, super::openapi::TakesJson,
     )
 )]
 async fn create(
@@ -120,8 +116,7 @@ async fn create(
     description = "Role: admin.",
     responses(
         (status = 200, description = "Every token", body = TokenList),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole,
     )
 )]
 async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<TokenList>, ApiError> {
@@ -138,8 +133,7 @@ async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<TokenList>
     params(("id" = String, Path, description = "The token's id")),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole,
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
     )
@@ -174,8 +168,7 @@ async fn revoke(
     responses(
         (status = 200, description = "A page of audit entries", body = AuditPage),
         (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole,
     )
 )]
 async fn audit(_: Admin, State(state): State<AppState>, Query(page): Query<Page>) -> Result<Json<AuditPage>, ApiError> {

@@ -42,12 +42,8 @@ fn valid_name(name: &str) -> bool {
     request_body = UpsEntry,
     responses(
         (status = 201, description = "The UPS, enrolled", body = UpsView),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole, super::openapi::TakesJson,
         (status = 409, response = super::openapi::Conflict),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
     )
 )]
 async fn enrol(
@@ -181,7 +177,7 @@ async fn view(state: &AppState, ups: Ups) -> Result<UpsView, ApiError> {
     description = "Role: viewer.",
     responses(
         (status = 200, description = "Every UPS", body = UpsList),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
     )
 )]
 async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<UpsList>, ApiError> {
@@ -202,7 +198,7 @@ async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<UpsList>,
     params(("name" = String, Path, example = "r7-ups", description = "The UPS's name")),
     responses(
         (status = 200, description = "The UPS", body = UpsView),
-        (status = 401, response = super::openapi::Unauthorized),
+        super::openapi::NeedsToken,
         (status = 404, response = super::openapi::NotFound),
     )
 )]
@@ -220,8 +216,7 @@ async fn show(_: Viewer, State(state): State<AppState>, Path(name): Path<String>
     params(("name" = String, Path, description = "The UPS's name")),
     responses(
         (status = 204, description = "Removed"),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
+        super::openapi::NeedsRole,
         (status = 404, response = super::openapi::NotFound),
     )
 )]
