@@ -35,6 +35,8 @@ pub const ROUTES: &[&str] = &[
 ];
 
 pub const HEADER: &str = "idempotency-key";
+/// The longest key accepted.
+const MAX_KEY: usize = 255;
 /// Request bodies buffered to hash them; the routes above take small JSON.
 const MAX_BODY: usize = 1 << 20;
 
@@ -49,9 +51,9 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         return next.run(request).await;
     };
     let key = match key.to_str() {
-        Ok(k) if !k.is_empty() && k.len() <= 255 => k.to_string(),
+        Ok(k) if !k.is_empty() && k.len() <= MAX_KEY => k.to_string(),
         _ => {
-            let detail = "1 to 255 visible ASCII characters".to_string();
+            let detail = format!("1 to {MAX_KEY} visible ASCII characters");
             return ApiError::BadRequest { field: "Idempotency-Key".into(), detail }.into_response();
         }
     };
@@ -112,4 +114,28 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         tracing::error!(error = %err, key, route, "storing an Idempotency-Key's response failed");
     }
     Response::from_parts(resp_parts, Body::from(stored))
+}
+
+/// The header as the OpenAPI document describes it, on each route of
+/// [`ROUTES`]: `params(("id" = ..), idempotency::KeyParam)`.
+pub struct KeyParam;
+
+impl utoipa::IntoParams for KeyParam {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ObjectBuilder, Required, Type};
+        let schema = ObjectBuilder::new()
+            .schema_type([Type::String, Type::Null].into_iter().collect::<utoipa::openapi::schema::SchemaType>())
+            .min_length(Some(1))
+            .max_length(Some(MAX_KEY));
+        vec![ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(ParameterIn::Header)
+            .description(Some("Run this request at most once (24 h, per token and path)"))
+            .required(Required::False)
+            .schema(Some(schema))
+            .build()]
+    }
 }

@@ -122,8 +122,7 @@ fn check_client(protocol: &str, address: &str, creds: &Credentials, tls: &TlsTru
         With `protocol: auto` an unreachable BMC is refused (400, `address`): there is nothing to detect. \
         With `commission`, the machine is powered on into discovery through the BMC (502 if the BMC refuses). \
         Honours `Idempotency-Key`.",
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
-         description = "Run this request at most once (24 h, per token and path)")),
+    params(crate::idempotency::KeyParam),
     request_body = Enrol,
     responses(
         (status = 201, description = "The BMC, enrolled", body = Bmc),
@@ -324,8 +323,7 @@ pub(super) struct PowerResult {
         Honours `Idempotency-Key`.",
     params(
         ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
-         description = "Run this request at most once (24 h, per token and path)"),
+        crate::idempotency::KeyParam,
     ),
     request_body = PowerRequest,
     responses(

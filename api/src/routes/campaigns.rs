@@ -138,8 +138,7 @@ async fn resolve(state: &AppState, targets: &Targets) -> Result<Vec<(String, Opt
     operation_id = "create_campaign",
     tag = "campaigns",
     description = "Role: operator. Honours `Idempotency-Key`.",
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
-         description = "Run this request at most once (24 h, per token and path)")),
+    params(crate::idempotency::KeyParam),
     request_body = Create,
     responses(
         (status = 201, description = "The campaign, scheduled", body = CampaignView),

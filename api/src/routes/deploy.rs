@@ -53,8 +53,7 @@ pub(super) struct ReleaseRequest {
         Honours `Idempotency-Key`.",
     params(
         ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
-         description = "Run this request at most once (24 h, per token and path)"),
+        crate::idempotency::KeyParam,
     ),
     request_body(content = Option<ReleaseRequest>, description = "Optional"),
     responses(
@@ -195,8 +194,7 @@ fn valid_hostname(name: &str) -> bool {
         the image. Honours `Idempotency-Key`.",
     params(
         ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
-         description = "Run this request at most once (24 h, per token and path)"),
+        crate::idempotency::KeyParam,
     ),
     request_body = DeployRequest,
     responses(

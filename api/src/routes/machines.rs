@@ -290,8 +290,7 @@ pub(super) struct ActionBody {
         ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
         ("action" = String, Path, pattern = "^(retry|mark-failed|reset|retire)$", example = "mark-failed",
          description = "retry, mark-failed, reset or retire"),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
-         description = "Run this request at most once (24 h, per token and path)"),
+        crate::idempotency::KeyParam,
     ),
     request_body(content = Option<ActionBody>, description = "Optional"),
     responses(

@@ -79,6 +79,17 @@ fn each_operation_states_its_role_and_security() {
 }
 
 #[test]
+fn exactly_the_routes_that_honour_idempotency_keys_document_the_header() {
+    let documented: BTreeSet<String> = documented()
+        .into_iter()
+        .filter(|(_, _, op)| op["parameters"].as_array().into_iter().flatten().any(|p| p["name"] == "Idempotency-Key"))
+        .map(|(method, path, _)| format!("{method} {path}"))
+        .collect();
+    let honoured: BTreeSet<String> = crate::idempotency::ROUTES.iter().map(|r| format!("POST {r}")).collect();
+    assert_eq!(documented, honoured);
+}
+
+#[test]
 fn operation_ids_are_unique() {
     let ids: Vec<String> = documented()
         .iter()
