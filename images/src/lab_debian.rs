@@ -247,14 +247,12 @@ fn slim(root: &Path, unused: &Path) -> Result<u64, String> {
     }
     moved.extend(["usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info"].map(|d| root.join(d)));
     // The kernel and initramfs are read from the boot partition.
-    moved.extend(["vmlinuz", "initrd.img"].iter().flat_map(|n| {
-        std::fs::read_dir(root.join("boot"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(move |p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with(n)))
-    }));
+    for entry in std::fs::read_dir(root.join("boot")).map_err(|e| e.to_string())?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("vmlinuz") || name.starts_with("initrd.img") {
+            moved.push(entry.path());
+        }
+    }
     std::fs::create_dir_all(unused).map_err(|e| e.to_string())?;
     for (i, path) in moved.iter().filter(|p| p.exists()).enumerate() {
         std::fs::rename(path, unused.join(i.to_string())).map_err(|e| format!("{}: {e}", path.display()))?;

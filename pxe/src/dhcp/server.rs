@@ -138,15 +138,15 @@ impl<B: DhcpBackend> DhcpServer<B> {
             log_decision(&req, &decision);
             // Offers are held in memory only: losing one in a crash costs
             // the client a retransmitted DISCOVER.
-            let to_write: Vec<LeaseOp> = decision.ops.iter().filter(|op| !is_offer(op)).cloned().collect();
-            let needs_write = !to_write.is_empty();
+            let written_before = durable.len();
+            durable.extend(decision.ops.iter().filter(|op| !is_offer(op)).cloned());
+            let needs_write = durable.len() > written_before;
             if needs_write && snapshot.is_none() {
                 snapshot = Some(table.clone());
             }
             for op in &decision.ops {
                 table.apply(op);
             }
-            durable.extend(to_write);
             let Some(reply) = decision.reply else {
                 self.stats.ignored.fetch_add(1, Ordering::Relaxed);
                 continue;
