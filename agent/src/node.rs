@@ -13,7 +13,7 @@ use std::net::{ToSocketAddrs, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-use wire::{Member, Membership, NodeInstruction, NodeStatus, SwarmCreated};
+use wire::{HookResult, Member, Membership, NodeInstruction, NodeStatus, SwarmCreated};
 
 /// What `/etc/slipway/agent.env` holds (written at deploy).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,9 +52,12 @@ pub fn run(config: &NodeConfig) -> ! {
     let mut join_error: Option<String> = None;
     // The check command of a `command` join, once the appliance sent one.
     let mut check: Option<String> = None;
+    // Reported until the next hook runs: the appliance may miss a report.
+    let mut hook: Option<HookResult> = None;
     let mut backoff = 1;
     loop {
-        let status = collect(config, check.as_deref(), join_error.take());
+        let mut status = collect(config, check.as_deref(), join_error.take());
+        status.hook = hook.clone();
         let instruction = match client.post_for::<_, NodeInstruction>(wire::NODE_STATUS_PATH, &status) {
             Ok(instruction) => {
                 backoff = 1;
@@ -94,6 +97,13 @@ pub fn run(config: &NodeConfig) -> ! {
                 let _ = docker(&["node", "demote", &node]);
                 docker(&["node", "rm", "--force", &node]).map(|_| ())
             }
+            NodeInstruction::RunHook { id, run, timeout_seconds } => {
+                crate::log(&format!("refresh campaign command {id}: {run}"));
+                let result = run_hook(&id, &run, timeout_seconds);
+                crate::log(&format!("refresh campaign command {id} exited {}", result.exit_code));
+                hook = Some(result);
+                Ok(())
+            }
         };
         if let Err(err) = outcome {
             crate::log(&format!("cluster join: {err}"));
@@ -123,7 +133,35 @@ fn collect(config: &NodeConfig, check: Option<&str>, join_error: Option<String>)
         docker_version: output("docker", &["version", "--format", "{{.Server.Version}}"]),
         cluster,
         join_error,
+        hook: None,
     }
+}
+
+/// Runs a refresh campaign's command under coreutils `timeout` (killed 10 s
+/// after its time if it ignores TERM); the end of its output is kept.
+pub fn run_hook(id: &str, run: &str, timeout_seconds: u32) -> HookResult {
+    let out = Command::new("timeout")
+        .args(["--kill-after=10", &timeout_seconds.max(1).to_string(), "sh", "-c", run])
+        .stdin(std::process::Stdio::null())
+        .output();
+    let (exit_code, text) = match out {
+        Ok(out) => {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            (out.status.code().unwrap_or(-1), text)
+        }
+        Err(err) => (-1, format!("timeout/sh: {err}")),
+    };
+    HookResult { id: id.into(), exit_code, output: tail(text.trim(), wire::HOOK_OUTPUT_MAX).into() }
+}
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 pub fn os_pretty_name(os_release: &str) -> String {
@@ -258,6 +296,22 @@ mod tests {
         let config = NodeConfig { image: Some("debian-12.7".into()), ..config };
         assert_eq!(parse_config(&render_config(&config)), Ok(config));
         assert!(parse_config("SLIPWAY_API=x\n").unwrap_err().contains("SLIPWAY_TOKEN"));
+    }
+
+    #[test]
+    fn hooks_report_their_exit_code_and_the_end_of_their_output() {
+        let ok = run_hook("c1:drain", "echo draining; echo evicted >&2", 5);
+        assert_eq!((ok.id.as_str(), ok.exit_code, ok.output.as_str()), ("c1:drain", 0, "draining\nevicted"));
+        let failed = run_hook("c1:drain", "echo 'node busy' >&2; exit 3", 5);
+        assert_eq!((failed.exit_code, failed.output.as_str()), (3, "node busy"));
+        let started = std::time::Instant::now();
+        let slow = run_hook("c1:drain", "sleep 30", 1);
+        assert_eq!(slow.exit_code, 124, "its time ran out");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let long = run_hook("c1:drain", "head -c 5000 /dev/zero | tr '\\0' x; echo; echo last line", 5);
+        assert_eq!(long.output.len(), wire::HOOK_OUTPUT_MAX);
+        assert!(long.output.ends_with("x\nlast line"), "{}", &long.output[2000..]);
+        assert_eq!(tail("añb", 2), "b", "never cut inside a character");
     }
 
     #[test]

@@ -152,7 +152,28 @@ pub struct NodeStatus {
     /// Why the last join attempt failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join_error: Option<String>,
+    /// How the last [`NodeInstruction::RunHook`] ended, repeated in every
+    /// report until another runs (the appliance matches it by `id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookResult>,
 }
+
+/// How a refresh campaign's command on the node ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct HookResult {
+    pub id: String,
+    /// The command's exit code: 124 when its time ran out (coreutils
+    /// `timeout`), -1 when it could not start or died of a signal.
+    pub exit_code: i32,
+    /// The end of its output (stdout then stderr), at most 2048 bytes
+    /// (`HOOK_OUTPUT_MAX`).
+    pub output: String,
+}
+
+/// How much of a hook's output the node agent reports.
+pub const HOOK_OUTPUT_MAX: usize = 2048;
 
 /// A node's cluster membership, read from the cluster (`docker info`, or
 /// a join spec's check command).
@@ -206,6 +227,11 @@ pub enum NodeInstruction {
     /// On a Swarm manager: `docker node rm --force NODE`, the entry a
     /// reinstalled node left behind (it rejoined as a new node).
     NodeRemove { node: String },
+    /// A refresh campaign's drain or undrain command for a cluster Slipway
+    /// did not form (`kubectl drain`, ...): run `run` (`sh -c`) on this
+    /// node, at most `timeout_seconds`, and report a [`HookResult`] with
+    /// this `id` in the following statuses.
+    RunHook { id: String, run: String, timeout_seconds: u32 },
 }
 
 /// A new Swarm's join tokens, from the node that created it.

@@ -88,7 +88,7 @@ fn run(c: &Case) -> Decision {
             max_failure_ratio: c.ratio,
             ..Rollout::default()
         },
-        gates: Gates { ups_min_charge_percent: c.min_charge, on_mains: c.on_mains, back_within_seconds: None },
+        gates: Gates { ups_min_charge_percent: c.min_charge, on_mains: c.on_mains, ..Default::default() },
         state: c.state,
         reason: None,
         acknowledged_failures: c.acknowledged,

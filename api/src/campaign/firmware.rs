@@ -6,7 +6,9 @@
 //! A member of a Slipway-formed Swarm is drained before a host reset (if
 //! the other managers keep a quorum without it), and once the version
 //! shows and its node agent reports again after the reset it is made
-//! active again.
+//! active again; a joined member of another cluster is drained and
+//! undrained the same way by the campaign's drain commands, if it has
+//! them.
 //!
 //! A node found in progress after a restart is re-checked first: if the
 //! version is already there it is done (and undrained if it was left
@@ -21,10 +23,11 @@ use inventory::oob::{BmcInventory, OobError, PowerAction, PowerState};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::model::{FirmwareAction, NodeProgress, NodeState};
+use super::hook;
+use super::model::{DrainCommands, FirmwareAction, NodeProgress, NodeState};
 use super::refresh_plan::{ClusterOp, OpKind};
 use super::runner::RunnerSettings;
-use super::swarm::{Membership, SwarmHand};
+use super::swarm::{Membership, NodeHand};
 use crate::lifecycle::MachineState;
 use crate::oob::OobFailure;
 use crate::store::StoreError;
@@ -50,7 +53,7 @@ pub enum NodeFailure {
     /// Draining, the node's return or undraining failed (it may be left
     /// drained: the reason says).
     #[error("{0}")]
-    Swarm(String),
+    Drain(String),
 }
 
 impl From<StoreError> for NodeFailure {
@@ -104,9 +107,10 @@ pub async fn run_node(
     campaign_id: String,
     node: NodeProgress,
     action: FirmwareAction,
+    drain: Option<DrainCommands>,
     resume: bool,
 ) {
-    let outcome = apply(&app, &settings, &campaign_id, &node, &action, resume).await;
+    let outcome = apply(&app, &settings, &campaign_id, &node, (&action, drain.as_ref()), resume).await;
     let store = &app.store;
     let machine = node.machine_id.as_str();
     let recorded = match &outcome {
@@ -136,19 +140,25 @@ async fn apply(
     settings: &RunnerSettings,
     campaign_id: &str,
     progress: &NodeProgress,
-    action: &FirmwareAction,
+    (action, drain): (&FirmwareAction, Option<&DrainCommands>),
     resume: bool,
 ) -> Result<Applied, NodeFailure> {
     let machine_id = progress.machine_id.as_str();
     let bmc = app.store.bmc_for_machine(machine_id).await?.ok_or(NodeFailure::NoBmc)?;
     let node = Node { app, settings, campaign_id, machine_id, bmc_id: bmc.id, action };
-    let swarm = SwarmHand { app, settings, campaign_id, machine_id };
+    let swarm = NodeHand { app, settings, campaign_id, machine_id };
     let membership = if action.needs_host_reset() { swarm.membership().await? } else { None };
+    let join = swarm.join_spec().await?;
+    let drain = drain.filter(|_| action.needs_host_reset() && hook::foreign_cluster(join.as_ref()));
     let current = node.version().await?;
     if current.as_deref() == Some(action.version.as_str()) {
         node.note(None, current.as_deref(), false).await?;
         if let Some(m) = &membership {
             node.put_back(&swarm, m, None).await?;
+        }
+        if let (Some(commands), true) = (drain, resume) {
+            // It may have been left drained before the restart.
+            node.undrain(&swarm, commands, None).await?;
         }
         let note = if resume { "the version was found in place after a restart" } else { "already at this version" };
         return Ok(Applied { note });
@@ -188,8 +198,13 @@ async fn apply(
     if let Some(m) = &membership {
         // A drain from before a restart stands.
         if !swarm.is_drained(m).await? {
-            swarm.take_out(m).await?.map_err(NodeFailure::Swarm)?;
+            swarm.take_out(m).await?.map_err(NodeFailure::Drain)?;
         }
+    }
+    let joined = app.store.machine(machine_id).await?.is_some_and(|m| m.state == MachineState::Joined);
+    let drain = drain.filter(|_| joined);
+    if let Some(commands) = drain {
+        swarm.drain_by_command(commands).await?.map_err(|why| NodeFailure::Drain(format!("not drained: {why}")))?;
     }
     let reset_at_ms = crate::store::now_ms();
     let was_off = if action.needs_host_reset() {
@@ -210,6 +225,9 @@ async fn apply(
     verified?;
     if let Some(m) = &membership {
         node.put_back(&swarm, m, Some(reset_at_ms)).await?;
+    }
+    if let Some(commands) = drain {
+        node.undrain(&swarm, commands, Some(reset_at_ms)).await?;
     }
     Ok(Applied { note: "applied and verified" })
 }
@@ -253,19 +271,38 @@ impl Node<'_> {
         }
     }
 
-    /// Makes a drained Swarm member active again once its node agent
-    /// reports (after `reset_at_ms`, with a few seconds' margin for the
-    /// reset to take) and the machine is still `joined`; bounded by the
-    /// verify timeout.
+    /// Makes a drained Swarm member active again once it is back.
     async fn put_back(
         &self,
-        swarm: &SwarmHand<'_>,
+        swarm: &NodeHand<'_>,
         m: &Membership,
         reset_at_ms: Option<i64>,
     ) -> Result<(), NodeFailure> {
         if !swarm.is_drained(m).await? {
             return Ok(());
         }
+        self.wait_back(reset_at_ms, &format!("it is left drained in Swarm {}", m.cluster)).await?;
+        let op = ClusterOp { cluster: m.cluster.clone(), op: OpKind::Active, node: m.node.clone() };
+        swarm.op(&op).await?.map_err(NodeFailure::Drain)?;
+        swarm.event("campaign.node_undrained", json!({ "cluster": m.cluster, "node": m.node })).await?;
+        Ok(())
+    }
+
+    /// Runs the undrain command once the node is back.
+    async fn undrain(
+        &self,
+        hand: &NodeHand<'_>,
+        commands: &DrainCommands,
+        reset_at_ms: Option<i64>,
+    ) -> Result<(), NodeFailure> {
+        self.wait_back(reset_at_ms, "it is left drained").await?;
+        hand.undrain_by_command(commands).await?.map_err(NodeFailure::Drain)
+    }
+
+    /// Waits until the machine is `joined` and its node agent reports
+    /// (after `reset_at_ms`, with a few seconds' margin for the reset to
+    /// take); bounded by the verify timeout. `left` says what stays undone.
+    async fn wait_back(&self, reset_at_ms: Option<i64>, left: &str) -> Result<(), NodeFailure> {
         let store = &self.app.store;
         let started = Instant::now();
         let after = reset_at_ms.map_or(0, |at| at + 5_000);
@@ -276,21 +313,16 @@ impl Node<'_> {
                 .await?
                 .and_then(|r| chrono::DateTime::parse_from_rfc3339(&r.last_seen).ok().map(|t| t.timestamp_millis()));
             if joined && seen.is_some_and(|t| t >= after) {
-                break;
+                return Ok(());
             }
             if started.elapsed() > self.settings.verify_timeout {
-                return Err(NodeFailure::Swarm(format!(
-                    "its node agent did not report within {} s of the reset; it is left drained in Swarm {}",
-                    self.settings.verify_timeout.as_secs(),
-                    m.cluster
+                return Err(NodeFailure::Drain(format!(
+                    "its node agent did not report within {} s of the reset; {left}",
+                    self.settings.verify_timeout.as_secs()
                 )));
             }
             tokio::time::sleep(self.settings.task_poll.max(Duration::from_millis(100))).await;
         }
-        let op = ClusterOp { cluster: m.cluster.clone(), op: OpKind::Active, node: m.node.clone() };
-        swarm.op(&op).await?.map_err(NodeFailure::Swarm)?;
-        swarm.event("campaign.node_undrained", json!({ "cluster": m.cluster, "node": m.node })).await?;
-        Ok(())
     }
 
     /// Reads the inventory until the target version shows (bounded); the

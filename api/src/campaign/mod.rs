@@ -7,7 +7,7 @@
 //! that gathers facts and applies decisions, `firmware` and `os_refresh`
 //! the actions on one node (`refresh_plan` holds the OS refresh's pure
 //! decisions: drain, tidy, progress, rollback; `swarm` the Swarm drain
-//! both actions share). Persistence is `store::campaign`'s; the HTTP resource is
+//! both actions share, `hook` the drain commands for other clusters). Persistence is `store::campaign`'s; the HTTP resource is
 //! `routes::campaigns`'. A new action kind is a variant of
 //! `model::Action`, a module beside `firmware` and an arm in
 //! `runner::spawn_node`; a new gate is a fact in `engine::Facts` and a
@@ -15,6 +15,7 @@
 
 pub mod engine;
 pub mod firmware;
+pub mod hook;
 pub mod model;
 pub mod os_refresh;
 pub mod refresh_plan;

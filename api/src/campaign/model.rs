@@ -239,7 +239,45 @@ pub struct Gates {
     /// rolled back. Default: the machine's own join deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub back_within_seconds: Option<u64>,
+    /// How to drain a node of a cluster Slipway did not form (kubeadm,
+    /// k3s, a `command` join, a Swarm joined by endpoint). Without it such
+    /// a node is refreshed undrained; a Slipway-formed Swarm is always
+    /// drained through its manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainCommands>,
 }
+
+/// Commands the node's own agent runs (`sh -c`, as root) around a refresh
+/// that takes the node down (an OS refresh, a firmware update with a
+/// host reset).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainCommands {
+    /// Before the node goes down, on the node while it is joined; the
+    /// refresh goes on only once it exits 0. E.g. `kubectl --kubeconfig
+    /// /etc/kubernetes/admin.conf drain "$(hostname)" --ignore-daemonsets
+    /// --delete-emptydir-data`.
+    #[schema(min_length = 1, max_length = 4096)]
+    pub run: String,
+    /// Once the node is back (on its new image, or after the reset), and
+    /// after a failed `run`; e.g. `kubectl ... uncordon "$(hostname)"`.
+    #[schema(min_length = 1, max_length = 4096)]
+    pub undo: String,
+    /// How long each may take (default 600).
+    #[serde(default = "drain_seconds")]
+    #[schema(minimum = 1, maximum = 3600)]
+    pub timeout_seconds: u32,
+}
+
+fn drain_seconds() -> u32 {
+    600
+}
+
+/// The longest a drain or undrain command may take: an hour (the
+/// `DrainCommands` schema repeats these bounds).
+pub const MAX_DRAIN_SECONDS: u32 = 3600;
+/// The longest drain or undrain command text.
+pub const MAX_DRAIN_COMMAND: usize = 4096;
 
 fn yes() -> bool {
     true
@@ -247,7 +285,7 @@ fn yes() -> bool {
 
 impl Default for Gates {
     fn default() -> Self {
-        Gates { ups_min_charge_percent: None, on_mains: true, back_within_seconds: None }
+        Gates { ups_min_charge_percent: None, on_mains: true, back_within_seconds: None, drain: None }
     }
 }
 

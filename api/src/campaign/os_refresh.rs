@@ -1,9 +1,11 @@
-//! The OS-refresh action on one node: drain it from its Slipway-formed
-//! Swarm (through a manager's node agent), reinstall the target image with
-//! the machine's own deploy settings by rebooting it into the installer
-//! through its BMC, wait until it is written, verified and back (joined,
-//! or its new node agent reporting), tidy its Swarm entry; on failure
-//! reinstall the previous image the same way and record `rolled_back`.
+//! The OS-refresh action on one node: drain it (from its Slipway-formed
+//! Swarm through a manager's node agent, or from another cluster with the
+//! campaign's drain commands through its own agent), reinstall the target
+//! image with the machine's own deploy settings by rebooting it into the
+//! installer through its BMC, wait until it is written, verified and back
+//! (joined, or its new node agent reporting), tidy its Swarm entry or run
+//! the undrain command; on failure reinstall the previous image the same
+//! way and record `rolled_back`.
 //!
 //! "Back" means the new OS's node agent reports the target image (written
 //! with its credential at deploy, so an OS that came up from the old disk
@@ -12,27 +14,31 @@
 //! A Swarm manager is refreshed only while the other managers keep a Raft
 //! quorum without it; its old entry is demoted and removed once it is back.
 //!
-//! Every wait is bounded: the drain by `RunnerSettings::drain_timeout`,
-//! the write and the rejoin by 95% of the machine's own deadlines
-//! (`deploy_timeout`, `join_timeout`), the rejoin also by the campaign's
-//! `gates.back_within_seconds` (the new image's health check; a rollback
-//! to the known-good image gets the join deadline), so the action decides
-//! before the reaper
-//! would fail the machine. The decisions are `refresh_plan`'s.
+//! Every wait is bounded: the drain by `RunnerSettings::drain_timeout` (a
+//! drain command by its own time), the write and the rejoin by 95% of the
+//! machine's own deadlines (`deploy_timeout`, `join_timeout`), the rejoin
+//! also by the campaign's `gates.back_within_seconds` (the new image's
+//! health check; a rollback to the known-good image gets the join
+//! deadline), so the action decides before the reaper would fail the
+//! machine. The decisions are `refresh_plan`'s.
 //!
-//! Not done: a node caught in progress by an appliance restart is
-//! finished only when its new deployment is already in place; otherwise
-//! it fails with that reason (and may stay drained).
+//! After an appliance restart a node in progress continues: if its
+//! reinstall had not started it starts again from the drain (a drain is
+//! idempotent); if it had, the wait for it goes on, with the rollback to
+//! the recorded previous image if it fails. Only the old Swarm entry of a
+//! node caught mid-reinstall is left for the operator (its id was in the
+//! lost task's memory).
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use super::model::NodeProgress;
+use super::hook;
+use super::model::{DrainCommands, NodeProgress};
 use super::refresh_plan::{self, DeployView, Progress};
 use super::runner::RunnerSettings;
-use super::swarm::SwarmHand;
+use super::swarm::NodeHand;
 use crate::join::JoinSpec;
 use crate::lifecycle::{MachineState, Trigger};
 use crate::store::{now_ms, ImageState, StoreError};
@@ -54,13 +60,16 @@ struct Node<'a> {
     campaign_id: &'a str,
     machine_id: &'a str,
     back_within: Option<Duration>,
+    drain: Option<DrainCommands>,
 }
 
-/// What a node is refreshed to, and the campaign's health-check bound.
+/// What a node is refreshed to, and the campaign's gates.
 pub struct Target {
     pub image: String,
     /// From the image written to the node agent reporting it (and joined).
     pub back_within: Option<Duration>,
+    /// For a node of a cluster Slipway did not form.
+    pub drain: Option<DrainCommands>,
 }
 
 /// Runs the refresh on one node and records the outcome.
@@ -72,17 +81,20 @@ pub async fn run_node(
     target: Target,
     resume: bool,
 ) {
-    let Target { image, back_within } = target;
+    let Target { image, back_within, drain } = target;
     let node = Node {
         app: &app,
         settings: &settings,
         campaign_id: &campaign_id,
         machine_id: &progress.machine_id,
         back_within,
+        drain,
     };
     let machine = progress.machine_id.as_str();
     let store = &app.store;
-    let recorded = match node.apply(&image, resume).await {
+    // The previous image, recorded before the reinstall, for a resumed node.
+    let recorded_previous = if resume { progress.old_version.as_deref() } else { None };
+    let recorded = match node.apply(&image, recorded_previous).await {
         Ok(Outcome::Done(note)) => {
             info!(campaign = campaign_id, machine, image, note, "OS refresh node done");
             store.finish_campaign_node(&campaign_id, machine, Ok(&image), json!({ "note": note })).await
@@ -108,7 +120,9 @@ fn bound(ms: i64) -> Duration {
 }
 
 impl Node<'_> {
-    async fn apply(&self, target: &str, resume: bool) -> Step<Outcome> {
+    /// `recorded_previous`: the node is resumed after an appliance
+    /// restart, and this was its image before the refresh (if recorded).
+    async fn apply(&self, target: &str, recorded_previous: Option<&str>) -> Step<Outcome> {
         let store = &self.app.store;
         let Some(machine) = store.machine(self.machine_id).await? else {
             return Ok(Outcome::Failed("the machine no longer exists".into()));
@@ -118,15 +132,21 @@ impl Node<'_> {
         };
         let join: Option<JoinSpec> = serde_json::from_value(previous.spec["cluster"].clone()).ok();
         let cluster = join.as_ref().and_then(JoinSpec::managed_cluster).map(str::to_string);
-        if resume {
-            // Only a refresh already in place is picked up again.
-            if previous.image != target {
-                return Ok(Outcome::Failed("interrupted by an appliance restart before the reinstall".into()));
-            }
-            return Ok(match self.wait_back(target, join.is_some(), self.back_within).await? {
-                Ok(_) => Outcome::Done("found in place after a restart"),
-                Err(why) => Outcome::Failed(format!("interrupted by an appliance restart: {why}")),
-            });
+        let drain = self.drain.as_ref().filter(|_| hook::foreign_cluster(join.as_ref()));
+        let resumed = recorded_previous.is_some();
+        if resumed && previous.image == target {
+            // The reinstall had started: wait for it, roll back if it fails.
+            let back = self.wait_back(target, join.is_some(), self.back_within).await?;
+            let outcome = match (back, recorded_previous) {
+                (Ok(_), _) => Outcome::Done("found in place after a restart"),
+                (Err(why), Some(old)) if old != target => {
+                    let mut spec = previous.spec.clone();
+                    spec["image"] = json!(old);
+                    self.roll_back(&why, old, &spec, join.is_some()).await?.0
+                }
+                (Err(why), _) => Outcome::Failed(format!("interrupted by an appliance restart: {why}")),
+            };
+            return self.undrain(drain, outcome).await;
         }
         if !matches!(machine.state, MachineState::Deployed | MachineState::Joined) {
             return Ok(Outcome::Failed(format!(
@@ -148,13 +168,23 @@ impl Node<'_> {
         }
         store.note_campaign_node(self.campaign_id, self.machine_id, None, Some(&previous.image), false).await?;
 
-        // (a) Drain, when the machine is a member of a Slipway-formed Swarm.
+        // (a) Drain: from a Slipway-formed Swarm through a manager, from
+        // another cluster by the campaign's command (when joined).
         let old_node = match (&cluster, self.swarm().membership().await?) {
             (Some(_), Some(m)) => {
                 if let Err(why) = self.swarm().take_out(&m).await? {
                     return Ok(Outcome::Failed(why));
                 }
                 Some((m.cluster, m.node))
+            }
+            _ => None,
+        };
+        let drain = match drain {
+            Some(commands) if machine.state == MachineState::Joined => {
+                if let Err(why) = self.swarm().drain_by_command(commands).await? {
+                    return Ok(Outcome::Failed(format!("not drained: {why}")));
+                }
+                Some(commands)
             }
             _ => None,
         };
@@ -166,33 +196,49 @@ impl Node<'_> {
         let refreshed = self.install(target, &spec, &cause, join.is_some(), self.back_within).await?;
         let (outcome, new_node) = match refreshed {
             Ok(new_node) => (Outcome::Done("reinstalled, verified and back"), new_node),
-            Err(why) => {
-                // (e) Roll back to the previous image, the same way.
-                let old = previous.image.as_str();
-                self.swarm().event("campaign.node_rolling_back", json!({ "reason": why, "image": old })).await?;
-                let cause = format!("campaign {}: rollback to {old}", self.campaign_id);
-                match self.install(old, &previous.spec, &cause, join.is_some(), None).await? {
-                    Ok(new_node) => (Outcome::RolledBack(format!("{why}; rolled back to {old}")), new_node),
-                    Err(why2) => {
-                        let reason = format!("{why}; the rollback to {old} failed too: {why2}");
-                        store.fire_because(self.machine_id, Trigger::RollbackFailed, &reason, None).await?;
-                        return Ok(Outcome::Failed(reason));
-                    }
-                }
-            }
+            // (e) Roll back to the previous image, the same way.
+            Err(why) => self.roll_back(&why, &previous.image, &previous.spec, join.is_some()).await?,
         };
         // (d) Its old Swarm entry: removed (it rejoined as a new node).
-        if let Some((name, old)) = old_node {
+        if let (Some((name, old)), false) = (old_node, matches!(outcome, Outcome::Failed(_))) {
             let op = refresh_plan::after_refresh(&name, &old, new_node.as_deref());
             if let Err(why) = self.swarm().op(&op).await? {
                 warn!(machine = self.machine_id, reason = why, "tidying the Swarm after a refresh");
             }
         }
-        Ok(outcome)
+        self.undrain(drain, outcome).await
     }
 
-    fn swarm(&self) -> SwarmHand<'_> {
-        SwarmHand { app: self.app, settings: self.settings, campaign_id: self.campaign_id, machine_id: self.machine_id }
+    /// Reinstalls the previous image after `why`; a failure of that too
+    /// fails the machine.
+    async fn roll_back(&self, why: &str, old: &str, spec: &Value, clustered: bool) -> Step<(Outcome, Option<String>)> {
+        self.swarm().event("campaign.node_rolling_back", json!({ "reason": why, "image": old })).await?;
+        let cause = format!("campaign {}: rollback to {old}", self.campaign_id);
+        Ok(match self.install(old, spec, &cause, clustered, None).await? {
+            Ok(new_node) => (Outcome::RolledBack(format!("{why}; rolled back to {old}")), new_node),
+            Err(why2) => {
+                let reason = format!("{why}; the rollback to {old} failed too: {why2}");
+                self.app.store.fire_because(self.machine_id, Trigger::RollbackFailed, &reason, None).await?;
+                (Outcome::Failed(reason), None)
+            }
+        })
+    }
+
+    /// Runs the undrain command on a node that is back (on either image);
+    /// its failure fails the node, which may be left drained.
+    async fn undrain(&self, drain: Option<&DrainCommands>, outcome: Outcome) -> Step<Outcome> {
+        let (Some(commands), Outcome::Done(_) | Outcome::RolledBack(_)) = (drain, &outcome) else {
+            return Ok(outcome);
+        };
+        Ok(match (self.swarm().undrain_by_command(commands).await?, outcome) {
+            (Ok(()), outcome) => outcome,
+            (Err(why), Outcome::RolledBack(before)) => Outcome::Failed(format!("{before}; but {why}")),
+            (Err(why), _) => Outcome::Failed(format!("reinstalled and back, but {why}")),
+        })
+    }
+
+    fn swarm(&self) -> NodeHand<'_> {
+        NodeHand { app: self.app, settings: self.settings, campaign_id: self.campaign_id, machine_id: self.machine_id }
     }
 
     /// Starts a deployment of `image` (machine to `refreshing`), reboots

@@ -129,13 +129,14 @@ fn spawn_node(
     let (app, settings, id) = (app.clone(), settings.clone(), campaign.id.clone());
     let handle = match &campaign.action {
         Action::Firmware(action) => {
-            let action = action.clone();
-            tasks.spawn(async move { super::firmware::run_node(app, settings, id, node, action, resume).await })
+            let (action, drain) = (action.clone(), campaign.gates.drain.clone());
+            tasks.spawn(async move { super::firmware::run_node(app, settings, id, node, action, drain, resume).await })
         }
         Action::OsRefresh { image } => {
             let target = super::os_refresh::Target {
                 image: image.clone(),
                 back_within: campaign.gates.back_within_seconds.map(std::time::Duration::from_secs),
+                drain: campaign.gates.drain.clone(),
             };
             tasks.spawn(async move { super::os_refresh::run_node(app, settings, id, node, target, resume).await })
         }

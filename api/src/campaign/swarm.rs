@@ -18,7 +18,9 @@ use crate::AppState;
 
 type Step<T> = Result<T, StoreError>;
 
-pub struct SwarmHand<'a> {
+/// One campaign node, for its dealings with its cluster: the Swarm ones
+/// here, the drain commands in `hook`.
+pub struct NodeHand<'a> {
     pub app: &'a AppState,
     pub settings: &'a RunnerSettings,
     pub campaign_id: &'a str,
@@ -31,20 +33,25 @@ pub struct Membership {
     pub node: String,
 }
 
-impl SwarmHand<'_> {
+impl NodeHand<'_> {
     /// Where the machine is in its Slipway-formed Swarm, when it is joined
     /// to one and its node agent has said under which node id.
     pub async fn membership(&self) -> Step<Option<Membership>> {
         let store = &self.app.store;
         let joined = store.machine(self.machine_id).await?.is_some_and(|m| m.state == MachineState::Joined);
-        let spec = store.deployment(self.machine_id).await?.map(|d| d.spec["cluster"].clone());
-        let spec: Option<JoinSpec> = spec.and_then(|s| serde_json::from_value(s).ok());
+        let spec = self.join_spec().await?;
         let Some(cluster) = spec.as_ref().and_then(JoinSpec::managed_cluster).filter(|_| joined) else {
             return Ok(None);
         };
         let report = store.node_report(self.machine_id).await?;
         let node = report.and_then(|r| r.status.cluster).map(|c| c.node_id).filter(|id| !id.is_empty());
         Ok(node.map(|node| Membership { cluster: cluster.to_string(), node }))
+    }
+
+    /// The join spec of the machine's deployment, if it has one.
+    pub async fn join_spec(&self) -> Step<Option<JoinSpec>> {
+        let spec = self.app.store.deployment(self.machine_id).await?.map(|d| d.spec["cluster"].clone());
+        Ok(spec.and_then(|s| serde_json::from_value(s).ok()))
     }
 
     /// Drains the node after checking that the managers keep a quorum

@@ -19,8 +19,8 @@ use super::machines::find;
 use super::Routes;
 use crate::auth::{Operator, Viewer};
 use crate::campaign::model::{
-    order_nodes, Action, Campaign, CampaignState, FirmwareAction, Gates, NodeProgress, NodeState, Rollout, Schedule,
-    Targets,
+    order_nodes, Action, Campaign, CampaignState, DrainCommands, FirmwareAction, Gates, NodeProgress, NodeState,
+    Rollout, Schedule, Targets, MAX_DRAIN_COMMAND, MAX_DRAIN_SECONDS,
 };
 use crate::error::ApiError;
 use crate::extract::JsonBody;
@@ -182,6 +182,9 @@ async fn create(
     if req.gates.back_within_seconds.is_some_and(|s| !(10..=86_400).contains(&s)) {
         return Err(bad("gates.back_within_seconds", "10 to 86400"));
     }
+    if let Some(d) = &req.gates.drain {
+        check_drain(d)?;
+    }
     let nodes = order_nodes(resolve(&state, &req.targets).await?, req.rollout.order);
     let at = now_ms();
     let campaign = Campaign {
@@ -202,6 +205,18 @@ async fn create(
     };
     state.store.insert_campaign(&campaign, &nodes).await?;
     Ok((StatusCode::CREATED, Json(view(&campaign, &nodes))).into_response())
+}
+
+fn check_drain(d: &DrainCommands) -> Result<(), ApiError> {
+    for (field, command) in [("gates.drain.run", &d.run), ("gates.drain.undo", &d.undo)] {
+        if command.trim().is_empty() || command.len() > MAX_DRAIN_COMMAND || command.contains('\0') {
+            return Err(bad(field, format!("a shell command of 1 to {MAX_DRAIN_COMMAND} bytes")));
+        }
+    }
+    if !(1..=MAX_DRAIN_SECONDS).contains(&d.timeout_seconds) {
+        return Err(bad("gates.drain.timeout_seconds", format!("1 to {MAX_DRAIN_SECONDS}")));
+    }
+    Ok(())
 }
 
 /// A campaign as shown: times in RFC 3339, node counts, the next time its

@@ -5,6 +5,9 @@
 //! (a new boot token after each BMC boot, instructions, deploy reports)
 //! and the node agents (status with membership; the manager keeps the
 //! member list and carries out drain, undrain and remove instructions).
+//! A second fleet joins a cluster Slipway did not form (a `command` join,
+//! as kubeadm or k3s would be) and is drained by the campaign's commands,
+//! which the node agents run and report.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -33,14 +36,26 @@ struct Sim {
     /// that OS was deployed from (its node agent reports it).
     node_token: Option<String>,
     image: Option<String>,
-    /// Its Swarm node id, once its OS joined.
+    /// Its Swarm node id (its hostname in a `command` cluster), once its
+    /// OS joined.
     swarm_id: Option<String>,
     joins: u32,
+    /// The last drain command's result, as its node agent reports it.
+    hook: Option<Value>,
 }
 
 struct Fleet {
     t: TestApp,
     sims: Vec<Sim>,
+    /// `swarm` (Slipway forms it) or `command` (a foreign cluster).
+    kind: &'static str,
+    /// Drain commands as the node agents ran them: (hostname, the image
+    /// of the OS that ran it, the command).
+    hooks: Vec<(String, String, String)>,
+    /// Hostnames a drain command took out of the foreign cluster.
+    cordoned: BTreeSet<String>,
+    /// Node agents ignore drain commands (as if they hung) while set.
+    hold_hooks: bool,
     /// The Swarm as its manager (machine 0) sees it.
     members: Vec<Value>,
     /// The most machines ever unavailable at once (refreshing, or drained
@@ -58,11 +73,14 @@ impl Drop for Runner {
     }
 }
 
-fn status(hostname: &str, image: Option<&str>, membership: Option<Value>) -> Value {
+fn status(hostname: &str, image: Option<&str>, membership: Option<Value>, hook: Option<&Value>) -> Value {
     let mut s = json!({ "agent_version": "0.1.0", "hostname": hostname, "os": "Debian GNU/Linux 12 (bookworm)",
                         "kernel": "6.1.0-28-amd64", "image": image });
     if let Some(m) = membership {
         s["cluster"] = m;
+    }
+    if let Some(h) = hook {
+        s["hook"] = h.clone();
     }
     s
 }
@@ -87,6 +105,7 @@ impl Fleet {
                         get_text(&self.t.boot, &format!("/boot/{}.ipxe", sim.mac.replace(':', "-"))).await;
                     sim.ramdisk = Some(token_from(&script));
                     sim.node_token = None;
+                    sim.hook = None;
                     if let Some(id) = sim.swarm_id.take() {
                         for m in self.members.iter_mut().filter(|m| m["id"] == id.as_str()) {
                             m["status"] = json!("Down");
@@ -112,6 +131,7 @@ impl Fleet {
                     unavailable.insert(m["hostname"].as_str().unwrap().to_string());
                 }
             }
+            unavailable.extend(self.cordoned.iter().cloned());
             self.max_unavailable = self.max_unavailable.max(unavailable.len());
         }
     }
@@ -142,12 +162,12 @@ impl Fleet {
         let (hostname, swarm_id) = (self.sims[i].hostname.clone(), self.sims[i].swarm_id.clone());
         let image = self.sims[i].image.clone();
         let membership = swarm_id.map(|id| {
-            let manager = i == 0;
+            let manager = i == 0 && self.kind == "swarm";
             let members = if manager { json!(self.members) } else { json!([]) };
-            json!({ "kind": "swarm", "node_id": id, "manager": manager, "members": members })
+            json!({ "kind": self.kind, "node_id": id, "manager": manager, "members": members })
         });
-        let (code, reply) =
-            post(&self.t.boot, wire::NODE_STATUS_PATH, &token, &status(&hostname, image.as_deref(), membership)).await;
+        let report = status(&hostname, image.as_deref(), membership, self.sims[i].hook.as_ref());
+        let (code, reply) = post(&self.t.boot, wire::NODE_STATUS_PATH, &token, &report).await;
         if code == StatusCode::CONFLICT {
             // The runner moved the machine on (to refreshing) between this
             // round's state read and the report; the real agent backs off
@@ -181,6 +201,21 @@ impl Fleet {
                 }
             }
             "node_remove" => self.members.retain(|m| m["id"] != reply["node"]),
+            // The join command ran; the check passes from the next report.
+            "command" => self.sims[i].swarm_id = Some(hostname),
+            "run_hook" if !self.hold_hooks => {
+                let run = reply["run"].as_str().unwrap().to_string();
+                let failing = run.contains("exit 1");
+                match run.split_whitespace().next() {
+                    Some("drain-node") if !failing => self.cordoned.insert(hostname.clone()),
+                    Some("undrain-node") => self.cordoned.remove(&hostname),
+                    _ => false,
+                };
+                self.hooks.push((hostname, image.unwrap_or_default(), run));
+                let output = if failing { "error: cannot evict pod db-0: PodDisruptionBudget" } else { "drained" };
+                self.sims[i].hook =
+                    Some(json!({ "id": reply["id"], "exit_code": i32::from(failing), "output": output }));
+            }
             _ => {}
         }
     }
@@ -228,9 +263,13 @@ impl Fleet {
     }
 
     async fn create_for(&self, targets: &[&str], image: &str) -> String {
+        self.create_with(targets, image, json!({})).await
+    }
+
+    async fn create_with(&self, targets: &[&str], image: &str, gates: Value) -> String {
         let body = json!({ "name": format!("refresh to {image}"), "targets": { "machines": targets },
                            "action": { "os_refresh": { "image": image } },
-                           "rollout": { "batch_size": 1, "max_failures": 1 } });
+                           "rollout": { "batch_size": 1, "max_failures": 1 }, "gates": gates });
         let (status, c) = post(&self.t.operator, "/api/v1/campaigns", &self.t.admin, &body).await;
         assert_eq!(status, StatusCode::CREATED, "{c}");
         c["id"].as_str().unwrap().to_string()
@@ -246,6 +285,16 @@ impl Fleet {
 /// Four machines with BMCs, deployed with img-1 into Swarm rack7 and
 /// joined; machine 0 (the first to report) created it and manages it.
 async fn joined_fleet() -> Fleet {
+    joined_fleet_in("swarm", json!({ "kind": "swarm", "cluster": "rack7" })).await
+}
+
+/// Four machines as above, joined to a cluster Slipway did not form.
+async fn foreign_fleet() -> Fleet {
+    let cluster = json!({ "kind": "command", "run": "kubeadm join 10.77.0.5:6443", "check": "kubectl get node" });
+    joined_fleet_in("command", cluster).await
+}
+
+async fn joined_fleet_in(kind: &'static str, cluster: Value) -> Fleet {
     let t = app().await;
     for image in ["img-1", "img-2", "broken"] {
         available_image(&t, image).await;
@@ -261,7 +310,7 @@ async fn joined_fleet() -> Fleet {
         let (id, token) = ready_machine(&t, &mac).await;
         let hostname = format!("node{i}");
         let req = json!({ "image": "img-1", "hostname": hostname, "ssh_authorized_keys": ["ssh-ed25519 AAAA ops"],
-                          "cluster": { "kind": "swarm", "cluster": "rack7" } });
+                          "cluster": cluster });
         let (status, d) = post(&t.operator, &format!("/api/v1/machines/{id}/deploy"), &t.admin, &req).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{d}");
         let boots = backend.boots().len();
@@ -276,15 +325,27 @@ async fn joined_fleet() -> Fleet {
             image: None,
             swarm_id: None,
             joins: 0,
+            hook: None,
         });
     }
-    let mut fleet = Fleet { t, sims, members: vec![], max_unavailable: 0, watching: false, _runner: None };
+    let mut fleet = Fleet {
+        t,
+        sims,
+        kind,
+        hooks: vec![],
+        cordoned: BTreeSet::new(),
+        hold_hooks: false,
+        members: vec![],
+        max_unavailable: 0,
+        watching: false,
+        _runner: None,
+    };
     fleet
         .drive(None, "every machine joined", |m| {
             m["machines"].as_array().unwrap().iter().all(|m| m["state"] == "joined")
         })
         .await;
-    assert_eq!(fleet.members.len(), 4);
+    assert_eq!(fleet.members.len(), if kind == "swarm" { 4 } else { 0 });
     fleet
 }
 
@@ -463,4 +524,92 @@ async fn a_machine_without_a_bmc_is_not_refreshed() {
     assert!(c["nodes"][0]["reason"].as_str().unwrap().contains("needs a BMC"), "{c}");
     let (_, m) = get(&t.operator, &format!("/api/v1/machines/{id}"), Some(&t.admin)).await;
     assert_eq!(m["state"], "deployed", "nothing was touched");
+}
+
+const DRAIN: &str = "drain-node --ignore-daemonsets";
+const UNDRAIN: &str = "undrain-node";
+
+fn drain_gates(run: &str) -> Value {
+    json!({ "drain": { "run": run, "undo": UNDRAIN, "timeout_seconds": 30 } })
+}
+
+/// A cluster Slipway did not form (kubeadm, k3s, a join command): each
+/// node's own agent runs the campaign's drain command on the old OS and
+/// the undrain command on the new one, one node at a time.
+#[tokio::test]
+async fn a_foreign_cluster_is_drained_and_undrained_by_the_campaigns_commands() {
+    let mut fleet = foreign_fleet().await;
+    let targets: Vec<String> = fleet.sims[1..].iter().map(|s| s.id.clone()).collect();
+    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let id = fleet.create_with(&targets, "img-2", drain_gates(DRAIN)).await;
+    fleet.start_runner();
+    let c = fleet.drive(Some(&id), "completed", |c| c["state"] == "completed").await;
+    assert_eq!(node_states(&c), ["done", "done", "done"], "{c:#}");
+    assert_eq!(fleet.max_unavailable, 1, "never more than one node drained or refreshing");
+    assert!(fleet.cordoned.is_empty(), "every node undrained: {:?}", fleet.cordoned);
+    let mut want = vec![];
+    for sim in &fleet.sims[1..] {
+        want.push((sim.hostname.clone(), "img-1".to_string(), DRAIN.to_string()));
+        want.push((sim.hostname.clone(), "img-2".to_string(), UNDRAIN.to_string()));
+        assert_eq!(fleet.state(&sim.id).await, "joined");
+        let story = kinds(&fleet.events(&sim.id).await);
+        let want = [
+            "campaign.node_drained",
+            "state.changed:refreshing",
+            "state.changed:joined",
+            "campaign.node_undrained",
+            "campaign.node_done",
+        ];
+        assert!(in_order(&story, &want), "{story:?}");
+    }
+    assert_eq!(fleet.hooks, want, "drained on the old OS, undrained on the new one, node by node");
+}
+
+/// A drain command that fails (a PodDisruptionBudget) stops that node
+/// before anything is reinstalled, runs the undo, and pauses the campaign.
+#[tokio::test]
+async fn a_failing_drain_command_fails_its_node_untouched_and_pauses() {
+    let mut fleet = foreign_fleet().await;
+    let targets: Vec<String> = fleet.sims[1..].iter().map(|s| s.id.clone()).collect();
+    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let id = fleet.create_with(&targets, "img-2", drain_gates("drain-node; exit 1")).await;
+    fleet.start_runner();
+    let c = fleet.drive(Some(&id), "paused", |c| c["state"] == "paused").await;
+    assert_eq!(node_states(&c), ["failed", "pending", "pending"], "{c:#}");
+    let reason = c["nodes"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("not drained: the drain command exited 1: error: cannot evict"), "{reason}");
+    let first = &fleet.sims[1];
+    let run: Vec<&str> = fleet.hooks.iter().map(|h| h.2.as_str()).collect();
+    assert_eq!(run, ["drain-node; exit 1", UNDRAIN], "the undo runs after a failed drain");
+    assert_eq!(fleet.state(&first.id).await, "joined");
+    let (_, d) =
+        get(&fleet.t.operator, &format!("/api/v1/machines/{}/deployment", first.id), Some(&fleet.t.admin)).await;
+    assert_eq!(d["image"], "img-1", "nothing was reinstalled");
+    assert!(!kinds(&fleet.events(&first.id).await).contains(&"state.changed:refreshing".to_string()));
+}
+
+/// An appliance restart while a node waits for its drain continues the
+/// node (drains it again, refreshes it) instead of failing it.
+#[tokio::test]
+async fn a_restart_mid_drain_continues_the_node() {
+    let mut fleet = foreign_fleet().await;
+    let target = fleet.sims[1].id.clone();
+    let id = fleet.create_with(&[&target], "img-2", drain_gates(DRAIN)).await;
+    fleet.hold_hooks = true;
+    fleet.start_runner();
+    fleet
+        .drive(Some(&id), "the node waiting for its drain", |c| {
+            c["nodes"][0]["state"] == "applying" && c["nodes"][0]["old_version"] == "img-1"
+        })
+        .await;
+    // The appliance stops (the runner and its node tasks end) and starts.
+    fleet._runner = None;
+    fleet.hold_hooks = false;
+    fleet.start_runner();
+    let c = fleet.drive(Some(&id), "completed", |c| c["state"] == "completed").await;
+    assert_eq!(node_states(&c), ["done"], "{c:#}");
+    let run: Vec<(&str, &str)> = fleet.hooks.iter().map(|h| (h.1.as_str(), h.2.as_str())).collect();
+    assert_eq!(run, [("img-1", DRAIN), ("img-2", UNDRAIN)]);
+    let (_, d) = get(&fleet.t.operator, &format!("/api/v1/machines/{target}/deployment"), Some(&fleet.t.admin)).await;
+    assert_eq!(d["image"], "img-2");
 }

@@ -428,6 +428,12 @@ async fn campaign_requests_are_checked_field_by_field() {
         (with(json!({ "rollout": { "max_failure_ratio": 1.5 } })), "rollout.max_failure_ratio"),
         (with(json!({ "rollout": { "order": "random" } })), "rollout.order"),
         (with(json!({ "gates": { "ups_min_charge_percent": 120 } })), "gates.ups_min_charge_percent"),
+        (with(json!({ "gates": { "drain": { "run": " ", "undo": "kubectl uncordon n1" } } })), "gates.drain.run"),
+        (with(json!({ "gates": { "drain": { "run": "kubectl drain n1" } } })), "gates.drain.undo"),
+        (
+            with(json!({ "gates": { "drain": { "run": "kubectl drain n1", "undo": "x", "timeout_seconds": 0 } } })),
+            "gates.drain.timeout_seconds",
+        ),
         (with(json!({ "colour": "blue" })), "colour"),
     ] {
         let (status, err) = post(&lab.t.operator, "/api/v1/campaigns", &lab.t.admin, &body).await;

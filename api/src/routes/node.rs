@@ -70,6 +70,13 @@ async fn status(
         );
         crate::metrics_catalog::node_agent_started(&state.store, &id).await;
     }
+    // A refresh campaign's drain or undrain command comes first.
+    if let Some(hook) = state.store.node_hook(&id).await? {
+        if let Some(run) = hook.instruction_unless_done(report.hook.as_ref()) {
+            tracing::info!(machine = id, hook = hook.hook_id, "asking a node agent to run a drain command");
+            return Ok(Json(run));
+        }
+    }
     let spec = join_spec(&state, &id).await?;
     let cluster_name = spec.as_ref().and_then(JoinSpec::managed_cluster).map(str::to_string);
     let cluster_name = cluster_name.as_deref();

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use sqlx::Row;
 
 use super::{now_ms, Image, Result, Store, StoreError};
+use crate::campaign::hook::NodeHook;
 use crate::campaign::refresh_plan::ClusterOp;
 use crate::lifecycle::{MachineState, Trigger};
 
@@ -73,6 +74,26 @@ impl Store {
             }
         }
         Ok(ops)
+    }
+
+    /// The drain or undrain command a refresh node in progress waits for
+    /// its own agent to run (kept in the node's `task`).
+    pub async fn node_hook(&self, machine_id: &str) -> Result<Option<NodeHook>> {
+        let rows = sqlx::query(
+            "SELECT task FROM campaign_nodes WHERE machine_id = $1 AND state IN ('applying', 'verifying') \
+             AND task IS NOT NULL",
+        )
+        .bind(machine_id)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let task: String = row.try_get("task")?;
+            // Other tasks (BMC task ids, Swarm operations) are not hooks.
+            if let Ok(hook) = serde_json::from_str::<NodeHook>(&task) {
+                return Ok(Some(hook));
+            }
+        }
+        Ok(None)
     }
 
     /// An OS refresh node that failed and is back on its previous image:

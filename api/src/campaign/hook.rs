@@ -1,0 +1,142 @@
+//! Drain commands: how a campaign drains a node of a cluster Slipway did
+//! not form (kubeadm, k3s, a `command` join, a Swarm joined by endpoint).
+//! The operator gives the commands (`gates.drain`); the node's own agent
+//! runs them. The wanted command is stored as the campaign node's `task`,
+//! the agent is handed it at its next report and reports how it ended
+//! (matched by a fresh id, so an old result never counts), and the wait
+//! is bounded by the command's own time plus two heartbeats.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use wire::{HookResult, NodeInstruction};
+
+use super::model::DrainCommands;
+use super::swarm::NodeHand;
+use crate::join::{JoinSpec, HEARTBEAT_SECONDS};
+use crate::store::{now_ms, StoreError};
+
+type Step<T> = Result<T, StoreError>;
+
+/// A command a refresh node waits for its agent to run, as stored in the
+/// node's `task` (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeHook {
+    pub hook_id: String,
+    pub run: String,
+    pub timeout_seconds: u32,
+}
+
+impl NodeHook {
+    /// What the agent is told, unless its last report already has this
+    /// hook's result.
+    pub fn instruction_unless_done(&self, last: Option<&HookResult>) -> Option<NodeInstruction> {
+        (last.map(|r| r.id.as_str()) != Some(self.hook_id.as_str())).then(|| NodeInstruction::RunHook {
+            id: self.hook_id.clone(),
+            run: self.run.clone(),
+            timeout_seconds: self.timeout_seconds,
+        })
+    }
+}
+
+/// Whether a deployment's join spec puts the node in a cluster Slipway
+/// did not form: the one case the drain commands are for.
+pub fn foreign_cluster(spec: Option<&JoinSpec>) -> bool {
+    spec.is_some_and(|s| s.managed_cluster().is_none())
+}
+
+impl NodeHand<'_> {
+    /// Runs the drain command; when it fails, the undo too (a half-done
+    /// drain leaves the node cordoned). `Err` says why.
+    pub async fn drain_by_command(&self, commands: &DrainCommands) -> Step<Result<(), String>> {
+        match self.hook("drain", &commands.run, commands.timeout_seconds).await? {
+            Ok(output) => {
+                self.event("campaign.node_drained", json!({ "by": "command", "output": output })).await?;
+                Ok(Ok(()))
+            }
+            Err(why) => {
+                let _ = self.hook("undrain", &commands.undo, commands.timeout_seconds).await?;
+                Ok(Err(why))
+            }
+        }
+    }
+
+    /// Runs the undo command on the node as it is now.
+    pub async fn undrain_by_command(&self, commands: &DrainCommands) -> Step<Result<(), String>> {
+        match self.hook("undrain", &commands.undo, commands.timeout_seconds).await? {
+            Ok(output) => {
+                self.event("campaign.node_undrained", json!({ "by": "command", "output": output })).await?;
+                Ok(Ok(()))
+            }
+            Err(why) => Ok(Err(format!("{why}; the node may be left drained"))),
+        }
+    }
+
+    /// Asks the node's agent to run `run` and waits for its result: its
+    /// output when it exits 0.
+    async fn hook(&self, which: &str, run: &str, timeout_seconds: u32) -> Step<Result<String, String>> {
+        let hook = NodeHook {
+            hook_id: format!("{}:{}:{which}:{}", self.campaign_id, self.machine_id, now_ms()),
+            run: run.into(),
+            timeout_seconds,
+        };
+        let text = serde_json::to_string(&hook).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let store = &self.app.store;
+        store.note_campaign_node(self.campaign_id, self.machine_id, Some(Some(&text)), None, false).await?;
+        let limit = Duration::from_secs(u64::from(timeout_seconds) + 2 * u64::from(HEARTBEAT_SECONDS) + 15);
+        let started = Instant::now();
+        let result = loop {
+            let report = store.node_report(self.machine_id).await?;
+            if let Some(r) = report.and_then(|r| r.status.hook).filter(|r| r.id == hook.hook_id) {
+                break match r.exit_code {
+                    0 => Ok(r.output),
+                    code => Err(format!("the {which} command exited {code}: {}", r.output)),
+                };
+            }
+            if started.elapsed() > limit {
+                break Err(format!(
+                    "the node agent did not report the {which} command within {} s (is it running?)",
+                    limit.as_secs()
+                ));
+            }
+            tokio::time::sleep(self.settings.task_poll.max(Duration::from_millis(50))).await;
+        };
+        store.note_campaign_node(self.campaign_id, self.machine_id, Some(None), None, false).await?;
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hook_is_handed_out_until_its_result_is_reported() {
+        let hook = NodeHook { hook_id: "c:m:drain:1".into(), run: "kubectl drain n1".into(), timeout_seconds: 60 };
+        let result = |id: &str| HookResult { id: id.into(), exit_code: 1, output: String::new() };
+        let want =
+            NodeInstruction::RunHook { id: "c:m:drain:1".into(), run: "kubectl drain n1".into(), timeout_seconds: 60 };
+        assert_eq!(hook.instruction_unless_done(None), Some(want.clone()));
+        assert_eq!(hook.instruction_unless_done(Some(&result("c:m:drain:0"))), Some(want), "an older result");
+        assert_eq!(hook.instruction_unless_done(Some(&result("c:m:drain:1"))), None, "ran, even if it failed");
+        // Never mistaken for the other things a node's task holds.
+        assert!(serde_json::from_str::<NodeHook>(r#"{"cluster":"rack7","op":"drain","node":"a"}"#).is_err());
+        assert!(serde_json::from_str::<NodeHook>(r#""/redfish/v1/TaskService/Tasks/7""#).is_err());
+    }
+
+    #[test]
+    fn drain_commands_are_for_clusters_slipway_did_not_form() {
+        let spec = |json: serde_json::Value| serde_json::from_value::<JoinSpec>(json).unwrap();
+        assert!(!foreign_cluster(None), "no cluster, nothing to drain");
+        assert!(!foreign_cluster(Some(&spec(json!({ "kind": "swarm", "cluster": "rack7" })))), "Slipway's own");
+        for s in [
+            json!({ "kind": "swarm", "endpoint": "10.0.0.1:2377", "token": "SWMTKN-1" }),
+            json!({ "kind": "kubeadm", "endpoint": "10.0.0.1:6443", "token": "a.b", "ca_cert_hash": "sha256:00" }),
+            json!({ "kind": "command", "run": "join", "check": "check" }),
+        ] {
+            assert!(foreign_cluster(Some(&spec(s.clone()))), "{s}");
+        }
+    }
+}
