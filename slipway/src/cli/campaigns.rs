@@ -75,6 +75,16 @@ pub struct CampaignCreate {
     /// written is rolled back.
     #[arg(long, value_name = "SECS")]
     back_within: Option<u64>,
+    /// For nodes of a cluster Slipway did not form (kubeadm, k3s, ...): a
+    /// command their own agent runs before the node goes down.
+    #[arg(long, value_name = "COMMAND", requires = "undrain")]
+    drain: Option<String>,
+    /// ... and the one it runs once the node is back.
+    #[arg(long, value_name = "COMMAND", requires = "drain")]
+    undrain: Option<String>,
+    /// How long each of them may take.
+    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "drain")]
+    drain_timeout: u32,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -104,6 +114,9 @@ fn create_body(c: CampaignCreate) -> Value {
     }
     if let Some(secs) = c.back_within {
         gates["back_within_seconds"] = json!(secs);
+    }
+    if let (Some(run), Some(undo)) = (c.drain, c.undrain) {
+        gates["drain"] = json!({ "run": run, "undo": undo, "timeout_seconds": c.drain_timeout });
     }
     json!({
         "name": c.name,
@@ -175,6 +188,20 @@ mod tests {
         assert_eq!(b["schedule"], "now");
         assert_eq!(b["gates"], json!({ "on_mains": true, "back_within_seconds": 600 }));
         assert_eq!(b["rollout"], json!({ "batch_size": 1, "max_failures": 1 }));
+        let b = body(&[
+            "create",
+            "k8s",
+            "--os-image",
+            "d",
+            "--drain",
+            "kubectl drain n",
+            "--undrain",
+            "kubectl uncordon n",
+        ]);
+        let drain = json!({ "run": "kubectl drain n", "undo": "kubectl uncordon n", "timeout_seconds": 600 });
+        assert_eq!(b["gates"]["drain"], drain);
+        let only_drain = Cli::try_parse_from(["campaigns", "create", "k", "--os-image", "d", "--drain", "x"]);
+        assert!(only_drain.is_err(), "a drain without its undo is refused");
 
         let b = body(&[
             "create",
