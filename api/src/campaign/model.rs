@@ -191,14 +191,17 @@ impl ParsedSchedule {
 pub struct Rollout {
     /// At most this many nodes in progress at once.
     #[serde(default = "one", alias = "max_unavailable")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub batch_size: u32,
     #[serde(default)]
     pub order: Order,
     /// Pause after this many failed nodes (since the last resume).
     #[serde(default = "one")]
+    #[schema(minimum = 1)]
     pub max_failures: u32,
     /// Also pause when failed / finished nodes exceeds this (0 < r <= 1).
     #[serde(default)]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub max_failure_ratio: Option<f64>,
 }
 
@@ -228,6 +231,7 @@ pub enum Order {
 pub struct Gates {
     /// Every UPS feeding a remaining target has at least this charge.
     #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 100.0)]
     pub ups_min_charge_percent: Option<f64>,
     /// Every UPS feeding a remaining target is on mains (not on battery,
     /// not low, and answering).
@@ -238,6 +242,7 @@ pub struct Gates {
     /// in its cluster when it has one) within this many seconds, or it is
     /// rolled back. Default: the machine's own join deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 10, maximum = 86400)]
     pub back_within_seconds: Option<u64>,
     /// How to drain a node of a cluster Slipway did not form (kubeadm,
     /// k3s, a `command` join, a Swarm joined by endpoint). Without it such

@@ -49,6 +49,7 @@ fn bad(field: &str, detail: impl Into<String>) -> ApiError {
     "rollout": {"batch_size": 2, "order": "by_rack", "max_failures": 1}, "gates": {"on_mains": true}
 }))]
 pub(super) struct Create {
+    #[schema(min_length = 1, max_length = 128)]
     name: String,
     targets: Targets,
     action: Action,

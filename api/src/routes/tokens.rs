@@ -37,6 +37,7 @@ const MAX_EXPIRES_IN_SECS: u64 = 10 * 365 * 24 * 3600;
 #[schema(example = json!({"name": "ci", "role": "operator", "expires_in_secs": 2592000}))]
 pub(super) struct NewToken {
     /// Who or what holds it (`ci`, `alice`): shown in listings and the audit log.
+    #[schema(min_length = 1, max_length = 64)]
     name: String,
     role: Role,
     /// Absent: the token never expires.
