@@ -25,9 +25,9 @@
 //! After an appliance restart a node in progress continues: if its
 //! reinstall had not started it starts again from the drain (a drain is
 //! idempotent); if it had, the wait for it goes on, with the rollback to
-//! the recorded previous image if it fails. Only the old Swarm entry of a
-//! node caught mid-reinstall is left for the operator (its id was in the
-//! lost task's memory).
+//! the recorded previous image if it fails; the old Swarm entry it left
+//! (its id was in the lost task's memory) is found by host name and
+//! removed.
 
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ use tracing::{info, warn};
 
 use super::hook;
 use super::model::{DrainCommands, NodeProgress};
-use super::refresh_plan::{self, DeployView, Progress};
+use super::refresh_plan::{self, ClusterOp, DeployView, OpKind, Progress};
 use super::runner::RunnerSettings;
 use super::swarm::NodeHand;
 use crate::join::JoinSpec;
@@ -137,15 +137,18 @@ impl Node<'_> {
         if resumed && previous.image == target {
             // The reinstall had started: wait for it, roll back if it fails.
             let back = self.wait_back(target, join.is_some(), self.back_within).await?;
-            let outcome = match (back, recorded_previous) {
-                (Ok(_), _) => Outcome::Done("found in place after a restart"),
+            let (outcome, new_node) = match (back, recorded_previous) {
+                (Ok(new_node), _) => (Outcome::Done("found in place after a restart"), new_node),
                 (Err(why), Some(old)) if old != target => {
                     let mut spec = previous.spec.clone();
                     spec["image"] = json!(old);
-                    self.roll_back(&why, old, &spec, join.is_some()).await?.0
+                    self.roll_back(&why, old, &spec, join.is_some()).await?
                 }
-                (Err(why), _) => Outcome::Failed(format!("interrupted by an appliance restart: {why}")),
+                (Err(why), _) => (Outcome::Failed(format!("interrupted by an appliance restart: {why}")), None),
             };
+            if let (Some(name), Some(new)) = (&cluster, &new_node) {
+                self.remove_stale(name, new).await?;
+            }
             return self.undrain(drain, outcome).await;
         }
         if !matches!(machine.state, MachineState::Deployed | MachineState::Joined) {
@@ -207,6 +210,19 @@ impl Node<'_> {
             }
         }
         self.undrain(drain, outcome).await
+    }
+
+    /// Removes the Swarm entries the node's reinstall left behind when
+    /// their ids were lost with a restart (found by host name).
+    async fn remove_stale(&self, cluster: &str, new_node: &str) -> Step<()> {
+        let members = self.app.store.cluster(cluster).await?.map(|c| c.members).unwrap_or_default();
+        for old in refresh_plan::stale_entries(&members, new_node) {
+            let op = ClusterOp { cluster: cluster.into(), op: OpKind::Remove, node: old };
+            if let Err(why) = self.swarm().op(&op).await? {
+                warn!(machine = self.machine_id, reason = why, "removing a stale Swarm entry after a restart");
+            }
+        }
+        Ok(())
     }
 
     /// Reinstalls the previous image after `why`; a failure of that too

@@ -72,6 +72,20 @@ pub fn after_refresh(cluster: &str, old_node: &str, new_node: Option<&str>) -> C
     ClusterOp { cluster: cluster.into(), op, node: old_node.into() }
 }
 
+/// The entries a reinstalled node left behind when their ids were lost
+/// (an appliance restart mid-reinstall): members with its host name, not
+/// up, other than its current entry.
+pub fn stale_entries(members: &[Member], current: &str) -> Vec<String> {
+    let Some(hostname) = members.iter().find(|m| m.id == current).map(|m| m.hostname.as_str()) else {
+        return vec![];
+    };
+    members
+        .iter()
+        .filter(|m| m.hostname == hostname && m.id != current && !m.status.eq_ignore_ascii_case("ready"))
+        .map(|m| m.id.clone())
+        .collect()
+}
+
 /// Whether the Swarm keeps a quorum of managers while `node` is down:
 /// Raft needs more than half of all managers (down ones count) to be up.
 /// A worker, or a node not in the list, leaves the managers as they are.
@@ -155,6 +169,17 @@ mod tests {
 
     fn op(kind: OpKind, node: &str) -> ClusterOp {
         ClusterOp { cluster: "rack7".into(), op: kind, node: node.into() }
+    }
+
+    #[test]
+    fn a_lost_entry_is_found_by_host_name_when_down() {
+        let mut members = vec![member("old", "Drain"), member("new", "Active"), member("other", "Active")];
+        members[0].hostname = "host-new".into();
+        members[0].status = "Down".into();
+        assert_eq!(stale_entries(&members, "new"), ["old"]);
+        members[0].status = "Ready".into();
+        assert!(stale_entries(&members, "new").is_empty(), "an entry that is up is somebody's");
+        assert!(stale_entries(&members, "unknown").is_empty());
     }
 
     #[test]

@@ -613,3 +613,32 @@ async fn a_restart_mid_drain_continues_the_node() {
     let (_, d) = get(&fleet.t.operator, &format!("/api/v1/machines/{target}/deployment"), Some(&fleet.t.admin)).await;
     assert_eq!(d["image"], "img-2");
 }
+
+/// An appliance restart while a node is being reinstalled: the new runner
+/// waits for it, and removes the old Swarm entry it can no longer name by
+/// id (found by host name, down).
+#[tokio::test]
+async fn a_restart_mid_reinstall_finishes_the_node_and_its_swarm_tidy() {
+    let mut fleet = joined_fleet().await;
+    let target = fleet.sims[1].id.clone();
+    let id = fleet.create_for(&[&target], "img-2").await;
+    let boots = fleet.sims[1].boots;
+    fleet.start_runner();
+    let started = Instant::now();
+    // Rebooted into the installer through its BMC, which writes the image;
+    // the new OS has not reported yet.
+    while fleet.sims[1].boots == boots {
+        assert!(started.elapsed() < Duration::from_secs(60), "the reinstall never started");
+        fleet.tick().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fleet._runner = None;
+    fleet.start_runner();
+    let c = fleet.drive(Some(&id), "completed", |c| c["state"] == "completed").await;
+    assert_eq!(node_states(&c), ["done"], "{c:#}");
+    let events = fleet.events(&target).await;
+    let done = events.iter().find(|e| e["kind"] == "campaign.node_done").unwrap();
+    assert_eq!(done["detail"]["note"], "found in place after a restart", "the second runner finished it: {done}");
+    let ids: BTreeSet<&str> = fleet.members.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, BTreeSet::from(["mgr", "node1-2", "node2-1", "node3-1"]), "{:#?}", fleet.members);
+}
