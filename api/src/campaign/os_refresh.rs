@@ -25,7 +25,8 @@
 //! After an appliance restart a node in progress continues: if its
 //! reinstall had not started it starts again from the drain (a drain is
 //! idempotent); if it had, the wait for it goes on, with the rollback to
-//! the recorded previous image if it fails; the old Swarm entry it left
+//! the recorded previous image if it fails; a rollback that had started
+//! (its `campaign.node_rolling_back` event is there) is finished; the old Swarm entry it left
 //! (its id was in the lost task's memory) is found by host name and
 //! removed.
 
@@ -133,6 +134,19 @@ impl Node<'_> {
         let join: Option<JoinSpec> = serde_json::from_value(previous.spec["cluster"].clone()).ok();
         let cluster = join.as_ref().and_then(JoinSpec::managed_cluster).map(str::to_string);
         let drain = self.drain.as_ref().filter(|_| hook::foreign_cluster(join.as_ref()));
+        if let Some(old) = recorded_previous.filter(|old| *old != target) {
+            if self.was_rolling_back().await? {
+                // The rollback had started: finish it.
+                let (outcome, _) = if previous.image == target {
+                    let mut spec = previous.spec.clone();
+                    spec["image"] = json!(old);
+                    self.roll_back("the refresh failed before an appliance restart", old, &spec, join.is_some()).await?
+                } else {
+                    self.finish_rollback(old, join.is_some()).await?
+                };
+                return self.undrain(drain, outcome).await;
+            }
+        }
         let resumed = recorded_previous.is_some();
         if resumed && previous.image == target {
             // The reinstall had started: wait for it, roll back if it fails.
@@ -223,6 +237,28 @@ impl Node<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether this campaign had started rolling the node back (before an
+    /// appliance restart).
+    async fn was_rolling_back(&self) -> Step<bool> {
+        let event = self.app.store.latest_event(self.machine_id, "campaign.node_rolling_back").await?;
+        Ok(event.is_some_and(|e| e.detail["campaign"] == self.campaign_id))
+    }
+
+    /// Waits for a rollback to `old` that was under way before a restart.
+    async fn finish_rollback(&self, old: &str, clustered: bool) -> Step<(Outcome, Option<String>)> {
+        Ok(match self.wait_back(old, clustered, None).await? {
+            Ok(new_node) => (
+                Outcome::RolledBack(format!("the refresh failed; rolled back to {old} across an appliance restart")),
+                new_node,
+            ),
+            Err(why) => {
+                let reason = format!("the refresh failed, and the rollback to {old} failed too: {why}");
+                self.app.store.fire_because(self.machine_id, Trigger::RollbackFailed, &reason, None).await?;
+                (Outcome::Failed(reason), None)
+            }
+        })
     }
 
     /// Reinstalls the previous image after `why`; a failure of that too

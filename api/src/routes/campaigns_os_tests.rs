@@ -642,3 +642,36 @@ async fn a_restart_mid_reinstall_finishes_the_node_and_its_swarm_tidy() {
     let ids: BTreeSet<&str> = fleet.members.iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, BTreeSet::from(["mgr", "node1-2", "node2-1", "node3-1"]), "{:#?}", fleet.members);
 }
+
+/// An appliance restart while a node is being rolled back: the new runner
+/// finishes the rollback instead of trying the broken image again.
+#[tokio::test]
+async fn a_restart_mid_rollback_finishes_the_rollback() {
+    let mut fleet = joined_fleet().await;
+    let target = fleet.sims[1].id.clone();
+    let id = fleet.create_for(&[&target], "broken").await;
+    let boots = fleet.sims[1].boots;
+    fleet.start_runner();
+    let started = Instant::now();
+    // Booted into the installer twice: the broken write, then the rollback's.
+    while fleet.sims[1].boots < boots + 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the rollback never started");
+        fleet.tick().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fleet._runner = None;
+    fleet.start_runner();
+    // Its only node rolled back: the campaign ends failed.
+    let c = fleet.drive(Some(&id), "failed", |c| c["state"] == "failed").await;
+    assert_eq!(node_states(&c), ["rolled_back"], "{c:#}");
+    let reason = c["nodes"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("rolled back to img-1 across an appliance restart"), "{reason}");
+    assert_eq!(fleet.state(&target).await, "joined");
+    let events = fleet.events(&target).await;
+    let installs: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "deploy.requested")
+        .map(|e| e["detail"]["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(installs, ["img-1", "broken", "img-1"], "the broken image was tried once");
+}
