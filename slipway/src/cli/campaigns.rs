@@ -82,9 +82,27 @@ pub struct CampaignCreate {
     /// ... and the one it runs once the node is back.
     #[arg(long, value_name = "COMMAND", requires = "drain")]
     undrain: Option<String>,
+    /// Kubernetes (kubeadm, k3s): drain with `kubectl drain "$(hostname)"`
+    /// and `kubectl uncordon` on the node, using this kubeconfig there.
+    #[arg(long, value_name = "KUBECONFIG", conflicts_with = "drain")]
+    kubectl_drain: Option<String>,
     /// How long each of them may take.
-    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "drain")]
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
     drain_timeout: u32,
+}
+
+/// The drain and undrain commands for a Kubernetes node, run on the node
+/// with `kubeconfig` (its node name is its host name, as kubeadm and k3s
+/// register it).
+fn kubectl_commands(kubeconfig: &str, timeout: u32) -> (String, String) {
+    let kubectl = format!("kubectl --kubeconfig '{}'", kubeconfig.replace('\'', r"'\''"));
+    (
+        format!(
+            r#"{kubectl} drain "$(hostname)" --ignore-daemonsets --delete-emptydir-data --timeout={}s"#,
+            timeout.saturating_sub(10).max(1)
+        ),
+        format!(r#"{kubectl} uncordon "$(hostname)""#),
+    )
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -115,7 +133,12 @@ fn create_body(c: CampaignCreate) -> Value {
     if let Some(secs) = c.back_within {
         gates["back_within_seconds"] = json!(secs);
     }
-    if let (Some(run), Some(undo)) = (c.drain, c.undrain) {
+    let commands = match (c.drain, c.undrain, c.kubectl_drain) {
+        (Some(run), Some(undo), _) => Some((run, undo)),
+        (_, _, Some(kubeconfig)) => Some(kubectl_commands(&kubeconfig, c.drain_timeout)),
+        _ => None,
+    };
+    if let Some((run, undo)) = commands {
         gates["drain"] = json!({ "run": run, "undo": undo, "timeout_seconds": c.drain_timeout });
     }
     json!({
@@ -202,6 +225,15 @@ mod tests {
         assert_eq!(b["gates"]["drain"], drain);
         let only_drain = Cli::try_parse_from(["campaigns", "create", "k", "--os-image", "d", "--drain", "x"]);
         assert!(only_drain.is_err(), "a drain without its undo is refused");
+        let b = body(&["create", "k8s", "--os-image", "d", "--kubectl-drain", "/etc/rancher/k3s/k3s.yaml"]);
+        let kubectl = "kubectl --kubeconfig '/etc/rancher/k3s/k3s.yaml'";
+        let drain = json!({
+            "run": format!(r#"{kubectl} drain "$(hostname)" --ignore-daemonsets --delete-emptydir-data --timeout=590s"#),
+            "undo": format!(r#"{kubectl} uncordon "$(hostname)""#),
+            "timeout_seconds": 600 });
+        assert_eq!(b["gates"]["drain"], drain);
+        let (run, _) = kubectl_commands("/tmp/it's.yaml", 60);
+        assert!(run.starts_with(r"kubectl --kubeconfig '/tmp/it'\''s.yaml' drain"), "{run}");
 
         let b = body(&[
             "create",
