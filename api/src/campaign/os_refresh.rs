@@ -25,7 +25,8 @@
 //! After an appliance restart a node in progress continues: if its
 //! reinstall had not started it starts again from the drain (a drain is
 //! idempotent); if it had, the wait for it goes on, with the rollback to
-//! the recorded previous image if it fails; a rollback that had started
+//! the recorded previous image if it fails (a deployment no installer
+//! took yet gets its BMC reboot again); a rollback that had started
 //! (its `campaign.node_rolling_back` event is there) is finished; the old Swarm entry it left
 //! (its id was in the lost task's memory) is found by host name and
 //! removed.
@@ -42,7 +43,7 @@ use super::runner::RunnerSettings;
 use super::swarm::NodeHand;
 use crate::join::JoinSpec;
 use crate::lifecycle::{MachineState, Trigger};
-use crate::store::{now_ms, ImageState, StoreError};
+use crate::store::{now_ms, DeployPhase, ImageState, StoreError};
 use crate::AppState;
 
 /// How a node ended, or a store failure (the node stays in progress and
@@ -142,6 +143,7 @@ impl Node<'_> {
                     spec["image"] = json!(old);
                     self.roll_back("the refresh failed before an appliance restart", old, &spec, join.is_some()).await?
                 } else {
+                    self.reboot_if_untaken(&machine.state, previous.phase, old).await;
                     self.finish_rollback(old, join.is_some()).await?
                 };
                 return self.undrain(drain, outcome).await;
@@ -150,6 +152,7 @@ impl Node<'_> {
         let resumed = recorded_previous.is_some();
         if resumed && previous.image == target {
             // The reinstall had started: wait for it, roll back if it fails.
+            self.reboot_if_untaken(&machine.state, previous.phase, target).await;
             let back = self.wait_back(target, join.is_some(), self.back_within).await?;
             let (outcome, new_node) = match (back, recorded_previous) {
                 (Ok(new_node), _) => (Outcome::Done("found in place after a restart"), new_node),
@@ -237,6 +240,20 @@ impl Node<'_> {
             }
         }
         Ok(())
+    }
+
+    /// After a restart: a (re)install that no installer has taken yet may
+    /// never have had its BMC reboot (the restart came between the two), so
+    /// it is asked for again; a second reset of a ramdisk only delays it.
+    async fn reboot_if_untaken(&self, state: &MachineState, phase: DeployPhase, image: &str) {
+        if *state != MachineState::Refreshing || phase != DeployPhase::Requested {
+            return;
+        }
+        let cause = format!("campaign {}: {image} again after an appliance restart", self.campaign_id);
+        match self.app.oob.network_boot(self.machine_id, &cause).await {
+            Ok(_) => info!(machine = self.machine_id, image, "rebooted into the installer again after a restart"),
+            Err(err) => warn!(machine = self.machine_id, error = %err, "rebooting into the installer after a restart"),
+        }
     }
 
     /// Whether this campaign had started rolling the node back (before an

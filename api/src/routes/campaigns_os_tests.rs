@@ -675,3 +675,44 @@ async fn a_restart_mid_rollback_finishes_the_rollback() {
         .collect();
     assert_eq!(installs, ["img-1", "broken", "img-1"], "the broken image was tried once");
 }
+
+/// The restart came between a refresh's new deployment and its BMC reboot:
+/// the resumed node asks for the reboot again instead of waiting out the
+/// deploy deadline (ten minutes here) for an installer that never runs.
+#[tokio::test]
+async fn a_restart_before_the_bmc_reboot_reboots_again() {
+    use crate::campaign::model::CampaignState;
+    let mut fleet = joined_fleet().await;
+    let target = fleet.sims[1].id.clone();
+    let id = fleet.create_for(&[&target], "img-2").await;
+    // What the store held when the first appliance stopped.
+    let store = fleet.t.state.store.clone();
+    let moved = store
+        .transition_campaign(
+            &id,
+            &[CampaignState::Scheduled],
+            CampaignState::Running,
+            None,
+            "campaign.started",
+            json!({}),
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(moved.is_some());
+    assert!(store.start_campaign_node(&id, &target).await.unwrap());
+    store.note_campaign_node(&id, &target, None, Some("img-1"), false).await.unwrap();
+    let image = store.image("img-2").await.unwrap().unwrap();
+    let mut spec = store.deployment(&target).await.unwrap().unwrap().spec;
+    spec["image"] = json!("img-2");
+    let deadline = crate::store::now_ms() + 600_000;
+    store.start_refresh(&target, &image, &spec, deadline, "campaign: OS refresh to img-2").await.unwrap();
+    let boots = fleet.sims[1].backend.boots().len();
+
+    fleet.start_runner();
+    let c = fleet.drive(Some(&id), "completed", |c| c["state"] == "completed").await;
+    assert_eq!(node_states(&c), ["done"], "{c:#}");
+    assert_eq!(fleet.sims[1].backend.boots().len(), boots + 1, "rebooted into the installer once, by the new runner");
+    let (_, d) = get(&fleet.t.operator, &format!("/api/v1/machines/{target}/deployment"), Some(&fleet.t.admin)).await;
+    assert_eq!(d["image"], "img-2");
+}
