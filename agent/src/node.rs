@@ -56,8 +56,7 @@ pub fn run(config: &NodeConfig) -> ! {
     let mut hook: Option<HookResult> = None;
     let mut backoff = 1;
     loop {
-        let mut status = collect(config, check.as_deref(), join_error.take());
-        status.hook = hook.clone();
+        let status = collect(config, check.as_deref(), join_error.take(), hook.clone());
         let instruction = match client.post_for::<_, NodeInstruction>(wire::NODE_STATUS_PATH, &status) {
             Ok(instruction) => {
                 backoff = 1;
@@ -113,7 +112,12 @@ pub fn run(config: &NodeConfig) -> ! {
     }
 }
 
-fn collect(config: &NodeConfig, check: Option<&str>, join_error: Option<String>) -> NodeStatus {
+fn collect(
+    config: &NodeConfig,
+    check: Option<&str>,
+    join_error: Option<String>,
+    hook: Option<HookResult>,
+) -> NodeStatus {
     let api = config.api.as_str();
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default().trim().to_string();
     let os = os_pretty_name(&read("/etc/os-release"));
@@ -133,7 +137,7 @@ fn collect(config: &NodeConfig, check: Option<&str>, join_error: Option<String>)
         docker_version: output("docker", &["version", "--format", "{{.Server.Version}}"]),
         cluster,
         join_error,
-        hook: None,
+        hook,
     }
 }
 

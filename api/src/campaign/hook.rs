@@ -6,7 +6,7 @@
 //! (matched by a fresh id, so an old result never counts), and the wait
 //! is bounded by the command's own time plus two heartbeats.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -82,29 +82,22 @@ impl NodeHand<'_> {
             run: run.into(),
             timeout_seconds,
         };
-        let text = serde_json::to_string(&hook).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let store = &self.app.store;
-        store.note_campaign_node(self.campaign_id, self.machine_id, Some(Some(&text)), None, false).await?;
         let limit = Duration::from_secs(u64::from(timeout_seconds) + 2 * u64::from(HEARTBEAT_SECONDS) + 15);
-        let started = Instant::now();
-        let result = loop {
-            let report = store.node_report(self.machine_id).await?;
-            if let Some(r) = report.and_then(|r| r.status.hook).filter(|r| r.id == hook.hook_id) {
-                break match r.exit_code {
-                    0 => Ok(r.output),
-                    code => Err(format!("the {which} command exited {code}: {}", r.output)),
-                };
-            }
-            if started.elapsed() > limit {
-                break Err(format!(
-                    "the node agent did not report the {which} command within {} s (is it running?)",
-                    limit.as_secs()
-                ));
-            }
-            tokio::time::sleep(self.settings.task_poll.max(Duration::from_millis(50))).await;
-        };
-        store.note_campaign_node(self.campaign_id, self.machine_id, Some(None), None, false).await?;
-        Ok(result)
+        let (store, id) = (&self.app.store, hook.hook_id.as_str());
+        let reported = self
+            .while_wanted(&hook, limit, || async move {
+                let report = store.node_report(self.machine_id).await?;
+                Ok(report.and_then(|r| r.status.hook).filter(|r| r.id == id))
+            })
+            .await?;
+        Ok(match reported {
+            Some(r) if r.exit_code == 0 => Ok(r.output),
+            Some(r) => Err(format!("the {which} command exited {}: {}", r.exit_code, r.output)),
+            None => Err(format!(
+                "the node agent did not report the {which} command within {} s (is it running?)",
+                limit.as_secs()
+            )),
+        })
     }
 }
 

@@ -43,7 +43,7 @@ use super::runner::RunnerSettings;
 use super::swarm::NodeHand;
 use crate::join::JoinSpec;
 use crate::lifecycle::{MachineState, Trigger};
-use crate::store::{now_ms, DeployPhase, ImageState, StoreError};
+use crate::store::{now_ms, DeployPhase, Deployment, ImageState, StoreError};
 use crate::AppState;
 
 /// How a node ended, or a store failure (the node stays in progress and
@@ -116,6 +116,14 @@ pub async fn run_node(
     }
 }
 
+/// A deployment spec with another image: the rest of the machine's
+/// settings are kept.
+fn with_image(spec: &Value, image: &str) -> Value {
+    let mut spec = spec.clone();
+    spec["image"] = json!(image);
+    spec
+}
+
 /// 95% of a deadline, so the action decides before the reaper.
 fn bound(ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(ms - ms / 20).unwrap_or(0).max(1000))
@@ -133,40 +141,13 @@ impl Node<'_> {
             return Ok(Outcome::Failed(format!("the machine is {} with no deployment to refresh", machine.state)));
         };
         let join: Option<JoinSpec> = serde_json::from_value(previous.spec["cluster"].clone()).ok();
-        let cluster = join.as_ref().and_then(JoinSpec::managed_cluster).map(str::to_string);
+        let cluster = join.as_ref().and_then(JoinSpec::managed_cluster);
         let drain = self.drain.as_ref().filter(|_| hook::foreign_cluster(join.as_ref()));
-        if let Some(old) = recorded_previous.filter(|old| *old != target) {
-            if self.was_rolling_back().await? {
-                // The rollback had started: finish it.
-                let (outcome, _) = if previous.image == target {
-                    let mut spec = previous.spec.clone();
-                    spec["image"] = json!(old);
-                    self.roll_back("the refresh failed before an appliance restart", old, &spec, join.is_some()).await?
-                } else {
-                    self.reboot_if_untaken(&machine.state, previous.phase, old).await;
-                    self.finish_rollback(old, join.is_some()).await?
-                };
+        if let Some(old) = recorded_previous {
+            if let Some(outcome) = self.resume(target, old, machine.state, &previous, join.is_some(), cluster).await? {
                 return self.undrain(drain, outcome).await;
             }
-        }
-        let resumed = recorded_previous.is_some();
-        if resumed && previous.image == target {
-            // The reinstall had started: wait for it, roll back if it fails.
-            self.reboot_if_untaken(&machine.state, previous.phase, target).await;
-            let back = self.wait_back(target, join.is_some(), self.back_within).await?;
-            let (outcome, new_node) = match (back, recorded_previous) {
-                (Ok(new_node), _) => (Outcome::Done("found in place after a restart"), new_node),
-                (Err(why), Some(old)) if old != target => {
-                    let mut spec = previous.spec.clone();
-                    spec["image"] = json!(old);
-                    self.roll_back(&why, old, &spec, join.is_some()).await?
-                }
-                (Err(why), _) => (Outcome::Failed(format!("interrupted by an appliance restart: {why}")), None),
-            };
-            if let (Some(name), Some(new)) = (&cluster, &new_node) {
-                self.remove_stale(name, new).await?;
-            }
-            return self.undrain(drain, outcome).await;
+            // Its reinstall had not started: from the drain on, as new.
         }
         if !matches!(machine.state, MachineState::Deployed | MachineState::Joined) {
             return Ok(Outcome::Failed(format!(
@@ -190,7 +171,7 @@ impl Node<'_> {
 
         // (a) Drain: from a Slipway-formed Swarm through a manager, from
         // another cluster by the campaign's command (when joined).
-        let old_node = match (&cluster, self.swarm().membership().await?) {
+        let old_node = match (cluster, self.swarm().membership().await?) {
             (Some(_), Some(m)) => {
                 if let Err(why) = self.swarm().take_out(&m).await? {
                     return Ok(Outcome::Failed(why));
@@ -210,9 +191,8 @@ impl Node<'_> {
         };
 
         // (b), (c) Reinstall with the machine's own settings.
-        let mut spec = previous.spec.clone();
-        spec["image"] = json!(target);
         let cause = format!("campaign {}: OS refresh to {target}", self.campaign_id);
+        let spec = with_image(&previous.spec, target);
         let refreshed = self.install(target, &spec, &cause, join.is_some(), self.back_within).await?;
         let (outcome, new_node) = match refreshed {
             Ok(new_node) => (Outcome::Done("reinstalled, verified and back"), new_node),
@@ -227,6 +207,45 @@ impl Node<'_> {
             }
         }
         self.undrain(drain, outcome).await
+    }
+
+    /// A node resumed after an appliance restart, `old` its image before
+    /// the refresh. `None`: its reinstall had not started.
+    async fn resume(
+        &self,
+        target: &str,
+        old: &str,
+        state: MachineState,
+        previous: &Deployment,
+        clustered: bool,
+        cluster: Option<&str>,
+    ) -> Step<Option<Outcome>> {
+        if old != target && self.was_rolling_back().await? {
+            // The rollback had started: finish it.
+            let (outcome, _) = if previous.image == target {
+                let why = "the refresh failed before an appliance restart";
+                self.roll_back(why, old, &with_image(&previous.spec, old), clustered).await?
+            } else {
+                self.reboot_if_untaken(state, previous.phase, old).await;
+                let back = self.wait_back(old, clustered, None).await?;
+                self.rollback_ended("the refresh failed", old, " across an appliance restart", back).await?
+            };
+            return Ok(Some(outcome));
+        }
+        if previous.image != target {
+            return Ok(None);
+        }
+        // The reinstall had started: wait for it, roll back if it fails.
+        self.reboot_if_untaken(state, previous.phase, target).await;
+        let (outcome, new_node) = match self.wait_back(target, clustered, self.back_within).await? {
+            Ok(new_node) => (Outcome::Done("found in place after a restart"), new_node),
+            Err(why) if old != target => self.roll_back(&why, old, &with_image(&previous.spec, old), clustered).await?,
+            Err(why) => (Outcome::Failed(format!("interrupted by an appliance restart: {why}")), None),
+        };
+        if let (Some(name), Some(new)) = (cluster, &new_node) {
+            self.remove_stale(name, new).await?;
+        }
+        Ok(Some(outcome))
     }
 
     /// Removes the Swarm entries the node's reinstall left behind when
@@ -245,8 +264,8 @@ impl Node<'_> {
     /// After a restart: a (re)install that no installer has taken yet may
     /// never have had its BMC reboot (the restart came between the two), so
     /// it is asked for again; a second reset of a ramdisk only delays it.
-    async fn reboot_if_untaken(&self, state: &MachineState, phase: DeployPhase, image: &str) {
-        if *state != MachineState::Refreshing || phase != DeployPhase::Requested {
+    async fn reboot_if_untaken(&self, state: MachineState, phase: DeployPhase, image: &str) {
+        if state != MachineState::Refreshing || phase != DeployPhase::Requested {
             return;
         }
         let cause = format!("campaign {}: {image} again after an appliance restart", self.campaign_id);
@@ -263,28 +282,25 @@ impl Node<'_> {
         Ok(event.is_some_and(|e| e.detail["campaign"] == self.campaign_id))
     }
 
-    /// Waits for a rollback to `old` that was under way before a restart.
-    async fn finish_rollback(&self, old: &str, clustered: bool) -> Step<(Outcome, Option<String>)> {
-        Ok(match self.wait_back(old, clustered, None).await? {
-            Ok(new_node) => (
-                Outcome::RolledBack(format!("the refresh failed; rolled back to {old} across an appliance restart")),
-                new_node,
-            ),
-            Err(why) => {
-                let reason = format!("the refresh failed, and the rollback to {old} failed too: {why}");
-                self.app.store.fire_because(self.machine_id, Trigger::RollbackFailed, &reason, None).await?;
-                (Outcome::Failed(reason), None)
-            }
-        })
-    }
-
-    /// Reinstalls the previous image after `why`; a failure of that too
-    /// fails the machine.
+    /// Reinstalls the previous image after `why`.
     async fn roll_back(&self, why: &str, old: &str, spec: &Value, clustered: bool) -> Step<(Outcome, Option<String>)> {
         self.swarm().event("campaign.node_rolling_back", json!({ "reason": why, "image": old })).await?;
         let cause = format!("campaign {}: rollback to {old}", self.campaign_id);
-        Ok(match self.install(old, spec, &cause, clustered, None).await? {
-            Ok(new_node) => (Outcome::RolledBack(format!("{why}; rolled back to {old}")), new_node),
+        let back = self.install(old, spec, &cause, clustered, None).await?;
+        self.rollback_ended(why, old, "", back).await
+    }
+
+    /// The node's outcome once its rollback to `old` ended (`note` follows
+    /// "rolled back to OLD"); a failed rollback fails the machine too.
+    async fn rollback_ended(
+        &self,
+        why: &str,
+        old: &str,
+        note: &str,
+        back: Result<Option<String>, String>,
+    ) -> Step<(Outcome, Option<String>)> {
+        Ok(match back {
+            Ok(new_node) => (Outcome::RolledBack(format!("{why}; rolled back to {old}{note}")), new_node),
             Err(why2) => {
                 let reason = format!("{why}; the rollback to {old} failed too: {why2}");
                 self.app.store.fire_because(self.machine_id, Trigger::RollbackFailed, &reason, None).await?;

@@ -5,7 +5,8 @@
 //! is stored as the node's `task`) and count as done only when the
 //! manager's own member list shows them.
 
-use std::time::Instant;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -97,27 +98,51 @@ impl NodeHand<'_> {
     /// Stores `op` as wanted (a manager's node agent is told at its next
     /// report) and waits, bounded, until the manager's member list shows it.
     pub async fn op(&self, op: &ClusterOp) -> Step<Result<(), String>> {
-        let text = serde_json::to_string(op).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let limit = self.settings.drain_timeout;
+        let store = &self.app.store;
+        let shown = self
+            .while_wanted(op, limit, || async move {
+                let members = store.cluster(&op.cluster).await?.map(|c| c.members).unwrap_or_default();
+                Ok(op.done(&members).then_some(()))
+            })
+            .await?;
+        Ok(shown.ok_or_else(|| {
+            format!(
+                "Swarm {} did not show node {} {:?} within {} s (no manager's node agent reporting?)",
+                op.cluster,
+                op.node,
+                op.op,
+                limit.as_secs()
+            )
+        }))
+    }
+
+    /// Keeps `wanted` as the node's `task` (what an agent is handed at its
+    /// next report) while polling `seen` until it finds the outcome, at most
+    /// `limit`; `None` when the time ran out. The task is cleared after.
+    pub async fn while_wanted<T, F>(
+        &self,
+        wanted: &impl serde::Serialize,
+        limit: Duration,
+        mut seen: impl FnMut() -> F,
+    ) -> Step<Option<T>>
+    where
+        F: Future<Output = Step<Option<T>>>,
+    {
+        let text = serde_json::to_string(wanted).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let store = &self.app.store;
         store.note_campaign_node(self.campaign_id, self.machine_id, Some(Some(&text)), None, false).await?;
         let started = Instant::now();
-        let result = loop {
-            let members = store.cluster(&op.cluster).await?.map(|c| c.members).unwrap_or_default();
-            if op.done(&members) {
-                break Ok(());
+        let found = loop {
+            if let Some(found) = seen().await? {
+                break Some(found);
             }
-            if started.elapsed() > self.settings.drain_timeout {
-                break Err(format!(
-                    "Swarm {} did not show node {} {:?} within {} s (no manager's node agent reporting?)",
-                    op.cluster,
-                    op.node,
-                    op.op,
-                    self.settings.drain_timeout.as_secs()
-                ));
+            if started.elapsed() > limit {
+                break None;
             }
-            tokio::time::sleep(self.settings.task_poll).await;
+            tokio::time::sleep(self.settings.task_poll.max(Duration::from_millis(50))).await;
         };
         store.note_campaign_node(self.campaign_id, self.machine_id, Some(None), None, false).await?;
-        Ok(result)
+        Ok(found)
     }
 }

@@ -238,6 +238,17 @@ impl Fleet {
         }
     }
 
+    /// Plays the agents until machine `i`'s BMC has booted it `boots`
+    /// times (and the round that saw the last boot is over).
+    async fn tick_until_booted(&mut self, i: usize, boots: usize, what: &str) {
+        let started = Instant::now();
+        while self.sims[i].boots < boots {
+            assert!(started.elapsed() < Duration::from_secs(60), "{what} never started");
+            self.tick().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn start_runner(&mut self) {
         let state = self.t.state.clone();
         self.start_runner_on(state);
@@ -624,14 +635,9 @@ async fn a_restart_mid_reinstall_finishes_the_node_and_its_swarm_tidy() {
     let id = fleet.create_for(&[&target], "img-2").await;
     let boots = fleet.sims[1].boots;
     fleet.start_runner();
-    let started = Instant::now();
     // Rebooted into the installer through its BMC, which writes the image;
     // the new OS has not reported yet.
-    while fleet.sims[1].boots == boots {
-        assert!(started.elapsed() < Duration::from_secs(60), "the reinstall never started");
-        fleet.tick().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    fleet.tick_until_booted(1, boots + 1, "the reinstall").await;
     fleet._runner = None;
     fleet.start_runner();
     let c = fleet.drive(Some(&id), "completed", |c| c["state"] == "completed").await;
@@ -652,13 +658,8 @@ async fn a_restart_mid_rollback_finishes_the_rollback() {
     let id = fleet.create_for(&[&target], "broken").await;
     let boots = fleet.sims[1].boots;
     fleet.start_runner();
-    let started = Instant::now();
     // Booted into the installer twice: the broken write, then the rollback's.
-    while fleet.sims[1].boots < boots + 2 {
-        assert!(started.elapsed() < Duration::from_secs(60), "the rollback never started");
-        fleet.tick().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    fleet.tick_until_booted(1, boots + 2, "the rollback").await;
     fleet._runner = None;
     fleet.start_runner();
     // Its only node rolled back: the campaign ends failed.
