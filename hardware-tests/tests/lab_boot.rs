@@ -18,7 +18,8 @@ fn bios_uefi_and_native_pxe_vms_network_boot_to_ready_with_their_hardware() {
     let report = run_lab(&["--nodes", "3", "--firmware", "mixed", "--firmware-campaign", "2.0.0"]);
     assert_every_node_ready_with_its_hardware(&report, &["bios", "uefi", "pxe-uefi"]);
     // Then a BIOS campaign through the simulated BMCs, one node at a
-    // time; the UPS going to battery mid-way held it, mains resumed it.
+    // time; started with the UPS on battery it was held with no node
+    // started, and mains resumed it.
     let c = &report["campaign"];
     assert_eq!(c["state"], "completed", "{c}");
     assert_eq!(c["max_in_progress"], 1, "batch size 1: {c}");

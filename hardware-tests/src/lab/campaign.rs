@@ -8,9 +8,12 @@
 //!   time, drained first; then a campaign to an image that cannot boot
 //!   rolls its first node back and pauses.
 //!
-//! In both, the lab UPS goes to battery once the first node is done: the
-//! campaign must hold (no new node starts) and resume by itself when mains
-//! returns.
+//! In the OS refresh the lab UPS goes to battery once the first node is
+//! done: the campaign must hold (no new node starts; the node in progress
+//! finishes) and resume by itself when mains returns. A lab BIOS update
+//! takes about a second, less than Slipway's UPS poll, so the firmware
+//! campaign is started with the UPS already on battery (as Slipway sees
+//! it): it must hold before any node starts and go on once mains returns.
 
 use std::time::{Duration, Instant};
 
@@ -83,7 +86,10 @@ pub fn firmware(
         "gates": { "ups_min_charge_percent": 50, "on_mains": true },
     });
     let what = format!("firmware campaign {name} (BIOS {version})");
-    run(watch, &what, &body, Some(bin), false, timeout)
+    switch_ups(bin, "battery")?;
+    progress_at(watch.started, "lab UPS on battery before the campaign: it must hold from the start");
+    wait_ups_seen(watch, "on_battery", timeout)?;
+    run(watch, &what, &body, Cut::Before(bin), false, timeout)
 }
 
 /// An OS-refresh campaign to `image` across the lab rack, one node at a
@@ -104,16 +110,43 @@ pub fn os_refresh(
         "rollout": { "batch_size": 1, "max_failures": 1 },
         "gates": { "ups_min_charge_percent": 50, "on_mains": true, "back_within_seconds": back_within.as_secs() },
     });
-    run(watch, &format!("OS refresh to {image}"), &body, bin, true, timeout)
+    let cut = bin.map_or(Cut::Never, Cut::AfterFirstNode);
+    run(watch, &format!("OS refresh to {image}"), &body, cut, true, timeout)
+}
+
+/// When the lab UPS goes to battery during a campaign.
+#[derive(Clone, Copy)]
+enum Cut<'a> {
+    Never,
+    /// Already on battery when the campaign is created (`slipway` binary
+    /// to switch it back).
+    Before(&'a std::path::Path),
+    /// Once the first node is done.
+    AfterFirstNode(&'a std::path::Path),
+}
+
+/// Waits until Slipway's API shows the lab UPS in `status`.
+fn wait_ups_seen(watch: &Watch, status: &str, timeout: Duration) -> anyhow::Result<()> {
+    let began = Instant::now();
+    loop {
+        let ups = watch.api(&format!("/api/v1/ups/{}", oob::LAB_UPS))?;
+        if ups["state"]["status"] == status {
+            return Ok(());
+        }
+        if began.elapsed() > timeout {
+            bail!("Slipway did not see the lab UPS {status} within {} s: {ups}", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Creates the campaign and follows it to its end (completed, failed,
-/// paused or cancelled), cutting the mains once with `ups_bin`.
+/// paused or cancelled), with the mains cut once as `cut` says.
 fn run(
     watch: &mut Watch,
     what: &str,
     body: &Value,
-    ups_bin: Option<&std::path::Path>,
+    cut: Cut,
     clustered: bool,
     timeout: Duration,
 ) -> anyhow::Result<CampaignFacts> {
@@ -123,7 +156,11 @@ fn run(
 
     let began = Instant::now();
     let mut facts = CampaignFacts { id: id.clone(), max_drained: clustered.then_some(0), ..Default::default() };
-    let mut on_battery_since: Option<Instant> = None;
+    let (mut on_battery_since, ups_bin) = match cut {
+        Cut::Never => (None, None),
+        Cut::Before(bin) => (Some(Instant::now()), Some(bin)),
+        Cut::AfterFirstNode(bin) => (None, Some(bin)),
+    };
     let mut held_at: Option<Instant> = None;
     let mut done_before_battery = 0;
     let mut started_at_hold = 0;
