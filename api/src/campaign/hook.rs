@@ -4,7 +4,8 @@
 //! runs them. The wanted command is stored as the campaign node's `task`,
 //! the agent is handed it at its next report and reports how it ended
 //! (matched by a fresh id, so an old result never counts), and the wait
-//! is bounded by the command's own time plus two heartbeats.
+//! is bounded by the command's own time plus two heartbeats. A command
+//! still pending across an appliance restart keeps its id: it runs once.
 
 use std::time::Duration;
 
@@ -77,10 +78,14 @@ impl NodeHand<'_> {
     /// Asks the node's agent to run `run` and waits for its result: its
     /// output when it exits 0.
     async fn hook(&self, which: &str, run: &str, timeout_seconds: u32) -> Step<Result<String, String>> {
-        let hook = NodeHook {
-            hook_id: format!("{}:{}:{which}:{}", self.campaign_id, self.machine_id, now_ms()),
-            run: run.into(),
-            timeout_seconds,
+        let prefix = format!("{}:{}:{which}:", self.campaign_id, self.machine_id);
+        // Handed out before an appliance restart and not reported yet: the
+        // agent may be running it now, so wait for that one rather than
+        // have it run twice.
+        let pending = self.app.store.node_hook(self.machine_id).await?;
+        let hook = match pending {
+            Some(h) if h.hook_id.starts_with(&prefix) && h.run == run && h.timeout_seconds == timeout_seconds => h,
+            _ => NodeHook { hook_id: format!("{prefix}{}", now_ms()), run: run.into(), timeout_seconds },
         };
         let limit = Duration::from_secs(u64::from(timeout_seconds) + 2 * u64::from(HEARTBEAT_SECONDS) + 15);
         let (store, id) = (&self.app.store, hook.hook_id.as_str());
