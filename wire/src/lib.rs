@@ -101,6 +101,8 @@ pub struct DeploySpec {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct User {
+    /// A POSIX user name other than `root`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z_][a-z0-9_-]{0,31}$"))]
     pub name: String,
     #[serde(default)]
     pub ssh_authorized_keys: Vec<String>,

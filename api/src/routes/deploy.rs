@@ -92,6 +92,11 @@ async fn release(
 }))]
 pub(super) struct DeployRequest {
     image: String,
+    /// An RFC 1123 host name.
+    #[schema(
+        max_length = 253,
+        pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    )]
     hostname: String,
     #[serde(default)]
     ssh_authorized_keys: Vec<String>,
@@ -264,6 +269,44 @@ mod tests {
         for bad in ["", "-node", "node-", "no_de", "a..b", &"x".repeat(64)] {
             assert!(!valid_hostname(bad), "{bad:?}");
         }
+    }
+
+    /// API clients validate with the schema: it must take exactly the
+    /// host names the handler takes.
+    #[test]
+    fn the_documented_host_name_schema_is_the_handlers_rule() {
+        let doc = serde_json::to_value(crate::routes::openapi::document()).unwrap();
+        let field = &doc["components"]["schemas"]["DeployRequest"]["properties"]["hostname"];
+        let pattern = regex::Regex::new(field["pattern"].as_str().unwrap()).unwrap();
+        let max = field["maxLength"].as_u64().unwrap() as usize;
+        let label = |n| "x".repeat(n);
+        let longest = [label(63), label(63), label(63), label(61)].join(".");
+        let samples = [
+            "node-1",
+            "node1.rack7.example",
+            "1",
+            "a",
+            "a-b",
+            "A9.b-0",
+            "",
+            "-node",
+            "node-",
+            "no_de",
+            "a..b",
+            "a.",
+            ".a",
+            "nöde",
+            "node\n",
+            "node 1",
+            "a.-b",
+        ];
+        let mut samples: Vec<String> = samples.iter().map(|s| s.to_string()).collect();
+        samples.extend([label(63), label(64), longest.clone(), format!("{longest}x"), format!("{longest}.a")]);
+        for name in &samples {
+            let documented = pattern.is_match(name) && name.chars().count() <= max;
+            assert_eq!(documented, valid_hostname(name), "{name:?}");
+        }
+        assert!(valid_hostname(&longest) && !valid_hostname(&format!("{longest}x")), "the 253 limit is tested");
     }
 }
 
