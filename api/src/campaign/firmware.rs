@@ -110,7 +110,7 @@ pub async fn run_node(
     drain: Option<DrainCommands>,
     resume: bool,
 ) {
-    let outcome = apply(&app, &settings, &campaign_id, &node, (&action, drain.as_ref()), resume).await;
+    let outcome = apply(&app, &settings, &campaign_id, &node, &action, drain.as_ref(), resume).await;
     let store = &app.store;
     let machine = node.machine_id.as_str();
     let recorded = match &outcome {
@@ -140,25 +140,30 @@ async fn apply(
     settings: &RunnerSettings,
     campaign_id: &str,
     progress: &NodeProgress,
-    (action, drain): (&FirmwareAction, Option<&DrainCommands>),
+    action: &FirmwareAction,
+    drain: Option<&DrainCommands>,
     resume: bool,
 ) -> Result<Applied, NodeFailure> {
     let machine_id = progress.machine_id.as_str();
     let bmc = app.store.bmc_for_machine(machine_id).await?.ok_or(NodeFailure::NoBmc)?;
     let node = Node { app, settings, campaign_id, machine_id, bmc_id: bmc.id, action };
-    let swarm = NodeHand { app, settings, campaign_id, machine_id };
-    let membership = if action.needs_host_reset() { swarm.membership().await? } else { None };
-    let join = swarm.join_spec().await?;
-    let drain = drain.filter(|_| action.needs_host_reset() && hook::foreign_cluster(join.as_ref()));
+    let hand = NodeHand { app, settings, campaign_id, machine_id };
+    let membership = if action.needs_host_reset() { hand.membership().await? } else { None };
+    let drain = match drain {
+        Some(commands) if action.needs_host_reset() && hook::foreign_cluster(hand.join_spec().await?.as_ref()) => {
+            Some(commands)
+        }
+        _ => None,
+    };
     let current = node.version().await?;
     if current.as_deref() == Some(action.version.as_str()) {
         node.note(None, current.as_deref(), false).await?;
         if let Some(m) = &membership {
-            node.put_back(&swarm, m, None).await?;
+            node.put_back(&hand, m, None).await?;
         }
         if let (Some(commands), true) = (drain, resume) {
             // It may have been left drained before the restart.
-            node.undrain(&swarm, commands, None).await?;
+            node.undrain(&hand, commands, None).await?;
         }
         let note = if resume { "the version was found in place after a restart" } else { "already at this version" };
         return Ok(Applied { note });
@@ -197,14 +202,14 @@ async fn apply(
     }
     if let Some(m) = &membership {
         // A drain from before a restart stands.
-        if !swarm.is_drained(m).await? {
-            swarm.take_out(m).await?.map_err(NodeFailure::Drain)?;
+        if !hand.is_drained(m).await? {
+            hand.take_out(m).await?.map_err(NodeFailure::Drain)?;
         }
     }
     let joined = app.store.machine(machine_id).await?.is_some_and(|m| m.state == MachineState::Joined);
     let drain = drain.filter(|_| joined);
     if let Some(commands) = drain {
-        swarm.drain_by_command(commands).await?.map_err(|why| NodeFailure::Drain(format!("not drained: {why}")))?;
+        hand.drain_by_command(commands).await?.map_err(|why| NodeFailure::Drain(format!("not drained: {why}")))?;
     }
     let reset_at_ms = crate::store::now_ms();
     let was_off = if action.needs_host_reset() {
@@ -224,10 +229,10 @@ async fn apply(
     }
     verified?;
     if let Some(m) = &membership {
-        node.put_back(&swarm, m, Some(reset_at_ms)).await?;
+        node.put_back(&hand, m, Some(reset_at_ms)).await?;
     }
     if let Some(commands) = drain {
-        node.undrain(&swarm, commands, Some(reset_at_ms)).await?;
+        node.undrain(&hand, commands, Some(reset_at_ms)).await?;
     }
     Ok(Applied { note: "applied and verified" })
 }
@@ -272,19 +277,14 @@ impl Node<'_> {
     }
 
     /// Makes a drained Swarm member active again once it is back.
-    async fn put_back(
-        &self,
-        swarm: &NodeHand<'_>,
-        m: &Membership,
-        reset_at_ms: Option<i64>,
-    ) -> Result<(), NodeFailure> {
-        if !swarm.is_drained(m).await? {
+    async fn put_back(&self, hand: &NodeHand<'_>, m: &Membership, reset_at_ms: Option<i64>) -> Result<(), NodeFailure> {
+        if !hand.is_drained(m).await? {
             return Ok(());
         }
         self.wait_back(reset_at_ms, &format!("it is left drained in Swarm {}", m.cluster)).await?;
         let op = ClusterOp { cluster: m.cluster.clone(), op: OpKind::Active, node: m.node.clone() };
-        swarm.op(&op).await?.map_err(NodeFailure::Drain)?;
-        swarm.event("campaign.node_undrained", json!({ "cluster": m.cluster, "node": m.node })).await?;
+        hand.op(&op).await?.map_err(NodeFailure::Drain)?;
+        hand.event("campaign.node_undrained", json!({ "cluster": m.cluster, "node": m.node })).await?;
         Ok(())
     }
 

@@ -171,9 +171,9 @@ impl Node<'_> {
 
         // (a) Drain: from a Slipway-formed Swarm through a manager, from
         // another cluster by the campaign's command (when joined).
-        let old_node = match (cluster, self.swarm().membership().await?) {
+        let old_node = match (cluster, self.hand().membership().await?) {
             (Some(_), Some(m)) => {
-                if let Err(why) = self.swarm().take_out(&m).await? {
+                if let Err(why) = self.hand().take_out(&m).await? {
                     return Ok(Outcome::Failed(why));
                 }
                 Some((m.cluster, m.node))
@@ -182,7 +182,7 @@ impl Node<'_> {
         };
         let drain = match drain {
             Some(commands) if machine.state == MachineState::Joined => {
-                if let Err(why) = self.swarm().drain_by_command(commands).await? {
+                if let Err(why) = self.hand().drain_by_command(commands).await? {
                     return Ok(Outcome::Failed(format!("not drained: {why}")));
                 }
                 Some(commands)
@@ -202,7 +202,7 @@ impl Node<'_> {
         // (d) Its old Swarm entry: removed (it rejoined as a new node).
         if let (Some((name, old)), false) = (old_node, matches!(outcome, Outcome::Failed(_))) {
             let op = refresh_plan::after_refresh(&name, &old, new_node.as_deref());
-            if let Err(why) = self.swarm().op(&op).await? {
+            if let Err(why) = self.hand().op(&op).await? {
                 warn!(machine = self.machine_id, reason = why, "tidying the Swarm after a refresh");
             }
         }
@@ -254,7 +254,7 @@ impl Node<'_> {
         let members = self.app.store.cluster(cluster).await?.map(|c| c.members).unwrap_or_default();
         for old in refresh_plan::stale_entries(&members, new_node) {
             let op = ClusterOp { cluster: cluster.into(), op: OpKind::Remove, node: old };
-            if let Err(why) = self.swarm().op(&op).await? {
+            if let Err(why) = self.hand().op(&op).await? {
                 warn!(machine = self.machine_id, reason = why, "removing a stale Swarm entry after a restart");
             }
         }
@@ -284,7 +284,7 @@ impl Node<'_> {
 
     /// Reinstalls the previous image after `why`.
     async fn roll_back(&self, why: &str, old: &str, spec: &Value, clustered: bool) -> Step<(Outcome, Option<String>)> {
-        self.swarm().event("campaign.node_rolling_back", json!({ "reason": why, "image": old })).await?;
+        self.hand().event("campaign.node_rolling_back", json!({ "reason": why, "image": old })).await?;
         let cause = format!("campaign {}: rollback to {old}", self.campaign_id);
         let back = self.install(old, spec, &cause, clustered, None).await?;
         self.rollback_ended(why, old, "", back).await
@@ -315,14 +315,14 @@ impl Node<'_> {
         let (Some(commands), Outcome::Done(_) | Outcome::RolledBack(_)) = (drain, &outcome) else {
             return Ok(outcome);
         };
-        Ok(match (self.swarm().undrain_by_command(commands).await?, outcome) {
+        Ok(match (self.hand().undrain_by_command(commands).await?, outcome) {
             (Ok(()), outcome) => outcome,
             (Err(why), Outcome::RolledBack(before)) => Outcome::Failed(format!("{before}; but {why}")),
             (Err(why), _) => Outcome::Failed(format!("reinstalled and back, but {why}")),
         })
     }
 
-    fn swarm(&self) -> NodeHand<'_> {
+    fn hand(&self) -> NodeHand<'_> {
         NodeHand { app: self.app, settings: self.settings, campaign_id: self.campaign_id, machine_id: self.machine_id }
     }
 

@@ -48,7 +48,6 @@ pub(super) struct Enrol {
     #[schema(pattern = "^(redfish|ipmi|auto)$", default = "auto")]
     protocol: String,
     #[schema(min_length = 1, max_length = 64)]
-    #[schema(min_length = 1, max_length = 64)]
     username: String,
     /// Sealed at rest, never returned.
     #[schema(max_length = 256)]
