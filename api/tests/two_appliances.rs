@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use api::store::Store;
 use inventory::oob::{BootTarget, Credentials};
-use inventory::sim::backend::{DiskFact, MachineState, NicFact};
-use inventory::sim::{MemoryBackend, SimState, Smbios, SystemFacts};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use simulators::bmc::backend::{DiskFact, MachineState, NicFact};
+use simulators::bmc::{MemoryBackend, SimState, Smbios, SystemFacts};
 use sqlx::{ConnectOptions, Connection};
 
 const TOKEN: &str = "two-appliances-admin-token-0123456789abcdef";
@@ -139,7 +139,7 @@ async fn sim_bmc() -> String {
     let backend = std::sync::Arc::new(MemoryBackend::new(facts, MachineState::new(BootTarget::Disk, "1.0.0", "1.0.0")));
     let creds = Credentials { username: "admin".into(), password: "pw".into() };
     let router =
-        inventory::sim::router(SimState::new("two", "5f1a0000-0000-4000-8000-00000000007a", creds, false, backend));
+        simulators::bmc::router(SimState::new("two", "5f1a0000-0000-4000-8000-00000000007a", creds, false, backend));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });

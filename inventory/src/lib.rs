@@ -5,9 +5,10 @@
 //! The in-band part does no I/O: the agent reads files and hands their
 //! contents here, so every parser is testable with fixture text. The
 //! out-of-band model (`oob`) is plain data too. The clients that talk to
-//! BMCs and UPSes (`redfish`, `ipmi`, `ups`) and the simulated BMC (`sim`)
-//! are behind the `oob` feature, so the ramdisk agent, which needs only the
-//! parsers, does not build an HTTP client stack.
+//! BMCs and UPSes (`redfish`, `ipmi`, `ups`) are behind the `oob` feature,
+//! so the ramdisk agent, which needs only the parsers, does not build an
+//! HTTP client stack. The simulated BMC and UPS are not here: they live in
+//! the `simulators` crate, which the appliance does not link.
 
 pub mod inband;
 mod model;
@@ -19,7 +20,5 @@ pub use model::{Cpu, Disk, Inventory, Memory, Nic, Source, SystemInfo};
 pub mod ipmi;
 #[cfg(feature = "oob")]
 pub mod redfish;
-#[cfg(feature = "oob")]
-pub mod sim;
 #[cfg(feature = "oob")]
 pub mod ups;

@@ -1,5 +1,5 @@
 //! BMC enrolment, linking, power and failure isolation through the API,
-//! against the simulated Redfish BMC (`inventory::sim`, the same service
+//! against the simulated Redfish BMC (`simulators::bmc`, the same service
 //! the lab runs per VM) on loopback, and against peers that misbehave.
 
 use std::sync::Arc;
@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use inventory::oob::{BootTarget, Credentials};
-use inventory::sim::backend::{DiskFact, MachineState, NicFact};
-use inventory::sim::{MemoryBackend, SimState, Smbios, SystemFacts};
 use serde_json::json;
+use simulators::bmc::backend::{DiskFact, MachineState, NicFact};
+use simulators::bmc::{MemoryBackend, SimState, Smbios, SystemFacts};
 
 use crate::routes::test_support::{app, get, post, TestApp};
 
@@ -32,7 +32,7 @@ async fn sim_bmc(password: &str) -> (String, Arc<MemoryBackend>) {
     };
     let backend = Arc::new(MemoryBackend::new(facts, MachineState::new(BootTarget::Disk, "1.0.0", "1.0.0")));
     let creds = Credentials { username: "admin".into(), password: password.into() };
-    let router = inventory::sim::router(SimState::new("sim1", UUID, creds, false, backend.clone()));
+    let router = simulators::bmc::router(SimState::new("sim1", UUID, creds, false, backend.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use inventory::sim::MemoryBackend;
 use serde_json::{json, Value};
+use simulators::bmc::MemoryBackend;
 
 use super::tests::sim_bmc;
 use crate::campaign::runner::{self, RunnerSettings};

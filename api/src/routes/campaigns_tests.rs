@@ -1,5 +1,5 @@
 //! Firmware campaigns end to end, in process: machines behind simulated
-//! Redfish BMCs (`inventory::sim`, in-memory machines) on loopback, the
+//! Redfish BMCs (`simulators::bmc`, in-memory machines) on loopback, the
 //! boot HTTP face on loopback so the BMCs fetch firmware from Slipway,
 //! the runner with short timings, and a real NUT UPS (dummy-ups) where
 //! the test is about the UPS. The boot face can be shut (a gate) so a
@@ -13,9 +13,9 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use inventory::oob::{BootTarget, Credentials};
-use inventory::sim::backend::{MachineState, NicFact};
-use inventory::sim::{MemoryBackend, SimState, Smbios, SystemFacts};
 use serde_json::{json, Value};
+use simulators::bmc::backend::{MachineState, NicFact};
+use simulators::bmc::{MemoryBackend, SimState, Smbios, SystemFacts};
 use tokio::sync::watch;
 
 use crate::campaign::runner::{self, RunnerSettings};
@@ -41,7 +41,7 @@ pub(super) async fn sim_bmc(i: u8) -> (String, Arc<MemoryBackend>) {
     };
     let backend = Arc::new(MemoryBackend::new(facts, MachineState::new(BootTarget::Disk, "1.0.0", "1.0.0")));
     let creds = Credentials { username: "admin".into(), password: "pw".into() };
-    let router = inventory::sim::router(SimState::new(&format!("sim{i}"), &uuid, creds, false, backend.clone()));
+    let router = simulators::bmc::router(SimState::new(&format!("sim{i}"), &uuid, creds, false, backend.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -247,7 +247,7 @@ async fn a_bios_campaign_upgrades_every_machine_one_node_at_a_time() {
 
 #[tokio::test]
 async fn a_ups_on_battery_holds_new_starts_and_mains_resumes_the_campaign() {
-    use inventory::ups::dummy::DummyState;
+    use simulators::ups::DummyState;
     let Some((_dir, nut)) = crate::routes::test_support::dummy_ups("rack1").await else { return };
     let mut lab = lab(3).await;
     let creds = nut.credentials();

@@ -232,8 +232,8 @@ pub async fn deployed_machine(
 /// A real NUT UPS (upsd + dummy-ups) named `name`, online; `None` (the
 /// test skips) without root or nut-server, unless SLIPWAY_LAB_TESTS=1,
 /// where that is a failure. Keep the directory as long as the UPS.
-pub async fn dummy_ups(name: &str) -> Option<(tempfile::TempDir, inventory::ups::dummy::DummyNut)> {
-    use inventory::ups::dummy::{running_as_root, DummyNut};
+pub async fn dummy_ups(name: &str) -> Option<(tempfile::TempDir, simulators::ups::DummyNut)> {
+    use simulators::ups::{running_as_root, DummyNut};
     if !running_as_root() || !std::path::Path::new("/lib/nut/dummy-ups").exists() {
         assert!(std::env::var("SLIPWAY_LAB_TESTS").as_deref() != Ok("1"), "NUT dummy-ups and root are required");
         eprintln!("skipped: needs root and nut-server");

@@ -233,8 +233,8 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use axum::http::StatusCode;
-    use inventory::ups::dummy::DummyState;
     use serde_json::json;
+    use simulators::ups::DummyState;
 
     use crate::routes::test_support::{app, get, post, ready_machine, TestApp};
 

@@ -5,17 +5,15 @@
 //! Each client module owns its protocol's sockets and a pure mapping from
 //! the protocol's values to `UpsState`, so the mappings are tested with
 //! data and the sockets against real peers (`tests/ups_peers.rs`).
-//! `dummy` runs a real NUT `dummy-ups` driver and `upsd` for those tests
-//! and for the QEMU lab.
+//! A real NUT UPS for those tests and the lab (`dummy-ups` + `upsd`) is
+//! the `simulators` crate's `ups`.
 //!
 //! Not here: polling schedules, campaign gates and what to do when the
 //! battery runs low (the callers decide), and Redfish power equipment
 //! (the `redfish` module).
 
-pub mod dummy;
 pub mod nut;
 pub mod snmp;
 
-pub use dummy::{DummyNut, DummyNutError, DummyState};
 pub use nut::NutClient;
 pub use snmp::SnmpUps;

@@ -1,5 +1,5 @@
 //! The UPS clients against real peers on loopback: NUT's `dummy-ups` and
-//! `upsd` (through `ups::dummy::DummyNut`, as root) and `snmpsimd` serving
+//! `upsd` (through `simulators::ups::DummyNut`, as root) and `snmpsimd` serving
 //! the UPS-MIB recordings in `fixtures/ups/` (the file name is the
 //! community). Plus the failures a client must name clearly: unknown UPS,
 //! nothing listening, a silent peer, a peer talking nonsense.
@@ -8,9 +8,7 @@
 //! message, unless `SLIPWAY_LAB_TESTS=1`, where it fails: the lab must not
 //! pass by testing nothing.
 //!
-//! Run: `cargo test -p inventory --features oob --test ups_peers`.
-
-#![cfg(feature = "oob")]
+//! Run: `cargo test -p hardware-tests --test ups_peers`.
 
 use std::fs;
 use std::net::{TcpListener, UdpSocket};
@@ -19,8 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use inventory::oob::{OobError, UpsState, UpsStatus};
-use inventory::ups::dummy::{self, DummyNut, DummyNutError, DummyState};
 use inventory::ups::{NutClient, SnmpUps};
+use simulators::ups::{self as dummy, DummyNut, DummyNutError, DummyState};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -14,7 +14,7 @@
 //!   `UpdateService.SimpleUpdate` with the lab firmware format.
 //!
 //! This module does not start QEMU (the lab does) and is not a Redfish
-//! client (`crate::redfish` is). `slipway lab vbmc --config FILE` runs the
+//! client (`inventory::redfish` is). `slipway lab vbmc --config FILE` runs the
 //! BMCs described by a JSON file (`BmcConfig`) with `serve_all`; with
 //! `--memory`, each drives an in-memory machine instead of a VM
 //! (`serve_all_in_memory`: the API fuzz run's BMC, where no QEMU runs).
@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::oob::{BootTarget, Credentials};
+use inventory::oob::{BootTarget, Credentials};
 
 pub use backend::{
     Backend, BootOverride, DiskFact, FirmwareKind, FirmwareVersions, MachineState, MemoryBackend, NicFact, SystemFacts,

@@ -27,7 +27,7 @@ use std::str::FromStr;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::oob::{Credentials, UpsStatus};
+use inventory::oob::{Credentials, UpsStatus};
 
 /// The user `upsd.users` defines, for tests of the login path.
 pub const USERNAME: &str = "slipway";
@@ -478,7 +478,7 @@ mod tests {
 
     #[test]
     fn dev_files_say_what_the_client_should_read() {
-        use crate::ups::nut::state_from_vars;
+        use inventory::ups::nut::state_from_vars;
         for state in [DummyState::Online, DummyState::Battery, DummyState::Low] {
             let vars: Vec<(String, String)> = state
                 .dev_file()

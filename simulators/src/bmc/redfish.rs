@@ -20,7 +20,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::oob::{BootTarget, Credentials, PowerAction};
+use inventory::oob::{BootTarget, Credentials, PowerAction};
 
 use super::auth::Auth;
 use super::backend::{Backend, FirmwareKind};

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::backend::{DiskFact, MachineState, MemoryBackend, NicFact, SystemFacts};
 use super::{router, SimState, Smbios};
-use crate::oob::{BootTarget, Credentials};
+use inventory::oob::{BootTarget, Credentials};
 
 struct Bmc {
     base: String,

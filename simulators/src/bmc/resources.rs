@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use crate::oob::{BootTarget, PowerState};
+use inventory::oob::{BootTarget, PowerState};
 
 use super::backend::{BootOverride, FirmwareKind, FirmwareVersions, SystemFacts};
 
@@ -443,8 +443,8 @@ pub fn error(message_id: &str, message: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::backend::{DiskFact, NicFact};
-    use crate::sim::Smbios;
+    use crate::bmc::backend::{DiskFact, NicFact};
+    use crate::bmc::Smbios;
 
     fn snapshot() -> Snapshot {
         Snapshot {

@@ -31,7 +31,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
-use crate::oob::{BootTarget, PowerAction, PowerState};
+use inventory::oob::{BootTarget, PowerAction, PowerState};
 
 use super::backend::{bootindexes, Backend, BootOverride, DiskFact, MachineState, NicFact, SystemFacts};
 use super::backend::{FirmwareKind, FirmwareVersions};

@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::sync::Mutex;
 
-use crate::oob::{BootTarget, PowerAction, PowerState};
+use inventory::oob::{BootTarget, PowerAction, PowerState};
 
 use super::{SimError, Smbios};
 

@@ -8,7 +8,6 @@
 //!
 //! Needs `qemu-system-x86_64` and `qemu-img`: skipped with a message when
 //! they are missing, failed when `SLIPWAY_LAB_TESTS=1`.
-#![cfg(feature = "oob")]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -16,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use inventory::oob::Credentials;
-use inventory::sim::{router, BmcConfig, QmpBackend, QmpClient, SimState};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use simulators::bmc::{router, BmcConfig, QmpBackend, QmpClient, SimState};
 
 const MAC: &str = "52:54:00:aa:00:01";
 const UUID: &str = "5f1a0000-0000-4000-8000-0000000000aa";

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use axum::http::HeaderMap;
 
-use crate::oob::Credentials;
+use inventory::oob::Credentials;
 
 const MAX_SESSIONS: usize = 64;
 
