@@ -28,7 +28,7 @@ if [ "${SLIPWAY_API_FUZZ_INSIDE:-}" != 1 ]; then
   [ -x "$venv/bin/schemathesis" ] || { echo "api-fuzz: $venv missing: run scripts/prereqs.sh" >&2; exit 1; }
   if [ -z "${SLIPWAY_BIN:-}" ]; then
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/slipway/cargo-target}"
-    cargo build --release --locked --bin slipway
+    cargo build --release --locked --bin slipway --bin slipway-lab
     SLIPWAY_BIN="$CARGO_TARGET_DIR/release/slipway"
   fi
   work=$(mktemp -d /tmp/slipway-api-fuzz.XXXXXX)

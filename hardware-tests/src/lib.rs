@@ -5,9 +5,18 @@
 //! nothing the lab does can leave the machine. The lab process itself
 //! enters that namespace (`setns`) before it starts anything, so every
 //! child inherits it and the API is reached on the namespace's loopback.
+//!
+//! Also here, because only the lab and tests use them: the lab's OS images
+//! (`lab_image`: the tiny BIOS disk; `lab_debian` and its derived releases
+//! in `lab_variant`), the benchmarks against peers (`bench`, `storm`,
+//! `bench_write`) and the `slipway-lab` binary (`src/bin`), which
+//! `slipway lab` and `slipway bench` run. The appliance links none of it.
 
 pub mod bench;
 pub mod bench_write;
 pub mod lab;
+pub mod lab_debian;
+pub mod lab_image;
+pub mod lab_variant;
 pub mod storm;
 pub mod support;

@@ -5,9 +5,6 @@
 
 pub mod catalog;
 mod cpio;
-pub mod lab_debian;
-pub mod lab_image;
-pub mod lab_variant;
 pub mod ramdisk;
 pub mod tools;
 

@@ -1,17 +1,16 @@
-//! The `slipway` binary: `serve` (the appliance in one process), `lab`
-//! (the QEMU lab, and its simulated BMCs: the hidden `lab vbmc`), and
-//! `ramdisk` (build the discovery ramdisk), and the operator CLI
-//! (`machines`, `images`, `deploy`, ...: see `cli`).
+//! The `slipway` binary: `serve` (the appliance in one process), `ramdisk`
+//! (build the discovery ramdisk) and the operator CLI (`machines`,
+//! `images`, `deploy`, ...: see `cli`). `lab` and `bench` are handed to the
+//! `slipway-lab` binary beside it (the `hardware-tests` crate), so this
+//! one links no simulator and no lab code.
 
 mod cli;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
-
-use hardware_tests::lab::{self, Accel, DhcpChoice, FirmwareChoice, LabOptions};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "slipway", version, about = "Bare-metal provisioning appliance")]
@@ -31,15 +30,18 @@ enum Cmd {
         config: Option<PathBuf>,
     },
     /// The QEMU lab: VMs that network-boot from a Slipway in a private
-    /// network namespace.
+    /// network namespace (run by the `slipway-lab` binary).
+    #[command(disable_help_flag = true)]
     Lab {
-        #[command(subcommand)]
-        command: LabCmd,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
     },
-    /// Benchmarks against real peers, side by side (a report, not a test).
+    /// Benchmarks against real peers, side by side (a report, not a test;
+    /// run by the `slipway-lab` binary).
+    #[command(disable_help_flag = true)]
     Bench {
-        #[command(subcommand)]
-        command: BenchCmd,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
     },
     /// Build (or find cached) the discovery ramdisk and print its manifest.
     Ramdisk {
@@ -47,153 +49,7 @@ enum Cmd {
         cache_dir: PathBuf,
     },
     #[command(flatten)]
-    Operator(cli::Command),
-}
-
-#[derive(Subcommand)]
-enum LabCmd {
-    /// Boot N VMs through Slipway and wait until each is ready in the API
-    /// (and, with --deploy, deployed and booted from its disk).
-    Up {
-        #[arg(long, default_value_t = 1)]
-        nodes: usize,
-        #[arg(long, value_enum, default_value_t = FirmwareArg::Bios)]
-        firmware: FirmwareArg,
-        /// Who hands out addresses and how requests reach Slipway.
-        #[arg(long, value_enum, default_value_t = DhcpArg::Authoritative)]
-        dhcp: DhcpArg,
-        /// Write the JSON report here.
-        #[arg(long)]
-        report: Option<PathBuf>,
-        /// Leave the lab running; `slipway lab down` removes it.
-        #[arg(long)]
-        keep: bool,
-        /// Seconds to wait for every node to be ready.
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
-        #[arg(long, value_enum)]
-        accel: Option<AccelArg>,
-        #[arg(long, default_value_t = 512)]
-        memory_mib: u32,
-        #[arg(long, default_value = "/var/cache/slipway")]
-        cache_dir: PathBuf,
-        /// Once ready, deploy this to every node and wait until each runs from
-        /// its disk: `lab-tiny` (a 64 MiB BIOS disk built here) or an image
-        /// file (raw, .zst, .qcow2). Needs --firmware bios.
-        #[arg(long)]
-        deploy: Option<String>,
-        /// After --deploy, release every node (wiped, through its BMC) and
-        /// wait until each is ready again.
-        #[arg(long, requires = "deploy")]
-        release: bool,
-        /// Once ready, roll this BIOS version across the rack with a
-        /// firmware campaign through the BMCs (the UPS goes to battery and
-        /// back mid-way: the campaign holds, then resumes).
-        #[arg(long)]
-        firmware_campaign: Option<String>,
-        /// With `--deploy lab-debian`: once the Swarm is formed, roll the
-        /// nodes to lab-debian release 2 with an OS-refresh campaign (UPS to
-        /// battery and back mid-way), then try an image that cannot boot
-        /// (its first node is rolled back and the campaign pauses).
-        #[arg(long)]
-        os_refresh: bool,
-    },
-    /// Tear down a lab left by `lab up --keep`.
-    Down,
-    /// Switch the lab UPS (kept with --keep) to mains, battery or low
-    /// battery; Slipway sees the change within seconds.
-    Ups {
-        /// online, battery or low
-        state: String,
-    },
-    /// Run the lab's NUT UPS (upsd + dummy-ups) until SIGTERM; `lab up`
-    /// starts it.
-    #[command(hide = true)]
-    UpsSim {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        name: String,
-    },
-    /// Run the simulated BMCs (Redfish, driving lab VMs through QMP)
-    /// described by a JSON file until SIGTERM; `lab up` starts it.
-    #[command(hide = true)]
-    Vbmc {
-        /// A JSON list of BMCs (`inventory::sim::BmcConfig`).
-        #[arg(long)]
-        config: PathBuf,
-        /// Drive in-memory machines instead of VMs (no QMP, no QEMU).
-        #[arg(long)]
-        memory: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum BenchCmd {
-    /// A DHCP storm (full DORA, PXE options, half iPXE) against Slipway,
-    /// Kea (memfile) and dnsmasq in turn.
-    Dhcp {
-        #[arg(long, default_value_t = 1000)]
-        clients: usize,
-        /// Spread the clients' first DISCOVERs over this many milliseconds
-        /// (0: one burst).
-        #[arg(long, default_value_t = 0)]
-        spread_ms: u64,
-        /// Which servers, comma separated (`slipway-nofsync`: leases not
-        /// fsynced, durable across kill -9 but not power loss, as Kea's memfile).
-        #[arg(long, value_delimiter = ',', default_value = "slipway,slipway-nofsync,kea,dnsmasq")]
-        servers: Vec<String>,
-        /// Write the results as JSON here.
-        #[arg(long)]
-        report: Option<PathBuf>,
-    },
-    /// The node's image write pipeline (fetch, zstd, verify, write) against
-    /// `curl | zstd -d | dd`, same image from nginx on loopback.
-    Write {
-        /// Raw image size.
-        #[arg(long, default_value_t = 2048)]
-        size_mib: u64,
-        #[arg(long, default_value = "/var/cache/slipway")]
-        cache_dir: PathBuf,
-        #[arg(long)]
-        report: Option<PathBuf>,
-    },
-    /// atftp fetching snponly.efi from Slipway and from tftpd-hpa, 1 and
-    /// --parallel at a time, at blksize 512/1468 and windowsize 1/16.
-    Tftp {
-        #[arg(long, default_value_t = 200)]
-        parallel: usize,
-        #[arg(long)]
-        report: Option<PathBuf>,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum FirmwareArg {
-    /// SeaBIOS with QEMU's iPXE ROM.
-    Bios,
-    /// OVMF with QEMU's iPXE UEFI driver.
-    Uefi,
-    /// OVMF's own PXE (no iPXE ROM): TFTP snponly.efi first, as real UEFI hardware.
-    PxeUefi,
-    /// Cycling bios, uefi, pxe-uefi.
-    Mixed,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum DhcpArg {
-    /// Slipway hands out the addresses.
-    Authoritative,
-    /// dnsmasq hands out addresses; Slipway is proxyDHCP.
-    Proxy,
-    /// VMs on a second rack bridge behind ISC dhcrelay.
-    Relay,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum AccelArg {
-    Kvm,
-    Tcg,
+    Operator(Box<cli::Command>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -205,117 +61,9 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(api::serve::run(config))
         }
-        Cmd::Lab {
-            command:
-                LabCmd::Up {
-                    nodes,
-                    firmware,
-                    dhcp,
-                    report,
-                    keep,
-                    timeout,
-                    accel,
-                    memory_mib,
-                    cache_dir,
-                    deploy,
-                    release,
-                    firmware_campaign,
-                    os_refresh,
-                },
-        } => {
-            init_tracing("text");
-            let opts = LabOptions {
-                nodes,
-                dhcp: match dhcp {
-                    DhcpArg::Authoritative => DhcpChoice::Authoritative,
-                    DhcpArg::Proxy => DhcpChoice::Proxy,
-                    DhcpArg::Relay => DhcpChoice::Relay,
-                },
-                firmware: match firmware {
-                    FirmwareArg::Bios => FirmwareChoice::Bios,
-                    FirmwareArg::Uefi => FirmwareChoice::Uefi,
-                    FirmwareArg::PxeUefi => FirmwareChoice::PxeUefi,
-                    FirmwareArg::Mixed => FirmwareChoice::Mixed,
-                },
-                report,
-                keep,
-                timeout: Duration::from_secs(timeout),
-                accel: accel.map(|a| match a {
-                    AccelArg::Kvm => Accel::Kvm,
-                    AccelArg::Tcg => Accel::Tcg,
-                }),
-                memory_mib,
-                slipway_bin: std::env::current_exe()?,
-                cache_dir,
-                deploy,
-                release,
-                firmware_campaign,
-                os_refresh,
-            };
-            lab::up(&opts).map(|_| ())
-        }
-        Cmd::Lab { command: LabCmd::Down } => lab::down(),
-        Cmd::Lab { command: LabCmd::Ups { state } } => {
-            let state: inventory::ups::dummy::DummyState = state.parse().map_err(anyhow::Error::msg)?;
-            let dir = lab::ups_dir();
-            if !dir.join("ready").exists() {
-                anyhow::bail!("no lab UPS at {}: is a lab up (slipway lab up --keep)?", dir.display());
-            }
-            inventory::ups::dummy::write_state(&dir, state)?;
-            println!("lab UPS: {state}");
-            Ok(())
-        }
-        Cmd::Lab { command: LabCmd::UpsSim { dir, name } } => {
-            init_tracing("text");
-            let ups = inventory::ups::dummy::DummyNut::start(&dir, &name)?;
-            let creds = ups.credentials();
-            let ready =
-                serde_json::json!({ "address": ups.addr(), "username": creds.username, "password": creds.password });
-            std::fs::write(dir.join("ready"), ready.to_string())?;
-            tracing::info!(address = ups.addr(), ups = name, "lab UPS online");
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(terminated());
-            drop(ups);
-            Ok(())
-        }
-        Cmd::Lab { command: LabCmd::Vbmc { config, memory } } => {
-            init_tracing("text");
-            let bmcs = inventory::sim::load_config(&config)?;
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            if memory {
-                runtime.block_on(inventory::sim::serve_all_in_memory(bmcs, terminated()))?;
-            } else {
-                runtime.block_on(inventory::sim::serve_all(bmcs, terminated()))?;
-            }
-            Ok(())
-        }
-        Cmd::Bench { command: BenchCmd::Tftp { parallel, report } } => {
-            let results = hardware_tests::bench::run_tftp(parallel, &std::env::current_exe()?)?;
-            print!("{}", hardware_tests::bench::tftp_table(&results));
-            if let Some(path) = report {
-                std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
-            }
-            Ok(())
-        }
-        Cmd::Bench { command: BenchCmd::Dhcp { clients, spread_ms, servers, report } } => {
-            let spread = std::time::Duration::from_millis(spread_ms);
-            let results = hardware_tests::bench::run_dhcp(clients, spread, &servers, &std::env::current_exe()?)?;
-            print!("{}", hardware_tests::bench::table(&results));
-            if let Some(path) = report {
-                std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
-            }
-            Ok(())
-        }
-        Cmd::Bench { command: BenchCmd::Write { size_mib, cache_dir, report } } => {
-            let agent = std::env::current_exe()?.with_file_name("slipway-agent");
-            let results = hardware_tests::bench_write::run(size_mib, &agent, &cache_dir)?;
-            print!("{}", hardware_tests::bench_write::table(&results));
-            if let Some(path) = report {
-                std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
-            }
-            Ok(())
-        }
-        Cmd::Operator(command) => std::process::exit(cli::run(command)),
+        Cmd::Lab { args } => run_lab_binary("lab", args),
+        Cmd::Bench { args } => run_lab_binary("bench", args),
+        Cmd::Operator(command) => std::process::exit(cli::run(*command)),
         Cmd::Ramdisk { cache_dir } => {
             init_tracing("text");
             let agent = std::env::current_exe()?.with_file_name("slipway-agent");
@@ -326,21 +74,22 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn terminated() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot watch SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
+/// Hands `slipway lab ...` and `slipway bench ...` to `slipway-lab`,
+/// installed beside this binary: the lab, its simulated BMCs and UPS and
+/// the benchmarks live there, so the appliance links none of them. `exec`
+/// keeps the process id, so whoever started `slipway lab vbmc` ends it by
+/// that id as before.
+fn run_lab_binary(command: &str, args: Vec<OsString>) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let lab = std::env::current_exe()?.with_file_name("slipway-lab");
+    if !lab.exists() {
+        anyhow::bail!(
+            "`slipway {command}` needs the slipway-lab binary beside {} (cargo build --release -p hardware-tests)",
+            lab.display()
+        );
     }
+    let err = std::process::Command::new(&lab).arg(command).args(args).exec();
+    Err(anyhow::Error::new(err).context(format!("running {}", lab.display())))
 }
 
 fn init_tracing(format: &str) {

@@ -49,7 +49,7 @@ pub struct CampaignFacts {
     pub seconds: f64,
 }
 
-/// The lab's firmware format (see `inventory::sim::update`).
+/// The lab's firmware format (see `simulators::bmc::update`).
 fn firmware_file(version: &str) -> Vec<u8> {
     format!("slipway-lab-firmware BIOS {version}\nlab BIOS image\n").into_bytes()
 }

@@ -506,19 +506,19 @@ fn prepare_image(image: &str, ramdisk: &images::Ramdisk, opts: &LabOptions) -> a
     Ok(match image {
         "lab-tiny" => {
             progress("building the lab-tiny disk image (cached)");
-            let path = images::lab_image::ensure_lab_tiny(ramdisk, &opts.cache_dir).map_err(anyhow::Error::msg)?;
+            let path = crate::lab_image::ensure_lab_tiny(ramdisk, &opts.cache_dir).map_err(anyhow::Error::msg)?;
             DeployImage {
                 name: "lab-tiny".into(),
                 path,
                 format: "raw",
-                marker: Some(images::lab_image::DISK_BOOT_MARKER),
+                marker: Some(crate::lab_image::DISK_BOOT_MARKER),
                 marker_has_hostname: false,
                 cluster: None,
             }
         }
         "lab-debian" => {
             progress("building lab-debian from Debian packages (cached; a few minutes the first time)");
-            let built = images::lab_debian::ensure_lab_debian(&opts.cache_dir, &mut |step| {
+            let built = crate::lab_debian::ensure_lab_debian(&opts.cache_dir, &mut |step| {
                 progress(&format!("lab-debian: {step}"))
             })
             .map_err(anyhow::Error::msg)?;
@@ -531,7 +531,7 @@ fn prepare_image(image: &str, ramdisk: &images::Ramdisk, opts: &LabOptions) -> a
                 name: "lab-debian".into(),
                 path: built.path,
                 format: "raw+zstd",
-                marker: Some(images::lab_debian::BOOTED_MARKER),
+                marker: Some(crate::lab_debian::BOOTED_MARKER),
                 marker_has_hostname: true,
                 // Three managers: Raft keeps a quorum while one is away
                 // (an OS refresh reinstalls one node at a time).

@@ -177,7 +177,7 @@ impl Children {
 }
 
 /// One simulated BMC as `slipway lab vbmc --config` reads it: the JSON
-/// shape of `inventory::sim::BmcConfig` (`hardware-tests` does not depend
+/// shape of `simulators::bmc::BmcConfig` (`hardware-tests` does not depend
 /// on `inventory`; `vbmc_entry_has_the_sim_config_shape` pins the fields).
 #[derive(Debug, Clone, Serialize)]
 pub struct VbmcEntry {

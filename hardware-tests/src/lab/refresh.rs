@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::lab_variant::{ensure_variant, Variant};
 use anyhow::bail;
-use images::lab_variant::{ensure_variant, Variant};
 
 use super::campaign::{self, CampaignFacts};
 use super::{progress, register_image, wait_for_members, LabOptions, Watch};

@@ -212,7 +212,7 @@ pub fn build(
 /// The release in the last `lab-debian` banner of a serial log.
 fn console_release(log: &[u8]) -> Option<u32> {
     let text = String::from_utf8_lossy(log);
-    let line = text.lines().rfind(|l| l.contains(images::lab_debian::BOOTED_MARKER))?;
+    let line = text.lines().rfind(|l| l.contains(crate::lab_debian::BOOTED_MARKER))?;
     let release = line.split("(release ").nth(1).and_then(|r| r.split(')').next()?.parse().ok());
     Some(release.unwrap_or(1))
 }

@@ -10,8 +10,8 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::tools::{run, which};
-use crate::Ramdisk;
+use images::tools::{run, which};
+use images::Ramdisk;
 
 /// What the disk's kernel command line carries; the lab watches for it.
 pub const DISK_BOOT_MARKER: &str = "slipway.boot=disk";

@@ -13,8 +13,8 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{self, Imported, SourceFormat};
-use crate::tools::{run, which};
+use images::catalog::{self, Imported, SourceFormat};
+use images::tools::{run, which};
 
 /// Debian release and the packages on top of `minbase`.
 pub const SUITE: &str = "bookworm";

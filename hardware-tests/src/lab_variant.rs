@@ -15,9 +15,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::catalog::{self, SourceFormat};
 use crate::lab_debian::{cached, LabDebian, BOOT_MIB, BOOT_START, ROOT_LABEL};
-use crate::tools::run;
+use images::catalog::{self, SourceFormat};
+use images::tools::run;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {

@@ -1,0 +1,322 @@
+//! `slipway-lab`: the QEMU lab (`lab up`, `down`, `ups`), the simulated
+//! peers it runs (`lab vbmc`, `lab ups-sim`) and the benchmarks against
+//! real peers (`bench`). Users run it as `slipway lab ...` and `slipway
+//! bench ...`: the appliance binary hands those commands to this one, so
+//! the serving binary links no simulator and no lab code.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use hardware_tests::lab::{self, Accel, DhcpChoice, FirmwareChoice, LabOptions};
+
+#[derive(Parser)]
+#[command(name = "slipway", bin_name = "slipway", version, about = "Slipway's QEMU lab and benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The QEMU lab: VMs that network-boot from a Slipway in a private
+    /// network namespace.
+    Lab {
+        #[command(subcommand)]
+        command: LabCmd,
+    },
+    /// Benchmarks against real peers, side by side (a report, not a test).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Boot N VMs through Slipway and wait until each is ready in the API
+    /// (and, with --deploy, deployed and booted from its disk).
+    Up {
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        #[arg(long, value_enum, default_value_t = FirmwareArg::Bios)]
+        firmware: FirmwareArg,
+        /// Who hands out addresses and how requests reach Slipway.
+        #[arg(long, value_enum, default_value_t = DhcpArg::Authoritative)]
+        dhcp: DhcpArg,
+        /// Write the JSON report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Leave the lab running; `slipway lab down` removes it.
+        #[arg(long)]
+        keep: bool,
+        /// Seconds to wait for every node to be ready.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[arg(long, value_enum)]
+        accel: Option<AccelArg>,
+        #[arg(long, default_value_t = 512)]
+        memory_mib: u32,
+        #[arg(long, default_value = "/var/cache/slipway")]
+        cache_dir: PathBuf,
+        /// Once ready, deploy this to every node and wait until each runs from
+        /// its disk: `lab-tiny` (a 64 MiB BIOS disk built here) or an image
+        /// file (raw, .zst, .qcow2). Needs --firmware bios.
+        #[arg(long)]
+        deploy: Option<String>,
+        /// After --deploy, release every node (wiped, through its BMC) and
+        /// wait until each is ready again.
+        #[arg(long, requires = "deploy")]
+        release: bool,
+        /// Once ready, roll this BIOS version across the rack with a
+        /// firmware campaign through the BMCs (the UPS goes to battery and
+        /// back mid-way: the campaign holds, then resumes).
+        #[arg(long)]
+        firmware_campaign: Option<String>,
+        /// With `--deploy lab-debian`: once the Swarm is formed, roll the
+        /// nodes to lab-debian release 2 with an OS-refresh campaign (UPS to
+        /// battery and back mid-way), then try an image that cannot boot
+        /// (its first node is rolled back and the campaign pauses).
+        #[arg(long)]
+        os_refresh: bool,
+    },
+    /// Tear down a lab left by `lab up --keep`.
+    Down,
+    /// Switch the lab UPS (kept with --keep) to mains, battery or low
+    /// battery; Slipway sees the change within seconds.
+    Ups {
+        /// online, battery or low
+        state: String,
+    },
+    /// Run the lab's NUT UPS (upsd + dummy-ups) until SIGTERM; `lab up`
+    /// starts it.
+    #[command(hide = true)]
+    UpsSim {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Run the simulated BMCs (Redfish, driving lab VMs through QMP)
+    /// described by a JSON file until SIGTERM; `lab up` starts it.
+    #[command(hide = true)]
+    Vbmc {
+        /// A JSON list of BMCs (`simulators::bmc::BmcConfig`).
+        #[arg(long)]
+        config: PathBuf,
+        /// Drive in-memory machines instead of VMs (no QMP, no QEMU).
+        #[arg(long)]
+        memory: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// A DHCP storm (full DORA, PXE options, half iPXE) against Slipway,
+    /// Kea (memfile) and dnsmasq in turn.
+    Dhcp {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Spread the clients' first DISCOVERs over this many milliseconds
+        /// (0: one burst).
+        #[arg(long, default_value_t = 0)]
+        spread_ms: u64,
+        /// Which servers, comma separated (`slipway-nofsync`: leases not
+        /// fsynced, durable across kill -9 but not power loss, as Kea's memfile).
+        #[arg(long, value_delimiter = ',', default_value = "slipway,slipway-nofsync,kea,dnsmasq")]
+        servers: Vec<String>,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// The node's image write pipeline (fetch, zstd, verify, write) against
+    /// `curl | zstd -d | dd`, same image from nginx on loopback.
+    Write {
+        /// Raw image size.
+        #[arg(long, default_value_t = 2048)]
+        size_mib: u64,
+        #[arg(long, default_value = "/var/cache/slipway")]
+        cache_dir: PathBuf,
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// atftp fetching snponly.efi from Slipway and from tftpd-hpa, 1 and
+    /// --parallel at a time, at blksize 512/1468 and windowsize 1/16.
+    Tftp {
+        #[arg(long, default_value_t = 200)]
+        parallel: usize,
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FirmwareArg {
+    /// SeaBIOS with QEMU's iPXE ROM.
+    Bios,
+    /// OVMF with QEMU's iPXE UEFI driver.
+    Uefi,
+    /// OVMF's own PXE (no iPXE ROM): TFTP snponly.efi first, as real UEFI hardware.
+    PxeUefi,
+    /// Cycling bios, uefi, pxe-uefi.
+    Mixed,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DhcpArg {
+    /// Slipway hands out the addresses.
+    Authoritative,
+    /// dnsmasq hands out addresses; Slipway is proxyDHCP.
+    Proxy,
+    /// VMs on a second rack bridge behind ISC dhcrelay.
+    Relay,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccelArg {
+    Kvm,
+    Tcg,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    // The appliance binary sits beside this one (cargo and packages install
+    // both into one directory); the lab runs it as `slipway serve`.
+    let slipway_bin = std::env::current_exe()?.with_file_name("slipway");
+    match cli.command {
+        Cmd::Lab {
+            command:
+                LabCmd::Up {
+                    nodes,
+                    firmware,
+                    dhcp,
+                    report,
+                    keep,
+                    timeout,
+                    accel,
+                    memory_mib,
+                    cache_dir,
+                    deploy,
+                    release,
+                    firmware_campaign,
+                    os_refresh,
+                },
+        } => {
+            let opts = LabOptions {
+                nodes,
+                dhcp: match dhcp {
+                    DhcpArg::Authoritative => DhcpChoice::Authoritative,
+                    DhcpArg::Proxy => DhcpChoice::Proxy,
+                    DhcpArg::Relay => DhcpChoice::Relay,
+                },
+                firmware: match firmware {
+                    FirmwareArg::Bios => FirmwareChoice::Bios,
+                    FirmwareArg::Uefi => FirmwareChoice::Uefi,
+                    FirmwareArg::PxeUefi => FirmwareChoice::PxeUefi,
+                    FirmwareArg::Mixed => FirmwareChoice::Mixed,
+                },
+                report,
+                keep,
+                timeout: Duration::from_secs(timeout),
+                accel: accel.map(|a| match a {
+                    AccelArg::Kvm => Accel::Kvm,
+                    AccelArg::Tcg => Accel::Tcg,
+                }),
+                memory_mib,
+                slipway_bin,
+                cache_dir,
+                deploy,
+                release,
+                firmware_campaign,
+                os_refresh,
+            };
+            lab::up(&opts).map(|_| ())
+        }
+        Cmd::Lab { command: LabCmd::Down } => lab::down(),
+        Cmd::Lab { command: LabCmd::Ups { state } } => {
+            let state: simulators::ups::DummyState = state.parse().map_err(anyhow::Error::msg)?;
+            let dir = lab::ups_dir();
+            if !dir.join("ready").exists() {
+                anyhow::bail!("no lab UPS at {}: is a lab up (slipway lab up --keep)?", dir.display());
+            }
+            simulators::ups::write_state(&dir, state)?;
+            println!("lab UPS: {state}");
+            Ok(())
+        }
+        Cmd::Lab { command: LabCmd::UpsSim { dir, name } } => {
+            let ups = simulators::ups::DummyNut::start(&dir, &name)?;
+            let creds = ups.credentials();
+            let ready =
+                serde_json::json!({ "address": ups.addr(), "username": creds.username, "password": creds.password });
+            std::fs::write(dir.join("ready"), ready.to_string())?;
+            tracing::info!(address = ups.addr(), ups = name, "lab UPS online");
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(terminated());
+            drop(ups);
+            Ok(())
+        }
+        Cmd::Lab { command: LabCmd::Vbmc { config, memory } } => {
+            let bmcs = simulators::bmc::load_config(&config)?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            if memory {
+                runtime.block_on(simulators::bmc::serve_all_in_memory(bmcs, terminated()))?;
+            } else {
+                runtime.block_on(simulators::bmc::serve_all(bmcs, terminated()))?;
+            }
+            Ok(())
+        }
+        Cmd::Bench { command: BenchCmd::Tftp { parallel, report } } => {
+            let results = hardware_tests::bench::run_tftp(parallel, &slipway_bin)?;
+            print!("{}", hardware_tests::bench::tftp_table(&results));
+            write_report(report, &results)
+        }
+        Cmd::Bench { command: BenchCmd::Dhcp { clients, spread_ms, servers, report } } => {
+            let spread = Duration::from_millis(spread_ms);
+            let results = hardware_tests::bench::run_dhcp(clients, spread, &servers, &slipway_bin)?;
+            print!("{}", hardware_tests::bench::table(&results));
+            write_report(report, &results)
+        }
+        Cmd::Bench { command: BenchCmd::Write { size_mib, cache_dir, report } } => {
+            let agent = slipway_bin.with_file_name("slipway-agent");
+            let results = hardware_tests::bench_write::run(size_mib, &agent, &cache_dir)?;
+            print!("{}", hardware_tests::bench_write::table(&results));
+            write_report(report, &results)
+        }
+    }
+}
+
+fn write_report(path: Option<PathBuf>, results: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(&path, serde_json::to_string_pretty(results)?)?;
+    }
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
