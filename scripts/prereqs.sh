@@ -53,6 +53,13 @@ if ! command -v cargo >/dev/null 2>&1; then
   apt-get install -y -qq cargo rustc >/dev/null
 fi
 
+# The test runner: one process per test, parallel, with a serial group for
+# the lab (.config/nextest.toml). Built from crates.io when missing.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "prereqs: installing cargo-nextest"
+  cargo install --locked --quiet cargo-nextest
+fi
+
 # Python peers live in a venv outside the clone, keyed by what it holds.
 venv=/var/cache/slipway/venv
 py_peers="sushy-tools==2.2.0"

@@ -7,9 +7,11 @@ bash scripts/prereqs.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/slipway/cargo-target}"
 export CARGO_TERM_COLOR=never
 
-echo "== format and lints"
+echo "== format, lints and crate layers"
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# Dependencies point down the layers; the appliance links no simulator.
+python3 scripts/check-layers.py
 
 echo "== release binaries for the lab and peer tests"
 cargo build --release --locked --bins
@@ -22,20 +24,29 @@ pgdir=$(mktemp -d /tmp/slipway-pg.XXXXXX)
 SLIPWAY_TEST_POSTGRES_URL=$(bash scripts/postgres.sh start "$pgdir")
 export SLIPWAY_TEST_POSTGRES_URL
 
-echo "== unit, peer and lab tests"
-# The lab tests share one namespace name: run test binaries one thread each.
+# The lab tests boot QEMU guests (TCG, both cores) and share the lab's
+# namespace: they run after the rest, one at a time. Everything else runs
+# in parallel, one process per test (cargo-nextest). Keep LAB_TESTS the
+# same as the `lab` group's filter in .config/nextest.toml.
+LAB_TESTS='binary(lab_boot) | binary(bmc_qemu)'
 log=$(mktemp)
 trap 'rm -f "$log"; bash scripts/postgres.sh stop "$pgdir"; rm -rf "$pgdir"' EXIT
-cargo test --locked --workspace -- --test-threads=1 2>&1 | tee "$log"
+nextest() { cargo nextest run --locked --workspace --no-fail-fast --hide-progress-bar "$@" 2>&1 | tee -a "$log"; }
+echo "== unit and peer tests (parallel)"
+nextest -E "not ($LAB_TESTS)"
 echo "== the API's deploy flow on PostgreSQL"
-SLIPWAY_TEST_API_DB=postgres cargo test --locked --workspace --lib -- --test-threads=1 routes::deploy 2>&1 | tee -a "$log"
+SLIPWAY_TEST_API_DB=postgres nextest --lib -E 'test(/routes::deploy/)'
+echo "== lab tests (QEMU, one at a time)"
+nextest -E "$LAB_TESTS" --test-threads 1
 
 echo "== fuzzing the network decoders (20 s a target)"
 bash scripts/fuzz.sh 20 | tee -a "$log"
 echo "== fuzzing the operator API from its OpenAPI document (schemathesis, loopback-only namespace)"
 # Its last line is "api fuzz: ... ok" or "... FAILED"; a failure fails the run.
 bash scripts/api-fuzz.sh 150 | tee -a "$log"
-# One closing line for the whole run (the last cargo line is a doc-test
-# binary with nothing in it).
-awk '/^test result:/ { p += $4; f += $6 } /^fuzz [a-z_]*: ok/ { z += 1 } /^api fuzz: / { a = $0 }
+# One closing line for the whole run, from nextest's summaries
+# ("Summary [ 61.2s] 380 tests run: 380 passed, 9 skipped": skipped are
+# the other phases' tests).
+awk '/^ *Summary \[/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^fuzz [a-z_]*: ok/ { z += 1 } /^api fuzz: / { a = $0 }
      END { printf "\n%s\ntests: %d passed, %d failed; fuzz targets: %d passed\n", a, p, f, z }' "$log"
