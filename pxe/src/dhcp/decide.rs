@@ -204,7 +204,7 @@ const QUARANTINE_SECS: u64 = 600;
 /// `known`: the MAC belongs to a machine Slipway already has (only
 /// consulted when `cfg.answer_unknown` is false).
 pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64, known: bool) -> Decision {
-    let client = boot::classify(req);
+    let client = req.client_kind();
     let mut d = Decision { reply: None, ops: Vec::new(), outcome: Outcome::Ignored(""), client };
     if let Some(why) = policy_refusal(req, cfg, known) {
         d.outcome = Outcome::Ignored(why);

@@ -1,6 +1,7 @@
 //! DHCPv4: parsing of untrusted requests, the lease table, the pure
 //! decision and the socket loop.
 
+mod client_kind;
 mod decide;
 mod journal;
 mod leases;

@@ -12,7 +12,7 @@ use crate::boot;
 
 /// `on_pxe_port`: the request arrived on port 4011 rather than 67.
 pub fn decide_proxy(req: &Request, cfg: &DhcpConfig, known: bool, on_pxe_port: bool) -> Decision {
-    let client = boot::classify(req);
+    let client = req.client_kind();
     let mut d = Decision { reply: None, ops: Vec::new(), outcome: Outcome::Ignored(""), client };
     if !client.is_pxe() {
         d.outcome = Outcome::Ignored("not a network-boot client (proxy mode)");

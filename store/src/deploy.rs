@@ -1,0 +1,413 @@
+//! The image catalog and deployments.
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{now_ms, rfc3339, Result, Store, StoreError};
+use model::deploy::DeployPhase;
+use model::lifecycle::{MachineState, Trigger};
+
+/// What an operator says about an image when registering it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImageMeta {
+    pub name: String,
+    pub os: String,
+    pub version: String,
+    pub arch: String,
+    /// `bios`, `uefi` or `both`.
+    pub boot_mode: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageState {
+    Importing,
+    Available,
+    Failed,
+}
+
+impl ImageState {
+    fn as_str(self) -> &'static str {
+        match self {
+            ImageState::Importing => "importing",
+            ImageState::Available => "available",
+            ImageState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Image {
+    #[serde(flatten)]
+    pub meta: ImageMeta,
+    pub state: ImageState,
+    /// Bytes the image occupies on a disk.
+    pub raw_bytes: Option<i64>,
+    /// SHA-256 of the raw content.
+    pub sha256: Option<String>,
+    /// Size of the stored raw+zstd file.
+    pub stored_bytes: Option<i64>,
+    pub error: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Deployment {
+    pub machine_id: String,
+    pub image: String,
+    pub spec: serde_json::Value,
+    pub phase: DeployPhase,
+    pub bytes_written: i64,
+    pub total_bytes: i64,
+    /// The disk the agent chose, e.g. `/dev/vda`.
+    pub disk: Option<String>,
+    pub error: Option<String>,
+    pub updated_at: String,
+}
+
+fn image_from_row(r: &AnyRow) -> Result<Image> {
+    let state: String = r.try_get("state")?;
+    Ok(Image {
+        meta: ImageMeta {
+            name: r.try_get("name")?,
+            os: r.try_get("os")?,
+            version: r.try_get("version")?,
+            arch: r.try_get("arch")?,
+            boot_mode: r.try_get("boot_mode")?,
+        },
+        state: serde_json::from_value(serde_json::json!(state))
+            .map_err(|_| StoreError::Corrupt(format!("image state {state}")))?,
+        raw_bytes: r.try_get("raw_bytes")?,
+        sha256: r.try_get("sha256")?,
+        stored_bytes: r.try_get("stored_bytes")?,
+        error: r.try_get("error")?,
+        created_at: rfc3339(r.try_get("created_at_ms")?),
+    })
+}
+
+fn deployment_from_row(r: &AnyRow) -> Result<Deployment> {
+    let phase: String = r.try_get("phase")?;
+    let spec: String = r.try_get("spec")?;
+    Ok(Deployment {
+        machine_id: r.try_get("machine_id")?,
+        image: r.try_get("image")?,
+        spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        phase: serde_json::from_value(serde_json::json!(phase))
+            .map_err(|_| StoreError::Corrupt(format!("deploy phase {phase}")))?,
+        bytes_written: r.try_get("bytes_written")?,
+        total_bytes: r.try_get("total_bytes")?,
+        disk: r.try_get("disk")?,
+        error: r.try_get("error")?,
+        updated_at: rfc3339(r.try_get("updated_at_ms")?),
+    })
+}
+
+impl Store {
+    /// Registers an image in `importing`. A name is taken once.
+    pub async fn create_image(&self, meta: &ImageMeta) -> Result<Image> {
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO images (name, os, version, arch, boot_mode, state, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&meta.name)
+        .bind(&meta.os)
+        .bind(&meta.version)
+        .bind(&meta.arch)
+        .bind(&meta.boot_mode)
+        .bind(ImageState::Importing.as_str())
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("an image named {:?} exists", meta.name)));
+        }
+        self.record_event(None, "image.importing", serde_json::json!({ "image": meta.name })).await?;
+        self.image(&meta.name).await?.ok_or_else(|| StoreError::Corrupt(format!("image {} vanished", meta.name)))
+    }
+
+    /// Records how an import ended.
+    pub async fn finish_image(
+        &self,
+        name: &str,
+        outcome: std::result::Result<&images::catalog::Imported, &str>,
+    ) -> Result<()> {
+        let query = match outcome {
+            Ok(done) => sqlx::query(
+                "UPDATE images SET state = $1, raw_bytes = $2, sha256 = $3, stored_bytes = $4, error = NULL, updated_at_ms = $5 WHERE name = $6",
+            )
+            .bind(ImageState::Available.as_str())
+            .bind(done.raw_bytes as i64)
+            .bind(done.sha256.clone())
+            .bind(done.stored_bytes as i64),
+            Err(error) => sqlx::query(
+                "UPDATE images SET state = $1, raw_bytes = $2, sha256 = $3, stored_bytes = $4, error = $5, updated_at_ms = $6 WHERE name = $7",
+            )
+            .bind(ImageState::Failed.as_str())
+            .bind(None::<i64>)
+            .bind(None::<String>)
+            .bind(None::<i64>)
+            .bind(error.to_string()),
+        };
+        query.bind(now_ms()).bind(name).execute(&self.writer).await?;
+        let (kind, detail) = match outcome {
+            Ok(done) => (
+                "image.available",
+                serde_json::json!({ "image": name, "raw_bytes": done.raw_bytes, "sha256": done.sha256 }),
+            ),
+            Err(error) => ("image.failed", serde_json::json!({ "image": name, "error": error })),
+        };
+        self.record_event(None, kind, detail).await
+    }
+
+    pub async fn image(&self, name: &str) -> Result<Option<Image>> {
+        let row = sqlx::query("SELECT * FROM images WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
+        row.as_ref().map(image_from_row).transpose()
+    }
+
+    pub async fn images(&self) -> Result<Vec<Image>> {
+        let rows = sqlx::query("SELECT * FROM images ORDER BY name").fetch_all(&self.pool).await?;
+        rows.iter().map(image_from_row).collect()
+    }
+
+    /// Deletes an image no machine is deploying or running; returns whether
+    /// it existed.
+    pub async fn delete_image(&self, name: &str) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        let users = sqlx::query(
+            "SELECT d.machine_id FROM deployments d JOIN machines m ON m.id = d.machine_id \
+             WHERE d.image = $1 AND m.state IN ('deploying', 'deployed', 'joined', 'refreshing')",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !users.is_empty() {
+            let ids: Vec<String> = users.iter().map(|r| r.try_get("machine_id")).collect::<Result<_, _>>()?;
+            return Err(StoreError::Conflict(format!("image {name:?} is in use by machine(s) {}", ids.join(", "))));
+        }
+        sqlx::query("DELETE FROM deployments WHERE image = $1").bind(name).execute(&mut *tx).await?;
+        let deleted = sqlx::query("DELETE FROM images WHERE name = $1").bind(name).execute(&mut *tx).await?;
+        if deleted.rows_affected() == 1 {
+            Self::event_in(&mut *tx, None, now_ms(), "image.deleted", serde_json::json!({ "image": name })).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted.rows_affected() == 1)
+    }
+
+    /// Records a deployment and moves a `ready` machine to `deploying`, in
+    /// one transaction; refuses a machine in any other state.
+    /// A new deployment row in its first phase (the caller removed any old one).
+    pub(super) async fn insert_deployment_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        machine_id: &str,
+        image: &str,
+        spec: &serde_json::Value,
+        total_bytes: i64,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO deployments (machine_id, image, spec, phase, bytes_written, total_bytes, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, 0, $5, $6, $6)",
+        )
+        .bind(machine_id)
+        .bind(image)
+        .bind(spec.to_string())
+        .bind(DeployPhase::Requested.as_str())
+        .bind(total_bytes)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn start_deployment(
+        &self,
+        machine_id: &str,
+        image: &Image,
+        spec: &serde_json::Value,
+        deadline_ms: i64,
+    ) -> Result<Deployment> {
+        let total = image
+            .raw_bytes
+            .ok_or_else(|| StoreError::Conflict(format!("image {:?} is not available", image.meta.name)))?;
+        let mut tx = self.writer.begin().await?;
+        let moved = Self::fire_in(
+            &mut tx,
+            machine_id,
+            Trigger::DeployRequested,
+            Trigger::DeployRequested.cause(),
+            Some(deadline_ms),
+        )
+        .await?;
+        match moved {
+            Some((MachineState::Ready, MachineState::Deploying)) => {}
+            Some((from, _)) => {
+                return Err(StoreError::Conflict(format!(
+                    "machine {machine_id} is {from}; only a ready machine can be deployed"
+                )))
+            }
+            None => return Err(StoreError::Conflict(format!("machine {machine_id} does not exist"))),
+        }
+        let now = now_ms();
+        sqlx::query("DELETE FROM deployments WHERE machine_id = $1").bind(machine_id).execute(&mut *tx).await?;
+        Self::insert_deployment_in(&mut tx, machine_id, &image.meta.name, spec, total, now).await?;
+        Self::event_in(
+            &mut *tx,
+            Some(machine_id),
+            now,
+            "deploy.requested",
+            serde_json::json!({ "image": image.meta.name, "spec": spec }),
+        )
+        .await?;
+        tx.commit().await?;
+        self.deployment(machine_id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("deployment of {machine_id} vanished")))
+    }
+
+    pub async fn deployment(&self, machine_id: &str) -> Result<Option<Deployment>> {
+        let row = sqlx::query("SELECT * FROM deployments WHERE machine_id = $1")
+            .bind(machine_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(deployment_from_row).transpose()
+    }
+
+    /// Records an agent's report on its deployment. Phase changes are
+    /// events; byte counts alone only update the row (they come often).
+    pub async fn deploy_progress(
+        &self,
+        machine_id: &str,
+        phase: DeployPhase,
+        bytes_written: i64,
+        disk: Option<&str>,
+        error: Option<&str>,
+        configured: Option<&str>,
+    ) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let before = sqlx::query("SELECT phase FROM deployments WHERE machine_id = $1")
+            .bind(machine_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get::<String, _>("phase"))
+            .transpose()?;
+        let Some(before) = before else {
+            return Err(StoreError::Conflict(format!("machine {machine_id} has no deployment")));
+        };
+        sqlx::query(
+            "UPDATE deployments SET phase = $1, bytes_written = $2, disk = COALESCE($3, disk), error = $4, updated_at_ms = $5 \
+             WHERE machine_id = $6",
+        )
+        .bind(phase.as_str())
+        .bind(bytes_written)
+        .bind(disk.map(str::to_string))
+        .bind(error.map(str::to_string))
+        .bind(now_ms())
+        .bind(machine_id)
+        .execute(&mut *tx)
+        .await?;
+        if before != phase.as_str() {
+            deploy_phase_ended(&before, phase, Self::deploy_phase_began_ms(&mut tx, machine_id).await?);
+            let detail = serde_json::json!({
+                "phase": phase, "bytes_written": bytes_written, "disk": disk, "error": error, "configured": configured,
+            });
+            Self::event_in(&mut *tx, Some(machine_id), now_ms(), "deploy.phase", detail).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Moves a deployed (or failed) machine to `releasing` and records how
+    /// to wipe it, in one transaction.
+    pub async fn start_release(&self, machine_id: &str, mode: &str, deadline_ms: i64) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let cause = Trigger::ReleaseRequested.cause();
+        match Self::fire_in(&mut tx, machine_id, Trigger::ReleaseRequested, cause, Some(deadline_ms)).await? {
+            Some((_, MachineState::Releasing)) => {}
+            Some((from, _)) => {
+                return Err(StoreError::Conflict(format!(
+                    "machine {machine_id} is {from}; only a deployed, joined or failed machine can be released"
+                )))
+            }
+            None => return Err(StoreError::Conflict(format!("machine {machine_id} does not exist"))),
+        }
+        let now = now_ms();
+        // The installed OS is about to be wiped: its agent's credential and
+        // last report go with it.
+        for table in ["node_tokens", "node_status", "releases"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE machine_id = $1"))
+                .bind(machine_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO releases (machine_id, mode, created_at_ms) VALUES ($1, $2, $3)")
+            .bind(machine_id)
+            .bind(mode)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        Self::event_in(&mut *tx, Some(machine_id), now, "release.requested", serde_json::json!({ "mode": mode }))
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The wipe mode of a machine being released.
+    pub async fn release_mode(&self, machine_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT mode FROM releases WHERE machine_id = $1")
+            .bind(machine_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("mode")).transpose()?)
+    }
+
+    /// Ends a release: on success the machine is `ready` with no
+    /// deployment (its image is free to delete); on failure it is `failed`
+    /// in phase `releasing` with `error`.
+    pub async fn finish_release(&self, machine_id: &str, disks: &[String], error: Option<&str>) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let now = now_ms();
+        let detail = serde_json::json!({ "disks": disks, "error": error });
+        Self::event_in(&mut *tx, Some(machine_id), now, "release.wiped", detail).await?;
+        let (trigger, reason) = match error {
+            None => (Trigger::Wiped, Trigger::Wiped.cause()),
+            Some(error) => (Trigger::WipeFailed, error),
+        };
+        Self::fire_in(&mut tx, machine_id, trigger, reason, None).await?;
+        sqlx::query("DELETE FROM releases WHERE machine_id = $1").bind(machine_id).execute(&mut *tx).await?;
+        if error.is_none() {
+            sqlx::query("DELETE FROM deployments WHERE machine_id = $1").bind(machine_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// One phase of a deployment took from `began_ms` until now.
+pub fn observe_deploy_phase(phase: &'static str, began_ms: i64) {
+    let secs = (now_ms() - began_ms).max(0) as f64 / 1000.0;
+    metrics::histogram!("slipway_deploy_phase_duration_seconds", "phase" => phase).record(secs);
+}
+
+/// Records `slipway_deploy_phase_duration_seconds` (described in
+/// `api::metrics_catalog`). A deployment moved from phase `before` to `after`; `began_ms` is when
+/// `before` began. Only forward moves finish a phase: a failure does not,
+/// nor does an agent that restarts writing after a reboot.
+fn deploy_phase_ended(before: &str, after: DeployPhase, began_ms: Option<i64>) {
+    let rank =
+        |phase: &str| ["requested", "writing", "verifying", "configuring", "written"].iter().position(|p| *p == phase);
+    let (Some(from), Some(to), Some(began_ms)) = (rank(before), rank(after.as_str()), began_ms) else {
+        return;
+    };
+    if to <= from {
+        return;
+    }
+    // `requested`, `writing`, `verifying`, `configuring` name the phase
+    // being left.
+    if let Some(phase) = ["start", "write", "verify", "firstboot"].get(from) {
+        observe_deploy_phase(phase, began_ms);
+    }
+}

@@ -1,0 +1,664 @@
+//! Persistence. One [`Store`] over sqlx's `Any` driver so the same queries
+//! run on SQLite (embedded default) and PostgreSQL: queries use `$N`
+//! placeholders, which both accept, and only portable types (TEXT, BIGINT).
+//! Migrations live in `store/migrations` and run at start-up.
+//!
+//! The store keeps the rows and raises the events for each change in the
+//! same transaction; what a change means (the lifecycle, campaigns) is the
+//! `model` crate's, and when to make it is the appliance's (`api`).
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use thiserror::Error;
+use uuid::Uuid;
+
+pub mod actions;
+mod campaign;
+mod deploy;
+pub mod feed;
+mod gauges;
+pub mod idempotency;
+pub mod labels;
+mod lease;
+mod node;
+mod oob;
+mod refresh;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_db;
+pub mod tokens;
+
+pub use deploy::{observe_deploy_phase, Deployment, Image, ImageMeta, ImageState};
+pub use labels::{MachineFilter, MachinePatch};
+pub use model::deploy::DeployPhase;
+pub use node::{Cluster, NodeReport};
+pub use oob::{Bmc, LinkedBy, NewBmc, Ups, UpsFeeds};
+
+use inventory::Inventory;
+use model::lifecycle::{self, MachineState, Transition, Trigger};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The request conflicts with the current state (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Store {
+    /// Reads.
+    pool: AnyPool,
+    /// Writes. On SQLite a pool of one connection: SQLite has one writer
+    /// anyway, and queueing writers here is first-come-first-served, where
+    /// SQLite's own busy handler sleeps 1, 2, 5, 10 ms between retries
+    /// (that sleep was most of the DHCP ACK latency in a PXE storm). On
+    /// PostgreSQL the same pool as reads.
+    writer: AnyPool,
+    /// Committed events, tailed from the database for live streams.
+    pub feed: std::sync::Arc<feed::EventFeed>,
+}
+
+/// A DHCP client that was ACKed (or, in proxy mode, given boot information
+/// only: `ip` unspecified).
+#[derive(Debug, Clone)]
+pub struct DhcpBinding {
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    /// A network boot (PXE/iPXE/HTTP boot) rather than an ordinary client.
+    pub network_boot: bool,
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Machine {
+    pub id: String,
+    pub state: MachineState,
+    pub failure: Option<Failure>,
+    pub macs: Vec<String>,
+    /// From in-band DMI or the BMC, whichever was known first.
+    pub system_uuid: Option<String>,
+    pub serial: Option<String>,
+    pub rack: Option<String>,
+    pub inventory: Option<Inventory>,
+    /// Operator labels (`PATCH /machines/{id}`).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// A digest of this document (without `etag`): the `ETag` header.
+    pub etag: String,
+    /// The row's edit counter and last change, which a conditional edit
+    /// (`If-Match`) is guarded on.
+    #[serde(skip)]
+    pub version: i64,
+    #[serde(skip)]
+    pub updated_at_ms: i64,
+    /// When the current waiting state times out, if it does.
+    pub state_deadline: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Failure {
+    pub phase: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Event {
+    pub id: String,
+    pub machine_id: Option<String>,
+    pub at: String,
+    pub at_ms: i64,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// 256 random bits, hex encoded: agent, node and API token secrets.
+pub fn random_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+impl Store {
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let pool = Self::open_pool(url, if sqlite { 4 } else { 16 }, sqlite).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        let writer = if sqlite { Self::open_pool(url, 1, true).await? } else { pool.clone() };
+        let feed = std::sync::Arc::new(feed::EventFeed::new(pool.clone()));
+        Ok(Store { pool, writer, feed })
+    }
+
+    async fn open_pool(url: &str, connections: u32, sqlite: bool) -> Result<AnyPool> {
+        let pool = AnyPoolOptions::new()
+            .max_connections(connections)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL: readers never block the writer. With
+                        // synchronous=NORMAL a commit survives a crash of the
+                        // process (kill -9), not a power cut: the trade that
+                        // lets a PXE storm be answered without an fsync per
+                        // lease.
+                        for pragma in [
+                            "PRAGMA journal_mode=WAL",
+                            "PRAGMA synchronous=NORMAL",
+                            "PRAGMA busy_timeout=5000",
+                            "PRAGMA foreign_keys=ON",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        Ok(pool)
+    }
+
+    async fn event_in<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+        exec: E,
+        machine_id: Option<&str>,
+        at_ms: i64,
+        kind: &str,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO events (id, machine_id, at_ms, kind, detail) VALUES ($1, $2, $3, $4, $5)")
+            .bind(Uuid::now_v7().to_string())
+            .bind(machine_id.map(str::to_string))
+            .bind(at_ms)
+            .bind(kind)
+            .bind(detail.to_string())
+            .execute(exec)
+            .await
+            .inspect_err(|_| metrics::counter!("slipway_event_write_failures_total").increment(1))?;
+        Ok(())
+    }
+
+    pub async fn record_event(&self, machine_id: Option<&str>, kind: &str, detail: serde_json::Value) -> Result<()> {
+        Self::event_in(&self.writer, machine_id, now_ms(), kind, detail).await
+    }
+
+    pub async fn machine_id_by_mac(&self, mac: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT machine_id FROM machine_macs WHERE mac = $1")
+            .bind(mac)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("machine_id")).transpose()?)
+    }
+
+    /// The machine that owns `mac`, created in `discovering` if none does.
+    /// Returns its id and whether it was created.
+    pub async fn ensure_machine(&self, mac: &str, cause: &str, discovery_timeout_ms: i64) -> Result<(String, bool)> {
+        if let Some(id) = self.machine_id_by_mac(mac).await? {
+            return Ok((id, false));
+        }
+        let mut tx = self.writer.begin().await?;
+        let found = Self::ensure_machine_in(&mut tx, mac, cause, now_ms() + discovery_timeout_ms).await?;
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    async fn ensure_machine_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        mac: &str,
+        cause: &str,
+        deadline_ms: i64,
+    ) -> Result<(String, bool)> {
+        let owner = |row: Option<AnyRow>| row.map(|r| r.try_get::<String, _>("machine_id")).transpose();
+        let lookup = "SELECT machine_id FROM machine_macs WHERE mac = $1";
+        if let Some(id) = owner(sqlx::query(lookup).bind(mac).fetch_optional(&mut **tx).await?)? {
+            return Ok((id, false));
+        }
+        let id = Uuid::new_v4().to_string();
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO machines (id, state, state_deadline_ms, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $4)",
+        )
+        .bind(&id)
+        .bind(MachineState::Discovering.as_str())
+        .bind(deadline_ms)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        let inserted =
+            sqlx::query("INSERT INTO machine_macs (mac, machine_id) VALUES ($1, $2) ON CONFLICT (mac) DO NOTHING")
+                .bind(mac)
+                .bind(&id)
+                .execute(&mut **tx)
+                .await?;
+        if inserted.rows_affected() == 0 {
+            // Another appliance on a shared database created it first (on
+            // PostgreSQL); use theirs.
+            sqlx::query("DELETE FROM machines WHERE id = $1").bind(&id).execute(&mut **tx).await?;
+            let theirs = owner(sqlx::query(lookup).bind(mac).fetch_optional(&mut **tx).await?)?;
+            return Ok((theirs.ok_or_else(|| StoreError::Corrupt(format!("mac {mac} vanished")))?, false));
+        }
+        Self::event_in(
+            &mut **tx,
+            Some(&id),
+            now,
+            "machine.created",
+            serde_json::json!({ "mac": mac, "cause": cause, "state": "discovering" }),
+        )
+        .await?;
+        Ok((id, true))
+    }
+
+    /// Records DHCP bindings in one transaction: a network-booting client's
+    /// machine is created if new, and each binding of a known machine is
+    /// an event. Batched so a PXE storm costs one commit per batch.
+    pub async fn record_dhcp_bindings(&self, bindings: &[DhcpBinding], discovery_timeout_ms: i64) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let deadline = now_ms() + discovery_timeout_ms;
+        for b in bindings {
+            let id = if b.network_boot {
+                Some(Self::ensure_machine_in(&mut tx, &b.mac, "network boot (DHCP)", deadline).await?.0)
+            } else {
+                let row = sqlx::query("SELECT machine_id FROM machine_macs WHERE mac = $1")
+                    .bind(&b.mac)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                row.map(|r| r.try_get::<String, _>("machine_id")).transpose()?
+            };
+            if let Some(id) = id {
+                // Proxy mode answers with boot information only (no address).
+                let kind = if b.ip.is_unspecified() { "dhcp.proxy" } else { "dhcp.ack" };
+                Self::event_in(&mut *tx, Some(&id), now_ms(), kind, b.detail.clone()).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn machine(&self, id: &str) -> Result<Option<Machine>> {
+        let row = sqlx::query("SELECT * FROM machines WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        match row {
+            Some(row) => Ok(Some(self.machine_from_row(&row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn machines(&self) -> Result<Vec<Machine>> {
+        let rows = sqlx::query("SELECT * FROM machines ORDER BY created_at_ms, id").fetch_all(&self.pool).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(self.machine_from_row(row).await?);
+        }
+        Ok(out)
+    }
+
+    /// Machines per state, in one query (a scrape must not load every
+    /// machine with its MACs and inventory).
+    pub async fn count_by_state(&self) -> Result<std::collections::HashMap<MachineState, i64>> {
+        let rows =
+            sqlx::query("SELECT state, COUNT(*) AS n FROM machines GROUP BY state").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let state = MachineState::from_str(&r.try_get::<String, _>("state")?).map_err(StoreError::Corrupt)?;
+                Ok((state, r.try_get::<i64, _>("n")?))
+            })
+            .collect()
+    }
+
+    async fn machine_from_row(&self, row: &AnyRow) -> Result<Machine> {
+        let id: String = row.try_get("id")?;
+        let state_text: String = row.try_get("state")?;
+        let state = MachineState::from_str(&state_text).map_err(StoreError::Corrupt)?;
+        let inventory = row
+            .try_get::<Option<String>, _>("inventory")?
+            .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("inventory of {id}: {e}"))))
+            .transpose()?;
+        let failure = match (
+            row.try_get::<Option<String>, _>("failed_phase")?,
+            row.try_get::<Option<String>, _>("failure_reason")?,
+        ) {
+            (Some(phase), Some(reason)) if state == MachineState::Failed => Some(Failure { phase, reason }),
+            _ => None,
+        };
+        let macs = sqlx::query("SELECT mac FROM machine_macs WHERE machine_id = $1 ORDER BY mac")
+            .bind(&id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>("mac"))
+            .collect::<Result<_, _>>()?;
+        let labels = self.labels_of(&id).await?;
+        let mut machine = Machine {
+            labels,
+            etag: String::new(),
+            version: row.try_get("version")?,
+            updated_at_ms: row.try_get("updated_at_ms")?,
+            state,
+            failure,
+            macs,
+            system_uuid: row.try_get("system_uuid")?,
+            serial: row.try_get("serial")?,
+            rack: row.try_get("rack")?,
+            inventory,
+            state_deadline: row.try_get::<Option<i64>, _>("state_deadline_ms")?.map(rfc3339),
+            created_at: rfc3339(row.try_get("created_at_ms")?),
+            updated_at: rfc3339(row.try_get("updated_at_ms")?),
+            id,
+        };
+        machine.etag = labels::etag_of(&machine);
+        Ok(machine)
+    }
+
+    /// Applies `trigger` through the lifecycle; records the state change (or
+    /// that the trigger did not apply) as an event. Returns the new state.
+    pub async fn fire(&self, id: &str, trigger: Trigger) -> Result<Option<MachineState>> {
+        self.fire_because(id, trigger, trigger.cause(), None).await
+    }
+
+    /// [`Store::fire`] with the reason to record (a failure's cause) and the
+    /// deadline of the state it leads to, if that state waits.
+    pub async fn fire_because(
+        &self,
+        id: &str,
+        trigger: Trigger,
+        reason: &str,
+        deadline_ms: Option<i64>,
+    ) -> Result<Option<MachineState>> {
+        let mut tx = self.writer.begin().await?;
+        let to = Self::fire_in(&mut tx, id, trigger, reason, deadline_ms).await?;
+        tx.commit().await?;
+        Ok(to.map(|(_, to)| to))
+    }
+
+    /// Returns `(from, to)`; `from == to` when the trigger did not apply.
+    async fn fire_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: &str,
+        trigger: Trigger,
+        reason: &str,
+        deadline_ms: Option<i64>,
+    ) -> Result<Option<(MachineState, MachineState)>> {
+        let Some(row) =
+            sqlx::query("SELECT state FROM machines WHERE id = $1").bind(id).fetch_optional(&mut **tx).await?
+        else {
+            return Ok(None);
+        };
+        let from = MachineState::from_str(&row.try_get::<String, _>("state")?).map_err(StoreError::Corrupt)?;
+        let now = now_ms();
+        let Some(Transition { to, failed_phase }) = lifecycle::next(from, trigger) else {
+            Self::event_in(
+                &mut **tx,
+                Some(id),
+                now,
+                "state.unchanged",
+                serde_json::json!({ "state": from, "trigger": trigger.cause() }),
+            )
+            .await?;
+            return Ok(Some((from, from)));
+        };
+        // Guard on the state we read so a concurrent transition is not lost.
+        let updated = sqlx::query(
+            "UPDATE machines SET state = $1, failed_phase = $2, failure_reason = $3, state_deadline_ms = $4, updated_at_ms = $5 \
+             WHERE id = $6 AND state = $7",
+        )
+        .bind(to.as_str())
+        .bind(failed_phase.map(|p| p.as_str().to_string()))
+        .bind(failed_phase.map(|_| reason.to_string()))
+        .bind(deadline_ms)
+        .bind(now)
+        .bind(id)
+        .bind(from.as_str())
+        .execute(&mut **tx)
+        .await?;
+        if updated.rows_affected() == 1 && from != to {
+            Self::event_in(
+                &mut **tx,
+                Some(id),
+                now,
+                "state.changed",
+                serde_json::json!({ "from": from, "to": to, "cause": reason }),
+            )
+            .await?;
+        }
+        Ok(Some((from, to)))
+    }
+
+    pub async fn set_inventory(&self, id: &str, inventory: &Inventory) -> Result<()> {
+        let text = serde_json::to_string(inventory).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.writer.begin().await?;
+        // Hardware that changed since the last discovery boot is an event.
+        let before: Option<String> = sqlx::query("SELECT inventory FROM machines WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get::<Option<String>, _>("inventory"))
+            .transpose()?
+            .flatten();
+        if let Some(old) = before.and_then(|t| serde_json::from_str::<Inventory>(&t).ok()) {
+            let changes = inventory::diff::diff_in_band(&old, inventory);
+            if !changes.is_empty() {
+                Self::event_in(
+                    &mut *tx,
+                    Some(id),
+                    now_ms(),
+                    "inventory.changed",
+                    serde_json::json!({ "source": "in_band", "changes": changes }),
+                )
+                .await?;
+            }
+        }
+        let (uuid, serial) = (inventory.system.uuid.clone(), inventory.system.serial.clone());
+        sqlx::query(
+            "UPDATE machines SET inventory = $1, updated_at_ms = $2, system_uuid = COALESCE($3, system_uuid), \
+             serial = COALESCE($4, serial) WHERE id = $5",
+        )
+        .bind(text)
+        .bind(now_ms())
+        .bind(uuid.clone())
+        .bind(serial.clone())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        // A BMC enrolled with the same system identity but not yet linked
+        // (it reported no MAC we knew) belongs to this machine.
+        let linked = sqlx::query(
+            "UPDATE bmcs SET machine_id = $1 WHERE machine_id IS NULL AND \
+             ((system_uuid IS NOT NULL AND system_uuid = $2) OR (serial IS NOT NULL AND serial = $3))",
+        )
+        .bind(id)
+        .bind(uuid)
+        .bind(serial)
+        .execute(&mut *tx)
+        .await?;
+        if linked.rows_affected() > 0 {
+            Self::event_in(&mut *tx, Some(id), now_ms(), "bmc.linked", serde_json::json!({ "by": "in-band identity" }))
+                .await?;
+        }
+        // Every NIC the agent saw identifies the machine from now on.
+        for nic in &inventory.nics {
+            sqlx::query("INSERT INTO machine_macs (mac, machine_id) VALUES ($1, $2) ON CONFLICT (mac) DO NOTHING")
+                .bind(&nic.mac)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Self::event_in(
+            &mut *tx,
+            Some(id),
+            now_ms(),
+            "inventory.received",
+            serde_json::json!({
+                "cpus": inventory.cpu.count, "memory_bytes": inventory.memory.total_bytes,
+                "disks": inventory.disks.len(), "nics": inventory.nics.len(),
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Machines whose waiting state passed its deadline.
+    pub async fn overdue(&self, now: i64) -> Result<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT id FROM machines WHERE state_deadline_ms IS NOT NULL AND state_deadline_ms < $1")
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|r| r.try_get("id").map_err(StoreError::from)).collect()
+    }
+
+    pub async fn events(&self, machine_id: Option<&str>, after: Option<&str>, limit: i64) -> Result<Vec<Event>> {
+        let after = after.unwrap_or("").to_string();
+        let rows = match machine_id {
+            Some(id) => {
+                sqlx::query("SELECT * FROM events WHERE machine_id = $1 AND id > $2 ORDER BY id LIMIT $3")
+                    .bind(id.to_string())
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2")
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(feed::event_from_row).collect()
+    }
+
+    /// The machine's latest event of `kind`.
+    pub async fn latest_event(&self, machine_id: &str, kind: &str) -> Result<Option<Event>> {
+        let row = sqlx::query("SELECT * FROM events WHERE machine_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1")
+            .bind(machine_id)
+            .bind(kind)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(feed::event_from_row).transpose()
+    }
+
+    /// A fresh agent credential for `machine_id`; any earlier one stops
+    /// working, so a token is good for the boot it was issued to.
+    pub async fn issue_agent_token(&self, machine_id: &str, ttl_ms: i64) -> Result<String> {
+        let token = crate::random_token();
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM agent_tokens WHERE machine_id = $1").bind(machine_id).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO agent_tokens (token_sha256, machine_id, expires_at_ms) VALUES ($1, $2, $3)")
+            .bind(sha256_hex(&token))
+            .bind(machine_id)
+            .bind(now_ms() + ttl_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(token)
+    }
+
+    pub async fn machine_for_agent_token(&self, token: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT machine_id FROM agent_tokens WHERE token_sha256 = $1 AND expires_at_ms > $2")
+            .bind(sha256_hex(token))
+            .bind(now_ms())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("machine_id")).transpose()?)
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+pub fn mac_text(mac: &[u8; 6]) -> String {
+    pxe::boot::dashed_mac(mac).replace('-', ":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    test_db::on_both_databases!(
+        machine_lifecycle_is_recorded,
+        dhcp_bindings_create_network_booting_machines_once,
+        discovery_deadline_fails_the_machine,
+        agent_tokens_are_good_for_one_boot,
+    );
+
+    async fn machine_lifecycle_is_recorded(store: Store) {
+        let (id, created) = store.ensure_machine("52:54:00:00:00:01", "dhcp", 60_000).await.unwrap();
+        assert!(created);
+        assert_eq!(store.ensure_machine("52:54:00:00:00:01", "dhcp", 60_000).await.unwrap(), (id.clone(), false));
+        assert_eq!(store.fire(&id, Trigger::InventoryReceived).await.unwrap(), Some(MachineState::Ready));
+        let m = store.machine(&id).await.unwrap().unwrap();
+        assert_eq!(
+            (m.state, m.macs.clone(), m.state_deadline.clone()),
+            (MachineState::Ready, vec!["52:54:00:00:00:01".to_string()], None)
+        );
+        assert_eq!(store.count_by_state().await.unwrap().get(&MachineState::Ready), Some(&1));
+        let kinds: Vec<String> =
+            store.events(Some(&id), None, 100).await.unwrap().into_iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["machine.created", "state.changed"]);
+    }
+
+    async fn dhcp_bindings_create_network_booting_machines_once(store: Store) {
+        let binding = |mac: &str, network_boot| DhcpBinding {
+            mac: mac.to_string(),
+            ip: Ipv4Addr::new(10, 0, 0, 9),
+            network_boot,
+            detail: serde_json::json!({}),
+        };
+        let pxe = binding("52:54:00:00:00:0a", true);
+        let laptop = binding("52:54:00:00:00:0b", false);
+        store.record_dhcp_bindings(&[pxe.clone(), laptop.clone(), pxe.clone()], 60_000).await.unwrap();
+        let machines = store.machines().await.unwrap();
+        assert_eq!(machines.len(), 1, "one machine for the PXE client, none for the laptop");
+        let kinds: Vec<String> =
+            store.events(Some(&machines[0].id), None, 10).await.unwrap().into_iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["machine.created", "dhcp.ack", "dhcp.ack"]);
+    }
+
+    async fn discovery_deadline_fails_the_machine(store: Store) {
+        let (id, _) = store.ensure_machine("52:54:00:00:00:02", "dhcp", 0).await.unwrap();
+        assert_eq!(store.overdue(now_ms() + 1).await.unwrap(), vec![id.clone()]);
+        store.fire(&id, Trigger::DeadlinePassed).await.unwrap();
+        let m = store.machine(&id).await.unwrap().unwrap();
+        assert_eq!(m.state, MachineState::Failed);
+        assert_eq!(m.failure.unwrap().phase, "discovering");
+        assert!(store.overdue(now_ms() + 1).await.unwrap().is_empty());
+    }
+
+    async fn agent_tokens_are_good_for_one_boot(store: Store) {
+        let (id, _) = store.ensure_machine("52:54:00:00:00:03", "dhcp", 60_000).await.unwrap();
+        let first = store.issue_agent_token(&id, 60_000).await.unwrap();
+        assert_eq!(store.machine_for_agent_token(&first).await.unwrap(), Some(id.clone()));
+        let second = store.issue_agent_token(&id, 60_000).await.unwrap();
+        assert_eq!(store.machine_for_agent_token(&first).await.unwrap(), None, "the next boot's token replaces it");
+        assert_eq!(store.machine_for_agent_token(&second).await.unwrap(), Some(id));
+    }
+}
