@@ -21,9 +21,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::{self, Authn};
-use crate::store::now_ms;
-use crate::store::tokens::AuditEntry;
 use crate::AppState;
+use store::now_ms;
+use store::tokens::AuditEntry;
 
 fn mutating(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)

@@ -16,20 +16,12 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::store::now_ms;
 use crate::AppState;
-
-/// 256 random bits, hex encoded.
-pub fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
+pub use model::Role;
+use store::now_ms;
 
 pub fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -37,42 +29,6 @@ pub fn digest(token: &str) -> [u8; 32] {
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
-}
-
-/// What an operator token may do. Ordered: each role includes the ones
-/// before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Every GET except tokens and the audit log.
-    Viewer,
-    /// Everything a viewer may, and every mutation except token management:
-    /// deploy, release, power, images, BMC and UPS enrolment.
-    Operator,
-    /// Everything, including tokens and the audit log.
-    Admin,
-}
-
-impl Role {
-    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.as_str() == text)
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// The id and name of the appliance's own admin token in the audit log.
@@ -196,20 +152,5 @@ impl FromRequestParts<AppState> for NodeMachine {
             Some(id) => Ok(NodeMachine(id)),
             None => Err(ApiError::Unauthorized("the node token is not valid (the machine was redeployed or released)")),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Role;
-
-    #[test]
-    fn roles_are_ordered_and_round_trip() {
-        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
-        for role in Role::ALL {
-            assert_eq!(Role::parse(role.as_str()), Some(role));
-            assert_eq!(serde_json::to_value(role).unwrap(), role.as_str());
-        }
-        assert_eq!(Role::parse("root"), None);
     }
 }

@@ -80,7 +80,7 @@ pub struct UpsEntry {
     pub tls_verify: bool,
     pub ca_pem: Option<String>,
     #[serde(default)]
-    pub feeds: crate::store::UpsFeeds,
+    pub feeds: store::UpsFeeds,
 }
 
 fn yes() -> bool {

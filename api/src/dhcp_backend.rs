@@ -10,7 +10,7 @@ use pxe::dhcp::server::DhcpBackend;
 use pxe::dhcp::{LeaseJournal, LeaseOp, LeaseTable};
 use tokio::sync::mpsc;
 
-use crate::store::{mac_text, DhcpBinding, Store};
+use store::{mac_text, DhcpBinding, Store};
 
 /// Bindings waiting to be recorded. A storm beyond this drops bookkeeping
 /// (counted), never a reply: the boot script request creates the machine

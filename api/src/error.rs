@@ -6,7 +6,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::store::StoreError;
+use store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -14,7 +14,7 @@ pub enum ApiError {
     Unauthorized(&'static str),
     /// A valid token whose role is too small (HTTP 403): says which is needed.
     #[error("this request needs the {needed} role; the token's role is {role}")]
-    Forbidden { needed: crate::auth::Role, role: crate::auth::Role },
+    Forbidden { needed: model::Role, role: model::Role },
     #[error("{what} not found")]
     NotFound { what: String },
     #[error("invalid {field}: {detail}")]

@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Authn;
 use crate::error::{problem, ApiError};
-use crate::store::idempotency::{Claim, KeyScope};
 use crate::AppState;
+use store::idempotency::{Claim, KeyScope};
 
 /// The route templates (POST) that honour `Idempotency-Key`.
 pub const ROUTES: &[&str] = &[

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::Cluster;
+use store::Cluster;
 use wire::NodeInstruction;
 
 /// How often a node agent that has nothing to do reports.

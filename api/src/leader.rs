@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::store::{now_ms, Store};
+use store::{now_ms, Store};
 
 /// How long a lease is valid after it was taken or renewed.
 pub const LEASE: Duration = Duration::from_secs(10);
@@ -169,7 +169,7 @@ pub fn holder_name(api: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_db::on_both_databases;
+    use store::test_db::on_both_databases;
 
     on_both_databases!(one_of_two_appliances_leads);
 

@@ -16,13 +16,11 @@ pub mod extract;
 pub mod idempotency;
 pub mod join;
 pub mod leader;
-pub mod lifecycle;
 pub mod metrics_catalog;
 pub mod oob;
 mod routes;
 pub mod secrets;
 pub mod serve;
-pub mod store;
 pub mod tls;
 
 use std::path::PathBuf;

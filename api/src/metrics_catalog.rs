@@ -18,8 +18,8 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use metrics::Unit;
 
-use crate::lifecycle::ALL_STATES;
-use crate::store::{DeployPhase, Store, StoreError};
+use model::lifecycle::ALL_STATES;
+use store::{Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -209,39 +209,11 @@ fn set_by_state(name: &'static str, known: &[&'static str], mut counts: std::col
     }
 }
 
-fn now_ms() -> i64 {
-    crate::store::now_ms()
-}
-
-fn observe_phase(phase: &'static str, began_ms: i64) {
-    let secs = (now_ms() - began_ms).max(0) as f64 / 1000.0;
-    metrics::histogram!("slipway_deploy_phase_duration_seconds", "phase" => phase).record(secs);
-}
-
-/// A deployment moved from phase `before` to `after`; `began_ms` is when
-/// `before` began. Only forward moves finish a phase: a failure does not,
-/// nor does an agent that restarts writing after a reboot.
-pub fn deploy_phase_ended(before: &str, after: DeployPhase, began_ms: Option<i64>) {
-    let rank =
-        |phase: &str| ["requested", "writing", "verifying", "configuring", "written"].iter().position(|p| *p == phase);
-    let (Some(from), Some(to), Some(began_ms)) = (rank(before), rank(after.as_str()), began_ms) else {
-        return;
-    };
-    if to <= from {
-        return;
-    }
-    // `requested`, `writing`, `verifying`, `configuring` name the phase
-    // being left.
-    if let Some(phase) = ["start", "write", "verify", "firstboot"].get(from) {
-        observe_phase(phase, began_ms);
-    }
-}
-
 /// The deployed OS's node agent reported for the first time: the reboot
 /// from the written image is over.
 pub async fn node_agent_started(store: &Store, machine_id: &str) {
     match store.deploy_written_at_ms(machine_id).await {
-        Ok(Some(written)) => observe_phase("reboot", written),
+        Ok(Some(written)) => store::observe_deploy_phase("reboot", written),
         Ok(None) => {}
         Err(err) => {
             tracing::debug!(machine = machine_id, error = %err, "reading the deploy's written time for metrics")
@@ -252,7 +224,7 @@ pub async fn node_agent_started(store: &Store, machine_id: &str) {
 /// The machine became `joined`: the join phase, from its node agent's first report.
 pub async fn cluster_joined(store: &Store, machine_id: &str) {
     match store.node_first_seen_ms(machine_id).await {
-        Ok(Some(first)) => observe_phase("join", first),
+        Ok(Some(first)) => store::observe_deploy_phase("join", first),
         Ok(None) => {}
         Err(err) => tracing::debug!(machine = machine_id, error = %err, "reading the node's first report for metrics"),
     }
@@ -262,7 +234,7 @@ pub async fn cluster_joined(store: &Store, machine_id: &str) {
 /// timed out counts as a finished deploy.
 pub async fn deadline_passed(store: &Store, machine_id: &str) {
     if let Ok(Some(m)) = store.machine(machine_id).await {
-        if m.state == crate::lifecycle::MachineState::Deploying {
+        if m.state == model::lifecycle::MachineState::Deploying {
             metrics::counter!("slipway_deployments_total", "outcome" => "timed_out").increment(1);
         }
     }

@@ -13,14 +13,14 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::dhcp_backend::StoreBackend;
 use crate::leader::{self, Leader};
-use crate::lifecycle::Trigger;
-use crate::store::{now_ms, Store};
 use crate::{auth, boot_router, operator_router, AppState, BootContext};
+use model::lifecycle::Trigger;
 use pxe::boot::BootConfig;
 use pxe::dhcp::server::{bind_socket, DhcpServer, Ports};
 use pxe::dhcp::{DhcpConfig, LeaseJournal};
 use pxe::tftp::server::TftpServer;
 use pxe::tftp::SessionOptions;
+use store::{now_ms, Store};
 
 /// Seeds the first admin token (automation); see [`admin_token_in`].
 pub const BOOTSTRAP_TOKEN_ENV: &str = "SLIPWAY_BOOTSTRAP_TOKEN";
@@ -56,7 +56,7 @@ pub(crate) fn admin_token_in(config_token: &str, data_dir: &Path, bootstrap: Opt
             bail!("{BOOTSTRAP_TOKEN_ENV} must be at least 32 characters without spaces")
         }
         Some(token) => token.to_string(),
-        None => auth::random_token(),
+        None => store::random_token(),
     };
     crate::secrets::write_private(&path, &token)?;
     if bootstrap.is_some() {

@@ -12,13 +12,13 @@ use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use api::store::Store;
 use inventory::oob::{BootTarget, Credentials};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use simulators::bmc::backend::{DiskFact, MachineState, NicFact};
 use simulators::bmc::{MemoryBackend, SimState, Smbios, SystemFacts};
 use sqlx::{ConnectOptions, Connection};
+use store::Store;
 
 const TOKEN: &str = "two-appliances-admin-token-0123456789abcdef";
 const SECRET_KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
@@ -258,7 +258,7 @@ fn ready_machine(rt: &tokio::runtime::Runtime, store: &Store, mac: &str) -> Stri
         }))
         .unwrap();
         store.set_inventory(&id, &inventory).await.unwrap();
-        store.fire(&id, api::lifecycle::Trigger::InventoryReceived).await.unwrap();
+        store.fire(&id, model::lifecycle::Trigger::InventoryReceived).await.unwrap();
         id
     })
 }

@@ -16,6 +16,9 @@ pub mod oob;
 
 pub use model::{Cpu, Disk, Inventory, Memory, Nic, Source, SystemInfo};
 
+/// What changed between two inventories (an event the store raises).
+#[cfg(feature = "oob")]
+pub mod diff;
 #[cfg(feature = "oob")]
 pub mod ipmi;
 #[cfg(feature = "oob")]

@@ -24,14 +24,14 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::hook;
-use super::model::{DrainCommands, FirmwareAction, NodeProgress, NodeState};
-use super::refresh_plan::{ClusterOp, OpKind};
 use super::runner::RunnerSettings;
 use super::swarm::{Membership, NodeHand};
-use crate::lifecycle::MachineState;
 use crate::oob::OobFailure;
-use crate::store::StoreError;
 use crate::AppState;
+use model::campaign::{DrainCommands, FirmwareAction, NodeProgress, NodeState};
+use model::lifecycle::MachineState;
+use model::refresh_plan::{ClusterOp, OpKind};
+use store::StoreError;
 
 /// Why a node's update failed: the node's `reason`.
 #[derive(Debug, thiserror::Error)]
@@ -211,7 +211,7 @@ async fn apply(
     if let Some(commands) = drain {
         hand.drain_by_command(commands).await?.map_err(|why| NodeFailure::Drain(format!("not drained: {why}")))?;
     }
-    let reset_at_ms = crate::store::now_ms();
+    let reset_at_ms = store::now_ms();
     let was_off = if action.needs_host_reset() {
         let power = app.oob.power_state(&node.bmc_id).await?;
         let cause = format!("campaign {campaign_id}: {} {} starts at reset", action.component, action.version);

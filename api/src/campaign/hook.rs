@@ -9,38 +9,15 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
-use wire::{HookResult, NodeInstruction};
 
-use super::model::DrainCommands;
 use super::swarm::NodeHand;
 use crate::join::{JoinSpec, HEARTBEAT_SECONDS};
-use crate::store::{now_ms, StoreError};
+use model::campaign::DrainCommands;
+use model::hook::NodeHook;
+use store::{now_ms, StoreError};
 
 type Step<T> = Result<T, StoreError>;
-
-/// A command a refresh node waits for its agent to run, as stored in the
-/// node's `task` (JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeHook {
-    pub hook_id: String,
-    pub run: String,
-    pub timeout_seconds: u32,
-}
-
-impl NodeHook {
-    /// What the agent is told, unless its last report already has this
-    /// hook's result.
-    pub fn instruction_unless_done(&self, last: Option<&HookResult>) -> Option<NodeInstruction> {
-        (last.map(|r| r.id.as_str()) != Some(self.hook_id.as_str())).then(|| NodeInstruction::RunHook {
-            id: self.hook_id.clone(),
-            run: self.run.clone(),
-            timeout_seconds: self.timeout_seconds,
-        })
-    }
-}
 
 /// Whether a deployment's join spec puts the node in a cluster Slipway
 /// did not form: the one case the drain commands are for.
@@ -109,20 +86,6 @@ impl NodeHand<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_hook_is_handed_out_until_its_result_is_reported() {
-        let hook = NodeHook { hook_id: "c:m:drain:1".into(), run: "kubectl drain n1".into(), timeout_seconds: 60 };
-        let result = |id: &str| HookResult { id: id.into(), exit_code: 1, output: String::new() };
-        let want =
-            NodeInstruction::RunHook { id: "c:m:drain:1".into(), run: "kubectl drain n1".into(), timeout_seconds: 60 };
-        assert_eq!(hook.instruction_unless_done(None), Some(want.clone()));
-        assert_eq!(hook.instruction_unless_done(Some(&result("c:m:drain:0"))), Some(want), "an older result");
-        assert_eq!(hook.instruction_unless_done(Some(&result("c:m:drain:1"))), None, "ran, even if it failed");
-        // Never mistaken for the other things a node's task holds.
-        assert!(serde_json::from_str::<NodeHook>(r#"{"cluster":"rack7","op":"drain","node":"a"}"#).is_err());
-        assert!(serde_json::from_str::<NodeHook>(r#""/redfish/v1/TaskService/Tasks/7""#).is_err());
-    }
 
     #[test]
     fn drain_commands_are_for_clusters_slipway_did_not_form() {

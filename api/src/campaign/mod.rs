@@ -16,8 +16,6 @@
 pub mod engine;
 pub mod firmware;
 pub mod hook;
-pub mod model;
 pub mod os_refresh;
-pub mod refresh_plan;
 pub mod runner;
 pub mod swarm;

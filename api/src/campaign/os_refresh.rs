@@ -37,14 +37,14 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use super::hook;
-use super::model::{DrainCommands, NodeProgress};
-use super::refresh_plan::{self, ClusterOp, DeployView, OpKind, Progress};
 use super::runner::RunnerSettings;
 use super::swarm::NodeHand;
 use crate::join::JoinSpec;
-use crate::lifecycle::{MachineState, Trigger};
-use crate::store::{now_ms, DeployPhase, Deployment, ImageState, StoreError};
 use crate::AppState;
+use model::campaign::{DrainCommands, NodeProgress};
+use model::lifecycle::{MachineState, Trigger};
+use model::refresh_plan::{self, ClusterOp, DeployView, OpKind, Progress};
+use store::{now_ms, DeployPhase, Deployment, ImageState, StoreError};
 
 /// How a node ended, or a store failure (the node stays in progress and
 /// the runner resumes it).

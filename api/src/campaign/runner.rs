@@ -19,9 +19,9 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{info, warn};
 
 use super::engine::{self, Facts, UpsFact};
-use super::model::{Action, Campaign, CampaignState, NodeProgress};
-use crate::store::{now_ms, StoreError};
 use crate::AppState;
+use model::campaign::{Action, Campaign, CampaignState, NodeProgress};
+use store::{now_ms, StoreError};
 
 /// Timings; the defaults suit real BMCs, tests shorten them.
 #[derive(Debug, Clone)]

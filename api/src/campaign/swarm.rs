@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::refresh_plan::{self, ClusterOp, OpKind};
 use super::runner::RunnerSettings;
 use crate::join::JoinSpec;
-use crate::lifecycle::MachineState;
-use crate::store::StoreError;
 use crate::AppState;
+use model::lifecycle::MachineState;
+use model::refresh_plan::{self, ClusterOp, OpKind};
+use store::StoreError;
 
 type Step<T> = Result<T, StoreError>;
 

@@ -7,7 +7,6 @@
 //! Every result lands in the store, which raises the events.
 
 pub mod client;
-pub mod diff;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,10 +18,10 @@ use tracing::{info, warn};
 
 use crate::config::OobConfig;
 use crate::secrets::SecretBox;
-use crate::store::{now_ms, Bmc, Store, StoreError, Ups};
 use client::{BmcClient, Op, OpOutput};
 use inventory::oob::{BmcInventory, BootTarget, Credentials, OobError, PowerAction, PowerState};
 use inventory::redfish::TaskInfo;
+use store::{now_ms, Bmc, Store, StoreError, Ups};
 
 /// Timings, from the config.
 #[derive(Debug, Clone)]
@@ -224,7 +223,7 @@ impl Oob {
         if let Some(old) = &bmc.inventory {
             keep_unread_sections(&mut inv, old);
         }
-        self.store.record_bmc_ok(bmc_id, inv.system.power_state, Some(&inv), diff::diff).await?;
+        self.store.record_bmc_ok(bmc_id, inv.system.power_state, Some(&inv), inventory::diff::diff).await?;
         let (machine, by) = self.store.link_bmc(bmc_id, &inv, now_ms() + self.discovery_timeout_ms).await?;
         info!(bmc = bmc_id, machine, by = ?by, "BMC inventory read");
         Ok((*inv, machine))
@@ -233,7 +232,7 @@ impl Oob {
     pub async fn power_state(&self, bmc_id: &str) -> Result<PowerState, OobFailure> {
         let bmc = self.bmc(bmc_id).await?;
         let OpOutput::Power(p) = self.run(&bmc, Op::PowerState).await? else { unreachable!("power state op") };
-        self.store.record_bmc_ok(bmc_id, Some(p), None, diff::diff).await?;
+        self.store.record_bmc_ok(bmc_id, Some(p), None, inventory::diff::diff).await?;
         Ok(p)
     }
 

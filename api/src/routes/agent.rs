@@ -9,9 +9,9 @@ use axum::{Json, Router};
 
 use crate::auth::AgentMachine;
 use crate::error::{parse_json, ApiError};
-use crate::lifecycle::{MachineState, Trigger};
-use crate::store::DeployPhase;
 use crate::AppState;
+use model::lifecycle::{MachineState, Trigger};
+use store::DeployPhase;
 use wire::{DeployReport, DeploySpec, Hello, Instruction, Inventory, WipeReport};
 
 /// How often a waiting discovery agent asks for instructions.
@@ -157,7 +157,7 @@ async fn wiped(
 ) -> Result<Json<Instruction>, ApiError> {
     let report: WipeReport = parse_json(&body)?;
     if !state.store.machine(&id).await?.is_some_and(|m| m.state == MachineState::Releasing) {
-        return Err(crate::store::StoreError::Conflict(format!("machine {id} is not releasing")).into());
+        return Err(store::StoreError::Conflict(format!("machine {id} is not releasing")).into());
     }
     state.store.finish_release(&id, &report.disks, report.error.as_deref()).await?;
     tracing::info!(machine = id, mode = report.mode, disks = ?report.disks, error = report.error, "wipe report");
@@ -190,7 +190,7 @@ async fn deploy_report(
     };
     let machine_state = state.store.machine(&id).await?.map(|m| m.state);
     if !matches!(machine_state, Some(MachineState::Deploying | MachineState::Refreshing)) {
-        return Err(crate::store::StoreError::Conflict(format!("machine {id} is not deploying")).into());
+        return Err(store::StoreError::Conflict(format!("machine {id} is not deploying")).into());
     }
     let bytes = i64::try_from(report.bytes_written).unwrap_or(i64::MAX);
     state
@@ -216,7 +216,7 @@ async fn deploy_report(
             // With a join spec, `deployed` waits for the node agent to
             // report membership, with a deadline.
             let joins = state.store.deployment(&id).await?.is_some_and(|d| !d.spec["cluster"].is_null());
-            let deadline = joins.then(|| crate::store::now_ms() + state.join_timeout_ms);
+            let deadline = joins.then(|| store::now_ms() + state.join_timeout_ms);
             state.store.fire_because(&id, Trigger::ImageWritten, Trigger::ImageWritten.cause(), deadline).await?;
             metrics::counter!("slipway_deployments_total", "outcome" => "written").increment(1);
             Ok(Json(Instruction::Reboot))

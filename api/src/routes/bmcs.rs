@@ -14,11 +14,11 @@ use super::Routes;
 use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::lifecycle::MachineState;
 use crate::oob::client::BmcClient;
-use crate::store::{Bmc, NewBmc};
 use crate::AppState;
 use inventory::oob::{BootTarget, Credentials, PowerAction, TlsTrust};
+use model::lifecycle::MachineState;
+use store::{Bmc, NewBmc};
 
 pub(super) fn router() -> Routes {
     Routes::new()
@@ -346,7 +346,7 @@ async fn power(
     }
     let machine = find(&state, &id).await?;
     let Some(bmc) = state.store.bmc_for_machine(&machine.id).await? else {
-        return Err(crate::store::StoreError::Conflict(format!("machine {} has no BMC enrolled", machine.id)).into());
+        return Err(store::StoreError::Conflict(format!("machine {} has no BMC enrolled", machine.id)).into());
     };
     state.oob.power(&bmc.id, req.action, req.boot.map(|t| (t, req.uefi)), "operator request").await?;
     let bmc = one(&state, &bmc.id).await?;

@@ -13,8 +13,8 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::error::ApiError;
-use crate::lifecycle::{self, BootKind};
 use crate::AppState;
+use model::lifecycle::{self, BootKind};
 use pxe::boot::{parse_dashed_mac, render_script, ScriptTarget};
 
 /// Agent tokens outlive any sane boot, but not by days.
@@ -34,7 +34,7 @@ async fn script(State(state): State<AppState>, Path(name): Path<String>) -> Resu
     let not_found = || ApiError::NotFound { what: format!("boot script {name}") };
     let mac = name.strip_suffix(".ipxe").and_then(parse_dashed_mac).ok_or_else(not_found)?;
     let boot = state.boot.as_ref().ok_or_else(not_found)?;
-    let mac_text = crate::store::mac_text(&mac);
+    let mac_text = store::mac_text(&mac);
     let (id, _) = state.store.ensure_machine(&mac_text, "boot script requested", state.discovery_timeout_ms).await?;
     let machine = state.store.machine(&id).await?;
     let kind = lifecycle::boot_kind(machine.as_ref().map(|m| m.state));

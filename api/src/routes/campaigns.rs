@@ -18,14 +18,14 @@ use super::firmware::valid_name;
 use super::machines::find;
 use super::Routes;
 use crate::auth::{Operator, Viewer};
-use crate::campaign::model::{
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::AppState;
+use model::campaign::{
     order_nodes, Action, Campaign, CampaignState, DrainCommands, FirmwareAction, Gates, NodeProgress, NodeState,
     Rollout, Schedule, Targets, MAX_DRAIN_COMMAND, MAX_DRAIN_SECONDS,
 };
-use crate::error::ApiError;
-use crate::extract::JsonBody;
-use crate::store::{now_ms, rfc3339, ImageState, StoreError, UpsFeeds};
-use crate::AppState;
+use store::{now_ms, rfc3339, ImageState, StoreError, UpsFeeds};
 
 pub(super) fn router() -> Routes {
     Routes::new()

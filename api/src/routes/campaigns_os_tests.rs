@@ -686,7 +686,7 @@ async fn a_restart_mid_rollback_finishes_the_rollback() {
 /// deploy deadline (ten minutes here) for an installer that never runs.
 #[tokio::test]
 async fn a_restart_before_the_bmc_reboot_reboots_again() {
-    use crate::campaign::model::CampaignState;
+    use model::campaign::CampaignState;
     let mut fleet = joined_fleet().await;
     let target = fleet.sims[1].id.clone();
     let id = fleet.create_for(&[&target], "img-2").await;
@@ -710,7 +710,7 @@ async fn a_restart_before_the_bmc_reboot_reboots_again() {
     let image = store.image("img-2").await.unwrap().unwrap();
     let mut spec = store.deployment(&target).await.unwrap().unwrap().spec;
     spec["image"] = json!("img-2");
-    let deadline = crate::store::now_ms() + 600_000;
+    let deadline = store::now_ms() + 600_000;
     store.start_refresh(&target, &image, &spec, deadline, "campaign: OS refresh to img-2").await.unwrap();
     let boots = fleet.sims[1].backend.boots().len();
 

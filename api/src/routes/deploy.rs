@@ -19,8 +19,8 @@ use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::join::JoinSpec;
-use crate::store::{now_ms, Deployment, ImageState};
 use crate::AppState;
+use store::{now_ms, Deployment, ImageState};
 
 pub(super) fn router() -> Routes {
     Routes::new()
@@ -57,7 +57,7 @@ pub(super) struct ReleaseRequest {
     ),
     request_body(content = Option<ReleaseRequest>, description = "Optional"),
     responses(
-        (status = 202, description = "The machine, releasing", body = crate::store::Machine),
+        (status = 202, description = "The machine, releasing", body = store::Machine),
         super::openapi::NeedsRole, super::openapi::TakesJson,
         (status = 404, response = super::openapi::NotFound),
         (status = 409, response = super::openapi::Conflict),
@@ -69,7 +69,7 @@ async fn release(
     State(state): State<AppState>,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<Option<ReleaseRequest>>,
-) -> Result<(StatusCode, Json<crate::store::Machine>), ApiError> {
+) -> Result<(StatusCode, Json<store::Machine>), ApiError> {
     let req = req.unwrap_or_default();
     let mode = req.wipe.unwrap_or_else(|| state.release_wipe.clone());
     if mode != "quick" && mode != "full" {

@@ -30,8 +30,8 @@ use super::Routes;
 use crate::auth::Viewer;
 use crate::error::ApiError;
 use crate::extract::Query;
-use crate::store::{Event, Store};
 use crate::AppState;
+use store::{Event, Store};
 
 /// How often an idle stream sends a comment, so proxies keep it open.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use tower::ServiceExt;
 
 use crate::routes::test_support::{app, get, TestApp};
-use crate::store::Event;
+use store::Event;
 
 /// Opens the stream; returns its body as a stream of text chunks.
 async fn open(t: &TestApp, query: &str, last_id: Option<&str>) -> axum::body::BodyDataStream {
@@ -68,12 +68,12 @@ async fn the_stream_sends_live_events_and_resumes_by_id() {
 async fn a_slow_client_is_told_it_lagged() {
     let t = app().await;
     let mut slow = open(&t, "", None).await;
-    for i in 0..crate::store::feed::CAPACITY + 10 {
-        let at_ms = crate::store::now_ms();
+    for i in 0..store::feed::CAPACITY + 10 {
+        let at_ms = store::now_ms();
         t.state.store.feed.publish(Event {
             id: format!("{i:08}"),
             machine_id: None,
-            at: crate::store::rfc3339(at_ms),
+            at: store::rfc3339(at_ms),
             at_ms,
             kind: "test.flood".into(),
             detail: serde_json::json!({}),

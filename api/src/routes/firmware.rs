@@ -24,8 +24,8 @@ use utoipa::ToSchema;
 use super::Routes;
 use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
-use crate::store::{now_ms, rfc3339, StoreError};
 use crate::AppState;
+use store::{now_ms, rfc3339, StoreError};
 
 /// Larger uploads are refused (413).
 pub const MAX_FIRMWARE_BYTES: u64 = 256 << 20;

@@ -24,8 +24,8 @@ use super::Routes;
 use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::store::{Image, ImageMeta, ImageState};
 use crate::AppState;
+use store::{Image, ImageMeta, ImageState};
 
 pub(super) fn router() -> Routes {
     Routes::new()
@@ -226,11 +226,9 @@ async fn upload(
 ) -> Result<Response, ApiError> {
     let image = find(&state, &name).await?;
     if image.state != ImageState::Importing {
-        return Err(crate::store::StoreError::Conflict(format!(
-            "image {name:?} is {:?}; register a new one",
-            image.state
-        ))
-        .into());
+        return Err(
+            store::StoreError::Conflict(format!("image {name:?} is {:?}; register a new one", image.state)).into()
+        );
     }
     let format = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         Some("application/zstd") => SourceFormat::RawZstd,

@@ -18,10 +18,10 @@ use super::Routes;
 use crate::auth::{Operator, Viewer};
 use crate::error::{problem, ApiError};
 use crate::extract::{JsonBody, Query};
-use crate::lifecycle::MachineState;
-use crate::store::labels::{PatchOutcome, MAX_LABELS};
-use crate::store::{Machine, MachineFilter, MachinePatch};
 use crate::AppState;
+use model::lifecycle::MachineState;
+use store::labels::{PatchOutcome, MAX_LABELS};
+use store::{Machine, MachineFilter, MachinePatch};
 
 pub(super) fn router() -> Routes {
     Routes::new()
@@ -307,7 +307,7 @@ async fn action(
     Path((id, name)): Path<(String, String)>,
     JsonBody(req): JsonBody<Option<ActionBody>>,
 ) -> Result<Response, ApiError> {
-    use crate::store::actions::{Action, ActionTimeouts};
+    use store::actions::{Action, ActionTimeouts};
     let req = req.unwrap_or_default();
     let action = match name.as_str() {
         "retry" => Action::Retry,

@@ -180,7 +180,7 @@ async fn retrying_a_failed_discovery_starts_it_over() {
     assert!(script.contains("slipway.token="));
     let (_, m) = get(&t.operator, "/api/v1/machines/52:54:00:00:13:01", Some(&t.admin)).await;
     let id = m["id"].as_str().unwrap().to_string();
-    t.state.store.fire(&id, crate::lifecycle::Trigger::DeadlinePassed).await.unwrap();
+    t.state.store.fire(&id, model::lifecycle::Trigger::DeadlinePassed).await.unwrap();
     let path = format!("/api/v1/machines/{id}/actions/retry");
     let (status, _, m) = send(&t.operator, "POST", &path, &t.admin, &[], None).await;
     assert_eq!((status, m["state"].as_str()), (StatusCode::OK, Some("discovering")), "{m}");

@@ -20,9 +20,9 @@ use super::Routes;
 use crate::auth::{NodeMachine, Viewer};
 use crate::error::{parse_json, ApiError};
 use crate::join::{self, JoinSpec, HEARTBEAT_SECONDS};
-use crate::lifecycle::{MachineState, Trigger};
-use crate::store::{Cluster, NodeReport};
 use crate::AppState;
+use model::lifecycle::{MachineState, Trigger};
+use store::{Cluster, NodeReport};
 use wire::{NodeInstruction, NodeStatus, SwarmCreated};
 
 /// How often a manager reports while a refresh waits for a Swarm change.
@@ -57,7 +57,7 @@ async fn status(
     let report: NodeStatus = parse_json(&body)?;
     let machine_state = state.store.machine(&id).await?.map(|m| m.state);
     if !matches!(machine_state, Some(MachineState::Deployed | MachineState::Joined)) {
-        return Err(crate::store::StoreError::Conflict(format!("machine {id} is not deployed")).into());
+        return Err(store::StoreError::Conflict(format!("machine {id} is not deployed")).into());
     }
     if state.store.record_node_status(&id, &report).await? {
         tracing::info!(
@@ -103,7 +103,7 @@ async fn status(
         let mut poll_seconds = HEARTBEAT_SECONDS;
         if let (Some(name), true) = (cluster_name, membership.manager) {
             let ops = state.store.cluster_ops(name).await?;
-            if let Some(op) = crate::campaign::refresh_plan::next_cluster_op(&ops, &membership.members) {
+            if let Some(op) = model::refresh_plan::next_cluster_op(&ops, &membership.members) {
                 tracing::info!(machine = id, cluster = name, ?op, "asking a Swarm manager to change a node");
                 return Ok(Json(op));
             }
@@ -126,7 +126,7 @@ async fn status(
             // Join through a manager that is up: the one that created the
             // Swarm may be away (an OS refresh), or be this very node.
             if cluster.endpoint.is_some() {
-                let since = crate::store::now_ms() - 3 * i64::from(HEARTBEAT_SECONDS) * 1000;
+                let since = store::now_ms() - 3 * i64::from(HEARTBEAT_SECONDS) * 1000;
                 if let Some(live) = state.store.live_manager_endpoint(name, &id, since).await? {
                     cluster.endpoint = Some(live);
                 }
@@ -147,7 +147,7 @@ async fn swarm_created(
     let created: SwarmCreated = parse_json(&body)?;
     let spec = join_spec(&state, &id).await?;
     let Some(name) = spec.as_ref().and_then(JoinSpec::managed_cluster) else {
-        return Err(crate::store::StoreError::Conflict(format!("machine {id} forms no cluster")).into());
+        return Err(store::StoreError::Conflict(format!("machine {id} forms no cluster")).into());
     };
     state.store.cluster_created(name, &id, &created.endpoint, &created.worker_token, &created.manager_token).await?;
     tracing::info!(machine = id, cluster = name, endpoint = created.endpoint, "swarm created");

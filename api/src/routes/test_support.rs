@@ -7,8 +7,9 @@ use axum::Router;
 use std::sync::Arc;
 use tower::ServiceExt;
 
-use crate::store::test_db::TestDb;
-use crate::{auth, boot_router, operator_router, store::Store, AppState, BootContext};
+use crate::{auth, boot_router, operator_router, AppState, BootContext};
+use store::test_db::TestDb;
+use store::Store;
 
 pub struct TestApp {
     pub operator: Router,
@@ -33,7 +34,7 @@ pub async fn app() -> TestApp {
     let images_dir = dir.path().join("images");
     std::fs::create_dir(&images_dir).unwrap();
     let db = Arc::new(TestDb::from_env("app").await);
-    serve_from(dir, db, auth::random_token()).await
+    serve_from(dir, db, store::random_token()).await
 }
 
 /// The same appliance after a restart: its database and files, new

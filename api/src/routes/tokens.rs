@@ -19,8 +19,8 @@ use super::Routes;
 use crate::auth::{Admin, Role, ADMIN_TOKEN_ID};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Query};
-use crate::store::{now_ms, StoreError};
 use crate::AppState;
+use store::{now_ms, StoreError};
 
 pub(super) fn router() -> Routes {
     Routes::new()
@@ -53,7 +53,7 @@ fn bad(field: &str, detail: impl Into<String>) -> ApiError {
 #[derive(Serialize, ToSchema)]
 pub(super) struct CreatedToken {
     #[serde(flatten)]
-    pub token: crate::store::tokens::ApiToken,
+    pub token: store::tokens::ApiToken,
     /// The bearer token itself; only its digest is kept.
     pub secret: String,
 }
@@ -61,13 +61,13 @@ pub(super) struct CreatedToken {
 /// Every token, expired ones included; never a secret.
 #[derive(Serialize, ToSchema)]
 pub(super) struct TokenList {
-    pub tokens: Vec<crate::store::tokens::ApiToken>,
+    pub tokens: Vec<store::tokens::ApiToken>,
 }
 
 /// Audit entries, oldest first.
 #[derive(Serialize, ToSchema)]
 pub(super) struct AuditPage {
-    pub entries: Vec<crate::store::tokens::AuditEntry>,
+    pub entries: Vec<store::tokens::AuditEntry>,
 }
 
 /// `POST /api/v1/tokens`: 201 with the token and its `secret`, shown this

@@ -15,10 +15,10 @@ use crate::config::UpsEntry;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::oob::client::redfish_url;
-use crate::store::Ups;
 use crate::AppState;
 use inventory::oob::{Credentials, TlsTrust};
 use inventory::redfish::RedfishClient;
+use store::Ups;
 
 pub(super) fn router() -> Routes {
     Routes::new().route("/api/v1/ups", get(list).post(enrol)).route("/api/v1/ups/{name}", get(show).delete(remove))
