@@ -4,6 +4,7 @@
 
 pub mod campaign;
 pub mod deploy;
+pub mod engine;
 pub mod hook;
 pub mod lifecycle;
 pub mod refresh_plan;

@@ -18,9 +18,9 @@ use serde_json::json;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{info, warn};
 
-use super::engine::{self, Facts, UpsFact};
 use crate::AppState;
 use model::campaign::{Action, Campaign, CampaignState, NodeProgress};
+use model::engine::{self, Facts, UpsFact};
 use store::{now_ms, StoreError};
 
 /// Timings; the defaults suit real BMCs, tests shorten them.

@@ -5,7 +5,7 @@
 use inventory::oob::UpsStatus;
 
 use super::*;
-use model::campaign::{Action, FirmwareAction, Gates, Rollout, Schedule, Window};
+use crate::campaign::{Action, FirmwareAction, Gates, Rollout, Schedule, Window};
 
 /// 2025-06-07T03:00:00Z, a Saturday, inside a 02:00 window of 4 hours.
 const SAT_3AM: i64 = 1_749_265_200_000;

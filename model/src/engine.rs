@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 
 use inventory::oob::UpsStatus;
 
-use model::campaign::{Campaign, CampaignState, NodeProgress, NodeState};
+use crate::campaign::{Campaign, CampaignState, NodeProgress, NodeState};
 
 /// The world as the runner saw it this tick.
 #[derive(Debug, Clone, Default)]
