@@ -6,8 +6,8 @@ pub struct Args {
     pub api: String,
     /// The credential for this boot.
     pub token: String,
-    /// Boot MAC, lower-case with colons.
-    pub mac: String,
+    /// The MAC the machine booted from (`slipway.mac=`, dashed).
+    pub mac: inventory::MacAddr,
 }
 
 pub fn parse(cmdline: &str) -> Result<Args, String> {
@@ -18,7 +18,7 @@ pub fn parse(cmdline: &str) -> Result<Args, String> {
             .map(str::to_string)
             .ok_or_else(|| format!("{key} missing from the kernel command line"))
     };
-    let mac = inventory::inband::normalize_mac(&get("slipway.mac")?).ok_or("slipway.mac is not a MAC")?;
+    let mac = get("slipway.mac")?.parse().map_err(|e| format!("slipway.mac: {e}"))?;
     Ok(Args { api: get("slipway.api")?, token: get("slipway.token")?, mac })
 }
 
@@ -31,7 +31,11 @@ mod tests {
         let line = "initrd=initrd.img console=ttyS0,115200 quiet slipway.api=http://10.77.0.1:8081 slipway.token=abc slipway.mac=52-54-00-ab-cd-01\n";
         assert_eq!(
             parse(line),
-            Ok(Args { api: "http://10.77.0.1:8081".into(), token: "abc".into(), mac: "52:54:00:ab:cd:01".into() })
+            Ok(Args {
+                api: "http://10.77.0.1:8081".into(),
+                token: "abc".into(),
+                mac: "52:54:00:ab:cd:01".parse().unwrap()
+            })
         );
         assert_eq!(parse("quiet"), Err("slipway.mac missing from the kernel command line".into()));
     }

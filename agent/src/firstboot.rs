@@ -21,7 +21,7 @@ pub struct FirstBoot {
     pub network: Option<wire::StaticNetwork>,
     pub user_data: Option<String>,
     /// The NIC the machine booted from; a static address goes on it.
-    pub boot_mac: String,
+    pub boot_mac: inventory::MacAddr,
     /// Install the node agent: this binary, with this configuration.
     pub node: Option<(std::path::PathBuf, crate::node::NodeConfig)>,
 }
@@ -106,7 +106,7 @@ pub fn write_into(root: &Path, config: &FirstBoot) -> Result<(), String> {
     }
     if let Some(net) = &config.network {
         // Sorts before the image's own DHCP catch-all, so it wins.
-        put("etc/systemd/network/10-slipway.network", &networkd_file(&config.boot_mac, net), 0o644)?;
+        put("etc/systemd/network/10-slipway.network", &networkd_file(config.boot_mac, net), 0o644)?;
     }
     if root.join("usr/bin/containerd").exists() {
         put("etc/containerd/config.toml", CONTAINERD_CONFIG, 0o644)?;
@@ -210,7 +210,7 @@ pub fn firstboot_script(users: &[wire::User]) -> String {
     s + "mkdir -p /var/lib/slipway && touch /var/lib/slipway/firstboot.done\n"
 }
 
-fn networkd_file(mac: &str, net: &wire::StaticNetwork) -> String {
+fn networkd_file(mac: inventory::MacAddr, net: &wire::StaticNetwork) -> String {
     let mut s =
         format!("# Written by Slipway at deploy.\n[Match]\nMACAddress={mac}\n\n[Network]\nAddress={}\n", net.address);
     if let Some(gw) = &net.gateway {
@@ -228,7 +228,11 @@ pub fn nocloud_seed(config: &FirstBoot) -> Vec<(&'static str, String)> {
     let json = |v: &str| serde_json::to_string(v).unwrap_or_default();
     let mut seed = vec![(
         "meta-data",
-        format!("instance-id: slipway-{}\nlocal-hostname: {}\n", config.boot_mac.replace(':', ""), config.hostname),
+        format!(
+            "instance-id: slipway-{}\nlocal-hostname: {}\n",
+            config.boot_mac.to_string().replace(':', ""),
+            config.hostname
+        ),
     )];
     let user_data = config.user_data.clone().unwrap_or_else(|| {
         let mut s = format!("#cloud-config\nhostname: {}\n", json(&config.hostname));
@@ -259,7 +263,7 @@ pub fn nocloud_seed(config: &FirstBoot) -> Vec<(&'static str, String)> {
     if let Some(net) = &config.network {
         let mut s = format!(
             "version: 2\nethernets:\n  boot:\n    match:\n      macaddress: {}\n    addresses: [{}]\n",
-            json(&config.boot_mac),
+            json(&config.boot_mac.to_string()),
             json(&net.address)
         );
         if let Some(gw) = &net.gateway {
@@ -324,7 +328,7 @@ mod tests {
                 dns: vec!["10.77.0.1".into()],
             }),
             user_data: None,
-            boot_mac: "52:54:00:5e:00:02".into(),
+            boot_mac: "52:54:00:5e:00:02".parse().unwrap(),
             node: Some((
                 agent,
                 crate::node::NodeConfig {

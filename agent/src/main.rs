@@ -37,11 +37,10 @@ fn main() {
         }
     };
     log(&format!("starting, api {} mac {}", args.api, args.mac));
-    retry("bring the network up", || net::bring_up(&args.mac));
+    retry("bring the network up", || net::bring_up(args.mac));
 
     let client = Client::new(&args.api, &args.token);
-    let hello =
-        Hello { mac: args.mac.clone(), agent_version: env!("CARGO_PKG_VERSION").into(), mode: "discovery".into() };
+    let hello = Hello { mac: args.mac, agent_version: env!("CARGO_PKG_VERSION").into(), mode: "discovery".into() };
     retry("say hello", || client.post(wire::HELLO_PATH, &hello));
     let inventory = inventory::inband::collect(&facts::Sysfs);
     log(&format!(
@@ -64,7 +63,7 @@ fn main() {
             }
             Instruction::PowerOff => run_final("poweroff"),
             Instruction::Reboot => run_final("reboot"),
-            Instruction::Deploy(spec) => next = Some(run_deploy(&client, &spec, &inventory, &args.mac)),
+            Instruction::Deploy(spec) => next = Some(run_deploy(&client, &spec, &inventory, args.mac)),
             Instruction::Wipe { mode } => next = Some(run_wipe(&client, &mode, &inventory)),
         }
     }
@@ -90,7 +89,12 @@ fn run_wipe(client: &Client, mode: &str, inventory: &inventory::Inventory) -> In
 
 /// Writes the image and reports the outcome; returns what the appliance
 /// says to do next (reboot after `written`).
-fn run_deploy(client: &Client, spec: &DeploySpec, inventory: &inventory::Inventory, mac: &str) -> Instruction {
+fn run_deploy(
+    client: &Client,
+    spec: &DeploySpec,
+    inventory: &inventory::Inventory,
+    mac: inventory::MacAddr,
+) -> Instruction {
     log(&format!("deploying {} ({} bytes)", spec.image, spec.raw_bytes));
     let outcome = deploy::choose_disk(&inventory.disks, &spec.disk).and_then(|target| {
         let disk = target.path.display().to_string();
@@ -145,7 +149,7 @@ fn run_deploy(client: &Client, spec: &DeploySpec, inventory: &inventory::Invento
             users: spec.users.clone(),
             network: spec.network.clone(),
             user_data: spec.user_data.clone(),
-            boot_mac: mac.to_string(),
+            boot_mac: mac,
             node,
         };
         let configured = match firstboot::apply(&target.path, &config)? {

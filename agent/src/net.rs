@@ -3,14 +3,13 @@
 use std::process::Command;
 
 /// Finds the interface with `mac`, sets it up and leases an address.
-pub fn bring_up(mac: &str) -> Result<(), String> {
+pub fn bring_up(mac: inventory::MacAddr) -> Result<(), String> {
     let iface = std::fs::read_dir("/sys/class/net")
         .map_err(|e| e.to_string())?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|name| {
-            std::fs::read_to_string(format!("/sys/class/net/{name}/address"))
-                .is_ok_and(|a| a.trim().eq_ignore_ascii_case(mac))
+            std::fs::read_to_string(format!("/sys/class/net/{name}/address")).is_ok_and(|a| a.parse() == Ok(mac))
         })
         .ok_or_else(|| format!("no interface has MAC {mac} (driver not loaded?)"))?;
     run("ip", &["link", "set", &iface, "up"])?;

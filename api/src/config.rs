@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use inventory::MacAddr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -292,8 +293,8 @@ pub struct Provisioning {
     pub pool_end: Ipv4Addr,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
-    pub reservations: HashMap<[u8; 6], Ipv4Addr>,
-    pub deny: HashSet<[u8; 6]>,
+    pub reservations: HashMap<MacAddr, Ipv4Addr>,
+    pub deny: HashSet<MacAddr>,
     pub mode: pxe::dhcp::DhcpMode,
     pub relay_subnets: Vec<pxe::dhcp::Subnet>,
 }
@@ -396,8 +397,7 @@ impl Config {
         let router = if p.router.is_empty() { None } else { Some(ip("router", &p.router)?) };
         let dns = p.dns.iter().map(|d| ip("dns", d)).collect::<Result<_, _>>()?;
         let mac = |key: &str, v: &str| {
-            pxe::boot::parse_dashed_mac(&v.trim().to_ascii_lowercase().replace(':', "-"))
-                .ok_or_else(|| invalid(format!("provisioning.{key}"), format!("{v:?} is not a MAC address")))
+            v.parse::<MacAddr>().map_err(|e| invalid(format!("provisioning.{key}"), e.to_string()))
         };
         let deny = p.deny.iter().map(|m| mac("deny", m)).collect::<Result<_, _>>()?;
         let mut reservations = HashMap::new();
@@ -561,8 +561,8 @@ mod tests {
         c.provisioning.reservations = vec!["52:54:00:00:00:01=10.77.0.50".into()];
         c.provisioning.deny = vec!["52-54-00-00-00-02".into()];
         let p = c.provisioning().unwrap().unwrap();
-        assert_eq!(p.reservations[&[0x52, 0x54, 0, 0, 0, 1]], Ipv4Addr::new(10, 77, 0, 50));
-        assert!(p.deny.contains(&[0x52, 0x54, 0, 0, 0, 2]));
+        assert_eq!(p.reservations[&MacAddr([0x52, 0x54, 0, 0, 0, 1])], Ipv4Addr::new(10, 77, 0, 50));
+        assert!(p.deny.contains(&MacAddr([0x52, 0x54, 0, 0, 0, 2])));
         for (bad, key) in [
             ("52:54:00:00:00:01=10.99.0.5", "reservations"),
             ("52:54:00:00:00:01", "reservations"),

@@ -10,7 +10,8 @@ use pxe::dhcp::server::DhcpBackend;
 use pxe::dhcp::{LeaseJournal, LeaseOp, LeaseTable};
 use tokio::sync::mpsc;
 
-use store::{mac_text, DhcpBinding, Store};
+use inventory::MacAddr;
+use store::{DhcpBinding, Store};
 
 /// Bindings waiting to be recorded. A storm beyond this drops bookkeeping
 /// (counted), never a reply: the boot script request creates the machine
@@ -80,15 +81,14 @@ impl DhcpBackend for StoreBackend {
         Ok(())
     }
 
-    async fn known(&self, mac: [u8; 6]) -> bool {
+    async fn known(&self, mac: MacAddr) -> bool {
         // A database error counts as unknown: refusing to answer is safer
         // than booting a machine we cannot see.
-        matches!(self.store.machine_id_by_mac(&mac_text(&mac)).await, Ok(Some(_)))
+        matches!(self.store.machine_id_by_mac(mac).await, Ok(Some(_)))
     }
 
-    fn bound(&self, mac: [u8; 6], ip: Ipv4Addr, client: ClientKind) {
-        let mac = mac_text(&mac);
-        let detail = serde_json::json!({ "mac": mac, "ip": ip.to_string(), "client": client.label(), "firmware": client.firmware.label() });
+    fn bound(&self, mac: MacAddr, ip: Ipv4Addr, client: ClientKind) {
+        let detail = serde_json::json!({ "mac": mac.to_string(), "ip": ip.to_string(), "client": client.label(), "firmware": client.firmware.label() });
         // Only network boots create machines: a laptop on the provisioning
         // network is not a server to inventory.
         let binding = DhcpBinding { mac, ip, network_boot: client.is_pxe(), detail };

@@ -230,7 +230,7 @@ fn scenario(rt: &tokio::runtime::Runtime, bin: &Path, db_url: &str) {
     // The leader dies: B takes over within the lease and reaps.
     a.kill9();
     let killed = Instant::now();
-    let (m3, _) = rt.block_on(store.ensure_machine("52:54:00:7a:00:03", "test", 0)).unwrap();
+    let (m3, _) = rt.block_on(store.ensure_machine("52:54:00:7a:00:03".parse().unwrap(), "test", 0)).unwrap();
     let limit = api::leader::LEASE + api::leader::RENEW + Duration::from_secs(5);
     wait_failed(&b, &m3, limit);
     let took = killed.elapsed();
@@ -247,7 +247,7 @@ fn scenario(rt: &tokio::runtime::Runtime, bin: &Path, db_url: &str) {
 /// services, which the agent talks to, are off here).
 fn ready_machine(rt: &tokio::runtime::Runtime, store: &Store, mac: &str) -> String {
     rt.block_on(async {
-        let (id, _) = store.ensure_machine(mac, "test", 600_000).await.unwrap();
+        let (id, _) = store.ensure_machine(mac.parse().unwrap(), "test", 600_000).await.unwrap();
         let inventory = serde_json::from_value(json!({
             "source": "in_band",
             "system": { "vendor": "QEMU", "product": "Standard PC", "serial": "TWO-2", "uuid": null },

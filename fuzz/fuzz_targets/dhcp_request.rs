@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let cfg = DhcpConfig::example();
     // A table with a neighbour in it, so decisions meet a held address.
     let neighbour = Lease {
-        mac: [2, 0, 0, 0, 0, 1],
+        mac: [2, 0, 0, 0, 0, 1].into(),
         ip: Ipv4Addr::new(10, 77, 0, 150),
         expires_at: 2000,
         state: LeaseState::Bound,

@@ -19,7 +19,7 @@ pub fn diff(old: &BmcInventory, new: &BmcInventory) -> Vec<Value> {
     keyed(&mut out, "drives", by(&old.drives, drive_key), by(&new.drives, drive_key), |d| {
         format!("{} {} bytes", d.model.as_deref().unwrap_or("?"), d.size_bytes.unwrap_or(0))
     });
-    let nic_key = |n: &crate::oob::BmcNic| n.mac.clone().unwrap_or_else(|| n.name.clone());
+    let nic_key = |n: &crate::oob::BmcNic| n.mac.map_or_else(|| n.name.clone(), |m| m.to_string());
     keyed(&mut out, "nics", by(&old.nics, nic_key), by(&new.nics, nic_key), |n| n.name.clone());
     let psu_key = |p: &crate::oob::PowerSupply| p.serial.clone().unwrap_or_else(|| p.name.clone());
     keyed(&mut out, "power_supplies", by(&old.power_supplies, psu_key), by(&new.power_supplies, psu_key), |p| {
@@ -55,7 +55,9 @@ pub fn diff_in_band(old: &crate::Inventory, new: &crate::Inventory) -> Vec<Value
     keyed(&mut out, "disks", by(&old.disks, disk_key), by(&new.disks, disk_key), |d| {
         format!("{} {} bytes", d.name, d.size_bytes)
     });
-    keyed(&mut out, "nics", by(&old.nics, |n| n.mac.clone()), by(&new.nics, |n| n.mac.clone()), |n| n.name.clone());
+    keyed(&mut out, "nics", by(&old.nics, |n| n.mac.to_string()), by(&new.nics, |n| n.mac.to_string()), |n| {
+        n.name.clone()
+    });
     if old.cpu.count != new.cpu.count {
         out.push(json!({ "section": "cpu", "change": "changed", "item": "count", "from": old.cpu.count, "to": new.cpu.count }));
     }
@@ -152,7 +154,12 @@ mod in_band_tests {
                 serial: Some("S1".into()),
                 rotational: None,
             }],
-            nics: vec![Nic { name: "eth0".into(), mac: "52:54:00:00:00:01".into(), link: true, speed_mbps: None }],
+            nics: vec![Nic {
+                name: "eth0".into(),
+                mac: "52:54:00:00:00:01".parse().unwrap(),
+                link: true,
+                speed_mbps: None,
+            }],
         }
     }
 

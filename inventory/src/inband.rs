@@ -4,6 +4,7 @@
 //! filesystem in the agent and against a map of fixture files in tests.
 
 use crate::model::{Cpu, Disk, Inventory, Memory, Nic, Source, SystemInfo};
+use crate::MacAddr;
 
 /// Read access to the files the collector needs. Paths are absolute
 /// (`/proc/cpuinfo`, `/sys/block`).
@@ -95,7 +96,8 @@ fn nics(src: &dyn FactSource) -> Vec<Nic> {
         .filter(|name| src.read(&format!("/sys/class/net/{name}/device/uevent")).is_some())
         .filter_map(|name| {
             let base = format!("/sys/class/net/{name}");
-            let mac = normalize_mac(&src.read(&format!("{base}/address"))?)?;
+            // An all-zero address is no identity (it would match every such NIC).
+            let mac = src.read(&format!("{base}/address"))?.parse::<MacAddr>().ok().filter(|m| !m.is_zero())?;
             let link = src.read(&format!("{base}/carrier")).is_some_and(|c| c.trim() == "1");
             // `speed` is -1 or unreadable without link; only positive values mean anything.
             let speed_mbps = src
@@ -106,17 +108,6 @@ fn nics(src: &dyn FactSource) -> Vec<Nic> {
             Some(Nic { name, mac, link, speed_mbps })
         })
         .collect()
-}
-
-/// Lower-case colon-separated MAC, or `None` if `text` is not a MAC.
-pub fn normalize_mac(text: &str) -> Option<String> {
-    let hex: String = text.trim().chars().filter(|c| *c != ':' && *c != '-').collect();
-    if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    let lower = hex.to_ascii_lowercase();
-    let parts: Vec<&str> = (0..6).map(|i| &lower[i * 2..i * 2 + 2]).collect();
-    Some(parts.join(":"))
 }
 
 /// Trims a firmware string and drops the placeholders vendors ship.
@@ -183,7 +174,7 @@ mod tests {
         assert_eq!(inv.disks[0].size_bytes, 8 << 30);
         assert_eq!(inv.disks[0].serial.as_deref(), Some("disk-0001"));
         assert_eq!(inv.nics.len(), 1, "lo has no device and is skipped");
-        assert_eq!(inv.nics[0].mac, "52:54:00:ab:cd:01");
+        assert_eq!(inv.nics[0].mac.to_string(), "52:54:00:ab:cd:01");
         assert!(inv.nics[0].link);
         assert_eq!(inv.nics[0].speed_mbps, None);
     }
@@ -200,14 +191,6 @@ mod tests {
     fn placeholders_are_dropped() {
         assert_eq!(clean("To Be Filled By O.E.M.\n"), None);
         assert_eq!(clean("  Dell Inc. "), Some("Dell Inc.".into()));
-    }
-
-    #[test]
-    fn macs_normalize() {
-        assert_eq!(normalize_mac("52-54-00-AB-CD-01").as_deref(), Some("52:54:00:ab:cd:01"));
-        assert_eq!(normalize_mac("525400abcd01").as_deref(), Some("52:54:00:ab:cd:01"));
-        assert_eq!(normalize_mac("52:54:00:ab:cd"), None);
-        assert_eq!(normalize_mac("zz:54:00:ab:cd:01"), None);
     }
 
     #[test]

@@ -11,9 +11,11 @@
 //! the `simulators` crate, which the appliance does not link.
 
 pub mod inband;
+mod mac;
 mod model;
 pub mod oob;
 
+pub use mac::{MacAddr, NotAMac};
 pub use model::{Cpu, Disk, Inventory, Memory, Nic, Source, SystemInfo};
 
 /// What changed between two inventories (an event the store raises).

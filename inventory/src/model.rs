@@ -73,7 +73,8 @@ pub struct Disk {
 pub struct Nic {
     pub name: String,
     /// Lower-case, colon separated.
-    pub mac: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub mac: crate::MacAddr,
     /// Carrier present.
     pub link: bool,
     pub speed_mbps: Option<u32>,

@@ -152,7 +152,8 @@ pub struct Drive {
 pub struct BmcNic {
     pub name: String,
     /// Lower-case, colon separated, as in-band reports it.
-    pub mac: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub mac: Option<crate::MacAddr>,
     pub speed_mbps: Option<u32>,
     pub link_up: Option<bool>,
 }

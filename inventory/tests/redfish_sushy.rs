@@ -106,7 +106,7 @@ async fn enrol_flow_inventory_power_and_pxe_once() {
     assert_eq!(inv.system.uuid.as_deref(), Some(uuid.as_str()));
     assert!(inv.system.power_state.is_some());
     assert_eq!(inv.nics.len(), 1, "{:?}", inv.nics);
-    let mac = inv.nics[0].mac.as_deref().unwrap();
+    let mac = inv.nics[0].mac.unwrap().to_string();
     assert!(mac.len() == 17 && mac == mac.to_ascii_lowercase(), "{mac}");
     assert!(inv.sensors.iter().any(|s| s.units.as_deref() == Some("Cel")), "{:?}", inv.sensors);
     // The fake driver links Memory and Storage but cannot serve them: they

@@ -170,7 +170,7 @@ async fn check(vendor: &'static str, want: Expected) {
     let drives: Vec<(Option<&str>, u64)> =
         inv.drives.iter().map(|d| (d.serial.as_deref(), d.size_bytes.unwrap_or(0))).collect();
     assert_eq!(drives, want.drives, "{vendor}");
-    let macs: Vec<&str> = inv.nics.iter().filter_map(|n| n.mac.as_deref()).collect();
+    let macs: Vec<String> = inv.nics.iter().filter_map(|n| n.mac.map(|m| m.to_string())).collect();
     assert_eq!(macs, want.macs, "{vendor}");
     let psus: Vec<(&str, f64)> = inv
         .power_supplies

@@ -5,6 +5,7 @@
 //! machine's lifecycle state. An iPXE client is never handed an iPXE binary,
 //! which is what keeps the chain from looping.
 
+use inventory::MacAddr;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
@@ -94,7 +95,7 @@ impl ClientKind {
 
 /// The DHCP boot file for this client, or `None` for non-PXE clients and
 /// architectures we have no binary for.
-pub fn boot_file(client: &ClientKind, mac: &[u8; 6], cfg: &BootConfig) -> Option<String> {
+pub fn boot_file(client: &ClientKind, mac: &MacAddr, cfg: &BootConfig) -> Option<String> {
     if client.ipxe {
         return Some(script_url(&cfg.http_base, mac));
     }
@@ -112,26 +113,8 @@ pub fn boot_file(client: &ClientKind, mac: &[u8; 6], cfg: &BootConfig) -> Option
 }
 
 /// `http://host:port/boot/52-54-00-00-00-01.ipxe`
-pub fn script_url(http_base: &str, mac: &[u8; 6]) -> String {
-    format!("{http_base}/boot/{}.ipxe", dashed_mac(mac))
-}
-
-pub fn dashed_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join("-")
-}
-
-/// Parses `52-54-00-00-00-01` (as in script URLs) into bytes.
-pub fn parse_dashed_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split('-');
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
+pub fn script_url(http_base: &str, mac: &MacAddr) -> String {
+    format!("{http_base}/boot/{}.ipxe", mac.dashed())
 }
 
 /// What a machine's script should do, decided from its lifecycle state.
@@ -148,9 +131,9 @@ pub enum ScriptTarget {
 pub const KERNEL_FILE: &str = "vmlinuz";
 pub const INITRD_FILE: &str = "initrd.img";
 
-pub fn render_script(target: &ScriptTarget, mac: &[u8; 6], http_base: &str) -> String {
+pub fn render_script(target: &ScriptTarget, mac: &MacAddr, http_base: &str) -> String {
     let mut s = String::from("#!ipxe\n");
-    let mac_text = dashed_mac(mac);
+    let mac_text = mac.dashed();
     match target {
         ScriptTarget::Discovery { token } => {
             let files = format!("{http_base}/boot/files");
@@ -187,7 +170,7 @@ pub fn render_script(target: &ScriptTarget, mac: &[u8; 6], http_base: &str) -> S
 mod tests {
     use super::*;
 
-    const MAC: [u8; 6] = [0x52, 0x54, 0, 0xab, 0xcd, 1];
+    const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 1]);
 
     #[test]
     fn discovery_script_snapshot() {
@@ -210,13 +193,5 @@ chain --replace --autofree http://10.77.0.1:8081/boot/52-54-00-ab-cd-01.ipxe
         let script = render_script(&ScriptTarget::LocalDisk, &MAC, "http://x");
         assert!(script.contains("sanboot --no-describe --drive 0x80"));
         assert!(!script.contains("kernel"), "a deployed machine never gets a kernel");
-    }
-
-    #[test]
-    fn dashed_macs_round_trip() {
-        assert_eq!(parse_dashed_mac(&dashed_mac(&MAC)), Some(MAC));
-        assert_eq!(parse_dashed_mac("52-54-00-ab-cd"), None);
-        assert_eq!(parse_dashed_mac("52-54-00-ab-cd-01-02"), None);
-        assert_eq!(parse_dashed_mac("../../etc/passwd"), None);
     }
 }

@@ -3,6 +3,7 @@
 //! on a 16-address pool, with time moving on. Failing cases are kept in
 //! `proptest-regressions/` next to this file.
 
+use inventory::MacAddr;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
@@ -80,7 +81,7 @@ proptest! {
                 Step::Release(c) => packet(c, 7, offered.get(&c).copied(), &[]),
                 Step::Decline(c) => packet(c, 4, None, &[(50, offered.get(&c).copied().unwrap_or(Ipv4Addr::UNSPECIFIED).octets().to_vec())]),
             };
-            let client = req.mac[5];
+            let client = req.mac.octets()[5];
             let d = decide(&req, &table, &cfg, now, false);
             if let Some(reply) = &d.reply {
                 if matches!(d.outcome, Outcome::Offered | Outcome::Acked) {
@@ -101,7 +102,7 @@ proptest! {
                 table.apply(op);
             }
             // The table itself never maps one address to two live clients.
-            let mut seen: HashMap<Ipv4Addr, [u8; 6]> = HashMap::new();
+            let mut seen: HashMap<Ipv4Addr, MacAddr> = HashMap::new();
             for lease in table.leases().filter(|l| l.expires_at > now) {
                 if let Some(prev) = seen.insert(lease.ip, lease.mac) {
                     prop_assert!(false, "{} held by {:?} and {:?}", lease.ip, prev, lease.mac);

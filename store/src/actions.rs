@@ -144,7 +144,7 @@ mod tests {
 
     async fn operator_actions_follow_the_lifecycle(store: Store) {
         let t = timeouts();
-        let (id, _) = store.ensure_machine("52:54:00:00:04:01", "test", 60_000).await.unwrap();
+        let (id, _) = store.ensure_machine("52:54:00:00:04:01".parse().unwrap(), "test", 60_000).await.unwrap();
         let conflict = store.machine_action(&id, &Action::Retry, &t).await;
         assert!(matches!(conflict, Err(StoreError::Conflict(_))), "a discovering machine is not retried");
         let failed = Action::MarkFailed { reason: "bad DIMM".into() };
@@ -162,7 +162,7 @@ mod tests {
         }
         assert_eq!(store.machine("nope").await.unwrap().map(|m| m.id), None);
         assert_eq!(store.machine_action("nope", &Action::Reset, &t).await.unwrap(), None);
-        let (other, _) = store.ensure_machine("52:54:00:00:04:02", "test", 60_000).await.unwrap();
+        let (other, _) = store.ensure_machine("52:54:00:00:04:02".parse().unwrap(), "test", 60_000).await.unwrap();
         store.fire(&other, Trigger::InventoryReceived).await.unwrap();
         assert_eq!(store.machine_action(&other, &Action::Reset, &t).await.unwrap(), Some(MachineState::Discovering));
         let m = store.machine(&other).await.unwrap().unwrap();

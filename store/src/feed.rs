@@ -125,7 +125,7 @@ mod tests {
 
     async fn committed_events_reach_subscribers_once(store: Store) {
         let mut rx = store.feed.subscribe();
-        let (id, _) = store.ensure_machine("52:54:00:00:03:01", "test", 60_000).await.unwrap();
+        let (id, _) = store.ensure_machine("52:54:00:00:03:01".parse().unwrap(), "test", 60_000).await.unwrap();
         store.fire(&id, Trigger::InventoryReceived).await.unwrap();
         store.record_event(None, "test.plain", serde_json::json!({})).await.unwrap();
         let mut kinds = Vec::new();

@@ -30,7 +30,7 @@ pub struct MachineFilter {
     pub state: Option<MachineState>,
     pub labels: Vec<(String, String)>,
     pub rack: Option<String>,
-    pub mac: Option<String>,
+    pub mac: Option<inventory::MacAddr>,
     /// Machines after this one, in list order (creation time, then id).
     pub after: Option<String>,
     pub limit: i64,
@@ -152,7 +152,7 @@ impl Store {
             sql.push_str(&format!(" AND m.rack = {p}"));
         }
         if let Some(mac) = &filter.mac {
-            let p = param(&mut binds, Bind::Text(mac.clone()));
+            let p = param(&mut binds, Bind::Text(mac.to_string()));
             sql.push_str(&format!(" AND m.id IN (SELECT machine_id FROM machine_macs WHERE mac = {p})"));
         }
         for (name, value) in &filter.labels {
@@ -205,7 +205,8 @@ mod tests {
     async fn labels_filter_and_page(store: Store) {
         let mut ids = Vec::new();
         for i in 0..5 {
-            let (id, _) = store.ensure_machine(&format!("52:54:00:00:01:0{i}"), "test", 60_000).await.unwrap();
+            let (id, _) =
+                store.ensure_machine(format!("52:54:00:00:01:0{i}").parse().unwrap(), "test", 60_000).await.unwrap();
             let mut patch = labels(&[("role", Some(if i % 2 == 0 { "gpu" } else { "cpu" }))]);
             patch.rack = Some(Some(format!("r{}", i % 2)));
             assert!(matches!(store.patch_machine(&id, &patch, None).await.unwrap(), PatchOutcome::Done(_)));
@@ -233,7 +234,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(page(rack1).await.0.len(), 2);
-        let by_mac = MachineFilter { mac: Some("52:54:00:00:01:03".into()), limit: 10, ..Default::default() };
+        let by_mac = MachineFilter { mac: Some("52:54:00:00:01:03".parse().unwrap()), limit: 10, ..Default::default() };
         assert_eq!(page(by_mac).await.0[0].id, ids[3]);
         let ready = MachineFilter { state: Some(MachineState::Ready), limit: 10, ..Default::default() };
         assert!(page(ready).await.0.is_empty());
@@ -245,7 +246,7 @@ mod tests {
     }
 
     async fn conditional_edits_refuse_stale_etags(store: Store) {
-        let (id, _) = store.ensure_machine("52:54:00:00:02:01", "test", 60_000).await.unwrap();
+        let (id, _) = store.ensure_machine("52:54:00:00:02:01".parse().unwrap(), "test", 60_000).await.unwrap();
         let before = store.machine(&id).await.unwrap().unwrap();
         let patch = labels(&[("team", Some("a"))]);
         let PatchOutcome::Done(after) =

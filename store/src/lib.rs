@@ -38,7 +38,7 @@ pub use model::deploy::DeployPhase;
 pub use node::{Cluster, NodeReport};
 pub use oob::{Bmc, LinkedBy, NewBmc, Ups, UpsFeeds};
 
-use inventory::Inventory;
+use inventory::{Inventory, MacAddr};
 use model::lifecycle::{self, MachineState, Transition, Trigger};
 
 #[derive(Debug, Error)]
@@ -74,7 +74,7 @@ pub struct Store {
 /// only: `ip` unspecified).
 #[derive(Debug, Clone)]
 pub struct DhcpBinding {
-    pub mac: String,
+    pub mac: MacAddr,
     pub ip: Ipv4Addr,
     /// A network boot (PXE/iPXE/HTTP boot) rather than an ordinary client.
     pub network_boot: bool,
@@ -86,7 +86,8 @@ pub struct Machine {
     pub id: String,
     pub state: MachineState,
     pub failure: Option<Failure>,
-    pub macs: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub macs: Vec<MacAddr>,
     /// From in-band DMI or the BMC, whichever was known first.
     pub system_uuid: Option<String>,
     pub serial: Option<String>,
@@ -208,9 +209,9 @@ impl Store {
         Self::event_in(&self.writer, machine_id, now_ms(), kind, detail).await
     }
 
-    pub async fn machine_id_by_mac(&self, mac: &str) -> Result<Option<String>> {
+    pub async fn machine_id_by_mac(&self, mac: MacAddr) -> Result<Option<String>> {
         let row = sqlx::query("SELECT machine_id FROM machine_macs WHERE mac = $1")
-            .bind(mac)
+            .bind(mac.to_string())
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| r.try_get("machine_id")).transpose()?)
@@ -218,7 +219,7 @@ impl Store {
 
     /// The machine that owns `mac`, created in `discovering` if none does.
     /// Returns its id and whether it was created.
-    pub async fn ensure_machine(&self, mac: &str, cause: &str, discovery_timeout_ms: i64) -> Result<(String, bool)> {
+    pub async fn ensure_machine(&self, mac: MacAddr, cause: &str, discovery_timeout_ms: i64) -> Result<(String, bool)> {
         if let Some(id) = self.machine_id_by_mac(mac).await? {
             return Ok((id, false));
         }
@@ -230,13 +231,13 @@ impl Store {
 
     async fn ensure_machine_in(
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        mac: &str,
+        mac: MacAddr,
         cause: &str,
         deadline_ms: i64,
     ) -> Result<(String, bool)> {
         let owner = |row: Option<AnyRow>| row.map(|r| r.try_get::<String, _>("machine_id")).transpose();
         let lookup = "SELECT machine_id FROM machine_macs WHERE mac = $1";
-        if let Some(id) = owner(sqlx::query(lookup).bind(mac).fetch_optional(&mut **tx).await?)? {
+        if let Some(id) = owner(sqlx::query(lookup).bind(mac.to_string()).fetch_optional(&mut **tx).await?)? {
             return Ok((id, false));
         }
         let id = Uuid::new_v4().to_string();
@@ -252,7 +253,7 @@ impl Store {
         .await?;
         let inserted =
             sqlx::query("INSERT INTO machine_macs (mac, machine_id) VALUES ($1, $2) ON CONFLICT (mac) DO NOTHING")
-                .bind(mac)
+                .bind(mac.to_string())
                 .bind(&id)
                 .execute(&mut **tx)
                 .await?;
@@ -260,7 +261,7 @@ impl Store {
             // Another appliance on a shared database created it first (on
             // PostgreSQL); use theirs.
             sqlx::query("DELETE FROM machines WHERE id = $1").bind(&id).execute(&mut **tx).await?;
-            let theirs = owner(sqlx::query(lookup).bind(mac).fetch_optional(&mut **tx).await?)?;
+            let theirs = owner(sqlx::query(lookup).bind(mac.to_string()).fetch_optional(&mut **tx).await?)?;
             return Ok((theirs.ok_or_else(|| StoreError::Corrupt(format!("mac {mac} vanished")))?, false));
         }
         Self::event_in(
@@ -268,7 +269,7 @@ impl Store {
             Some(&id),
             now,
             "machine.created",
-            serde_json::json!({ "mac": mac, "cause": cause, "state": "discovering" }),
+            serde_json::json!({ "mac": mac.to_string(), "cause": cause, "state": "discovering" }),
         )
         .await?;
         Ok((id, true))
@@ -282,10 +283,10 @@ impl Store {
         let deadline = now_ms() + discovery_timeout_ms;
         for b in bindings {
             let id = if b.network_boot {
-                Some(Self::ensure_machine_in(&mut tx, &b.mac, "network boot (DHCP)", deadline).await?.0)
+                Some(Self::ensure_machine_in(&mut tx, b.mac, "network boot (DHCP)", deadline).await?.0)
             } else {
                 let row = sqlx::query("SELECT machine_id FROM machine_macs WHERE mac = $1")
-                    .bind(&b.mac)
+                    .bind(b.mac.to_string())
                     .fetch_optional(&mut *tx)
                     .await?;
                 row.map(|r| r.try_get::<String, _>("machine_id")).transpose()?
@@ -350,8 +351,11 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(|r| r.try_get::<String, _>("mac"))
-            .collect::<Result<_, _>>()?;
+            .map(|r| {
+                let text = r.try_get::<String, _>("mac")?;
+                text.parse::<MacAddr>().map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect::<Result<_>>()?;
         let labels = self.labels_of(&id).await?;
         let mut machine = Machine {
             labels,
@@ -502,7 +506,7 @@ impl Store {
         // Every NIC the agent saw identifies the machine from now on.
         for nic in &inventory.nics {
             sqlx::query("INSERT INTO machine_macs (mac, machine_id) VALUES ($1, $2) ON CONFLICT (mac) DO NOTHING")
-                .bind(&nic.mac)
+                .bind(nic.mac.to_string())
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
@@ -595,10 +599,6 @@ impl Store {
     }
 }
 
-pub fn mac_text(mac: &[u8; 6]) -> String {
-    pxe::boot::dashed_mac(mac).replace('-', ":")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,13 +611,16 @@ mod tests {
     );
 
     async fn machine_lifecycle_is_recorded(store: Store) {
-        let (id, created) = store.ensure_machine("52:54:00:00:00:01", "dhcp", 60_000).await.unwrap();
+        let (id, created) = store.ensure_machine("52:54:00:00:00:01".parse().unwrap(), "dhcp", 60_000).await.unwrap();
         assert!(created);
-        assert_eq!(store.ensure_machine("52:54:00:00:00:01", "dhcp", 60_000).await.unwrap(), (id.clone(), false));
+        assert_eq!(
+            store.ensure_machine("52:54:00:00:00:01".parse().unwrap(), "dhcp", 60_000).await.unwrap(),
+            (id.clone(), false)
+        );
         assert_eq!(store.fire(&id, Trigger::InventoryReceived).await.unwrap(), Some(MachineState::Ready));
         let m = store.machine(&id).await.unwrap().unwrap();
         assert_eq!(
-            (m.state, m.macs.clone(), m.state_deadline.clone()),
+            (m.state, m.macs.iter().map(ToString::to_string).collect::<Vec<_>>(), m.state_deadline.clone()),
             (MachineState::Ready, vec!["52:54:00:00:00:01".to_string()], None)
         );
         assert_eq!(store.count_by_state().await.unwrap().get(&MachineState::Ready), Some(&1));
@@ -628,7 +631,7 @@ mod tests {
 
     async fn dhcp_bindings_create_network_booting_machines_once(store: Store) {
         let binding = |mac: &str, network_boot| DhcpBinding {
-            mac: mac.to_string(),
+            mac: mac.parse().unwrap(),
             ip: Ipv4Addr::new(10, 0, 0, 9),
             network_boot,
             detail: serde_json::json!({}),
@@ -644,7 +647,7 @@ mod tests {
     }
 
     async fn discovery_deadline_fails_the_machine(store: Store) {
-        let (id, _) = store.ensure_machine("52:54:00:00:00:02", "dhcp", 0).await.unwrap();
+        let (id, _) = store.ensure_machine("52:54:00:00:00:02".parse().unwrap(), "dhcp", 0).await.unwrap();
         assert_eq!(store.overdue(now_ms() + 1).await.unwrap(), vec![id.clone()]);
         store.fire(&id, Trigger::DeadlinePassed).await.unwrap();
         let m = store.machine(&id).await.unwrap().unwrap();
@@ -654,7 +657,7 @@ mod tests {
     }
 
     async fn agent_tokens_are_good_for_one_boot(store: Store) {
-        let (id, _) = store.ensure_machine("52:54:00:00:00:03", "dhcp", 60_000).await.unwrap();
+        let (id, _) = store.ensure_machine("52:54:00:00:00:03".parse().unwrap(), "dhcp", 60_000).await.unwrap();
         let first = store.issue_agent_token(&id, 60_000).await.unwrap();
         assert_eq!(store.machine_for_agent_token(&first).await.unwrap(), Some(id.clone()));
         let second = store.issue_agent_token(&id, 60_000).await.unwrap();

@@ -341,7 +341,7 @@ impl Store {
         discovery_deadline_ms: i64,
     ) -> Result<(String, LinkedBy)> {
         let mut tx = self.writer.begin().await?;
-        let macs: Vec<String> = inv.nics.iter().filter_map(|n| n.mac.clone()).collect();
+        let macs: Vec<String> = inv.nics.iter().filter_map(|n| n.mac.map(|m| m.to_string())).collect();
         let mut found = None;
         for mac in &macs {
             let row = sqlx::query("SELECT machine_id FROM machine_macs WHERE mac = $1")

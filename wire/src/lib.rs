@@ -24,8 +24,8 @@ pub const NODE_CONFIG_PATH: &str = "/etc/slipway/agent.env";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hello {
-    /// The MAC the machine booted from, lower-case with colons.
-    pub mac: String,
+    /// The MAC the machine booted from (any spelling; shown lower-case with colons).
+    pub mac: inventory::MacAddr,
     pub agent_version: String,
     /// `discovery` in the ramdisk.
     pub mode: String,

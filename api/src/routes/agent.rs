@@ -34,7 +34,7 @@ async fn hello(
     let hello: Hello = parse_json(&body)?;
     tracing::info!(
         machine = id,
-        mac = hello.mac,
+        mac = %hello.mac,
         agent_version = hello.agent_version,
         mode = hello.mode,
         "agent hello"
@@ -279,6 +279,13 @@ mod tests {
         extra["surprise"] = serde_json::json!(1);
         let (status, problem) = post(&t.boot, wire::INVENTORY_PATH, &token, &extra).await;
         assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("surprise")));
+        let mut bad_mac = inv.clone();
+        bad_mac["nics"][0]["mac"] = serde_json::json!("52:54:00:00:00:zz");
+        let (status, problem) = post(&t.boot, wire::INVENTORY_PATH, &token, &bad_mac).await;
+        assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("nics[0].mac")), "{problem}");
+        let hello = serde_json::json!({ "mac": "not-a-mac", "agent_version": "0.1.0", "mode": "discovery" });
+        let (status, problem) = post(&t.boot, wire::HELLO_PATH, &token, &hello).await;
+        assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("mac")), "{problem}");
         let (_, m) = get(&t.operator, "/api/v1/machines/52:54:00:00:00:07", Some(&t.admin)).await;
         assert_eq!(m["state"], "discovering", "rejected reports change nothing");
     }

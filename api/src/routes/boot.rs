@@ -14,8 +14,9 @@ use axum::Router;
 
 use crate::error::ApiError;
 use crate::AppState;
+use inventory::MacAddr;
 use model::lifecycle::{self, BootKind};
-use pxe::boot::{parse_dashed_mac, render_script, ScriptTarget};
+use pxe::boot::{render_script, ScriptTarget};
 
 /// Agent tokens outlive any sane boot, but not by days.
 const AGENT_TOKEN_TTL_MS: i64 = 24 * 3600 * 1000;
@@ -32,10 +33,10 @@ pub fn router(state: &AppState) -> axum::Router<AppState> {
 
 async fn script(State(state): State<AppState>, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let not_found = || ApiError::NotFound { what: format!("boot script {name}") };
-    let mac = name.strip_suffix(".ipxe").and_then(parse_dashed_mac).ok_or_else(not_found)?;
+    let mac = name.strip_suffix(".ipxe").and_then(MacAddr::parse_dashed).ok_or_else(not_found)?;
     let boot = state.boot.as_ref().ok_or_else(not_found)?;
-    let mac_text = store::mac_text(&mac);
-    let (id, _) = state.store.ensure_machine(&mac_text, "boot script requested", state.discovery_timeout_ms).await?;
+    let mac_text = mac.to_string();
+    let (id, _) = state.store.ensure_machine(mac, "boot script requested", state.discovery_timeout_ms).await?;
     let machine = state.store.machine(&id).await?;
     let kind = lifecycle::boot_kind(machine.as_ref().map(|m| m.state));
     let target = match kind {

@@ -40,7 +40,7 @@ async fn read_until(body: &mut axum::body::BodyDataStream, needle: &str) -> Stri
 #[tokio::test]
 async fn the_stream_sends_live_events_and_resumes_by_id() {
     let t = app().await;
-    let (first, _) = t.state.store.ensure_machine("52:54:00:00:20:01", "test", 60_000).await.unwrap();
+    let (first, _) = t.state.store.ensure_machine("52:54:00:00:20:01".parse().unwrap(), "test", 60_000).await.unwrap();
     let mut live = open(&t, "", None).await;
     t.state.store.record_event(Some(&first), "test.live", serde_json::json!({ "n": 1 })).await.unwrap();
     let text = read_until(&mut live, "event: test.live").await;
@@ -54,7 +54,7 @@ async fn the_stream_sends_live_events_and_resumes_by_id() {
     assert!(!text.contains("event: machine.created"), "only what came after the id:\n{text}");
 
     // The machine filter.
-    let (second, _) = t.state.store.ensure_machine("52:54:00:00:20:02", "test", 60_000).await.unwrap();
+    let (second, _) = t.state.store.ensure_machine("52:54:00:00:20:02".parse().unwrap(), "test", 60_000).await.unwrap();
     let mut one = open(&t, &format!("?machine={second}"), None).await;
     t.state.store.record_event(Some(&first), "test.other", serde_json::json!({})).await.unwrap();
     t.state.store.record_event(Some(&second), "test.mine", serde_json::json!({})).await.unwrap();

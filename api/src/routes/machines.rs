@@ -66,7 +66,7 @@ fn filter(query: &[(String, String)]) -> Result<MachineFilter, ApiError> {
             }
             "rack" => f.rack = Some(check_rack(value).map_err(|d| bad("rack", d))?.to_string()),
             "mac" => {
-                let mac = inventory::inband::normalize_mac(value).ok_or_else(|| bad("mac", "a MAC address"))?;
+                let mac = value.parse().map_err(|e: inventory::NotAMac| bad("mac", e.to_string()))?;
                 f.mac = Some(mac);
             }
             "after" => f.after = Some(value.clone()),
@@ -124,9 +124,9 @@ async fn list(
 
 /// `{id}` is the machine id or any of its MACs.
 pub(super) async fn find(state: &AppState, id_or_mac: &str) -> Result<Machine, ApiError> {
-    let id = match inventory::inband::normalize_mac(id_or_mac) {
-        Some(mac) => state.store.machine_id_by_mac(&mac).await?,
-        None => Some(id_or_mac.to_string()),
+    let id = match id_or_mac.parse() {
+        Ok(mac) => state.store.machine_id_by_mac(mac).await?,
+        Err(_) => Some(id_or_mac.to_string()),
     };
     let machine = match id {
         Some(id) => state.store.machine(&id).await?,

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::oob::{
     Battery, BmcNic, BmcSystem, Dimm, Drive, FirmwareComponent, PowerState, PowerSupply, Processor, Sensor, SensorKind,
 };
-use crate::Source;
+use crate::{MacAddr, Source};
 
 /// `"@odata.id"` of a reference object.
 pub(crate) fn odata_id(v: &Value) -> Option<&str> {
@@ -78,20 +78,6 @@ pub fn normalize_uuid(raw: &str) -> Option<String> {
         return None;
     }
     Some(format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]))
-}
-
-/// Lower-case, colon separated (`aa:bb:cc:dd:ee:ff`). `AA-BB-..`,
-/// `aabb.ccdd.eeff` and bare hex are accepted; all-zero is `None`.
-pub fn normalize_mac(raw: &str) -> Option<String> {
-    let hex: String = raw.chars().filter(|c| c.is_ascii_hexdigit()).collect::<String>().to_ascii_lowercase();
-    if hex.len() != 12 || raw.chars().any(|c| !c.is_ascii_hexdigit() && !matches!(c, ':' | '-' | '.')) {
-        return None;
-    }
-    if hex.chars().all(|c| c == '0') {
-        return None;
-    }
-    let pairs: Vec<&str> = (0..6).map(|i| &hex[i * 2..i * 2 + 2]).collect();
-    Some(pairs.join(":"))
 }
 
 pub(crate) fn power_state(v: &Value) -> Option<PowerState> {
@@ -185,7 +171,10 @@ pub(crate) fn nic(n: &Value) -> Option<BmcNic> {
     if absent(n) {
         return None;
     }
-    let mac = text(n, "MACAddress").or_else(|| text(n, "PermanentMACAddress")).and_then(|m| normalize_mac(&m));
+    let mac = text(n, "MACAddress")
+        .or_else(|| text(n, "PermanentMACAddress"))
+        .and_then(|m| m.parse::<MacAddr>().ok())
+        .filter(|m| !m.is_zero());
     Some(BmcNic {
         name: text(n, "Id").or_else(|| text(n, "Name")).unwrap_or_default(),
         mac,
@@ -272,17 +261,6 @@ mod tests {
         check("{4C4C4544004235108053B7C04F564E32}", Some("4c4c4544-0042-3510-8053-b7c04f564e32"));
         check("00000000-0000-0000-0000-000000000000", None);
         check("not-a-uuid", Some("not-a-uuid"));
-    }
-
-    #[test]
-    fn macs_normalize_to_lower_colon() {
-        let check = |raw: &str, want: Option<&str>| assert_eq!(normalize_mac(raw).as_deref(), want, "{raw}");
-        check("B0:26:28:AA:BB:01", Some("b0:26:28:aa:bb:01"));
-        check("b0-26-28-aa-bb-01", Some("b0:26:28:aa:bb:01"));
-        check("b026.28aa.bb01", Some("b0:26:28:aa:bb:01"));
-        check("00:00:00:00:00:00", None);
-        check("", None);
-        check("zz:26:28:aa:bb:01", None);
     }
 
     #[test]

@@ -36,5 +36,5 @@ mod walk;
 
 pub use actions::TaskInfo;
 pub use client::RedfishClient;
-pub use map::{normalize_mac, normalize_uuid};
+pub use map::normalize_uuid;
 pub use quirks::{Quirk, Vendor, QUIRKS};

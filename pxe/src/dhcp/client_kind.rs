@@ -31,11 +31,13 @@ impl Request {
 mod tests {
     use std::net::Ipv4Addr;
 
+    use inventory::MacAddr;
+
     use crate::boot::{boot_file, BootConfig};
     use crate::dhcp::packet::tests::ipxe_discover;
     use crate::dhcp::Request;
 
-    const MAC: [u8; 6] = [0x52, 0x54, 0, 0xab, 0xcd, 1];
+    const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 1]);
 
     fn cfg() -> BootConfig {
         BootConfig {

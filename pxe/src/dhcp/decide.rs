@@ -1,6 +1,7 @@
 //! The DHCP decision: a pure function from a request, the lease table, the
 //! configuration and the time to a reply and the lease changes it implies.
 
+use inventory::MacAddr;
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
@@ -27,9 +28,9 @@ pub struct DhcpConfig {
     pub mode: DhcpMode,
     /// Fixed addresses by MAC (inside or outside the pool, inside the
     /// subnet); never given to another client.
-    pub reservations: HashMap<[u8; 6], Ipv4Addr>,
+    pub reservations: HashMap<MacAddr, Ipv4Addr>,
     /// MACs that are never answered.
-    pub deny: HashSet<[u8; 6]>,
+    pub deny: HashSet<MacAddr>,
     /// Answer MACs Slipway does not know yet (discovery of new hardware).
     /// When false, only known machines and reservations get replies.
     pub answer_unknown: bool,
@@ -317,7 +318,7 @@ pub(super) fn policy_refusal(req: &Request, cfg: &DhcpConfig, known: bool) -> Op
     }
 }
 
-fn reserved_for_another(ip: Ipv4Addr, mac: &[u8; 6], cfg: &DhcpConfig) -> bool {
+fn reserved_for_another(ip: Ipv4Addr, mac: &MacAddr, cfg: &DhcpConfig) -> bool {
     cfg.reservations.iter().any(|(m, r)| *r == ip && m != mac)
 }
 
@@ -348,8 +349,8 @@ fn pick_address(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, subnet: &S
 }
 
 /// FNV-1a: stable across builds and releases (std's hasher is not).
-fn mac_hash(mac: &[u8; 6]) -> u64 {
-    mac.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+fn mac_hash(mac: &MacAddr) -> u64 {
+    mac.octets().iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]
@@ -362,8 +363,8 @@ mod tests {
     use super::*;
     use crate::dhcp::packet::tests::ipxe_discover;
 
-    const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
-    const OTHER: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
+    const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+    const OTHER: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 2]);
 
     /// Two addresses in the pool (so exhaustion is easy to reach) and a
     /// relayed rack.
@@ -383,7 +384,7 @@ mod tests {
         }
     }
 
-    fn request(mac: [u8; 6], ty: u8, extra: &[u8]) -> Request {
+    fn request(mac: impl Into<MacAddr>, ty: u8, extra: &[u8]) -> Request {
         let mut b = ipxe_discover(mac);
         b.truncate(240);
         b.extend_from_slice(&[53, 1, ty]);
@@ -430,7 +431,7 @@ mod tests {
         let mut t = LeaseTable::default();
         run(&mut t, &request(MAC, 1, &[]), 0);
         run(&mut t, &request(OTHER, 1, &[]), 0);
-        let third = [0x52, 0x54, 0, 0, 0, 3];
+        let third = MacAddr([0x52, 0x54, 0, 0, 0, 3]);
         assert_eq!(run(&mut t, &request(third, 1, &[]), 10).outcome, Outcome::Ignored("pool exhausted"));
         assert_eq!(run(&mut t, &request(third, 1, &[]), 61).outcome, Outcome::Offered);
     }
@@ -478,9 +479,9 @@ mod policy_tests {
     use super::*;
     use crate::dhcp::packet::tests::ipxe_discover;
 
-    const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
+    const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
 
-    fn discover(mac: [u8; 6]) -> Request {
+    fn discover(mac: impl Into<MacAddr>) -> Request {
         Request::parse(&ipxe_discover(mac)).unwrap()
     }
 
@@ -509,7 +510,7 @@ mod policy_tests {
     #[test]
     fn reservations_are_kept_for_their_owner() {
         let mut cfg = config();
-        let other = [0x52, 0x54, 0, 0, 0, 2];
+        let other = MacAddr([0x52, 0x54, 0, 0, 0, 2]);
         cfg.reservations.insert(other, Ipv4Addr::new(10, 77, 0, 100)); // inside the pool
         cfg.reservations.insert(MAC, Ipv4Addr::new(10, 77, 0, 50)); // outside it
         let d = decide(&discover(MAC), &LeaseTable::default(), &cfg, 0, true);

@@ -23,6 +23,7 @@
 //! appending, p50 0.14 ms and at most 28 ms in place. At load, the zeroed
 //! room is not a line.
 
+use inventory::MacAddr;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
@@ -30,7 +31,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::leases::{Lease, LeaseOp, LeaseState, LeaseTable};
-use crate::boot::{dashed_mac, parse_dashed_mac};
 
 /// A journal rewritten once it holds this many lines more than the table.
 const COMPACT_SLACK: usize = 10_000;
@@ -143,22 +143,21 @@ impl LeaseJournal {
 }
 
 fn format_line(op: &LeaseOp) -> String {
-    let mac = |m: &[u8; 6]| dashed_mac(m).replace('-', ":");
     match op {
         LeaseOp::Upsert(l) => {
             let state = match l.state {
                 LeaseState::Offered => "offered",
                 LeaseState::Bound => "bound",
             };
-            format!("+ {} {} {state} {}\n", mac(&l.mac), l.ip, l.expires_at)
+            format!("+ {} {} {state} {}\n", l.mac, l.ip, l.expires_at)
         }
-        LeaseOp::Remove { mac: m } => format!("- {}\n", mac(m)),
+        LeaseOp::Remove { mac } => format!("- {mac}\n"),
         LeaseOp::Quarantine { ip, until } => format!("q {ip} {until}\n"),
     }
 }
 
 fn parse_line(line: &str) -> Option<LeaseOp> {
-    let mac = |t: &str| parse_dashed_mac(&t.replace(':', "-"));
+    let mac = |t: &str| t.parse::<MacAddr>().ok();
     let fields: Vec<&str> = line.split(' ').collect();
     match fields.as_slice() {
         ["+", m, ip, state, expires] => Some(LeaseOp::Upsert(Lease {
@@ -182,7 +181,12 @@ mod tests {
     use super::*;
 
     fn lease(n: u8, state: LeaseState) -> Lease {
-        Lease { mac: [0x52, 0x54, 0, 0, 0, n], ip: Ipv4Addr::new(10, 0, 0, n), expires_at: 1000 + n as u64, state }
+        Lease {
+            mac: MacAddr([0x52, 0x54, 0, 0, 0, n]),
+            ip: Ipv4Addr::new(10, 0, 0, n),
+            expires_at: 1000 + n as u64,
+            state,
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The lease table: plain data, changed only by applying [`LeaseOp`]s, so the
 //! same ops that change memory are the ones persisted to disk.
 
+use inventory::MacAddr;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
@@ -16,7 +17,7 @@ pub enum LeaseState {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
-    pub mac: [u8; 6],
+    pub mac: MacAddr,
     pub ip: Ipv4Addr,
     /// Unix seconds.
     pub expires_at: u64,
@@ -29,7 +30,7 @@ pub struct Lease {
 pub enum LeaseOp {
     Upsert(Lease),
     Remove {
-        mac: [u8; 6],
+        mac: MacAddr,
     },
     /// Another host answered on this address (DHCPDECLINE): keep it out of
     /// the pool until `until`.
@@ -41,8 +42,8 @@ pub enum LeaseOp {
 
 #[derive(Debug, Default, Clone)]
 pub struct LeaseTable {
-    by_mac: HashMap<[u8; 6], Lease>,
-    by_ip: HashMap<Ipv4Addr, [u8; 6]>,
+    by_mac: HashMap<MacAddr, Lease>,
+    by_ip: HashMap<Ipv4Addr, MacAddr>,
     quarantined: HashMap<Ipv4Addr, u64>,
 }
 
@@ -55,13 +56,13 @@ impl LeaseTable {
         table
     }
 
-    pub fn by_mac(&self, mac: &[u8; 6]) -> Option<&Lease> {
+    pub fn by_mac(&self, mac: &MacAddr) -> Option<&Lease> {
         self.by_mac.get(mac)
     }
 
     /// True when `ip` may be given to `mac`: nobody else holds an unexpired
     /// lease on it and it is not quarantined.
-    pub fn is_free_for(&self, ip: Ipv4Addr, mac: &[u8; 6], now: u64) -> bool {
+    pub fn is_free_for(&self, ip: Ipv4Addr, mac: &MacAddr, now: u64) -> bool {
         if self.quarantined.get(&ip).is_some_and(|until| *until > now) {
             return false;
         }

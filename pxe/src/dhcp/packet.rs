@@ -6,6 +6,7 @@
 //! `debug_assert!`s that panic on malformed input. Here every offset is
 //! named, every length checked, and every failure is a typed [`Malformed`].
 
+use inventory::MacAddr;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -92,7 +93,7 @@ pub struct Request {
     pub flags: u16,
     pub ciaddr: Ipv4Addr,
     pub giaddr: Ipv4Addr,
-    pub mac: [u8; 6],
+    pub mac: MacAddr,
     pub options: BTreeMap<u8, Vec<u8>>,
 }
 
@@ -142,7 +143,7 @@ impl Request {
             flags: u16::from_be_bytes([bytes[FLAGS], bytes[FLAGS + 1]]),
             ciaddr: Ipv4Addr::from(array(bytes, CIADDR)),
             giaddr: Ipv4Addr::from(array(bytes, GIADDR)),
-            mac,
+            mac: MacAddr(mac),
             options,
         })
     }
@@ -162,11 +163,6 @@ impl Request {
     /// The client asked for a broadcast reply (flags bit 15).
     pub fn wants_broadcast(&self) -> bool {
         self.flags & 0x8000 != 0
-    }
-
-    pub fn mac_string(&self) -> String {
-        let m = self.mac;
-        format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
     }
 }
 
@@ -216,14 +212,15 @@ pub(crate) mod tests {
     use super::*;
 
     /// A DHCPDISCOVER as QEMU's BIOS iPXE sends it (options from the brief).
-    pub(crate) fn ipxe_discover(mac: [u8; 6]) -> Vec<u8> {
+    pub(crate) fn ipxe_discover(mac: impl Into<MacAddr>) -> Vec<u8> {
+        let mac: MacAddr = mac.into();
         let mut b = vec![0u8; OPTIONS];
         b[OP] = 1;
         b[HTYPE] = 1;
         b[HLEN] = 6;
         b[XID..XID + 4].copy_from_slice(&0x1234_5678u32.to_be_bytes());
         b[FLAGS] = 0x80;
-        b[CHADDR..CHADDR + 6].copy_from_slice(&mac);
+        b[CHADDR..CHADDR + 6].copy_from_slice(&mac.octets());
         b[MAGIC..OPTIONS].copy_from_slice(&MAGIC_COOKIE);
         let class = b"PXEClient:Arch:00000:UNDI:002001";
         b.extend_from_slice(&[53, 1, 1]);
@@ -243,7 +240,7 @@ pub(crate) mod tests {
         assert_eq!(req.message_type, MessageType::Discover);
         assert_eq!(req.xid, 0x1234_5678);
         assert!(req.wants_broadcast());
-        assert_eq!(req.mac_string(), "52:54:00:01:02:03");
+        assert_eq!(req.mac.to_string(), "52:54:00:01:02:03");
         assert_eq!(req.option(code::USER_CLASS), Some(&b"iPXE"[..]));
         assert_eq!(req.option(code::CLIENT_ARCH), Some(&[0u8, 0][..]));
     }

@@ -22,7 +22,7 @@ pub fn encode_reply(req: &Request, reply: &Reply, cfg: &DhcpConfig) -> Vec<u8> {
         reply.yiaddr,
         if reply.kind == ReplyKind::Nak { std::net::Ipv4Addr::UNSPECIFIED } else { cfg.boot.tftp_server },
         req.giaddr,
-        &req.mac,
+        &req.mac.octets(),
     );
     msg.set_opcode(Opcode::BootReply);
     msg.set_flags(Flags::new(req.flags));

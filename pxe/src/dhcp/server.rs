@@ -6,6 +6,7 @@
 //! is cancelled mid-request except by dropping the whole task, which loses
 //! at most the reply being built (the client retransmits).
 
+use inventory::MacAddr;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,11 +32,11 @@ pub trait DhcpBackend: Send + Sync + 'static {
     fn save(&self, ops: &[LeaseOp], table: &LeaseTable) -> impl Future<Output = Result<(), String>> + Send;
     /// Whether `mac` belongs to a machine Slipway knows. Asked only when
     /// the network does not answer unknown clients.
-    fn known(&self, mac: [u8; 6]) -> impl Future<Output = bool> + Send;
+    fn known(&self, mac: MacAddr) -> impl Future<Output = bool> + Send;
     /// A client was ACKed an address, or (proxy mode, `ip` unspecified)
     /// offered boot information. Called inside the DHCP loop: it must only
     /// queue its work, never wait on it.
-    fn bound(&self, mac: [u8; 6], ip: Ipv4Addr, client: ClientKind);
+    fn bound(&self, mac: MacAddr, ip: Ipv4Addr, client: ClientKind);
 }
 
 /// Counters readable by tests and exported as metrics.
@@ -233,7 +234,7 @@ const MAX_BATCH: usize = 256;
 fn log_decision(req: &Request, decision: &super::decide::Decision) {
     let reply_ip = decision.reply.as_ref().map_or_else(String::new, |r| r.yiaddr.to_string());
     info!(
-        mac = req.mac_string(),
+        mac = %req.mac,
         xid = req.xid,
         msg_type = req.message_type.label(),
         client = decision.client.label(),
@@ -307,10 +308,10 @@ mod tests {
             self.saved.lock().unwrap().extend_from_slice(ops);
             Ok(())
         }
-        async fn known(&self, _: [u8; 6]) -> bool {
+        async fn known(&self, _: MacAddr) -> bool {
             false
         }
-        fn bound(&self, _: [u8; 6], _: Ipv4Addr, _: ClientKind) {}
+        fn bound(&self, _: MacAddr, _: Ipv4Addr, _: ClientKind) {}
     }
 
     /// Our test config plus a relayed subnet on loopback, so a test can
