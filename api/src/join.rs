@@ -11,8 +11,7 @@
 //!   node is registered.
 //! - `command`: `run` joins, `check` exits 0 once the node is a member.
 
-use serde::{Deserialize, Serialize};
-
+pub use model::join::JoinSpec;
 use store::Cluster;
 use wire::NodeInstruction;
 
@@ -20,92 +19,6 @@ use wire::NodeInstruction;
 pub const HEARTBEAT_SECONDS: u32 = 15;
 /// How soon a node waiting for its cluster's first manager asks again.
 const CLUSTER_WAIT_SECONDS: u32 = 2;
-
-/// The `cluster` field of a deploy request.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct JoinSpec {
-    /// `swarm`, `kubeadm`, `k3s` or `command`.
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<String>,
-    /// `worker` (default) or `manager`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_cert_hash: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub check: Option<String>,
-}
-
-/// A spec that cannot work, with the field (under `cluster.`) to blame.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Invalid {
-    pub field: String,
-    pub detail: String,
-}
-
-fn invalid(field: &str, detail: impl Into<String>) -> Invalid {
-    Invalid { field: format!("cluster.{field}"), detail: detail.into() }
-}
-
-/// Values go into shell commands on the node: allow only what tokens,
-/// addresses and URLs are made of.
-fn shell_safe(value: &str) -> bool {
-    !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/@=+".contains(&b))
-}
-
-impl JoinSpec {
-    pub fn validate(&self) -> Result<(), Invalid> {
-        let need = |field: &str, value: &Option<String>| -> Result<(), Invalid> {
-            match value {
-                Some(v) if shell_safe(v) => Ok(()),
-                Some(_) => Err(invalid(field, "letters, digits and -_.:/@=+ only")),
-                None => Err(invalid(field, format!("required for kind {:?}", self.kind))),
-            }
-        };
-        let role_ok = matches!(self.role.as_deref(), None | Some("worker") | Some("manager"));
-        if !role_ok {
-            return Err(invalid("role", "worker or manager"));
-        }
-        match self.kind.as_str() {
-            "swarm" => match (&self.endpoint, &self.token, &self.cluster) {
-                (None, None, Some(_)) => need("cluster", &self.cluster),
-                (Some(_), Some(_), _) => need("endpoint", &self.endpoint).and(need("token", &self.token)),
-                (None, None, None) => {
-                    Err(invalid("cluster", "a cluster name for Slipway to form, or endpoint and token"))
-                }
-                (Some(_), None, _) => Err(invalid("token", "required with endpoint")),
-                (None, Some(_), _) => Err(invalid("endpoint", "required with token")),
-            },
-            "kubeadm" => need("endpoint", &self.endpoint)
-                .and(need("token", &self.token))
-                .and(need("ca_cert_hash", &self.ca_cert_hash)),
-            "k3s" => need("endpoint", &self.endpoint).and(need("token", &self.token)),
-            "command" => match (&self.run, &self.check) {
-                (Some(r), Some(c)) if !r.trim().is_empty() && !c.trim().is_empty() => Ok(()),
-                (Some(r), _) if !r.trim().is_empty() => Err(invalid("check", "a command that exits 0 once joined")),
-                _ => Err(invalid("run", "the join command")),
-            },
-            other => Err(invalid("kind", format!("{other:?}: swarm, kubeadm, k3s or command"))),
-        }
-    }
-
-    /// The name of the cluster Slipway forms for this spec, if it forms one.
-    pub fn managed_cluster(&self) -> Option<&str> {
-        self.cluster.as_deref().filter(|_| self.kind == "swarm" && self.endpoint.is_none())
-    }
-
-    fn manager(&self) -> bool {
-        self.role.as_deref() == Some("manager")
-    }
-}
 
 /// What a node not yet a member does next. `cluster` is the Slipway-formed
 /// cluster of the spec's name (claimed for this node if it was the first).
@@ -120,7 +33,7 @@ pub fn plan(spec: &JoinSpec, machine_id: &str, cluster: Option<&Cluster>) -> Nod
             // Created once: a reinstalled initiator joins like any other.
             (_, _, Some(c)) if c.initiator == machine_id && c.endpoint.is_none() => NodeInstruction::SwarmInit,
             (_, _, Some(c)) => {
-                let token = if spec.manager() { &c.manager_token } else { &c.worker_token };
+                let token = if spec.is_manager() { &c.manager_token } else { &c.worker_token };
                 match (&c.endpoint, token) {
                     (Some(endpoint), Some(token)) => {
                         NodeInstruction::SwarmJoin { endpoint: endpoint.clone(), token: token.clone() }
@@ -137,7 +50,7 @@ pub fn plan(spec: &JoinSpec, machine_id: &str, cluster: Option<&Cluster>) -> Nod
                 opt(&spec.endpoint),
                 opt(&spec.token),
                 opt(&spec.ca_cert_hash),
-                if spec.manager() { " --control-plane" } else { "" }
+                if spec.is_manager() { " --control-plane" } else { "" }
             ),
             check: "kubectl --kubeconfig /etc/kubernetes/kubelet.conf get node \"$(hostname)\"".into(),
         },

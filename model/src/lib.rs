@@ -6,6 +6,7 @@ pub mod campaign;
 pub mod deploy;
 pub mod engine;
 pub mod hook;
+pub mod join;
 pub mod lifecycle;
 pub mod refresh_plan;
 pub mod role;

@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{now_ms, rfc3339, Result, Store, StoreError};
-use model::deploy::DeployPhase;
+use model::deploy::{DeployPhase, DeploymentSpec};
 use model::lifecycle::{MachineState, Trigger};
 
 /// What an operator says about an image when registering it.
@@ -56,7 +56,7 @@ pub struct Image {
 pub struct Deployment {
     pub machine_id: String,
     pub image: String,
-    pub spec: serde_json::Value,
+    pub spec: DeploymentSpec,
     pub phase: DeployPhase,
     pub bytes_written: i64,
     pub total_bytes: i64,
@@ -86,13 +86,25 @@ fn image_from_row(r: &AnyRow) -> Result<Image> {
     })
 }
 
+/// A deployment's spec from its row: `spec` holds all but the cluster,
+/// `cluster` the join spec (rows written before migration 0011 carry their
+/// cluster inside `spec`, and keep it).
+pub(crate) fn spec_from_row(r: &AnyRow) -> Result<DeploymentSpec> {
+    let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("deployment {what}: {e}"));
+    let text: String = r.try_get("spec")?;
+    let mut spec: DeploymentSpec = serde_json::from_str(&text).map_err(|e| corrupt("spec", e))?;
+    if let Some(cluster) = r.try_get::<Option<String>, _>("cluster")? {
+        spec.cluster = Some(serde_json::from_str(&cluster).map_err(|e| corrupt("cluster", e))?);
+    }
+    Ok(spec)
+}
+
 fn deployment_from_row(r: &AnyRow) -> Result<Deployment> {
     let phase: String = r.try_get("phase")?;
-    let spec: String = r.try_get("spec")?;
     Ok(Deployment {
         machine_id: r.try_get("machine_id")?,
         image: r.try_get("image")?,
-        spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        spec: spec_from_row(r)?,
         phase: serde_json::from_value(serde_json::json!(phase))
             .map_err(|_| StoreError::Corrupt(format!("deploy phase {phase}")))?,
         bytes_written: r.try_get("bytes_written")?,
@@ -202,17 +214,21 @@ impl Store {
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         machine_id: &str,
         image: &str,
-        spec: &serde_json::Value,
+        spec: &DeploymentSpec,
         total_bytes: i64,
         now: i64,
     ) -> Result<()> {
+        let unwritable = |e: serde_json::Error| StoreError::Corrupt(format!("deployment spec: {e}"));
+        let cluster = spec.cluster.as_ref().map(serde_json::to_string).transpose().map_err(unwritable)?;
+        let rest = serde_json::to_string(&DeploymentSpec { cluster: None, ..spec.clone() }).map_err(unwritable)?;
         sqlx::query(
-            "INSERT INTO deployments (machine_id, image, spec, phase, bytes_written, total_bytes, created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, 0, $5, $6, $6)",
+            "INSERT INTO deployments (machine_id, image, spec, cluster, phase, bytes_written, total_bytes, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $7)",
         )
         .bind(machine_id)
         .bind(image)
-        .bind(spec.to_string())
+        .bind(rest)
+        .bind(cluster)
         .bind(DeployPhase::Requested.as_str())
         .bind(total_bytes)
         .bind(now)
@@ -225,7 +241,7 @@ impl Store {
         &self,
         machine_id: &str,
         image: &Image,
-        spec: &serde_json::Value,
+        spec: &DeploymentSpec,
         deadline_ms: i64,
     ) -> Result<Deployment> {
         let total = image
@@ -409,5 +425,61 @@ fn deploy_phase_ended(before: &str, after: DeployPhase, began_ms: Option<i64>) {
     // being left.
     if let Some(phase) = ["start", "write", "verify", "firstboot"].get(from) {
         observe_deploy_phase(phase, began_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use sqlx::Row;
+
+    use super::*;
+    use crate::test_db;
+
+    test_db::on_both_databases!(the_cluster_has_its_own_column_and_older_rows_keep_theirs);
+
+    async fn the_cluster_has_its_own_column_and_older_rows_keep_theirs(store: Store) {
+        let (id, _) = store.ensure_machine("52:54:00:00:05:01".parse().unwrap(), "test", 60_000).await.unwrap();
+        let spec: DeploymentSpec = serde_json::from_value(json!({
+            "image": "img", "hostname": "n1", "users": [{"name": "ops"}],
+            "cluster": {"kind": "swarm", "cluster": "rack7"},
+        }))
+        .unwrap();
+        let meta = |name: &str| ImageMeta {
+            name: name.into(),
+            os: "debian".into(),
+            version: "12".into(),
+            arch: "x86_64".into(),
+            boot_mode: "bios".into(),
+        };
+        store.create_image(&meta("img")).await.unwrap();
+        let mut tx = store.writer.begin().await.unwrap();
+        Store::insert_deployment_in(&mut tx, &id, "img", &spec, 10, 1).await.unwrap();
+        tx.commit().await.unwrap();
+        let row = sqlx::query("SELECT spec, cluster FROM deployments WHERE machine_id = $1")
+            .bind(&id)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        let (rest, cluster): (String, Option<String>) = (row.try_get("spec").unwrap(), row.try_get("cluster").unwrap());
+        assert!(!rest.contains("rack7"), "the cluster is not kept twice: {rest}");
+        assert_eq!(cluster.as_deref(), Some(r#"{"kind":"swarm","cluster":"rack7"}"#));
+        assert_eq!(store.deployment(&id).await.unwrap().unwrap().spec, spec, "read back whole, users and all");
+        // A row written before the column existed carries its cluster in `spec`.
+        sqlx::query("UPDATE deployments SET spec = $1, cluster = NULL WHERE machine_id = $2")
+            .bind(serde_json::to_string(&spec).unwrap())
+            .bind(&id)
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(store.deployment(&id).await.unwrap().unwrap().spec, spec);
+        // A spec the type does not know is corrupt, not silently emptied.
+        sqlx::query("UPDATE deployments SET spec = $1 WHERE machine_id = $2")
+            .bind(r#"{"image":"img","hostname":"n1","userz":[]}"#)
+            .bind(&id)
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        assert!(matches!(store.deployment(&id).await, Err(StoreError::Corrupt(_))));
     }
 }

@@ -198,7 +198,7 @@ impl Store {
     /// joins when the one that created the Swarm may be the one away.
     pub async fn live_manager_endpoint(&self, name: &str, except: &str, since_ms: i64) -> Result<Option<String>> {
         let rows = sqlx::query(
-            "SELECT n.machine_id, n.status, d.spec FROM node_status n \
+            "SELECT n.machine_id, n.status, d.spec, d.cluster FROM node_status n \
              JOIN deployments d ON d.machine_id = n.machine_id \
              WHERE n.last_seen_ms >= $1 AND n.machine_id <> $2 ORDER BY n.machine_id",
         )
@@ -207,13 +207,13 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         for r in rows {
-            let (status, spec): (String, String) = (r.try_get("status")?, r.try_get("spec")?);
+            let status: String = r.try_get("status")?;
             let (Ok(status), Ok(spec)) =
-                (serde_json::from_str::<NodeStatus>(&status), serde_json::from_str::<serde_json::Value>(&spec))
+                (serde_json::from_str::<NodeStatus>(&status), crate::deploy::spec_from_row(&r))
             else {
                 continue;
             };
-            let in_cluster = spec["cluster"]["cluster"] == name && spec["cluster"]["kind"] == "swarm";
+            let in_cluster = spec.cluster.is_some_and(|c| c.kind == "swarm" && c.cluster.as_deref() == Some(name));
             if let (true, Some(true), Some(address)) =
                 (in_cluster, status.cluster.as_ref().map(|c| c.manager), status.address)
             {

@@ -23,7 +23,7 @@ impl Store {
         &self,
         machine_id: &str,
         image: &Image,
-        spec: &Value,
+        spec: &model::deploy::DeploymentSpec,
         deadline_ms: i64,
         cause: &str,
     ) -> Result<()> {

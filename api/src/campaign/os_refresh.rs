@@ -33,7 +33,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tracing::{info, warn};
 
 use super::hook;
@@ -42,6 +42,7 @@ use super::swarm::NodeHand;
 use crate::join::JoinSpec;
 use crate::AppState;
 use model::campaign::{DrainCommands, NodeProgress};
+use model::deploy::DeploymentSpec;
 use model::lifecycle::{MachineState, Trigger};
 use model::refresh_plan::{self, ClusterOp, DeployView, OpKind, Progress};
 use store::{now_ms, DeployPhase, Deployment, ImageState, StoreError};
@@ -116,14 +117,6 @@ pub async fn run_node(
     }
 }
 
-/// A deployment spec with another image: the rest of the machine's
-/// settings are kept.
-fn with_image(spec: &Value, image: &str) -> Value {
-    let mut spec = spec.clone();
-    spec["image"] = json!(image);
-    spec
-}
-
 /// 95% of a deadline, so the action decides before the reaper.
 fn bound(ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(ms - ms / 20).unwrap_or(0).max(1000))
@@ -140,7 +133,7 @@ impl Node<'_> {
         let Some(previous) = store.deployment(self.machine_id).await? else {
             return Ok(Outcome::Failed(format!("the machine is {} with no deployment to refresh", machine.state)));
         };
-        let join: Option<JoinSpec> = serde_json::from_value(previous.spec["cluster"].clone()).ok();
+        let join = previous.spec.cluster.clone();
         let cluster = join.as_ref().and_then(JoinSpec::managed_cluster);
         let drain = self.drain.as_ref().filter(|_| hook::foreign_cluster(join.as_ref()));
         if let Some(old) = recorded_previous {
@@ -192,7 +185,7 @@ impl Node<'_> {
 
         // (b), (c) Reinstall with the machine's own settings.
         let cause = format!("campaign {}: OS refresh to {target}", self.campaign_id);
-        let spec = with_image(&previous.spec, target);
+        let spec = previous.spec.with_image(target);
         let refreshed = self.install(target, &spec, &cause, join.is_some(), self.back_within).await?;
         let (outcome, new_node) = match refreshed {
             Ok(new_node) => (Outcome::Done("reinstalled, verified and back"), new_node),
@@ -224,7 +217,7 @@ impl Node<'_> {
             // The rollback had started: finish it.
             let (outcome, _) = if previous.image == target {
                 let why = "the refresh failed before an appliance restart";
-                self.roll_back(why, old, &with_image(&previous.spec, old), clustered).await?
+                self.roll_back(why, old, &previous.spec.with_image(old), clustered).await?
             } else {
                 self.reboot_if_untaken(state, previous.phase, old).await;
                 let back = self.wait_back(old, clustered, None).await?;
@@ -239,7 +232,7 @@ impl Node<'_> {
         self.reboot_if_untaken(state, previous.phase, target).await;
         let (outcome, new_node) = match self.wait_back(target, clustered, self.back_within).await? {
             Ok(new_node) => (Outcome::Done("found in place after a restart"), new_node),
-            Err(why) if old != target => self.roll_back(&why, old, &with_image(&previous.spec, old), clustered).await?,
+            Err(why) if old != target => self.roll_back(&why, old, &previous.spec.with_image(old), clustered).await?,
             Err(why) => (Outcome::Failed(format!("interrupted by an appliance restart: {why}")), None),
         };
         if let (Some(name), Some(new)) = (cluster, &new_node) {
@@ -283,7 +276,13 @@ impl Node<'_> {
     }
 
     /// Reinstalls the previous image after `why`.
-    async fn roll_back(&self, why: &str, old: &str, spec: &Value, clustered: bool) -> Step<(Outcome, Option<String>)> {
+    async fn roll_back(
+        &self,
+        why: &str,
+        old: &str,
+        spec: &DeploymentSpec,
+        clustered: bool,
+    ) -> Step<(Outcome, Option<String>)> {
         self.hand().event("campaign.node_rolling_back", json!({ "reason": why, "image": old })).await?;
         let cause = format!("campaign {}: rollback to {old}", self.campaign_id);
         let back = self.install(old, spec, &cause, clustered, None).await?;
@@ -333,7 +332,7 @@ impl Node<'_> {
     async fn install(
         &self,
         image: &str,
-        spec: &Value,
+        spec: &DeploymentSpec,
         cause: &str,
         clustered: bool,
         back_within: Option<Duration>,

@@ -51,8 +51,7 @@ impl NodeHand<'_> {
 
     /// The join spec of the machine's deployment, if it has one.
     pub async fn join_spec(&self) -> Step<Option<JoinSpec>> {
-        let spec = self.app.store.deployment(self.machine_id).await?.map(|d| d.spec["cluster"].clone());
-        Ok(spec.and_then(|s| serde_json::from_value(s).ok()))
+        Ok(self.app.store.deployment(self.machine_id).await?.and_then(|d| d.spec.cluster))
     }
 
     /// Drains the node after checking that the managers keep a quorum

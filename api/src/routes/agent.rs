@@ -125,23 +125,18 @@ async fn next_instruction(state: &AppState, id: &str) -> Result<Instruction, Api
     let Some((sha256, raw_bytes)) = image.and_then(|i| Some((i.sha256?, i.raw_bytes?))) else {
         return Ok(wait);
     };
-    // The spec was validated when the deploy was accepted.
-    let field = |name: &str| deployment.spec.get(name).cloned().unwrap_or_default();
-    fn from<T: serde::de::DeserializeOwned>(spec: &serde_json::Value, name: &str) -> Option<T> {
-        serde_json::from_value(spec.get(name).cloned().unwrap_or_default()).ok()
-    }
-    let spec = &deployment.spec;
+    let spec = deployment.spec;
     Ok(Instruction::Deploy(Box::new(DeploySpec {
         url_path: format!("/boot/images/{}.raw.zst", deployment.image),
         image: deployment.image.clone(),
         sha256,
         raw_bytes: raw_bytes as u64,
-        disk: from(spec, "disk").unwrap_or_default(),
-        hostname: field("hostname").as_str().unwrap_or_default().to_string(),
-        ssh_authorized_keys: from(spec, "ssh_authorized_keys").unwrap_or_default(),
-        users: from(spec, "users").unwrap_or_default(),
-        network: from(spec, "network"),
-        user_data: from(spec, "user_data"),
+        disk: spec.disk,
+        hostname: spec.hostname,
+        ssh_authorized_keys: spec.ssh_authorized_keys,
+        users: spec.users,
+        network: spec.network,
+        user_data: spec.user_data,
         // A new credential with every hand-out: one live per machine, so a
         // write restarted after a reboot installs the one that works.
         node_token: state.store.issue_node_token(id).await?,
@@ -215,7 +210,7 @@ async fn deploy_report(
         DeployPhase::Written => {
             // With a join spec, `deployed` waits for the node agent to
             // report membership, with a deadline.
-            let joins = state.store.deployment(&id).await?.is_some_and(|d| !d.spec["cluster"].is_null());
+            let joins = state.store.deployment(&id).await?.is_some_and(|d| d.spec.cluster.is_some());
             let deadline = joins.then(|| store::now_ms() + state.join_timeout_ms);
             state.store.fire_because(&id, Trigger::ImageWritten, Trigger::ImageWritten.cause(), deadline).await?;
             metrics::counter!("slipway_deployments_total", "outcome" => "written").increment(1);

@@ -708,8 +708,7 @@ async fn a_restart_before_the_bmc_reboot_reboots_again() {
     assert!(store.start_campaign_node(&id, &target).await.unwrap());
     store.note_campaign_node(&id, &target, None, Some("img-1"), false).await.unwrap();
     let image = store.image("img-2").await.unwrap().unwrap();
-    let mut spec = store.deployment(&target).await.unwrap().unwrap().spec;
-    spec["image"] = json!("img-2");
+    let spec = store.deployment(&target).await.unwrap().unwrap().spec.with_image("img-2");
     let deadline = store::now_ms() + 600_000;
     store.start_refresh(&target, &image, &spec, deadline, "campaign: OS refresh to img-2").await.unwrap();
     let boots = fleet.sims[1].backend.boots().len();

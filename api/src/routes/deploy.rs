@@ -11,15 +11,15 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::Routes;
 use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::join::JoinSpec;
 use crate::AppState;
+use model::deploy::DeploymentSpec;
 use store::{now_ms, Deployment, ImageState};
 
 pub(super) fn router() -> Routes {
@@ -84,84 +84,47 @@ async fn release(
     Ok((StatusCode::ACCEPTED, Json(machine)))
 }
 
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({
-    "image": "debian-12", "hostname": "node1", "ssh_authorized_keys": ["ssh-ed25519 AAAAC3Nz... ops@example"],
-    "disk": {"serial": "DISK-1"}, "cluster": {"kind": "swarm", "cluster": "rack7"}
-}))]
-pub(super) struct DeployRequest {
-    image: String,
-    /// An RFC 1123 host name.
-    #[schema(
-        max_length = 253,
-        pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-    )]
-    hostname: String,
-    #[serde(default)]
-    ssh_authorized_keys: Vec<String>,
-    #[serde(default)]
-    disk: wire::DiskHint,
-    /// Accounts created at first boot.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    users: Vec<wire::User>,
-    /// Static addressing on the boot NIC; DHCP when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    network: Option<wire::StaticNetwork>,
-    /// cloud-init user-data, for images that have cloud-init.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    user_data: Option<String>,
-    /// The cluster the node joins once its OS is up.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    cluster: Option<JoinSpec>,
-}
-
-impl DeployRequest {
-    /// What serde cannot check, with the field to blame.
-    fn validate(&self) -> Result<(), ApiError> {
-        if !valid_hostname(&self.hostname) {
-            return Err(bad("hostname", format!("{:?} is not an RFC 1123 host name", self.hostname)));
-        }
-        let one_key_each =
-            |keys: &[String], field: &str| match keys.iter().position(|k| k.trim().is_empty() || k.contains('\n')) {
-                Some(i) => Err(bad(&format!("{field}[{i}]"), "one non-empty key per entry")),
-                None => Ok(()),
-            };
-        one_key_each(&self.ssh_authorized_keys, "ssh_authorized_keys")?;
-        for (i, user) in self.users.iter().enumerate() {
-            if !valid_user_name(&user.name) || user.name == "root" {
-                return Err(bad(
-                    &format!("users[{i}].name"),
-                    "a POSIX user name other than root: [a-z_][a-z0-9_-]{0,31}",
-                ));
-            }
-            one_key_each(&user.ssh_authorized_keys, &format!("users[{i}].ssh_authorized_keys"))?;
-            if let Some(g) = user.groups.iter().position(|g| !valid_user_name(g)) {
-                return Err(bad(&format!("users[{i}].groups[{g}]"), "a POSIX group name"));
-            }
-        }
-        if let Some(net) = &self.network {
-            let ok = net.address.split_once('/').is_some_and(|(ip, len)| {
-                ip.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| (1..=32).contains(&l))
-            });
-            if !ok {
-                return Err(bad(
-                    "network.address",
-                    format!("{:?}: an IPv4 address with its prefix, 10.0.0.5/24", net.address),
-                ));
-            }
-            if net.gateway.as_ref().is_some_and(|g| g.parse::<std::net::Ipv4Addr>().is_err()) {
-                return Err(bad("network.gateway", "an IPv4 address"));
-            }
-            if let Some(i) = net.dns.iter().position(|d| d.parse::<std::net::IpAddr>().is_err()) {
-                return Err(bad(&format!("network.dns[{i}]"), "an IP address"));
-            }
-        }
-        if let Some(cluster) = &self.cluster {
-            cluster.validate().map_err(|e| bad(&e.field, e.detail))?;
-        }
-        Ok(())
+/// What serde cannot check in a deploy request, with the field to blame.
+fn validate(req: &DeploymentSpec) -> Result<(), ApiError> {
+    if !valid_hostname(&req.hostname) {
+        return Err(bad("hostname", format!("{:?} is not an RFC 1123 host name", req.hostname)));
     }
+    let one_key_each =
+        |keys: &[String], field: &str| match keys.iter().position(|k| k.trim().is_empty() || k.contains('\n')) {
+            Some(i) => Err(bad(&format!("{field}[{i}]"), "one non-empty key per entry")),
+            None => Ok(()),
+        };
+    one_key_each(&req.ssh_authorized_keys, "ssh_authorized_keys")?;
+    for (i, user) in req.users.iter().enumerate() {
+        if !valid_user_name(&user.name) || user.name == "root" {
+            return Err(bad(&format!("users[{i}].name"), "a POSIX user name other than root: [a-z_][a-z0-9_-]{0,31}"));
+        }
+        one_key_each(&user.ssh_authorized_keys, &format!("users[{i}].ssh_authorized_keys"))?;
+        if let Some(g) = user.groups.iter().position(|g| !valid_user_name(g)) {
+            return Err(bad(&format!("users[{i}].groups[{g}]"), "a POSIX group name"));
+        }
+    }
+    if let Some(net) = &req.network {
+        let ok = net.address.split_once('/').is_some_and(|(ip, len)| {
+            ip.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| (1..=32).contains(&l))
+        });
+        if !ok {
+            return Err(bad(
+                "network.address",
+                format!("{:?}: an IPv4 address with its prefix, 10.0.0.5/24", net.address),
+            ));
+        }
+        if net.gateway.as_ref().is_some_and(|g| g.parse::<std::net::Ipv4Addr>().is_err()) {
+            return Err(bad("network.gateway", "an IPv4 address"));
+        }
+        if let Some(i) = net.dns.iter().position(|d| d.parse::<std::net::IpAddr>().is_err()) {
+            return Err(bad(&format!("network.dns[{i}]"), "an IP address"));
+        }
+    }
+    if let Some(cluster) = &req.cluster {
+        cluster.validate().map_err(|e| bad(&e.field, e.detail))?;
+    }
+    Ok(())
 }
 
 /// POSIX portable user and group names, as `useradd` accepts them.
@@ -201,7 +164,7 @@ fn valid_hostname(name: &str) -> bool {
         ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
         crate::idempotency::KeyParam,
     ),
-    request_body = DeployRequest,
+    request_body = DeploymentSpec,
     responses(
         (status = 202, description = "The deployment, requested", body = Deployment),
         super::openapi::NeedsRole, super::openapi::TakesJson,
@@ -214,9 +177,9 @@ async fn deploy(
     _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    JsonBody(req): JsonBody<DeployRequest>,
+    JsonBody(req): JsonBody<DeploymentSpec>,
 ) -> Result<(StatusCode, Json<Deployment>), ApiError> {
-    req.validate()?;
+    validate(&req)?;
     let machine = super::machines::find(&state, &id).await?;
     let image = match state.store.image(&req.image).await? {
         Some(image) if image.state == ImageState::Available => image,
@@ -228,9 +191,8 @@ async fn deploy(
             return Err(bad("disk.min_size_bytes", format!("the image needs {size} bytes")));
         }
     }
-    let spec = serde_json::to_value(&req).map_err(|e| bad("body", e.to_string()))?;
     let deployment =
-        state.store.start_deployment(&machine.id, &image, &spec, now_ms() + state.deploy_timeout_ms).await?;
+        state.store.start_deployment(&machine.id, &image, &req, now_ms() + state.deploy_timeout_ms).await?;
     state.work_posted.notify_waiters();
     state.oob.boot_for_work(&machine.id, true, "deploy: power on into the installer");
     tracing::info!(machine = machine.id, image = req.image, hostname = req.hostname, "deployment requested");

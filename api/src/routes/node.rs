@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use utoipa::ToSchema;
 
 use super::Routes;
@@ -41,12 +41,7 @@ pub(super) fn operator_router() -> Routes {
 
 /// The join spec of the machine's deployment, if it asked for one.
 async fn join_spec(state: &AppState, id: &str) -> Result<Option<JoinSpec>, ApiError> {
-    let spec = state.store.deployment(id).await?.map(|d| d.spec["cluster"].clone()).unwrap_or(Value::Null);
-    if spec.is_null() {
-        return Ok(None);
-    }
-    // Validated when the deploy was accepted.
-    Ok(serde_json::from_value(spec).ok())
+    Ok(state.store.deployment(id).await?.and_then(|d| d.spec.cluster))
 }
 
 async fn status(
