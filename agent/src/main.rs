@@ -16,7 +16,7 @@ mod node;
 
 use std::time::Duration;
 
-use wire::{DeployReport, DeploySpec, Hello, Instruction, WipeReport};
+use wire::{DeployReport, DeploySpec, Hello, Instruction, WipeMode, WipeReport};
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
@@ -64,19 +64,19 @@ fn main() {
             Instruction::PowerOff => run_final("poweroff"),
             Instruction::Reboot => run_final("reboot"),
             Instruction::Deploy(spec) => next = Some(run_deploy(&client, &spec, &inventory, args.mac)),
-            Instruction::Wipe { mode } => next = Some(run_wipe(&client, &mode, &inventory)),
+            Instruction::Wipe { mode } => next = Some(run_wipe(&client, mode, &inventory)),
         }
     }
 }
 
 /// Wipes every disk and reports; returns what to do next.
-fn run_wipe(client: &Client, mode: &str, inventory: &inventory::Inventory) -> Instruction {
-    log(&format!("wiping every disk ({mode})"));
-    let report = match deploy::wipe(&deploy::all_disks(&inventory.disks), mode == "full") {
-        Ok(disks) => WipeReport { mode: mode.into(), disks, error: None },
+fn run_wipe(client: &Client, mode: WipeMode, inventory: &inventory::Inventory) -> Instruction {
+    log(&format!("wiping every disk ({})", mode.as_str()));
+    let report = match deploy::wipe(&deploy::all_disks(&inventory.disks), mode == WipeMode::Full) {
+        Ok(disks) => WipeReport { mode, disks, error: None },
         Err(error) => {
             log(&format!("wipe failed: {error}"));
-            WipeReport { mode: mode.into(), disks: vec![], error: Some(error) }
+            WipeReport { mode, disks: vec![], error: Some(error) }
         }
     };
     let mut reply = None;

@@ -356,11 +356,10 @@ impl Config {
     }
 
     /// `provisioning.release_wipe`, checked.
-    pub fn release_wipe(&self) -> Result<&str, ConfigError> {
-        match self.provisioning.release_wipe.as_str() {
-            mode @ ("quick" | "full") => Ok(mode),
-            other => Err(invalid("provisioning.release_wipe", format!("{other:?} is not quick or full"))),
-        }
+    pub fn release_wipe(&self) -> Result<wire::WipeMode, ConfigError> {
+        let text = &self.provisioning.release_wipe;
+        wire::WipeMode::parse(text)
+            .ok_or_else(|| invalid("provisioning.release_wipe", format!("{text:?} is not quick or full")))
     }
 
     /// `None` when boot services are off.

@@ -38,7 +38,7 @@ pub struct AppState {
     pub deploy_timeout_ms: i64,
     pub join_timeout_ms: i64,
     /// `quick` or `full`: how a release wipes unless the request says.
-    pub release_wipe: String,
+    pub release_wipe: wire::WipeMode,
     /// Woken when work is posted for some agent (a deploy, a release), so
     /// held instruction requests look again.
     pub work_posted: Arc<tokio::sync::Notify>,

@@ -131,7 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .unwrap_or(i64::MAX),
         join_timeout_ms: i64::try_from(config.provisioning.join_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         images_dir: images_dir.clone(),
-        release_wipe: config.release_wipe()?.to_string(),
+        release_wipe: config.release_wipe()?,
         work_posted: Default::default(),
         firmware_dir: config.data_dir.join("firmware"),
     };

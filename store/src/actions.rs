@@ -24,7 +24,7 @@ pub enum Action {
 pub struct ActionTimeouts {
     pub discovery_ms: i64,
     pub deploy_ms: i64,
-    pub release_wipe: String,
+    pub release_wipe: wire::WipeMode,
 }
 
 impl Store {
@@ -115,7 +115,7 @@ impl Store {
                 if mode.is_none() {
                     sqlx::query("INSERT INTO releases (machine_id, mode, created_at_ms) VALUES ($1, $2, $3)")
                         .bind(id)
-                        .bind(&t.release_wipe)
+                        .bind(t.release_wipe.as_str())
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
@@ -139,7 +139,7 @@ mod tests {
     test_db::on_both_databases!(operator_actions_follow_the_lifecycle);
 
     fn timeouts() -> ActionTimeouts {
-        ActionTimeouts { discovery_ms: 60_000, deploy_ms: 600_000, release_wipe: "quick".into() }
+        ActionTimeouts { discovery_ms: 60_000, deploy_ms: 600_000, release_wipe: wire::WipeMode::Quick }
     }
 
     async fn operator_actions_follow_the_lifecycle(store: Store) {

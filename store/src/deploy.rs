@@ -7,6 +7,7 @@ use sqlx::Row;
 use super::{now_ms, rfc3339, Result, Store, StoreError};
 use model::deploy::{DeployPhase, DeploymentSpec};
 use model::lifecycle::{MachineState, Trigger};
+use wire::WipeMode;
 
 /// What an operator says about an image when registering it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -338,7 +339,7 @@ impl Store {
 impl Store {
     /// Moves a deployed (or failed) machine to `releasing` and records how
     /// to wipe it, in one transaction.
-    pub async fn start_release(&self, machine_id: &str, mode: &str, deadline_ms: i64) -> Result<()> {
+    pub async fn start_release(&self, machine_id: &str, mode: WipeMode, deadline_ms: i64) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         let cause = Trigger::ReleaseRequested.cause();
         match Self::fire_in(&mut tx, machine_id, Trigger::ReleaseRequested, cause, Some(deadline_ms)).await? {
@@ -361,7 +362,7 @@ impl Store {
         }
         sqlx::query("INSERT INTO releases (machine_id, mode, created_at_ms) VALUES ($1, $2, $3)")
             .bind(machine_id)
-            .bind(mode)
+            .bind(mode.as_str())
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -372,12 +373,13 @@ impl Store {
     }
 
     /// The wipe mode of a machine being released.
-    pub async fn release_mode(&self, machine_id: &str) -> Result<Option<String>> {
+    pub async fn release_mode(&self, machine_id: &str) -> Result<Option<WipeMode>> {
         let row = sqlx::query("SELECT mode FROM releases WHERE machine_id = $1")
             .bind(machine_id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| r.try_get("mode")).transpose()?)
+        let Some(text) = row.map(|r| r.try_get::<String, _>("mode")).transpose()? else { return Ok(None) };
+        WipeMode::parse(&text).map(Some).ok_or_else(|| StoreError::Corrupt(format!("wipe mode {text:?}")))
     }
 
     /// Ends a release: on success the machine is `ready` with no

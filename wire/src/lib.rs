@@ -46,17 +46,39 @@ pub enum Instruction {
     Deploy(Box<DeploySpec>),
     /// Wipe every disk, report, then ask again.
     Wipe {
-        /// `quick`: partition tables and signatures (the first and last MiB
-        /// of each disk); `full`: every byte overwritten with zeros.
-        mode: String,
+        mode: WipeMode,
     },
+}
+
+/// How a release wipes a machine's disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum WipeMode {
+    /// Partition tables and signatures: the first and last MiB of each disk.
+    Quick,
+    /// Every byte overwritten with zeros.
+    Full,
+}
+
+impl WipeMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WipeMode::Quick => "quick",
+            WipeMode::Full => "full",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<WipeMode> {
+        [WipeMode::Quick, WipeMode::Full].into_iter().find(|m| m.as_str() == text)
+    }
 }
 
 /// The agent's report after a wipe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WipeReport {
-    pub mode: String,
+    pub mode: WipeMode,
     /// Disks wiped, e.g. `/dev/vda`.
     pub disks: Vec<String>,
     /// Why it failed; absent on success.

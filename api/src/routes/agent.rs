@@ -155,7 +155,7 @@ async fn wiped(
         return Err(store::StoreError::Conflict(format!("machine {id} is not releasing")).into());
     }
     state.store.finish_release(&id, &report.disks, report.error.as_deref()).await?;
-    tracing::info!(machine = id, mode = report.mode, disks = ?report.disks, error = report.error, "wipe report");
+    tracing::info!(machine = id, mode = report.mode.as_str(), disks = ?report.disks, error = report.error, "wipe report");
     let outcome = if report.error.is_some() { "failed" } else { "wiped" };
     metrics::counter!("slipway_releases_total", "outcome" => outcome).increment(1);
     Ok(Json(Instruction::Wait { poll_seconds: POLL_SECONDS }))

@@ -33,9 +33,9 @@ pub(super) fn router() -> Routes {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"wipe": "quick"}))]
 pub(super) struct ReleaseRequest {
-    /// `quick` or `full`; the configured default when absent.
+    /// The configured default when absent.
     #[serde(default)]
-    wipe: Option<String>,
+    wipe: Option<wire::WipeMode>,
 }
 
 /// Releases a machine: its disks are wiped and it is `ready` again.
@@ -71,15 +71,12 @@ async fn release(
     JsonBody(req): JsonBody<Option<ReleaseRequest>>,
 ) -> Result<(StatusCode, Json<store::Machine>), ApiError> {
     let req = req.unwrap_or_default();
-    let mode = req.wipe.unwrap_or_else(|| state.release_wipe.clone());
-    if mode != "quick" && mode != "full" {
-        return Err(bad("wipe", format!("{mode:?}: quick or full")));
-    }
+    let mode = req.wipe.unwrap_or(state.release_wipe);
     let machine = super::machines::find(&state, &id).await?;
-    state.store.start_release(&machine.id, &mode, now_ms() + state.deploy_timeout_ms).await?;
+    state.store.start_release(&machine.id, mode, now_ms() + state.deploy_timeout_ms).await?;
     state.work_posted.notify_waiters();
     state.oob.boot_for_work(&machine.id, false, "release: boot into the ramdisk to wipe");
-    tracing::info!(machine = machine.id, wipe = mode, "release requested");
+    tracing::info!(machine = machine.id, wipe = mode.as_str(), "release requested");
     let machine = super::machines::find(&state, &machine.id).await?;
     Ok((StatusCode::ACCEPTED, Json(machine)))
 }

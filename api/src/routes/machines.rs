@@ -325,7 +325,7 @@ async fn action(
     let timeouts = ActionTimeouts {
         discovery_ms: state.discovery_timeout_ms,
         deploy_ms: state.deploy_timeout_ms,
-        release_wipe: state.release_wipe.clone(),
+        release_wipe: state.release_wipe,
     };
     let to = state.store.machine_action(&machine.id, &action, &timeouts).await?;
     let to = to.ok_or_else(|| ApiError::NotFound { what: format!("machine {id}") })?;

@@ -74,7 +74,7 @@ async fn serve_from(dir: tempfile::TempDir, db: Arc<TestDb>, admin: String) -> T
         deploy_timeout_ms: 600_000,
         join_timeout_ms: 600_000,
         images_dir: images_dir.clone(),
-        release_wipe: "quick".into(),
+        release_wipe: wire::WipeMode::Quick,
         work_posted: Default::default(),
         firmware_dir: dir.path().join("firmware"),
     };
