@@ -10,17 +10,46 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Which kind of cluster a node joins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinKind {
+    #[default]
+    Swarm,
+    Kubeadm,
+    K3s,
+    Command,
+}
+
+impl JoinKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinKind::Swarm => "swarm",
+            JoinKind::Kubeadm => "kubeadm",
+            JoinKind::K3s => "k3s",
+            JoinKind::Command => "command",
+        }
+    }
+}
+
+/// How a node joins its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinRole {
+    Worker,
+    Manager,
+}
+
 /// The `cluster` field of a deploy request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinSpec {
-    /// `swarm`, `kubeadm`, `k3s` or `command`.
-    pub kind: String,
+    pub kind: JoinKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
-    /// `worker` (default) or `manager`.
+    /// `worker` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
+    pub role: Option<JoinRole>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,15 +85,11 @@ impl JoinSpec {
             match value {
                 Some(v) if shell_safe(v) => Ok(()),
                 Some(_) => Err(invalid(field, "letters, digits and -_.:/@=+ only")),
-                None => Err(invalid(field, format!("required for kind {:?}", self.kind))),
+                None => Err(invalid(field, format!("required for kind {}", self.kind.as_str()))),
             }
         };
-        let role_ok = matches!(self.role.as_deref(), None | Some("worker") | Some("manager"));
-        if !role_ok {
-            return Err(invalid("role", "worker or manager"));
-        }
-        match self.kind.as_str() {
-            "swarm" => match (&self.endpoint, &self.token, &self.cluster) {
+        match self.kind {
+            JoinKind::Swarm => match (&self.endpoint, &self.token, &self.cluster) {
                 (None, None, Some(_)) => need("cluster", &self.cluster),
                 (Some(_), Some(_), _) => need("endpoint", &self.endpoint).and(need("token", &self.token)),
                 (None, None, None) => {
@@ -73,26 +98,25 @@ impl JoinSpec {
                 (Some(_), None, _) => Err(invalid("token", "required with endpoint")),
                 (None, Some(_), _) => Err(invalid("endpoint", "required with token")),
             },
-            "kubeadm" => need("endpoint", &self.endpoint)
+            JoinKind::Kubeadm => need("endpoint", &self.endpoint)
                 .and(need("token", &self.token))
                 .and(need("ca_cert_hash", &self.ca_cert_hash)),
-            "k3s" => need("endpoint", &self.endpoint).and(need("token", &self.token)),
-            "command" => match (&self.run, &self.check) {
+            JoinKind::K3s => need("endpoint", &self.endpoint).and(need("token", &self.token)),
+            JoinKind::Command => match (&self.run, &self.check) {
                 (Some(r), Some(c)) if !r.trim().is_empty() && !c.trim().is_empty() => Ok(()),
                 (Some(r), _) if !r.trim().is_empty() => Err(invalid("check", "a command that exits 0 once joined")),
                 _ => Err(invalid("run", "the join command")),
             },
-            other => Err(invalid("kind", format!("{other:?}: swarm, kubeadm, k3s or command"))),
         }
     }
 
     /// The name of the cluster Slipway forms for this spec, if it forms one.
     pub fn managed_cluster(&self) -> Option<&str> {
-        self.cluster.as_deref().filter(|_| self.kind == "swarm" && self.endpoint.is_none())
+        self.cluster.as_deref().filter(|_| self.kind == JoinKind::Swarm && self.endpoint.is_none())
     }
 
     /// Joins as a manager (`role: manager`).
     pub fn is_manager(&self) -> bool {
-        self.role.as_deref() == Some("manager")
+        self.role == Some(JoinRole::Manager)
     }
 }

@@ -213,7 +213,9 @@ impl Store {
             else {
                 continue;
             };
-            let in_cluster = spec.cluster.is_some_and(|c| c.kind == "swarm" && c.cluster.as_deref() == Some(name));
+            let in_cluster = spec
+                .cluster
+                .is_some_and(|c| c.kind == model::join::JoinKind::Swarm && c.cluster.as_deref() == Some(name));
             if let (true, Some(true), Some(address)) =
                 (in_cluster, status.cluster.as_ref().map(|c| c.manager), status.address)
             {

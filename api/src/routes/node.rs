@@ -117,7 +117,7 @@ async fn status(
     }
     let cluster = match cluster_name {
         Some(name) => {
-            let mut cluster = state.store.claim_cluster(name, &spec.kind, &id).await?;
+            let mut cluster = state.store.claim_cluster(name, spec.kind.as_str(), &id).await?;
             // Join through a manager that is up: the one that created the
             // Swarm may be away (an OS refresh), or be this very node.
             if cluster.endpoint.is_some() {
