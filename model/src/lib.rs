@@ -8,6 +8,7 @@ pub mod engine;
 pub mod hook;
 pub mod join;
 pub mod lifecycle;
+pub mod refresh;
 pub mod refresh_plan;
 pub mod role;
 

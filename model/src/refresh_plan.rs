@@ -1,7 +1,8 @@
-//! The pure decisions of an OS refresh: which Swarm operation a refresh
-//! waits for and whether the cluster shows it done, what a manager's node
-//! agent is told next, and where a machine's refresh stands. No I/O:
-//! `os_refresh` gathers the machine, deployment and cluster and acts.
+//! The pure pieces of an OS refresh that its saga (`refresh`) and the
+//! agents' routes share: which Swarm operation a refresh waits for and
+//! whether the cluster shows it done, what a manager's node agent is told
+//! next, whether a manager may leave, and where a machine's (re)install
+//! stands. No I/O.
 
 use serde::{Deserialize, Serialize};
 use wire::{Member, NodeInstruction};
@@ -72,20 +73,6 @@ pub fn after_refresh(cluster: &str, old_node: &str, new_node: Option<&str>) -> C
     ClusterOp { cluster: cluster.into(), op, node: old_node.into() }
 }
 
-/// The entries a reinstalled node left behind when their ids were lost
-/// (an appliance restart mid-reinstall): members with its host name, not
-/// up, other than its current entry.
-pub fn stale_entries(members: &[Member], current: &str) -> Vec<String> {
-    let Some(hostname) = members.iter().find(|m| m.id == current).map(|m| m.hostname.as_str()) else {
-        return vec![];
-    };
-    members
-        .iter()
-        .filter(|m| m.hostname == hostname && m.id != current && !m.status.eq_ignore_ascii_case("ready"))
-        .map(|m| m.id.clone())
-        .collect()
-}
-
 /// Whether the Swarm keeps a quorum of managers while `node` is down:
 /// Raft needs more than half of all managers (down ones count) to be up.
 /// A worker, or a node not in the list, leaves the managers as they are.
@@ -122,6 +109,7 @@ pub enum Progress {
 }
 
 /// The deployment as the store has it: image, phase, error.
+#[derive(Debug, Clone, Copy)]
 pub struct DeployView<'a> {
     pub image: &'a str,
     pub phase: DeployPhase,
@@ -169,17 +157,6 @@ mod tests {
 
     fn op(kind: OpKind, node: &str) -> ClusterOp {
         ClusterOp { cluster: "rack7".into(), op: kind, node: node.into() }
-    }
-
-    #[test]
-    fn a_lost_entry_is_found_by_host_name_when_down() {
-        let mut members = vec![member("old", "Drain"), member("new", "Active"), member("other", "Active")];
-        members[0].hostname = "host-new".into();
-        members[0].status = "Down".into();
-        assert_eq!(stale_entries(&members, "new"), ["old"]);
-        members[0].status = "Ready".into();
-        assert!(stale_entries(&members, "new").is_empty(), "an entry that is up is somebody's");
-        assert!(stale_entries(&members, "unknown").is_empty());
     }
 
     #[test]

@@ -291,7 +291,7 @@ impl Store {
         };
         let updated = sqlx::query(
             "UPDATE campaign_nodes SET state = $1, new_version = COALESCE($2, new_version), reason = $3, \
-             finished_at_ms = $4, updated_at_ms = $4 \
+             wanted = NULL, finished_at_ms = $4, updated_at_ms = $4 \
              WHERE campaign_id = $5 AND machine_id = $6 AND state IN ('applying', 'verifying')",
         )
         .bind(state.as_str())

@@ -558,16 +558,6 @@ impl Store {
         rows.iter().map(feed::event_from_row).collect()
     }
 
-    /// The machine's latest event of `kind`.
-    pub async fn latest_event(&self, machine_id: &str, kind: &str) -> Result<Option<Event>> {
-        let row = sqlx::query("SELECT * FROM events WHERE machine_id = $1 AND kind = $2 ORDER BY id DESC LIMIT 1")
-            .bind(machine_id)
-            .bind(kind)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(feed::event_from_row).transpose()
-    }
-
     /// A fresh agent credential for `machine_id`; any earlier one stops
     /// working, so a token is good for the boot it was issued to.
     pub async fn issue_agent_token(&self, machine_id: &str, ttl_ms: i64) -> Result<String> {

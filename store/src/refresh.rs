@@ -1,8 +1,9 @@
 //! OS refreshes: a deployed machine's new deployment (moved to
-//! `refreshing` in the same transaction), the cluster operations a
-//! refresh campaign asks a Swarm manager for, and a node's rolled-back
-//! outcome. Deciding is `campaign::os_refresh`'s and
-//! `campaign::refresh_plan`'s; this module only stores.
+//! `refreshing` in the same transaction), each refresh node's saga and
+//! what it wants of agents (the cluster operations a Swarm manager is
+//! asked for, the drain commands a node's agent runs), and a node's
+//! rolled-back outcome. Deciding is `model::refresh`'s; this module only
+//! stores.
 
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -10,6 +11,7 @@ use sqlx::Row;
 use super::{now_ms, Image, Result, Store, StoreError};
 use model::hook::NodeHook;
 use model::lifecycle::{MachineState, Trigger};
+use model::refresh::{Saga, Wanted};
 use model::refresh_plan::ClusterOp;
 
 impl Store {
@@ -54,46 +56,104 @@ impl Store {
         Ok(())
     }
 
-    /// The cluster operations that refresh nodes in progress are waiting
-    /// for on `cluster` (kept in the node's `task`), oldest first.
-    pub async fn cluster_ops(&self, cluster: &str) -> Result<Vec<ClusterOp>> {
-        let rows = sqlx::query(
-            "SELECT task FROM campaign_nodes WHERE state IN ('applying', 'verifying') AND task IS NOT NULL \
-             ORDER BY started_at_ms",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut ops = vec![];
-        for row in rows {
-            let task: String = row.try_get("task")?;
-            // Firmware nodes keep BMC task ids here: not ours.
-            if let Ok(op) = serde_json::from_str::<ClusterOp>(&task) {
-                if op.cluster == cluster {
-                    ops.push(op);
-                }
-            }
-        }
-        Ok(ops)
+    /// The stored saga of an OS refresh node in progress (`None` before its
+    /// first step, or when an appliance from before sagas started it).
+    pub async fn refresh_saga(&self, campaign_id: &str, machine_id: &str) -> Result<Option<Saga>> {
+        let row = sqlx::query("SELECT saga FROM campaign_nodes WHERE campaign_id = $1 AND machine_id = $2")
+            .bind(campaign_id)
+            .bind(machine_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(text) = row.map(|r| r.try_get::<Option<String>, _>("saga")).transpose()?.flatten() else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| StoreError::Corrupt(format!("campaign node saga: {e}")))
     }
 
-    /// The drain or undrain command a refresh node in progress waits for
-    /// its own agent to run (kept in the node's `task`).
-    pub async fn node_hook(&self, machine_id: &str) -> Result<Option<NodeHook>> {
-        let rows = sqlx::query(
-            "SELECT task FROM campaign_nodes WHERE machine_id = $1 AND state IN ('applying', 'verifying') \
-             AND task IS NOT NULL",
+    /// Stores a node's saga and what its phase wants of an agent, while
+    /// the node is in progress (a node an operator or another runner
+    /// finished stays finished).
+    pub async fn save_refresh_saga(&self, campaign_id: &str, machine_id: &str, saga: &Saga) -> Result<()> {
+        let text = serde_json::to_string(saga).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let wanted = saga.wanted().map(|w| serde_json::to_string(&w)).transpose();
+        let wanted = wanted.map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "UPDATE campaign_nodes SET saga = $1, wanted = $2, updated_at_ms = $3 \
+             WHERE campaign_id = $4 AND machine_id = $5 AND state IN ('applying', 'verifying')",
         )
+        .bind(text)
+        .bind(wanted)
+        .bind(now_ms())
+        .bind(campaign_id)
         .bind(machine_id)
-        .fetch_all(&self.pool)
+        .execute(&self.writer)
         .await?;
-        for row in rows {
-            let task: String = row.try_get("task")?;
-            // Other tasks (BMC task ids, Swarm operations) are not hooks.
-            if let Ok(hook) = serde_json::from_str::<NodeHook>(&task) {
-                return Ok(Some(hook));
-            }
+        Ok(())
+    }
+
+    /// Sets (or clears) what a node in progress wants of an agent.
+    pub async fn want_for_campaign_node(
+        &self,
+        campaign_id: &str,
+        machine_id: &str,
+        wanted: Option<&Wanted>,
+    ) -> Result<()> {
+        let text = wanted.map(serde_json::to_string).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "UPDATE campaign_nodes SET wanted = $1, updated_at_ms = $2 \
+             WHERE campaign_id = $3 AND machine_id = $4 AND state IN ('applying', 'verifying')",
+        )
+        .bind(text)
+        .bind(now_ms())
+        .bind(campaign_id)
+        .bind(machine_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// What the nodes in progress want, of `machine_id`'s agent or (with
+    /// `None`) of any, oldest first.
+    async fn wanted(&self, machine_id: Option<&str>) -> Result<Vec<Wanted>> {
+        const IN_PROGRESS: &str = "SELECT wanted FROM campaign_nodes \
+             WHERE state IN ('applying', 'verifying') AND wanted IS NOT NULL";
+        let sql = match machine_id {
+            Some(_) => format!("{IN_PROGRESS} AND machine_id = $1"),
+            None => format!("{IN_PROGRESS} ORDER BY started_at_ms"),
+        };
+        let mut query = sqlx::query(&sql);
+        if let Some(id) = machine_id {
+            query = query.bind(id.to_string());
         }
-        Ok(None)
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let text: String = row.try_get("wanted")?;
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("campaign node wanted: {e}")))
+            })
+            .collect()
+    }
+
+    /// The cluster operations that nodes in progress are waiting for on
+    /// `cluster`, oldest first.
+    pub async fn cluster_ops(&self, cluster: &str) -> Result<Vec<ClusterOp>> {
+        let wanted = self.wanted(None).await?;
+        Ok(wanted
+            .into_iter()
+            .filter_map(|w| match w {
+                Wanted::ClusterOp(op) if op.cluster == cluster => Some(op),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The drain or undrain command a node in progress waits for its own
+    /// agent to run.
+    pub async fn node_hook(&self, machine_id: &str) -> Result<Option<NodeHook>> {
+        Ok(self.wanted(Some(machine_id)).await?.into_iter().find_map(|w| match w {
+            Wanted::Hook(hook) => Some(hook),
+            Wanted::ClusterOp(_) => None,
+        }))
     }
 
     /// An OS refresh node that failed and is back on its previous image:
@@ -108,7 +168,7 @@ impl Store {
         let mut tx = self.writer.begin().await?;
         let now = now_ms();
         let updated = sqlx::query(
-            "UPDATE campaign_nodes SET state = 'rolled_back', reason = $1, task = NULL, finished_at_ms = $2, \
+            "UPDATE campaign_nodes SET state = 'rolled_back', reason = $1, task = NULL, wanted = NULL, finished_at_ms = $2, \
              updated_at_ms = $2 WHERE campaign_id = $3 AND machine_id = $4 AND state IN ('applying', 'verifying')",
         )
         .bind(reason)

@@ -15,6 +15,7 @@ use super::swarm::NodeHand;
 use crate::join::{JoinSpec, HEARTBEAT_SECONDS};
 use model::campaign::DrainCommands;
 use model::hook::NodeHook;
+use model::refresh::Wanted;
 use store::{now_ms, StoreError};
 
 type Step<T> = Result<T, StoreError>;
@@ -67,7 +68,7 @@ impl NodeHand<'_> {
         let limit = Duration::from_secs(u64::from(timeout_seconds) + 2 * u64::from(HEARTBEAT_SECONDS) + 15);
         let (store, id) = (&self.app.store, hook.hook_id.as_str());
         let reported = self
-            .while_wanted(&hook, limit, || async move {
+            .while_wanted(Wanted::Hook(hook.clone()), limit, || async move {
                 let report = store.node_report(self.machine_id).await?;
                 Ok(report.and_then(|r| r.status.hook).filter(|r| r.id == id))
             })

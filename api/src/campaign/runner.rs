@@ -5,8 +5,10 @@
 //! the campaign's new state and the nodes to start, each through the
 //! store (guarded, with its event), each node's action in its own task.
 //!
-//! A node the store shows in progress with no task here (the appliance
-//! restarted, or a task died) is resumed. Dropping the runner's future
+//! A firmware node runs in a task of its own; a node the store shows in
+//! progress with no task here (the appliance restarted, or a task died) is
+//! resumed. An OS refresh node has no task: each tick takes one step of
+//! its stored saga (`os_refresh::tick`), so a restart simply goes on. Dropping the runner's future
 //! aborts its node tasks; every step is in the store, so the next runner
 //! goes on. Only one runner may drive a database: with several
 //! appliances, the leader runs it (see `serve`).
@@ -79,10 +81,25 @@ async fn tick_once(
 ) -> Result<(), StoreError> {
     for campaign in app.store.campaigns_to_run().await? {
         let nodes = app.store.campaign_nodes(&campaign.id).await?;
-        for node in nodes.iter().filter(|n| n.state.in_flight()) {
-            if !workers.contains_key(&(campaign.id.clone(), node.machine_id.clone())) {
-                info!(campaign = campaign.id, machine = node.machine_id, "resuming a node in progress");
-                spawn_node(app, settings, &campaign, node.clone(), true, tasks, workers);
+        let in_flight = nodes.iter().filter(|n| n.state.in_flight());
+        match &campaign.action {
+            // One step of each refreshing node's saga (at most a batch of them).
+            Action::OsRefresh { image } => {
+                let campaign = &campaign;
+                let steps = in_flight.map(|node| async move {
+                    if let Err(err) = super::os_refresh::tick(app, settings, campaign, image, node).await {
+                        warn!(campaign = campaign.id, machine = node.machine_id, error = %err, "an OS refresh step failed; trying again");
+                    }
+                });
+                futures_util::future::join_all(steps).await;
+            }
+            Action::Firmware(_) => {
+                for node in in_flight {
+                    if !workers.contains_key(&(campaign.id.clone(), node.machine_id.clone())) {
+                        info!(campaign = campaign.id, machine = node.machine_id, "resuming a node in progress");
+                        spawn_node(app, settings, &campaign, node.clone(), true, tasks, workers);
+                    }
+                }
             }
         }
         // Paused and finished campaigns start nothing; only their nodes
@@ -127,20 +144,13 @@ fn spawn_node(
 ) {
     let key = (campaign.id.clone(), node.machine_id.clone());
     let (app, settings, id) = (app.clone(), settings.clone(), campaign.id.clone());
-    let handle = match &campaign.action {
-        Action::Firmware(action) => {
-            let (action, drain) = (action.clone(), campaign.gates.drain.clone());
-            tasks.spawn(async move { super::firmware::run_node(app, settings, id, node, action, drain, resume).await })
-        }
-        Action::OsRefresh { image } => {
-            let target = super::os_refresh::Target {
-                image: image.clone(),
-                back_within: campaign.gates.back_within_seconds.map(std::time::Duration::from_secs),
-                drain: campaign.gates.drain.clone(),
-            };
-            tasks.spawn(async move { super::os_refresh::run_node(app, settings, id, node, target, resume).await })
-        }
+    let Action::Firmware(action) = &campaign.action else {
+        // An OS refresh node has no task: the runner steps it every tick.
+        return;
     };
+    let (action, drain) = (action.clone(), campaign.gates.drain.clone());
+    let handle =
+        tasks.spawn(async move { super::firmware::run_node(app, settings, id, node, action, drain, resume).await });
     workers.insert(key, handle);
 }
 

@@ -1,9 +1,9 @@
-//! A campaign node's dealings with its Slipway-formed Swarm, shared by the
-//! OS-refresh and firmware actions: find its membership, check that the
+//! A firmware campaign node's dealings with its Slipway-formed Swarm: find its membership, check that the
 //! managers keep a quorum without it, drain it and make it active again.
 //! Swarm changes are asked of a manager's node agent (the wanted operation
 //! is stored as the node's `task`) and count as done only when the
-//! manager's own member list shows them.
+//! manager's own member list shows them. (The OS refresh's are steps of
+//! its saga, `model::refresh`.)
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use super::runner::RunnerSettings;
 use crate::join::JoinSpec;
 use crate::AppState;
 use model::lifecycle::MachineState;
+use model::refresh::Wanted;
 use model::refresh_plan::{self, ClusterOp, OpKind};
 use store::StoreError;
 
@@ -100,7 +101,7 @@ impl NodeHand<'_> {
         let limit = self.settings.drain_timeout;
         let store = &self.app.store;
         let shown = self
-            .while_wanted(op, limit, || async move {
+            .while_wanted(Wanted::ClusterOp(op.clone()), limit, || async move {
                 let members = store.cluster(&op.cluster).await?.map(|c| c.members).unwrap_or_default();
                 Ok(op.done(&members).then_some(()))
             })
@@ -116,21 +117,20 @@ impl NodeHand<'_> {
         }))
     }
 
-    /// Keeps `wanted` as the node's `task` (what an agent is handed at its
-    /// next report) while polling `seen` until it finds the outcome, at most
-    /// `limit`; `None` when the time ran out. The task is cleared after.
+    /// Keeps `wanted` as what the node wants of an agent (handed out at its
+    /// next report) while polling `seen` until it finds the outcome, at
+    /// most `limit`; `None` when the time ran out. It is cleared after.
     pub async fn while_wanted<T, F>(
         &self,
-        wanted: &impl serde::Serialize,
+        wanted: Wanted,
         limit: Duration,
         mut seen: impl FnMut() -> F,
     ) -> Step<Option<T>>
     where
         F: Future<Output = Step<Option<T>>>,
     {
-        let text = serde_json::to_string(wanted).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let store = &self.app.store;
-        store.note_campaign_node(self.campaign_id, self.machine_id, Some(Some(&text)), None, false).await?;
+        store.want_for_campaign_node(self.campaign_id, self.machine_id, Some(&wanted)).await?;
         let started = Instant::now();
         let found = loop {
             if let Some(found) = seen().await? {
@@ -141,7 +141,7 @@ impl NodeHand<'_> {
             }
             tokio::time::sleep(self.settings.task_poll.max(Duration::from_millis(50))).await;
         };
-        store.note_campaign_node(self.campaign_id, self.machine_id, Some(None), None, false).await?;
+        store.want_for_campaign_node(self.campaign_id, self.machine_id, None).await?;
         Ok(found)
     }
 }
