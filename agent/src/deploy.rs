@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use inventory::Disk;
 use sha2::{Digest, Sha256};
-use wire::{DeploySpec, DiskHint};
+use wire::{DeployPhase, DeploySpec, DiskHint};
 
 const BUF: usize = 1 << 20;
 /// Reconnections allowed for one image before the deploy fails.
@@ -75,22 +75,6 @@ pub fn wipe(targets: &[Target], full: bool) -> Result<Vec<String>, String> {
     Ok(wiped)
 }
 
-/// What the deploy is doing, for reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Writing,
-    Verifying,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Writing => "writing",
-            Phase::Verifying => "verifying",
-        }
-    }
-}
-
 /// Writes the image at `url` to `target` and verifies it; `report` hears
 /// the phase and the raw bytes done (at most every couple of seconds).
 pub fn write_image(
@@ -98,7 +82,7 @@ pub fn write_image(
     url: &str,
     spec: &DeploySpec,
     target: &Target,
-    report: &mut dyn FnMut(Phase, u64),
+    report: &mut dyn FnMut(DeployPhase, u64),
 ) -> Result<(), String> {
     if spec.raw_bytes > target.capacity {
         return Err(format!(
@@ -113,13 +97,13 @@ pub fn write_image(
         .write(true)
         .open(&target.path)
         .map_err(|e| format!("opening {}: {e}", target.path.display()))?;
-    let written = decompress_to(source, &mut disk, spec, &mut |n| report(Phase::Writing, n))?;
+    let written = decompress_to(source, &mut disk, spec, &mut |n| report(DeployPhase::Writing, n))?;
     if written.sha256 != spec.sha256 {
         return Err(format!("checksum mismatch in the image stream: got {}, want {}", written.sha256, spec.sha256));
     }
     disk.sync_all().map_err(|e| format!("flushing {}: {e}", target.path.display()))?;
     drop(disk);
-    report(Phase::Verifying, written.bytes);
+    report(DeployPhase::Verifying, written.bytes);
     // Read back what the disk holds, not what the page cache remembers.
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
     let on_disk = hash_prefix(&target.path, spec.raw_bytes)?;
@@ -399,7 +383,7 @@ mod tests {
         write_image(&ureq::agent(), &url, &spec, &t, &mut |p, n| phases.push((p, n))).unwrap();
         assert_eq!(requests.load(Ordering::SeqCst), 2, "one drop, one resume from where it stopped");
         assert_eq!(std::fs::read(&t.path).unwrap()[..raw.len()], raw[..]);
-        assert_eq!(phases.last(), Some(&(Phase::Verifying, raw.len() as u64)));
+        assert_eq!(phases.last(), Some(&(DeployPhase::Verifying, raw.len() as u64)));
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod node;
 
 use std::time::Duration;
 
-use wire::{DeployReport, DeploySpec, Hello, Instruction, WipeMode, WipeReport};
+use wire::{DeployPhase, DeployReport, DeploySpec, Hello, Instruction, WipeMode, WipeReport};
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
@@ -98,14 +98,9 @@ fn run_deploy(
     log(&format!("deploying {} ({} bytes)", spec.image, spec.raw_bytes));
     let outcome = deploy::choose_disk(&inventory.disks, &spec.disk).and_then(|target| {
         let disk = target.path.display().to_string();
-        let progress = |phase: &str, bytes: u64| {
-            let report = DeployReport {
-                phase: phase.into(),
-                bytes_written: bytes,
-                disk: Some(disk.clone()),
-                error: None,
-                configured: None,
-            };
+        let progress = |phase: DeployPhase, bytes: u64| {
+            let report =
+                DeployReport { phase, bytes_written: bytes, disk: Some(disk.clone()), error: None, configured: None };
             // Progress is best effort: a missed report must not stop the write.
             if let Err(err) = client.report(&report) {
                 log(&format!("progress report failed: {err}"));
@@ -117,8 +112,8 @@ fn run_deploy(
             .timeout_connect(Duration::from_secs(10))
             .timeout_read(Duration::from_secs(30))
             .build();
-        deploy::write_image(&stream, &url, spec, &target, &mut |phase, bytes| progress(phase.as_str(), bytes))?;
-        progress("configuring", spec.raw_bytes);
+        deploy::write_image(&stream, &url, spec, &target, &mut |phase, bytes| progress(phase, bytes))?;
+        progress(DeployPhase::Configuring, spec.raw_bytes);
         // Verified first: only then is it safe to change the table. The
         // root filesystem follows at first boot (slipway-firstboot).
         let grown = std::fs::OpenOptions::new()
@@ -167,7 +162,7 @@ fn run_deploy(
     });
     let report = match &outcome {
         Ok((disk, configured)) => DeployReport {
-            phase: "written".into(),
+            phase: DeployPhase::Written,
             bytes_written: spec.raw_bytes,
             disk: Some(disk.clone()),
             error: None,
@@ -176,7 +171,7 @@ fn run_deploy(
         Err(error) => {
             log(&format!("deploy failed: {error}"));
             DeployReport {
-                phase: "failed".into(),
+                phase: DeployPhase::Failed,
                 bytes_written: 0,
                 disk: None,
                 error: Some(error.clone()),

@@ -13,7 +13,7 @@ use std::net::{ToSocketAddrs, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-use wire::{HookResult, Member, Membership, NodeInstruction, NodeStatus, SwarmCreated};
+use wire::{HookResult, Member, Membership, MembershipKind, NodeInstruction, NodeStatus, SwarmCreated};
 
 /// What `/etc/slipway/agent.env` holds (written at deploy).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +124,8 @@ fn collect(
     let cluster = swarm_membership().or_else(|| {
         let check = check?;
         sh(check).ok()?;
-        Some(Membership { kind: "command".into(), node_id: read("/proc/sys/kernel/hostname"), ..Default::default() })
+        let node_id = read("/proc/sys/kernel/hostname");
+        Some(Membership { kind: MembershipKind::Command, node_id, manager: false, members: vec![] })
     });
     NodeStatus {
         agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -211,7 +212,7 @@ pub fn parse_swarm_info(json: &str) -> Option<Membership> {
         return None;
     }
     Some(Membership {
-        kind: "swarm".into(),
+        kind: MembershipKind::Swarm,
         node_id: node_id.into(),
         manager: swarm["ControlAvailable"].as_bool().unwrap_or(false),
         members: vec![],

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use inventory::oob::UpsProtocol;
 use inventory::MacAddr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -18,8 +19,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Built artifacts (the discovery ramdisk), shared between runs.
     pub cache_dir: PathBuf,
-    /// `text` or `json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
     pub api: ApiConfig,
     pub database: DatabaseConfig,
     pub provisioning: ProvisioningConfig,
@@ -53,6 +53,11 @@ pub struct OobConfig {
     pub ups: Vec<UpsEntry>,
 }
 
+inventory::closed_enum!(
+    /// How `slipway serve` writes its logs: for people or for a collector.
+    LogFormat { Text => "text", Json => "json" }
+);
+
 /// One UPS to enrol: the body of `POST /api/v1/ups`, or an `[[oob.ups]]`
 /// table in the configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -64,9 +69,7 @@ pub struct UpsEntry {
     /// 1-63 letters, digits, `-`, `_` or `.`.
     #[schema(pattern = "^[A-Za-z0-9._-]{1,63}$")]
     pub name: String,
-    /// `nut`, `snmp` or `redfish`.
-    #[schema(pattern = "^(nut|snmp|redfish)$")]
-    pub protocol: String,
+    pub protocol: UpsProtocol,
     /// `host:port` (NUT 3493, SNMP 161) or a Redfish URL.
     pub address: String,
     /// NUT: the UPS's name on that upsd.
@@ -211,7 +214,7 @@ impl Default for Config {
         Config {
             data_dir: "./slipway-data".into(),
             cache_dir: "/var/cache/slipway".into(),
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
             api: ApiConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 token: String::new(),
@@ -546,6 +549,10 @@ mod tests {
         std::fs::write(&file, "[api]\nlisen = \"x\"\n").unwrap();
         let err = Config::load(Some(&file), env(&[])).unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
+        let ups = "[[oob.ups]]\nname = \"r1\"\nprotocol = \"modbus\"\naddress = \"10.0.1.5:502\"\n";
+        std::fs::write(&file, ups).unwrap();
+        let err = Config::load(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("modbus") && err.contains("nut"), "{err}");
     }
 
     #[test]

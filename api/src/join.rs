@@ -79,7 +79,7 @@ mod tests {
     fn cluster(initiator: &str, tokens: bool) -> Cluster {
         Cluster {
             name: "lab".into(),
-            kind: "swarm".into(),
+            kind: JoinKind::Swarm,
             initiator: initiator.into(),
             endpoint: tokens.then(|| "10.77.0.100:2377".into()),
             members: vec![],

@@ -26,6 +26,19 @@ impl fmt::Debug for Credentials {
     }
 }
 
+crate::closed_enum!(
+    /// How Slipway talks to a BMC.
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    BmcProtocol { Redfish => "redfish", Ipmi => "ipmi" }
+);
+
+crate::closed_enum!(
+    /// How Slipway reads a UPS: a NUT upsd, SNMP (UPS-MIB), or Redfish
+    /// power equipment.
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    UpsProtocol { Nut => "nut", Snmp => "snmp", Redfish => "redfish" }
+);
+
 /// How to trust a BMC's TLS certificate. Most BMCs ship a self-signed one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -294,32 +294,11 @@ impl Default for Gates {
     }
 }
 
-macro_rules! text_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),* $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),* }
-
-        impl $name {
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),* }
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s { $($text => Ok($name::$variant),)* other => Err(format!("unknown {} {other:?}", stringify!($name))) }
-            }
-        }
-    };
-}
-
-text_enum!(
+inventory::closed_enum!(
     /// `scheduled` (not started) -> `running` <-> `held` (a gate is shut),
     /// `paused` (by an operator or the failure policy; resumed by an
     /// operator), and finally `completed`, `failed` or `cancelled`.
+    #[derive(utoipa::ToSchema)]
     CampaignState {
         Scheduled => "scheduled",
         Running => "running",
@@ -337,12 +316,13 @@ impl CampaignState {
     }
 }
 
-text_enum!(
+inventory::closed_enum!(
     /// One node: `pending` -> `applying` (the BMC fetches and flashes; an
     /// OS refresh drains and writes) -> `verifying` (reset if needed, read
     /// the version back; an OS refresh waits for the rejoin) -> `done`,
     /// `failed`, or `rolled_back` (an OS refresh that failed and is back
     /// on its previous image; a failure to the pause policy).
+    #[derive(utoipa::ToSchema)]
     NodeState {
         Pending => "pending",
         Applying => "applying",

@@ -3,30 +3,29 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DeployPhase {
-    /// Waiting for the machine's agent to pick it up.
-    Requested,
-    Writing,
-    Verifying,
-    Configuring,
-    Written,
-    Failed,
-}
+pub use wire::DeployPhase;
 
-impl DeployPhase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeployPhase::Requested => "requested",
-            DeployPhase::Writing => "writing",
-            DeployPhase::Verifying => "verifying",
-            DeployPhase::Configuring => "configuring",
-            DeployPhase::Written => "written",
-            DeployPhase::Failed => "failed",
-        }
+inventory::closed_enum!(
+    /// The firmware an image boots under.
+    #[derive(Default, utoipa::ToSchema)]
+    BootMode {
+        Bios => "bios",
+        Uefi => "uefi",
+        #[default]
+        Both => "both",
     }
-}
+);
+
+inventory::closed_enum!(
+    /// The CPU architecture an image is built for.
+    #[derive(Default, utoipa::ToSchema)]
+    Arch {
+        #[default]
+        #[serde(rename = "x86_64")]
+        X86_64 => "x86_64",
+        Arm64 => "arm64",
+    }
+);
 
 // What a deployment installs: the image, and the first-boot settings laid
 // down with it. Read and written only as this type: the deploy request is

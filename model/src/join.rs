@@ -10,27 +10,17 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Which kind of cluster a node joins.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum JoinKind {
-    #[default]
-    Swarm,
-    Kubeadm,
-    K3s,
-    Command,
-}
-
-impl JoinKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JoinKind::Swarm => "swarm",
-            JoinKind::Kubeadm => "kubeadm",
-            JoinKind::K3s => "k3s",
-            JoinKind::Command => "command",
-        }
+inventory::closed_enum!(
+    /// Which kind of cluster a node joins.
+    #[derive(Default, utoipa::ToSchema)]
+    JoinKind {
+        #[default]
+        Swarm => "swarm",
+        Kubeadm => "kubeadm",
+        K3s => "k3s",
+        Command => "command",
     }
-}
+);
 
 /// How a node joins its cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Serve { config } => {
             let config = api::config::Config::load(config.as_deref(), std::env::vars())?;
-            init_tracing(&config.log_format);
+            init_tracing(config.log_format);
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(api::serve::run(config))
         }
@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { args } => run_lab_binary("bench", args),
         Cmd::Operator(command) => std::process::exit(cli::run(*command)),
         Cmd::Ramdisk { cache_dir } => {
-            init_tracing("text");
+            init_tracing(api::config::LogFormat::Text);
             let agent = std::env::current_exe()?.with_file_name("slipway-agent");
             let ramdisk = images::ensure_ramdisk(&images::RamdiskInputs { agent_binary: agent, cache_dir })?;
             println!("{}", serde_json::to_string_pretty(&ramdisk)?);
@@ -92,13 +92,13 @@ fn run_lab_binary(command: &str, args: Vec<OsString>) -> anyhow::Result<()> {
     Err(anyhow::Error::new(err).context(format!("running {}", lab.display())))
 }
 
-fn init_tracing(format: &str) {
+fn init_tracing(format: api::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if format == "json" {
+    if format == api::config::LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

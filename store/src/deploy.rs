@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{now_ms, rfc3339, Result, Store, StoreError};
-use model::deploy::{DeployPhase, DeploymentSpec};
+use super::{now_ms, parse_col, rfc3339, Result, Store, StoreError};
+use model::deploy::{Arch, BootMode, DeployPhase, DeploymentSpec};
 use model::lifecycle::{MachineState, Trigger};
 use wire::WipeMode;
 
@@ -15,9 +15,8 @@ pub struct ImageMeta {
     pub name: String,
     pub os: String,
     pub version: String,
-    pub arch: String,
-    /// `bios`, `uefi` or `both`.
-    pub boot_mode: String,
+    pub arch: Arch,
+    pub boot_mode: BootMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -74,8 +73,8 @@ fn image_from_row(r: &AnyRow) -> Result<Image> {
             name: r.try_get("name")?,
             os: r.try_get("os")?,
             version: r.try_get("version")?,
-            arch: r.try_get("arch")?,
-            boot_mode: r.try_get("boot_mode")?,
+            arch: parse_col(r, "arch")?,
+            boot_mode: parse_col(r, "boot_mode")?,
         },
         state: serde_json::from_value(serde_json::json!(state))
             .map_err(|_| StoreError::Corrupt(format!("image state {state}")))?,
@@ -127,8 +126,8 @@ impl Store {
         .bind(&meta.name)
         .bind(&meta.os)
         .bind(&meta.version)
-        .bind(&meta.arch)
-        .bind(&meta.boot_mode)
+        .bind(meta.arch.as_str())
+        .bind(meta.boot_mode.as_str())
         .bind(ImageState::Importing.as_str())
         .bind(now)
         .execute(&self.writer)
@@ -451,8 +450,8 @@ mod tests {
             name: name.into(),
             os: "debian".into(),
             version: "12".into(),
-            arch: "x86_64".into(),
-            boot_mode: "bios".into(),
+            arch: Arch::X86_64,
+            boot_mode: BootMode::Bios,
         };
         store.create_image(&meta("img")).await.unwrap();
         let mut tx = store.writer.begin().await.unwrap();

@@ -125,6 +125,12 @@ pub struct Event {
     pub detail: serde_json::Value,
 }
 
+/// A closed set (an enum with `FromStr`) stored as its name.
+pub(crate) fn parse_col<T: std::str::FromStr<Err = String>>(r: &sqlx::any::AnyRow, col: &str) -> Result<T> {
+    let text: String = sqlx::Row::try_get(r, col)?;
+    text.parse().map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

@@ -5,7 +5,8 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{now_ms, rfc3339, sha256_hex, Result, Store, StoreError};
+use super::{now_ms, parse_col, rfc3339, sha256_hex, Result, Store, StoreError};
+use model::join::JoinKind;
 use wire::{Member, NodeStatus};
 
 /// A node agent's last report, as the API shows it.
@@ -21,7 +22,7 @@ pub struct NodeReport {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Cluster {
     pub name: String,
-    pub kind: String,
+    pub kind: JoinKind,
     /// The machine that created it (its first manager).
     pub initiator: String,
     /// `ip:2377` once created.
@@ -40,7 +41,7 @@ fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
     let members: String = r.try_get("members")?;
     Ok(Cluster {
         name: r.try_get("name")?,
-        kind: r.try_get("kind")?,
+        kind: parse_col(r, "kind")?,
         initiator: r.try_get("initiator")?,
         endpoint: r.try_get("endpoint")?,
         members: serde_json::from_str(&members).map_err(|e| StoreError::Corrupt(e.to_string()))?,
@@ -129,14 +130,14 @@ impl Store {
     /// The cluster `name`, creating it with `machine_id` as its initiator
     /// when it does not exist yet. Two nodes asking at once get the same
     /// initiator: the insert is a no-op for the second.
-    pub async fn claim_cluster(&self, name: &str, kind: &str, machine_id: &str) -> Result<Cluster> {
+    pub async fn claim_cluster(&self, name: &str, kind: JoinKind, machine_id: &str) -> Result<Cluster> {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO clusters (name, kind, initiator, members, created_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, '[]', $4, $4) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(machine_id)
         .bind(now)
         .execute(&self.writer)

@@ -8,16 +8,15 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{now_ms, rfc3339, Result, Store, StoreError};
-use inventory::oob::{BmcInventory, PowerState, TlsTrust, UpsState, UpsStatus};
+use super::{now_ms, parse_col, rfc3339, Result, Store, StoreError};
+use inventory::oob::{BmcInventory, BmcProtocol, PowerState, TlsTrust, UpsProtocol, UpsState, UpsStatus};
 
 /// A BMC as the API shows it. The sealed password stays in the store.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Bmc {
     pub id: String,
     pub address: String,
-    /// `redfish` or `ipmi`.
-    pub protocol: String,
+    pub protocol: BmcProtocol,
     pub username: String,
     pub tls: TlsTrust,
     pub machine_id: Option<String>,
@@ -41,7 +40,7 @@ pub struct Bmc {
 #[derive(Debug, Clone)]
 pub struct NewBmc {
     pub address: String,
-    pub protocol: String,
+    pub protocol: BmcProtocol,
     pub username: String,
     pub password_sealed: String,
     pub tls: TlsTrust,
@@ -51,8 +50,7 @@ pub struct NewBmc {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Ups {
     pub name: String,
-    /// `nut`, `snmp` or `redfish`.
-    pub protocol: String,
+    pub protocol: UpsProtocol,
     pub address: String,
     /// NUT's UPS name, the SNMP community or the Redfish resource; the
     /// SNMP community is a secret and not shown.
@@ -100,7 +98,7 @@ fn bmc_from_row(r: &AnyRow) -> Result<Bmc> {
     Ok(Bmc {
         id: r.try_get("id")?,
         address: r.try_get("address")?,
-        protocol: r.try_get("protocol")?,
+        protocol: parse_col(r, "protocol")?,
         username: r.try_get("username")?,
         tls: json_col(r, "tls")?.unwrap_or_default(),
         machine_id: r.try_get("machine_id")?,
@@ -121,12 +119,12 @@ fn bmc_from_row(r: &AnyRow) -> Result<Bmc> {
 }
 
 fn ups_from_row(r: &AnyRow) -> Result<Ups> {
-    let protocol: String = r.try_get("protocol")?;
+    let protocol: UpsProtocol = parse_col(r, "protocol")?;
     let target: String = r.try_get("target")?;
     let last_error: Option<String> = r.try_get("last_error")?;
     Ok(Ups {
         name: r.try_get("name")?,
-        target: (protocol != "snmp").then(|| target.clone()),
+        target: (protocol != UpsProtocol::Snmp).then(|| target.clone()),
         protocol,
         address: r.try_get("address")?,
         username: r.try_get("username")?,
@@ -168,7 +166,7 @@ impl Store {
         )
         .bind(&id)
         .bind(&new.address)
-        .bind(&new.protocol)
+        .bind(new.protocol.as_str())
         .bind(&new.username)
         .bind(&new.password_sealed)
         .bind(to_json(&new.tls)?)
@@ -440,7 +438,7 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (name) DO NOTHING",
         )
         .bind(&ups.name)
-        .bind(&ups.protocol)
+        .bind(ups.protocol.as_str())
         .bind(&ups.address)
         .bind(&ups.target_raw)
         .bind(ups.username.clone())

@@ -199,14 +199,20 @@ pub struct HookResult {
 /// How much of a hook's output the node agent reports.
 pub const HOOK_OUTPUT_MAX: usize = 2048;
 
+inventory::closed_enum!(
+    /// How a node agent knows its membership: from Docker (`docker info`)
+    /// or from its join spec's check command.
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    MembershipKind { Swarm => "swarm", Command => "command" }
+);
+
 /// A node's cluster membership, read from the cluster (`docker info`, or
 /// a join spec's check command).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Membership {
-    /// `swarm` or `command`.
-    pub kind: String,
+    pub kind: MembershipKind,
     /// The cluster's id for this node (Swarm NodeID).
     pub node_id: String,
     pub manager: bool,
@@ -283,12 +289,41 @@ pub struct DiskHint {
     pub min_size_bytes: Option<u64>,
 }
 
+// Where a deployment is: the phases an agent reports while it writes an
+// image, verifies it and lays down first-boot configuration. (A plain
+// comment: a doc comment would become the OpenAPI schema's description.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DeployPhase {
+    /// Waiting for the machine's agent to pick it up.
+    Requested,
+    Writing,
+    Verifying,
+    Configuring,
+    Written,
+    Failed,
+}
+
+impl DeployPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployPhase::Requested => "requested",
+            DeployPhase::Writing => "writing",
+            DeployPhase::Verifying => "verifying",
+            DeployPhase::Configuring => "configuring",
+            DeployPhase::Written => "written",
+            DeployPhase::Failed => "failed",
+        }
+    }
+}
+
 /// The agent's report on a deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeployReport {
-    /// `writing`, `verifying`, `configuring`, `written` or `failed`.
-    pub phase: String,
+    /// Any phase but `requested` (the appliance's own).
+    pub phase: DeployPhase,
     pub bytes_written: u64,
     #[serde(default)]
     pub disk: Option<String>,

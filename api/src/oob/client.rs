@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use inventory::ipmi::IpmiClient;
-use inventory::oob::{BmcInventory, BootTarget, Credentials, OobError, PowerAction, PowerState, TlsTrust, UpsState};
+use inventory::oob::{
+    BmcInventory, BmcProtocol, BootTarget, Credentials, OobError, PowerAction, PowerState, TlsTrust, UpsProtocol,
+    UpsState,
+};
 use inventory::redfish::{RedfishClient, TaskInfo};
 use inventory::ups::nut::NutClient;
 use inventory::ups::snmp::SnmpUps;
@@ -65,20 +68,21 @@ pub fn ipmi_host_port(address: &str) -> Result<(String, u16), String> {
 
 impl BmcClient {
     pub fn connect(
-        protocol: &str,
+        protocol: BmcProtocol,
         address: &str,
         creds: Credentials,
         tls: TlsTrust,
         timeout: Duration,
     ) -> Result<BmcClient, OobError> {
         match protocol {
-            "redfish" => Ok(BmcClient::Redfish(RedfishClient::new(&redfish_url(address), creds, tls, timeout)?)),
-            "ipmi" => {
+            BmcProtocol::Redfish => {
+                Ok(BmcClient::Redfish(RedfishClient::new(&redfish_url(address), creds, tls, timeout)?))
+            }
+            BmcProtocol::Ipmi => {
                 let (host, port) = ipmi_host_port(address)
                     .map_err(|detail| OobError::Protocol { peer: address.to_string(), detail })?;
                 Ok(BmcClient::Ipmi(IpmiClient::new(host, port, creds, timeout)))
             }
-            other => Err(OobError::Unsupported { peer: address.to_string(), what: format!("protocol {other:?}") }),
         }
     }
 
@@ -89,17 +93,17 @@ impl BmcClient {
         creds: &Credentials,
         tls: &TlsTrust,
         timeout: Duration,
-    ) -> Result<&'static str, OobError> {
+    ) -> Result<BmcProtocol, OobError> {
         let mut why = vec![];
         if let Ok(client) = RedfishClient::new(&redfish_url(address), creds.clone(), tls.clone(), timeout) {
             match client.power_state().await {
-                Ok(_) | Err(OobError::Auth { .. }) => return Ok("redfish"),
+                Ok(_) | Err(OobError::Auth { .. }) => return Ok(BmcProtocol::Redfish),
                 Err(err) => why.push(format!("Redfish: {err}")),
             }
         }
         if let Ok((host, port)) = ipmi_host_port(address) {
             match IpmiClient::new(host, port, creds.clone(), timeout).power_state().await {
-                Ok(_) | Err(OobError::Auth { .. }) => return Ok("ipmi"),
+                Ok(_) | Err(OobError::Auth { .. }) => return Ok(BmcProtocol::Ipmi),
                 Err(err) => why.push(format!("IPMI: {err}")),
             }
         }
@@ -135,7 +139,7 @@ impl BmcClient {
 
 /// Reads one UPS's state over its protocol.
 pub async fn read_ups(
-    protocol: &str,
+    protocol: UpsProtocol,
     address: &str,
     target: &str,
     creds: Option<Credentials>,
@@ -143,9 +147,9 @@ pub async fn read_ups(
     timeout: Duration,
 ) -> Result<UpsState, OobError> {
     match protocol {
-        "nut" => NutClient::new(address.to_string(), target.to_string(), creds, timeout).state().await,
-        "snmp" => SnmpUps::new(address.to_string(), target.to_string(), timeout).state().await,
-        "redfish" => {
+        UpsProtocol::Nut => NutClient::new(address.to_string(), target.to_string(), creds, timeout).state().await,
+        UpsProtocol::Snmp => SnmpUps::new(address.to_string(), target.to_string(), timeout).state().await,
+        UpsProtocol::Redfish => {
             let creds = creds.ok_or_else(|| OobError::Auth { peer: address.to_string() })?;
             let client = RedfishClient::new(&redfish_url(address), creds, tls.clone(), timeout)?;
             let all = client.power_equipment_ups().await?;
@@ -158,7 +162,6 @@ pub async fn read_ups(
                 ),
             })
         }
-        other => Err(OobError::Unsupported { peer: address.to_string(), what: format!("UPS protocol {other:?}") }),
     }
 }
 

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::config::OobConfig;
 use crate::secrets::SecretBox;
 use client::{BmcClient, Op, OpOutput};
-use inventory::oob::{BmcInventory, BootTarget, Credentials, OobError, PowerAction, PowerState};
+use inventory::oob::{BmcInventory, BmcProtocol, BootTarget, Credentials, OobError, PowerAction, PowerState};
 use inventory::redfish::TaskInfo;
 use store::{now_ms, Bmc, Store, StoreError, Ups};
 
@@ -60,7 +60,7 @@ pub enum OobFailure {
 
 struct BmcHandle {
     bmc_id: String,
-    protocol: String,
+    protocol: BmcProtocol,
     address: String,
     client: tokio::sync::OnceCell<BmcClient>,
     permits: Semaphore,
@@ -153,7 +153,7 @@ impl Oob {
             .or_insert_with(|| {
                 Arc::new(BmcHandle {
                     bmc_id: bmc.id.clone(),
-                    protocol: bmc.protocol.clone(),
+                    protocol: bmc.protocol,
                     address: bmc.address.clone(),
                     client: tokio::sync::OnceCell::new(),
                     permits: Semaphore::new(self.settings.max_requests_per_bmc),
@@ -168,13 +168,13 @@ impl Oob {
         let handle = self.handle(bmc);
         let started = std::time::Instant::now();
         let result = self.run_on(&handle, bmc, op).await;
-        metrics::histogram!("slipway_bmc_request_duration_seconds", "protocol" => handle.protocol.clone())
+        metrics::histogram!("slipway_bmc_request_duration_seconds", "protocol" => handle.protocol.as_str())
             .record(started.elapsed());
         let outcome = match &result {
             Ok(_) => "ok",
             Err(err) => err.kind(),
         };
-        metrics::counter!("slipway_bmc_requests_total", "protocol" => handle.protocol.clone(), "outcome" => outcome)
+        metrics::counter!("slipway_bmc_requests_total", "protocol" => handle.protocol.as_str(), "outcome" => outcome)
             .increment(1);
         if let Err(err) = &result {
             warn!(bmc = handle.bmc_id, address = handle.address, error = %err, "BMC request failed");
@@ -197,7 +197,7 @@ impl Oob {
                     .open(&bmc.password_sealed)
                     .map_err(|e| OobError::Protocol { peer: bmc.address.clone(), detail: e.to_string() })?;
                 let creds = Credentials { username: bmc.username.clone(), password };
-                BmcClient::connect(&bmc.protocol, &bmc.address, creds, bmc.tls.clone(), self.settings.timeout)
+                BmcClient::connect(bmc.protocol, &bmc.address, creds, bmc.tls.clone(), self.settings.timeout)
             })
             .await?;
         // The clients bound each request; this bounds a whole operation
@@ -392,8 +392,7 @@ impl Oob {
             _ => None,
         };
         let result =
-            client::read_ups(&ups.protocol, &ups.address, &ups.target_raw, creds, &ups.tls, self.settings.timeout)
-                .await;
+            client::read_ups(ups.protocol, &ups.address, &ups.target_raw, creds, &ups.tls, self.settings.timeout).await;
         match result {
             Ok(state) => {
                 let on_battery = matches!(

@@ -170,19 +170,14 @@ async fn deploy_report(
     body: Bytes,
 ) -> Result<Json<Instruction>, ApiError> {
     let report: DeployReport = parse_json(&body)?;
-    let phase = match report.phase.as_str() {
-        "writing" => DeployPhase::Writing,
-        "verifying" => DeployPhase::Verifying,
-        "configuring" => DeployPhase::Configuring,
-        "written" => DeployPhase::Written,
-        "failed" => DeployPhase::Failed,
-        other => {
-            return Err(ApiError::BadRequest {
-                field: "phase".into(),
-                detail: format!("{other:?}: writing, verifying, configuring, written or failed"),
-            })
-        }
-    };
+    let phase = report.phase;
+    if phase == DeployPhase::Requested {
+        return Err(ApiError::BadRequest {
+            field: "phase".into(),
+            detail: "requested is the appliance's phase: an agent reports writing, verifying, configuring, written or failed"
+                .into(),
+        });
+    }
     let machine_state = state.store.machine(&id).await?.map(|m| m.state);
     if !matches!(machine_state, Some(MachineState::Deploying | MachineState::Refreshing)) {
         return Err(store::StoreError::Conflict(format!("machine {id} is not deploying")).into());
@@ -201,7 +196,7 @@ async fn deploy_report(
         .await?;
     tracing::info!(
         machine = id,
-        phase = report.phase,
+        phase = phase.as_str(),
         bytes = report.bytes_written,
         error = report.error,
         "deploy report"

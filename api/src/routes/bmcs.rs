@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::oob::client::BmcClient;
 use crate::AppState;
-use inventory::oob::{BootTarget, Credentials, PowerAction, TlsTrust};
+use inventory::oob::{BmcProtocol, BootTarget, Credentials, PowerAction, TlsTrust};
 use model::lifecycle::MachineState;
 use store::{Bmc, NewBmc};
 
@@ -42,11 +42,11 @@ fn bad(field: &str, detail: impl Into<String>) -> ApiError {
 pub(super) struct Enrol {
     /// `https://10.0.0.5`, `10.0.0.5` or `10.0.0.5:623`.
     address: String,
-    /// `redfish`, `ipmi`, or `auto`: Redfish, else IPMI (an unreachable BMC
-    /// is refused, as there is nothing to detect).
-    #[serde(default = "auto")]
-    #[schema(pattern = "^(redfish|ipmi|auto)$", default = "auto")]
-    protocol: String,
+    /// `auto`: Redfish, else IPMI (an unreachable BMC is refused, as there
+    /// is nothing to detect).
+    #[serde(default)]
+    #[schema(default = "auto")]
+    protocol: ProtocolChoice,
     #[schema(min_length = 1, max_length = 64)]
     username: String,
     /// Sealed at rest, never returned.
@@ -63,8 +63,15 @@ pub(super) struct Enrol {
     commission: bool,
 }
 
-fn auto() -> String {
-    "auto".into()
+/// The protocol asked for at enrolment.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum ProtocolChoice {
+    Redfish,
+    Ipmi,
+    /// Redfish if it answers, else IPMI.
+    #[default]
+    Auto,
 }
 
 fn yes() -> bool {
@@ -92,10 +99,10 @@ pub(super) fn check_address(address: &str) -> Result<(), ApiError> {
 /// Whether the chosen protocol can use this address (and CA) at all: a
 /// BMC whose address no client can be built for would only ever be in
 /// `error`, so it is refused now, naming the field.
-fn check_client(protocol: &str, address: &str, creds: &Credentials, tls: &TlsTrust) -> Result<(), ApiError> {
+fn check_client(protocol: BmcProtocol, address: &str, creds: &Credentials, tls: &TlsTrust) -> Result<(), ApiError> {
     let timeout = std::time::Duration::from_secs(1);
     let url = address.starts_with("http://") || address.starts_with("https://");
-    if protocol == "ipmi" && url {
+    if protocol == BmcProtocol::Ipmi && url {
         return Err(bad("address", "IPMI takes a host or host:port, not a URL"));
     }
     if address.contains("://") && !url {
@@ -146,15 +153,14 @@ async fn enrol(
     }
     let tls = tls_trust(req.tls_verify, req.ca_pem)?;
     let creds = Credentials { username: req.username.clone(), password: req.password.clone() };
-    let protocol = match req.protocol.as_str() {
-        "redfish" | "ipmi" => req.protocol.clone(),
-        "auto" => BmcClient::detect(&req.address, &creds, &tls, state.oob.settings.timeout)
+    let protocol = match req.protocol {
+        ProtocolChoice::Redfish => BmcProtocol::Redfish,
+        ProtocolChoice::Ipmi => BmcProtocol::Ipmi,
+        ProtocolChoice::Auto => BmcClient::detect(&req.address, &creds, &tls, state.oob.settings.timeout)
             .await
-            .map_err(|e| bad("address", e.to_string()))?
-            .to_string(),
-        other => return Err(bad("protocol", format!("{other:?} is not redfish, ipmi or auto"))),
+            .map_err(|e| bad("address", e.to_string()))?,
     };
-    check_client(&protocol, &req.address, &creds, &tls)?;
+    check_client(protocol, &req.address, &creds, &tls)?;
     let new = NewBmc {
         address: req.address.trim_end_matches('/').to_string(),
         protocol,

@@ -25,6 +25,7 @@ use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::AppState;
+use model::deploy::{Arch, BootMode};
 use store::{Image, ImageMeta, ImageState};
 
 pub(super) fn router() -> Routes {
@@ -52,12 +53,12 @@ pub(super) struct Register {
     name: String,
     os: String,
     version: String,
-    #[serde(default = "default_arch")]
-    #[schema(pattern = "^(x86_64|arm64)$", default = "x86_64")]
-    arch: String,
-    #[serde(default = "default_boot_mode")]
-    #[schema(pattern = "^(bios|uefi|both)$", default = "both")]
-    boot_mode: String,
+    #[serde(default)]
+    #[schema(default = "x86_64")]
+    arch: Arch,
+    #[serde(default)]
+    #[schema(default = "both")]
+    boot_mode: BootMode,
     /// Format of the content given by `source_path` (uploads say theirs in
     /// Content-Type).
     #[serde(default)]
@@ -70,14 +71,6 @@ pub(super) struct Register {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     source_path: Option<PathBuf>,
-}
-
-fn default_arch() -> String {
-    "x86_64".into()
-}
-
-fn default_boot_mode() -> String {
-    "both".into()
 }
 
 fn bad(field: &str, detail: impl Into<String>) -> ApiError {
@@ -129,12 +122,6 @@ async fn register(
 ) -> Result<Response, ApiError> {
     check_name(&req.name)?;
     check_sha256(&req.sha256)?;
-    if !["bios", "uefi", "both"].contains(&req.boot_mode.as_str()) {
-        return Err(bad("boot_mode", "bios, uefi or both"));
-    }
-    if req.arch != "x86_64" && req.arch != "arm64" {
-        return Err(bad("arch", "x86_64 or arm64"));
-    }
     let source = match &req.source_path {
         Some(path) => {
             if !path.is_absolute() || !path.is_file() {

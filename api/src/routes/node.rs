@@ -83,7 +83,7 @@ async fn status(
             if let Some(MachineState::Joined) = state.store.fire(&id, Trigger::ClusterJoined).await? {
                 tracing::info!(
                     machine = id,
-                    kind = membership.kind,
+                    kind = membership.kind.as_str(),
                     node_id = membership.node_id,
                     manager = membership.manager,
                     "node joined its cluster"
@@ -117,7 +117,7 @@ async fn status(
     }
     let cluster = match cluster_name {
         Some(name) => {
-            let mut cluster = state.store.claim_cluster(name, spec.kind.as_str(), &id).await?;
+            let mut cluster = state.store.claim_cluster(name, spec.kind, &id).await?;
             // Join through a manager that is up: the one that created the
             // Swarm may be away (an OS refresh), or be this very node.
             if cluster.endpoint.is_some() {

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::oob::client::redfish_url;
 use crate::AppState;
-use inventory::oob::{Credentials, TlsTrust};
+use inventory::oob::{Credentials, TlsTrust, UpsProtocol};
 use inventory::redfish::RedfishClient;
 use store::Ups;
 
@@ -69,19 +69,19 @@ pub async fn enrol_configured(state: &AppState, entries: &[UpsEntry]) -> anyhow:
         }
         let ups = validated(state, entry.clone()).await.map_err(|e| anyhow::anyhow!("oob.ups[{i}]: {e}"))?;
         state.store.insert_ups(&ups).await?;
-        tracing::info!(ups = ups.name, protocol = ups.protocol, "UPS enrolled from the configuration");
+        tracing::info!(ups = ups.name, protocol = ups.protocol.as_str(), "UPS enrolled from the configuration");
     }
     Ok(())
 }
 
 /// Whether the protocol's client can use this address (and CA) at all, as
 /// for BMCs: NUT and SNMP take `host:port`, Redfish an http(s) URL or a host.
-fn check_client(protocol: &str, address: &str, tls: &TlsTrust) -> Result<(), ApiError> {
+fn check_client(protocol: UpsProtocol, address: &str, tls: &TlsTrust) -> Result<(), ApiError> {
     let url = address.starts_with("http://") || address.starts_with("https://");
-    if protocol != "redfish" && address.contains("://") {
+    if protocol != UpsProtocol::Redfish && address.contains("://") {
         return Err(bad("address", format!("{protocol} takes host:port, not a URL")));
     }
-    if protocol == "redfish" {
+    if protocol == UpsProtocol::Redfish {
         if address.contains("://") && !url {
             return Err(bad("address", "an http(s) URL or a host"));
         }
@@ -104,20 +104,21 @@ async fn validated(state: &AppState, req: UpsEntry) -> Result<Ups, ApiError> {
         return Err(bad("name", "1 to 63 letters, digits, '-', '_' or '.'"));
     }
     check_address(&req.address)?;
-    let target = match req.protocol.as_str() {
-        "nut" => req.ups.clone().filter(|u| !u.is_empty()).ok_or_else(|| bad("ups", "NUT needs the UPS's name"))?,
-        "snmp" => req.community.clone().unwrap_or_else(|| "public".into()),
-        "redfish" => req.resource.clone().unwrap_or_default(),
-        other => return Err(bad("protocol", format!("{other:?} is not nut, snmp or redfish"))),
+    let target = match req.protocol {
+        UpsProtocol::Nut => {
+            req.ups.clone().filter(|u| !u.is_empty()).ok_or_else(|| bad("ups", "NUT needs the UPS's name"))?
+        }
+        UpsProtocol::Snmp => req.community.clone().unwrap_or_else(|| "public".into()),
+        UpsProtocol::Redfish => req.resource.clone().unwrap_or_default(),
     };
-    if req.protocol == "redfish" && (req.username.is_none() || req.password.is_none()) {
+    if req.protocol == UpsProtocol::Redfish && (req.username.is_none() || req.password.is_none()) {
         return Err(bad("username", "Redfish needs a username and password"));
     }
     if req.password.is_some() != req.username.is_some() {
         return Err(bad("password", "give both username and password, or neither"));
     }
     let tls = tls_trust(req.tls_verify, req.ca_pem.clone())?;
-    check_client(&req.protocol, &req.address, &tls)?;
+    check_client(req.protocol, &req.address, &tls)?;
     for (i, id) in req.feeds.machines.iter().enumerate() {
         if state.store.machine(id).await?.is_none() {
             return Err(bad(&format!("feeds.machines[{i}]"), format!("no machine {id}")));
@@ -321,7 +322,11 @@ mod config_tests {
         let (_, list) = get(&t.operator, "/api/v1/ups", Some(&t.admin)).await;
         assert_eq!(list["ups"].as_array().unwrap().len(), 1, "{list}");
         assert_eq!(list["ups"][0]["feeds"]["racks"][0], "r1");
-        let err = super::enrol_configured(&t.state, &[entry("bad", "modbus")]).await.unwrap_err().to_string();
-        assert!(err.contains("oob.ups[0]") && err.contains("protocol"), "{err}");
+        let mut bad = entry("bad", "nut");
+        bad.ups = None;
+        let err = super::enrol_configured(&t.state, &[bad]).await.unwrap_err().to_string();
+        assert!(err.contains("oob.ups[0]") && err.contains("ups"), "{err}");
+        // An unknown protocol does not get this far: the configuration
+        // does not load (`config::tests::bad_values_name_the_key`).
     }
 }

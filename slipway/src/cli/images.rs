@@ -51,10 +51,10 @@ pub struct MetaArgs {
     os: String,
     #[arg(long, value_name = "VERSION", default_value = "unknown")]
     os_version: String,
-    #[arg(long, default_value = "x86_64")]
+    #[arg(long, default_value = "x86_64", value_parser = ["x86_64", "arm64"])]
     arch: String,
-    /// bios, uefi or both.
-    #[arg(long, default_value = "both")]
+    /// The firmware the image boots under.
+    #[arg(long, default_value = "both", value_parser = ["bios", "uefi", "both"])]
     boot_mode: String,
     /// SHA-256 of the raw content; the import fails when it differs.
     #[arg(long)]
