@@ -22,7 +22,6 @@ use axum::response::{IntoResponse, Response};
 
 use crate::auth::{self, Authn};
 use crate::AppState;
-use store::now_ms;
 use store::tokens::AuditEntry;
 
 fn mutating(method: &Method) -> bool {
@@ -43,7 +42,7 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         entry = Some(AuditEntry {
             id: String::new(),
             at: String::new(),
-            at_ms: now_ms(),
+            at_ms: state.store.now_ms(),
             token_id: None,
             token_name: "anonymous".into(),
             role: None,

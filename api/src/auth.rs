@@ -21,7 +21,6 @@ use sha2::{Digest, Sha256};
 use crate::error::ApiError;
 use crate::AppState;
 pub use model::Role;
-use store::now_ms;
 
 pub fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -66,7 +65,7 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Authn
     let Some(found) = state.store.api_token_by_secret(token).await? else {
         return Ok(Authn::Invalid("the bearer token is not valid"));
     };
-    let now = now_ms();
+    let now = state.store.now_ms();
     if found.expires_at_ms.is_some_and(|at| at <= now) {
         return Ok(Authn::Invalid("the bearer token has expired"));
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use store::{now_ms, Store};
+use store::{wall_clock_ms as now_ms, Store};
 
 /// How long a lease is valid after it was taken or renewed.
 pub const LEASE: Duration = Duration::from_secs(10);

@@ -20,7 +20,7 @@ use pxe::dhcp::server::{bind_socket, DhcpServer, Ports};
 use pxe::dhcp::{DhcpConfig, LeaseJournal};
 use pxe::tftp::server::TftpServer;
 use pxe::tftp::SessionOptions;
-use store::{now_ms, Store};
+use store::Store;
 
 /// Seeds the first admin token (automation); see [`admin_token_in`].
 pub const BOOTSTRAP_TOKEN_ENV: &str = "SLIPWAY_BOOTSTRAP_TOKEN";
@@ -261,7 +261,7 @@ async fn deadline_reaper(store: Store, leader: Leader) -> anyhow::Result<()> {
         if !leader.is_leader() {
             continue;
         }
-        match store.overdue(now_ms()).await {
+        match store.overdue(store.now_ms()).await {
             Ok(ids) => {
                 for id in ids {
                     warn!(machine = id, "waiting state's deadline passed");

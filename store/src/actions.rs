@@ -6,7 +6,7 @@
 
 use sqlx::Row;
 
-use super::{now_ms, DeployPhase, Result, Store, StoreError};
+use super::{DeployPhase, Result, Store, StoreError};
 use model::lifecycle::{retry_target, MachineState, Trigger};
 
 /// An operator action and what it needs.
@@ -33,7 +33,7 @@ impl Store {
     /// to the machine's state is a conflict and changes nothing.
     pub async fn machine_action(&self, id: &str, action: &Action, t: &ActionTimeouts) -> Result<Option<MachineState>> {
         let Some(machine) = self.machine(id).await? else { return Ok(None) };
-        let now = now_ms();
+        let now = self.now_ms();
         let (trigger, reason, deadline) = match action {
             Action::Retry => {
                 let phase = machine.failure.as_ref().and_then(|f| f.phase.parse::<MachineState>().ok());
@@ -70,7 +70,7 @@ impl Store {
             return Err(StoreError::Conflict(format!("machine {id} is {state}: {} does not apply", trigger.cause())));
         }
         let mut tx = self.writer.begin().await?;
-        match Self::fire_in(&mut tx, id, trigger, &reason, deadline).await? {
+        match self.fire_in(&mut tx, id, trigger, &reason, deadline).await? {
             None => return Ok(None),
             Some((from, _)) if from != machine.state => {
                 return Err(StoreError::Conflict(format!("machine {id} changed to {from} meanwhile; try again")))

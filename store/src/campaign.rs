@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{now_ms, Result, Store, StoreError};
+use super::{Result, Store, StoreError};
 use model::campaign::{Campaign, CampaignState, NodeProgress, NodeState};
 
 fn json_text<T: serde::Serialize>(v: &T) -> Result<String> {
@@ -173,7 +173,7 @@ impl Store {
         if !from.contains(&was) {
             return Ok(None);
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let failed = if acknowledge {
             let row =
                 sqlx::query("SELECT COUNT(*) AS n FROM campaign_nodes WHERE campaign_id = $1 AND state IN ('failed', 'rolled_back')")
@@ -221,7 +221,7 @@ impl Store {
     /// whether it moved (`campaign.node_started`).
     pub async fn start_campaign_node(&self, campaign_id: &str, machine_id: &str) -> Result<bool> {
         let mut tx = self.writer.begin().await?;
-        let now = now_ms();
+        let now = self.now_ms();
         let updated = sqlx::query(
             "UPDATE campaign_nodes SET state = 'applying', started_at_ms = $1, updated_at_ms = $1 \
              WHERE campaign_id = $2 AND machine_id = $3 AND state = 'pending' \
@@ -266,7 +266,7 @@ impl Store {
         .bind(task.flatten().map(str::to_string))
         .bind(old_version.map(str::to_string))
         .bind(i64::from(verifying))
-        .bind(now_ms())
+        .bind(self.now_ms())
         .bind(campaign_id)
         .bind(machine_id)
         .execute(&self.writer)
@@ -284,7 +284,7 @@ impl Store {
         detail: Value,
     ) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        let now = now_ms();
+        let now = self.now_ms();
         let (state, version, reason, event) = match outcome {
             Ok(version) => (NodeState::Done, Some(version), None, "campaign.node_done"),
             Err(why) => (NodeState::Failed, None, Some(why), "campaign.node_failed"),

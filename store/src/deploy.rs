@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{now_ms, parse_col, rfc3339, Result, Store, StoreError};
+use super::{parse_col, rfc3339, Result, Store, StoreError};
 use model::deploy::{Arch, BootMode, DeployPhase, DeploymentSpec};
 use model::lifecycle::{MachineState, Trigger};
 use wire::WipeMode;
@@ -118,7 +118,7 @@ fn deployment_from_row(r: &AnyRow) -> Result<Deployment> {
 impl Store {
     /// Registers an image in `importing`. A name is taken once.
     pub async fn create_image(&self, meta: &ImageMeta) -> Result<Image> {
-        let now = now_ms();
+        let now = self.now_ms();
         let inserted = sqlx::query(
             "INSERT INTO images (name, os, version, arch, boot_mode, state, created_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (name) DO NOTHING",
@@ -162,7 +162,7 @@ impl Store {
             .bind(None::<i64>)
             .bind(error.to_string()),
         };
-        query.bind(now_ms()).bind(name).execute(&self.writer).await?;
+        query.bind(self.now_ms()).bind(name).execute(&self.writer).await?;
         let (kind, detail) = match outcome {
             Ok(done) => (
                 "image.available",
@@ -201,7 +201,8 @@ impl Store {
         sqlx::query("DELETE FROM deployments WHERE image = $1").bind(name).execute(&mut *tx).await?;
         let deleted = sqlx::query("DELETE FROM images WHERE name = $1").bind(name).execute(&mut *tx).await?;
         if deleted.rows_affected() == 1 {
-            Self::event_in(&mut *tx, None, now_ms(), "image.deleted", serde_json::json!({ "image": name })).await?;
+            Self::event_in(&mut *tx, None, self.now_ms(), "image.deleted", serde_json::json!({ "image": name }))
+                .await?;
         }
         tx.commit().await?;
         Ok(deleted.rows_affected() == 1)
@@ -248,14 +249,9 @@ impl Store {
             .raw_bytes
             .ok_or_else(|| StoreError::Conflict(format!("image {:?} is not available", image.meta.name)))?;
         let mut tx = self.writer.begin().await?;
-        let moved = Self::fire_in(
-            &mut tx,
-            machine_id,
-            Trigger::DeployRequested,
-            Trigger::DeployRequested.cause(),
-            Some(deadline_ms),
-        )
-        .await?;
+        let moved = self
+            .fire_in(&mut tx, machine_id, Trigger::DeployRequested, Trigger::DeployRequested.cause(), Some(deadline_ms))
+            .await?;
         match moved {
             Some((MachineState::Ready, MachineState::Deploying)) => {}
             Some((from, _)) => {
@@ -265,7 +261,7 @@ impl Store {
             }
             None => return Err(StoreError::Conflict(format!("machine {machine_id} does not exist"))),
         }
-        let now = now_ms();
+        let now = self.now_ms();
         sqlx::query("DELETE FROM deployments WHERE machine_id = $1").bind(machine_id).execute(&mut *tx).await?;
         Self::insert_deployment_in(&mut tx, machine_id, &image.meta.name, spec, total, now).await?;
         Self::event_in(
@@ -319,7 +315,7 @@ impl Store {
         .bind(bytes_written)
         .bind(disk.map(str::to_string))
         .bind(error.map(str::to_string))
-        .bind(now_ms())
+        .bind(self.now_ms())
         .bind(machine_id)
         .execute(&mut *tx)
         .await?;
@@ -328,7 +324,7 @@ impl Store {
             let detail = serde_json::json!({
                 "phase": phase, "bytes_written": bytes_written, "disk": disk, "error": error, "configured": configured,
             });
-            Self::event_in(&mut *tx, Some(machine_id), now_ms(), "deploy.phase", detail).await?;
+            Self::event_in(&mut *tx, Some(machine_id), self.now_ms(), "deploy.phase", detail).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -341,7 +337,7 @@ impl Store {
     pub async fn start_release(&self, machine_id: &str, mode: WipeMode, deadline_ms: i64) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         let cause = Trigger::ReleaseRequested.cause();
-        match Self::fire_in(&mut tx, machine_id, Trigger::ReleaseRequested, cause, Some(deadline_ms)).await? {
+        match self.fire_in(&mut tx, machine_id, Trigger::ReleaseRequested, cause, Some(deadline_ms)).await? {
             Some((_, MachineState::Releasing)) => {}
             Some((from, _)) => {
                 return Err(StoreError::Conflict(format!(
@@ -350,7 +346,7 @@ impl Store {
             }
             None => return Err(StoreError::Conflict(format!("machine {machine_id} does not exist"))),
         }
-        let now = now_ms();
+        let now = self.now_ms();
         // The installed OS is about to be wiped: its agent's credential and
         // last report go with it.
         for table in ["node_tokens", "node_status", "releases"] {
@@ -386,14 +382,14 @@ impl Store {
     /// in phase `releasing` with `error`.
     pub async fn finish_release(&self, machine_id: &str, disks: &[String], error: Option<&str>) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        let now = now_ms();
+        let now = self.now_ms();
         let detail = serde_json::json!({ "disks": disks, "error": error });
         Self::event_in(&mut *tx, Some(machine_id), now, "release.wiped", detail).await?;
         let (trigger, reason) = match error {
             None => (Trigger::Wiped, Trigger::Wiped.cause()),
             Some(error) => (Trigger::WipeFailed, error),
         };
-        Self::fire_in(&mut tx, machine_id, trigger, reason, None).await?;
+        self.fire_in(&mut tx, machine_id, trigger, reason, None).await?;
         sqlx::query("DELETE FROM releases WHERE machine_id = $1").bind(machine_id).execute(&mut *tx).await?;
         if error.is_none() {
             sqlx::query("DELETE FROM deployments WHERE machine_id = $1").bind(machine_id).execute(&mut *tx).await?;
@@ -405,7 +401,7 @@ impl Store {
 
 /// One phase of a deployment took from `began_ms` until now.
 pub fn observe_deploy_phase(phase: &'static str, began_ms: i64) {
-    let secs = (now_ms() - began_ms).max(0) as f64 / 1000.0;
+    let secs = (super::wall_clock_ms() - began_ms).max(0) as f64 / 1000.0;
     metrics::histogram!("slipway_deploy_phase_duration_seconds", "phase" => phase).record(secs);
 }
 

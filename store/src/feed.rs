@@ -25,7 +25,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 use tokio::sync::broadcast;
 
-use super::{now_ms, rfc3339, Event, Result, StoreError};
+use super::{rfc3339, Clock, Event, Result, StoreError};
 
 /// How far behind the newest event seen the tailer looks again.
 pub const WINDOW_MS: i64 = 2_000;
@@ -36,20 +36,21 @@ pub const CAPACITY: usize = 1024;
 
 pub struct EventFeed {
     pool: AnyPool,
+    clock: Clock,
     tx: broadcast::Sender<Event>,
     started: AtomicBool,
 }
 
 impl EventFeed {
-    pub fn new(pool: AnyPool) -> EventFeed {
-        EventFeed { pool, tx: broadcast::channel(CAPACITY).0, started: AtomicBool::new(false) }
+    pub fn new(pool: AnyPool, clock: Clock) -> EventFeed {
+        EventFeed { pool, clock, tx: broadcast::channel(CAPACITY).0, started: AtomicBool::new(false) }
     }
 
     /// A receiver of events committed from now on; starts the tailer.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         let rx = self.tx.subscribe();
         if !self.started.swap(true, Ordering::SeqCst) {
-            tokio::spawn(tail(self.pool.clone(), self.tx.clone()));
+            tokio::spawn(tail(self.pool.clone(), self.clock.clone(), self.tx.clone()));
         }
         rx
     }
@@ -62,14 +63,14 @@ impl EventFeed {
     }
 }
 
-async fn tail(pool: AnyPool, tx: broadcast::Sender<Event>) {
-    let mut newest = now_ms();
+async fn tail(pool: AnyPool, clock: Clock, tx: broadcast::Sender<Event>) {
+    let mut newest = clock.now_ms();
     let mut published: HashMap<String, i64> = HashMap::new();
     let mut failing = false;
     loop {
         tokio::time::sleep(POLL).await;
         if tx.receiver_count() == 0 {
-            newest = now_ms();
+            newest = clock.now_ms();
             published.clear();
             continue;
         }

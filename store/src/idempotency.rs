@@ -5,7 +5,7 @@
 
 use sqlx::Row;
 
-use super::{now_ms, Result, Store};
+use super::{Result, Store};
 
 /// How long a key is remembered.
 pub const TTL_MS: i64 = 24 * 60 * 60 * 1000;
@@ -36,7 +36,7 @@ impl Store {
     /// Claims `scope` for a request whose body hashes to `request_sha256`,
     /// or says what the key already holds. Expired keys are deleted first.
     pub async fn claim_idempotency(&self, scope: &KeyScope<'_>, request_sha256: &str) -> Result<Claim> {
-        let now = now_ms();
+        let now = self.now_ms();
         sqlx::query("DELETE FROM idempotency_keys WHERE created_at_ms < $1")
             .bind(now - TTL_MS)
             .execute(&self.writer)
@@ -136,7 +136,7 @@ mod tests {
         store.abandon_idempotency(&other_caller).await.unwrap();
         assert_eq!(store.claim_idempotency(&other_caller, "h2").await.unwrap(), Claim::Claimed);
         sqlx::query("UPDATE idempotency_keys SET created_at_ms = $1")
-            .bind(now_ms() - TTL_MS - 1)
+            .bind(store.now_ms() - TTL_MS - 1)
             .execute(&store.writer)
             .await
             .unwrap();

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use super::{now_ms, Machine, Result, Store, StoreError};
+use super::{Machine, Result, Store, StoreError};
 use model::lifecycle::MachineState;
 
 /// The most labels one machine may carry.
@@ -82,7 +82,7 @@ impl Store {
             return Ok(PatchOutcome::Stale(Box::new(current)));
         }
         let mut tx = self.writer.begin().await?;
-        let now = now_ms().max(current.updated_at_ms + 1);
+        let now = self.now_ms().max(current.updated_at_ms + 1);
         // Every parameter is always bound (PostgreSQL wants each typed).
         let query = sqlx::query(
             "UPDATE machines SET version = version + 1, updated_at_ms = $1, \

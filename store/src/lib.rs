@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 pub mod actions;
 mod campaign;
+mod clock;
 mod deploy;
 pub mod feed;
 mod gauges;
@@ -32,6 +33,7 @@ mod refresh;
 pub mod test_db;
 pub mod tokens;
 
+pub use clock::{wall_clock_ms, Clock};
 pub use deploy::{observe_deploy_phase, Deployment, Image, ImageMeta, ImageState};
 pub use labels::{MachineFilter, MachinePatch};
 pub use model::deploy::DeployPhase;
@@ -68,6 +70,7 @@ pub struct Store {
     writer: AnyPool,
     /// Committed events, tailed from the database for live streams.
     pub feed: std::sync::Arc<feed::EventFeed>,
+    clock: Clock,
 }
 
 /// A DHCP client that was ACKed (or, in proxy mode, given boot information
@@ -131,10 +134,6 @@ pub(crate) fn parse_col<T: std::str::FromStr<Err = String>>(r: &sqlx::any::AnyRo
     text.parse().map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
 }
 
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -160,8 +159,18 @@ impl Store {
         let pool = Self::open_pool(url, if sqlite { 4 } else { 16 }, sqlite).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         let writer = if sqlite { Self::open_pool(url, 1, true).await? } else { pool.clone() };
-        let feed = std::sync::Arc::new(feed::EventFeed::new(pool.clone()));
-        Ok(Store { pool, writer, feed })
+        let clock = Clock::default();
+        let feed = std::sync::Arc::new(feed::EventFeed::new(pool.clone(), clock.clone()));
+        Ok(Store { pool, writer, feed, clock })
+    }
+
+    /// The clock every timestamp and decision reads (tests move it).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     async fn open_pool(url: &str, connections: u32, sqlite: bool) -> Result<AnyPool> {
@@ -212,7 +221,7 @@ impl Store {
     }
 
     pub async fn record_event(&self, machine_id: Option<&str>, kind: &str, detail: serde_json::Value) -> Result<()> {
-        Self::event_in(&self.writer, machine_id, now_ms(), kind, detail).await
+        Self::event_in(&self.writer, machine_id, self.now_ms(), kind, detail).await
     }
 
     pub async fn machine_id_by_mac(&self, mac: MacAddr) -> Result<Option<String>> {
@@ -230,12 +239,13 @@ impl Store {
             return Ok((id, false));
         }
         let mut tx = self.writer.begin().await?;
-        let found = Self::ensure_machine_in(&mut tx, mac, cause, now_ms() + discovery_timeout_ms).await?;
+        let found = self.ensure_machine_in(&mut tx, mac, cause, self.now_ms() + discovery_timeout_ms).await?;
         tx.commit().await?;
         Ok(found)
     }
 
     async fn ensure_machine_in(
+        &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         mac: MacAddr,
         cause: &str,
@@ -247,7 +257,7 @@ impl Store {
             return Ok((id, false));
         }
         let id = Uuid::new_v4().to_string();
-        let now = now_ms();
+        let now = self.now_ms();
         sqlx::query(
             "INSERT INTO machines (id, state, state_deadline_ms, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $4)",
         )
@@ -286,10 +296,10 @@ impl Store {
     /// an event. Batched so a PXE storm costs one commit per batch.
     pub async fn record_dhcp_bindings(&self, bindings: &[DhcpBinding], discovery_timeout_ms: i64) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        let deadline = now_ms() + discovery_timeout_ms;
+        let deadline = self.now_ms() + discovery_timeout_ms;
         for b in bindings {
             let id = if b.network_boot {
-                Some(Self::ensure_machine_in(&mut tx, b.mac, "network boot (DHCP)", deadline).await?.0)
+                Some(self.ensure_machine_in(&mut tx, b.mac, "network boot (DHCP)", deadline).await?.0)
             } else {
                 let row = sqlx::query("SELECT machine_id FROM machine_macs WHERE mac = $1")
                     .bind(b.mac.to_string())
@@ -300,7 +310,7 @@ impl Store {
             if let Some(id) = id {
                 // Proxy mode answers with boot information only (no address).
                 let kind = if b.ip.is_unspecified() { "dhcp.proxy" } else { "dhcp.ack" };
-                Self::event_in(&mut *tx, Some(&id), now_ms(), kind, b.detail.clone()).await?;
+                Self::event_in(&mut *tx, Some(&id), self.now_ms(), kind, b.detail.clone()).await?;
             }
         }
         tx.commit().await?;
@@ -400,13 +410,14 @@ impl Store {
         deadline_ms: Option<i64>,
     ) -> Result<Option<MachineState>> {
         let mut tx = self.writer.begin().await?;
-        let to = Self::fire_in(&mut tx, id, trigger, reason, deadline_ms).await?;
+        let to = self.fire_in(&mut tx, id, trigger, reason, deadline_ms).await?;
         tx.commit().await?;
         Ok(to.map(|(_, to)| to))
     }
 
     /// Returns `(from, to)`; `from == to` when the trigger did not apply.
     async fn fire_in(
+        &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         id: &str,
         trigger: Trigger,
@@ -419,7 +430,7 @@ impl Store {
             return Ok(None);
         };
         let from = MachineState::from_str(&row.try_get::<String, _>("state")?).map_err(StoreError::Corrupt)?;
-        let now = now_ms();
+        let now = self.now_ms();
         let Some(Transition { to, failed_phase }) = lifecycle::next(from, trigger) else {
             Self::event_in(
                 &mut **tx,
@@ -475,7 +486,7 @@ impl Store {
                 Self::event_in(
                     &mut *tx,
                     Some(id),
-                    now_ms(),
+                    self.now_ms(),
                     "inventory.changed",
                     serde_json::json!({ "source": "in_band", "changes": changes }),
                 )
@@ -488,7 +499,7 @@ impl Store {
              serial = COALESCE($4, serial) WHERE id = $5",
         )
         .bind(text)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .bind(uuid.clone())
         .bind(serial.clone())
         .bind(id)
@@ -506,8 +517,14 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if linked.rows_affected() > 0 {
-            Self::event_in(&mut *tx, Some(id), now_ms(), "bmc.linked", serde_json::json!({ "by": "in-band identity" }))
-                .await?;
+            Self::event_in(
+                &mut *tx,
+                Some(id),
+                self.now_ms(),
+                "bmc.linked",
+                serde_json::json!({ "by": "in-band identity" }),
+            )
+            .await?;
         }
         // Every NIC the agent saw identifies the machine from now on.
         for nic in &inventory.nics {
@@ -520,7 +537,7 @@ impl Store {
         Self::event_in(
             &mut *tx,
             Some(id),
-            now_ms(),
+            self.now_ms(),
             "inventory.received",
             serde_json::json!({
                 "cpus": inventory.cpu.count, "memory_bytes": inventory.memory.total_bytes,
@@ -573,7 +590,7 @@ impl Store {
         sqlx::query("INSERT INTO agent_tokens (token_sha256, machine_id, expires_at_ms) VALUES ($1, $2, $3)")
             .bind(sha256_hex(&token))
             .bind(machine_id)
-            .bind(now_ms() + ttl_ms)
+            .bind(self.now_ms() + ttl_ms)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -583,7 +600,7 @@ impl Store {
     pub async fn machine_for_agent_token(&self, token: &str) -> Result<Option<String>> {
         let row = sqlx::query("SELECT machine_id FROM agent_tokens WHERE token_sha256 = $1 AND expires_at_ms > $2")
             .bind(sha256_hex(token))
-            .bind(now_ms())
+            .bind(self.now_ms())
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| r.try_get("machine_id")).transpose()?)
@@ -644,12 +661,12 @@ mod tests {
 
     async fn discovery_deadline_fails_the_machine(store: Store) {
         let (id, _) = store.ensure_machine("52:54:00:00:00:02".parse().unwrap(), "dhcp", 0).await.unwrap();
-        assert_eq!(store.overdue(now_ms() + 1).await.unwrap(), vec![id.clone()]);
+        assert_eq!(store.overdue(store.now_ms() + 1).await.unwrap(), vec![id.clone()]);
         store.fire(&id, Trigger::DeadlinePassed).await.unwrap();
         let m = store.machine(&id).await.unwrap().unwrap();
         assert_eq!(m.state, MachineState::Failed);
         assert_eq!(m.failure.unwrap().phase, "discovering");
-        assert!(store.overdue(now_ms() + 1).await.unwrap().is_empty());
+        assert!(store.overdue(store.now_ms() + 1).await.unwrap().is_empty());
     }
 
     async fn agent_tokens_are_good_for_one_boot(store: Store) {

@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{now_ms, parse_col, rfc3339, sha256_hex, Result, Store, StoreError};
+use super::{parse_col, rfc3339, sha256_hex, Result, Store, StoreError};
 use model::join::JoinKind;
 use wire::{Member, NodeStatus};
 
@@ -61,7 +61,7 @@ impl Store {
         sqlx::query("INSERT INTO node_tokens (machine_id, token_sha256, created_at_ms) VALUES ($1, $2, $3)")
             .bind(machine_id)
             .bind(sha256_hex(&token))
-            .bind(now_ms())
+            .bind(self.now_ms())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -80,7 +80,7 @@ impl Store {
     /// event: the deployed OS came up and its agent reached us).
     pub async fn record_node_status(&self, machine_id: &str, status: &NodeStatus) -> Result<bool> {
         let text = serde_json::to_string(status).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let now = now_ms();
+        let now = self.now_ms();
         let mut tx = self.writer.begin().await?;
         let updated = sqlx::query("UPDATE node_status SET status = $1, last_seen_ms = $2 WHERE machine_id = $3")
             .bind(&text)
@@ -131,7 +131,7 @@ impl Store {
     /// when it does not exist yet. Two nodes asking at once get the same
     /// initiator: the insert is a no-op for the second.
     pub async fn claim_cluster(&self, name: &str, kind: JoinKind, machine_id: &str) -> Result<Cluster> {
-        let now = now_ms();
+        let now = self.now_ms();
         sqlx::query(
             "INSERT INTO clusters (name, kind, initiator, members, created_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, '[]', $4, $4) ON CONFLICT (name) DO NOTHING",
@@ -165,7 +165,7 @@ impl Store {
         worker_token: &str,
         manager_token: &str,
     ) -> Result<()> {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut tx = self.writer.begin().await?;
         let updated = sqlx::query(
             "UPDATE clusters SET endpoint = $1, worker_token = $2, manager_token = $3, updated_at_ms = $4 \
@@ -231,7 +231,7 @@ impl Store {
         let text = serde_json::to_string(members).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query("UPDATE clusters SET members = $1, updated_at_ms = $2 WHERE name = $3")
             .bind(text)
-            .bind(now_ms())
+            .bind(self.now_ms())
             .bind(name)
             .execute(&self.writer)
             .await?;

@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{now_ms, parse_col, rfc3339, Result, Store, StoreError};
+use super::{parse_col, rfc3339, Result, Store, StoreError};
 use inventory::oob::{BmcInventory, BmcProtocol, PowerState, TlsTrust, UpsProtocol, UpsState, UpsStatus};
 
 /// A BMC as the API shows it. The sealed password stays in the store.
@@ -159,7 +159,7 @@ pub enum LinkedBy {
 impl Store {
     pub async fn insert_bmc(&self, new: &NewBmc) -> Result<Bmc> {
         let id = Uuid::new_v4().to_string();
-        let now = now_ms();
+        let now = self.now_ms();
         let inserted = sqlx::query(
             "INSERT INTO bmcs (id, address, protocol, username, password_sealed, tls, created_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (address) DO NOTHING",
@@ -210,7 +210,7 @@ impl Store {
         sqlx::query("DELETE FROM bmc_inventory_history WHERE bmc_id = $1").bind(id).execute(&mut *tx).await?;
         let gone = sqlx::query("DELETE FROM bmcs WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
         if gone == 1 {
-            Self::event_in(&mut *tx, None, now_ms(), "bmc.removed", serde_json::json!({ "bmc": id })).await?;
+            Self::event_in(&mut *tx, None, self.now_ms(), "bmc.removed", serde_json::json!({ "bmc": id })).await?;
         }
         tx.commit().await?;
         Ok(gone == 1)
@@ -233,7 +233,7 @@ impl Store {
             return Ok(vec![]);
         };
         let before = bmc_from_row(&before)?;
-        let now = now_ms();
+        let now = self.now_ms();
         let machine = before.machine_id.as_deref();
         let mut changes = vec![];
         if before.last_error.is_some() {
@@ -306,7 +306,7 @@ impl Store {
         let Some(row) = row else { return Ok(()) };
         let machine: Option<String> = row.try_get("machine_id")?;
         let last: Option<String> = row.try_get("last_error")?;
-        let now = now_ms();
+        let now = self.now_ms();
         if last.as_deref() != Some(message) {
             Self::event_in(
                 &mut *tx,
@@ -364,7 +364,7 @@ impl Store {
                 found = Some((r.try_get::<String, _>("id")?, by));
             }
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let (machine_id, by) = match found {
             Some(found) => found,
             None => {
@@ -432,7 +432,7 @@ impl Store {
     }
 
     pub async fn insert_ups(&self, ups: &Ups) -> Result<()> {
-        let now = now_ms();
+        let now = self.now_ms();
         let inserted = sqlx::query(
             "INSERT INTO ups (name, protocol, address, target, username, password_sealed, tls, feeds, created_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (name) DO NOTHING",
@@ -489,7 +489,7 @@ impl Store {
         };
         let before = ups_from_row(&row)?;
         let was = before.state.as_ref().map_or(UpsStatus::Unknown, |s| s.status);
-        let now = now_ms();
+        let now = self.now_ms();
         if was != state.status {
             Self::event_in(
                 &mut *tx,
@@ -523,7 +523,7 @@ impl Store {
         }
         sqlx::query("UPDATE ups SET last_error = $1, updated_at_ms = $2 WHERE name = $3")
             .bind(message)
-            .bind(now_ms())
+            .bind(self.now_ms())
             .bind(name)
             .execute(&self.writer)
             .await?;
@@ -548,7 +548,7 @@ impl Store {
     pub async fn set_rack(&self, machine_id: &str, rack: Option<&str>) -> Result<()> {
         sqlx::query("UPDATE machines SET rack = $1, updated_at_ms = $2 WHERE id = $3")
             .bind(rack.map(str::to_string))
-            .bind(now_ms())
+            .bind(self.now_ms())
             .bind(machine_id)
             .execute(&self.writer)
             .await?;

@@ -8,7 +8,7 @@
 use serde_json::{json, Value};
 use sqlx::Row;
 
-use super::{now_ms, Image, Result, Store, StoreError};
+use super::{Image, Result, Store, StoreError};
 use model::hook::NodeHook;
 use model::lifecycle::{MachineState, Trigger};
 use model::refresh::{Saga, Wanted};
@@ -33,7 +33,7 @@ impl Store {
             .raw_bytes
             .ok_or_else(|| StoreError::Conflict(format!("image {:?} is not available", image.meta.name)))?;
         let mut tx = self.writer.begin().await?;
-        match Self::fire_in(&mut tx, machine_id, Trigger::RefreshRequested, cause, Some(deadline_ms)).await? {
+        match self.fire_in(&mut tx, machine_id, Trigger::RefreshRequested, cause, Some(deadline_ms)).await? {
             Some((_, MachineState::Refreshing)) => {}
             Some((from, _)) => {
                 return Err(StoreError::Conflict(format!(
@@ -42,7 +42,7 @@ impl Store {
             }
             None => return Err(StoreError::Conflict(format!("machine {machine_id} does not exist"))),
         }
-        let now = now_ms();
+        let now = self.now_ms();
         for table in ["deployments", "node_status"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE machine_id = $1"))
                 .bind(machine_id)
@@ -83,7 +83,7 @@ impl Store {
         )
         .bind(text)
         .bind(wanted)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .bind(campaign_id)
         .bind(machine_id)
         .execute(&self.writer)
@@ -104,7 +104,7 @@ impl Store {
              WHERE campaign_id = $3 AND machine_id = $4 AND state IN ('applying', 'verifying')",
         )
         .bind(text)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .bind(campaign_id)
         .bind(machine_id)
         .execute(&self.writer)
@@ -166,7 +166,7 @@ impl Store {
         detail: Value,
     ) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        let now = now_ms();
+        let now = self.now_ms();
         let updated = sqlx::query(
             "UPDATE campaign_nodes SET state = 'rolled_back', reason = $1, task = NULL, wanted = NULL, finished_at_ms = $2, \
              updated_at_ms = $2 WHERE campaign_id = $3 AND machine_id = $4 AND state IN ('applying', 'verifying')",

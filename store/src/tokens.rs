@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{now_ms, rfc3339, sha256_hex, Result, Store, StoreError};
+use super::{rfc3339, sha256_hex, Result, Store, StoreError};
 use model::Role;
 
 /// An operator API token as listed: never its secret.
@@ -89,7 +89,7 @@ impl Store {
         .bind(role.as_str())
         .bind(sha256_hex(&secret))
         .bind(created_by)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .bind(expires_at_ms)
         .execute(&self.writer)
         .await?;

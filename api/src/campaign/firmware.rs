@@ -211,7 +211,7 @@ async fn apply(
     if let Some(commands) = drain {
         hand.drain_by_command(commands).await?.map_err(|why| NodeFailure::Drain(format!("not drained: {why}")))?;
     }
-    let reset_at_ms = store::now_ms();
+    let reset_at_ms = app.store.now_ms();
     let was_off = if action.needs_host_reset() {
         let power = app.oob.power_state(&node.bmc_id).await?;
         let cause = format!("campaign {campaign_id}: {} {} starts at reset", action.component, action.version);

@@ -16,7 +16,7 @@ use crate::join::{JoinSpec, HEARTBEAT_SECONDS};
 use model::campaign::DrainCommands;
 use model::hook::NodeHook;
 use model::refresh::Wanted;
-use store::{now_ms, StoreError};
+use store::StoreError;
 
 type Step<T> = Result<T, StoreError>;
 
@@ -63,7 +63,7 @@ impl NodeHand<'_> {
         let pending = self.app.store.node_hook(self.machine_id).await?;
         let hook = match pending {
             Some(h) if h.hook_id.starts_with(&prefix) && h.run == run && h.timeout_seconds == timeout_seconds => h,
-            _ => NodeHook { hook_id: format!("{prefix}{}", now_ms()), run: run.into(), timeout_seconds },
+            _ => NodeHook { hook_id: format!("{prefix}{}", self.app.store.now_ms()), run: run.into(), timeout_seconds },
         };
         let limit = Duration::from_secs(u64::from(timeout_seconds) + 2 * u64::from(HEARTBEAT_SECONDS) + 15);
         let (store, id) = (&self.app.store, hook.hook_id.as_str());

@@ -33,7 +33,7 @@ use model::campaign::{Campaign, NodeProgress};
 use model::lifecycle::Trigger;
 use model::refresh::{Effect, Facts, Next, Outcome, Plan, Saga};
 use model::refresh_plan::DeployView;
-use store::{now_ms, ImageState, StoreError};
+use store::{ImageState, StoreError};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -74,7 +74,7 @@ pub async fn tick(
     }
     let status = report.as_ref().map(|r| &r.status);
     let facts = Facts {
-        now_ms: now_ms(),
+        now_ms: store.now_ms(),
         machine: machine.as_ref().map(|m| (m.state, m.failure.as_ref().map(|f| f.reason.as_str()))),
         deployment: deployment.as_ref().map(|d| DeployView {
             image: &d.image,
@@ -187,7 +187,7 @@ impl Node<'_> {
             return Ok(Err("the machine's deployment was removed".into()));
         };
         let spec = current.spec.with_image(image);
-        let deadline = now_ms() + app.deploy_timeout_ms;
+        let deadline = app.store.now_ms() + app.deploy_timeout_ms;
         match app.store.start_refresh(self.machine_id, &img, &spec, deadline, &self.cause(image)).await {
             Ok(()) => {}
             Err(StoreError::Conflict(why)) => return Ok(Err(why)),

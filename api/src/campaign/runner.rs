@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::AppState;
 use model::campaign::{Action, Campaign, CampaignState, NodeProgress};
 use model::engine::{self, Facts, UpsFact};
-use store::{now_ms, StoreError};
+use store::StoreError;
 
 /// Timings; the defaults suit real BMCs, tests shorten them.
 #[derive(Debug, Clone)]
@@ -184,5 +184,5 @@ async fn gather(app: &AppState, campaign: &Campaign, nodes: &[NodeProgress]) -> 
             }
         }
     }
-    Ok(Facts { now_ms: now_ms(), ups, bmc_ok })
+    Ok(Facts { now_ms: app.store.now_ms(), ups, bmc_ok })
 }

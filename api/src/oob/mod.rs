@@ -21,7 +21,7 @@ use crate::secrets::SecretBox;
 use client::{BmcClient, Op, OpOutput};
 use inventory::oob::{BmcInventory, BmcProtocol, BootTarget, Credentials, OobError, PowerAction, PowerState};
 use inventory::redfish::TaskInfo;
-use store::{now_ms, Bmc, Store, StoreError, Ups};
+use store::{Bmc, Store, StoreError, Ups};
 
 /// Timings, from the config.
 #[derive(Debug, Clone)]
@@ -224,7 +224,7 @@ impl Oob {
             keep_unread_sections(&mut inv, old);
         }
         self.store.record_bmc_ok(bmc_id, inv.system.power_state, Some(&inv), inventory::diff::diff).await?;
-        let (machine, by) = self.store.link_bmc(bmc_id, &inv, now_ms() + self.discovery_timeout_ms).await?;
+        let (machine, by) = self.store.link_bmc(bmc_id, &inv, self.store.now_ms() + self.discovery_timeout_ms).await?;
         info!(bmc = bmc_id, machine, by = ?by, "BMC inventory read");
         Ok((*inv, machine))
     }

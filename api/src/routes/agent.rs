@@ -206,7 +206,7 @@ async fn deploy_report(
             // With a join spec, `deployed` waits for the node agent to
             // report membership, with a deadline.
             let joins = state.store.deployment(&id).await?.is_some_and(|d| d.spec.cluster.is_some());
-            let deadline = joins.then(|| store::now_ms() + state.join_timeout_ms);
+            let deadline = joins.then(|| state.store.now_ms() + state.join_timeout_ms);
             state.store.fire_because(&id, Trigger::ImageWritten, Trigger::ImageWritten.cause(), deadline).await?;
             metrics::counter!("slipway_deployments_total", "outcome" => "written").increment(1);
             Ok(Json(Instruction::Reboot))

@@ -25,7 +25,7 @@ use model::campaign::{
     order_nodes, Action, Campaign, CampaignState, DrainCommands, FirmwareAction, Gates, NodeProgress, NodeState,
     Rollout, Schedule, Targets, MAX_DRAIN_COMMAND, MAX_DRAIN_SECONDS,
 };
-use store::{now_ms, rfc3339, ImageState, StoreError, UpsFeeds};
+use store::{rfc3339, ImageState, StoreError, UpsFeeds};
 
 pub(super) fn router() -> Routes {
     Routes::new()
@@ -187,7 +187,7 @@ async fn create(
         check_drain(d)?;
     }
     let nodes = order_nodes(resolve(&state, &req.targets).await?, req.rollout.order);
-    let at = now_ms();
+    let at = state.store.now_ms();
     let campaign = Campaign {
         id: uuid::Uuid::new_v4().to_string(),
         name: req.name,
@@ -205,7 +205,7 @@ async fn create(
         finished_at_ms: None,
     };
     state.store.insert_campaign(&campaign, &nodes).await?;
-    Ok((StatusCode::CREATED, Json(view(&campaign, &nodes))).into_response())
+    Ok((StatusCode::CREATED, Json(view(&campaign, &nodes, at))).into_response())
 }
 
 fn check_drain(d: &DrainCommands) -> Result<(), ApiError> {
@@ -283,10 +283,10 @@ pub(super) struct CampaignList {
     pub campaigns: Vec<CampaignView>,
 }
 
-fn view(c: &Campaign, nodes: &[NodeProgress]) -> CampaignView {
+fn view(c: &Campaign, nodes: &[NodeProgress], now_ms: i64) -> CampaignView {
     let time = |ms: Option<i64>| ms.map(rfc3339);
     let count = |s: NodeState| nodes.iter().filter(|n| n.state == s).count();
-    let next_start = c.schedule.parse().ok().and_then(|s| s.next_open(now_ms()));
+    let next_start = c.schedule.parse().ok().and_then(|s| s.next_open(now_ms));
     CampaignView {
         id: c.id.clone(),
         name: c.name.clone(),
@@ -333,7 +333,7 @@ fn view(c: &Campaign, nodes: &[NodeProgress]) -> CampaignView {
 
 async fn one(state: &AppState, id: &str) -> Result<CampaignView, ApiError> {
     let c = state.store.campaign(id).await?.ok_or_else(|| ApiError::NotFound { what: format!("campaign {id}") })?;
-    Ok(view(&c, &state.store.campaign_nodes(id).await?))
+    Ok(view(&c, &state.store.campaign_nodes(id).await?, state.store.now_ms()))
 }
 
 /// Every campaign with its node counts.
@@ -351,7 +351,7 @@ async fn one(state: &AppState, id: &str) -> Result<CampaignView, ApiError> {
 async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<CampaignList>, ApiError> {
     let mut campaigns = vec![];
     for c in state.store.campaigns().await? {
-        let mut v = view(&c, &state.store.campaign_nodes(&c.id).await?);
+        let mut v = view(&c, &state.store.campaign_nodes(&c.id).await?, state.store.now_ms());
         // The list is a summary; one campaign's nodes are at /campaigns/{id}.
         v.nodes = None;
         campaigns.push(v);

@@ -56,6 +56,8 @@ struct Fleet {
     cordoned: BTreeSet<String>,
     /// Node agents ignore drain commands (as if they hung) while set.
     hold_hooks: bool,
+    /// The OS of this image never starts its node agent.
+    silent_image: Option<&'static str>,
     /// The Swarm as its manager (machine 0) sees it.
     members: Vec<Value>,
     /// The most machines ever unavailable at once (refreshing, or drained
@@ -159,6 +161,9 @@ impl Fleet {
 
     async fn node_agent(&mut self, i: usize) {
         let Some(token) = self.sims[i].node_token.clone() else { return };
+        if self.silent_image.is_some() && self.sims[i].image.as_deref() == self.silent_image {
+            return;
+        }
         let (hostname, swarm_id) = (self.sims[i].hostname.clone(), self.sims[i].swarm_id.clone());
         let image = self.sims[i].image.clone();
         let membership = swarm_id.map(|id| {
@@ -346,6 +351,7 @@ async fn joined_fleet_in(kind: &'static str, cluster: Value) -> Fleet {
         hooks: vec![],
         cordoned: BTreeSet::new(),
         hold_hooks: false,
+        silent_image: None,
         members: vec![],
         max_unavailable: 0,
         watching: false,
@@ -718,7 +724,7 @@ async fn a_restart_before_the_bmc_reboot_reboots_again() {
     store.note_campaign_node(&id, &target, None, Some("img-1"), false).await.unwrap();
     let image = store.image("img-2").await.unwrap().unwrap();
     let spec = store.deployment(&target).await.unwrap().unwrap().spec.with_image("img-2");
-    let deadline = store::now_ms() + 600_000;
+    let deadline = store.now_ms() + 600_000;
     store.start_refresh(&target, &image, &spec, deadline, "campaign: OS refresh to img-2").await.unwrap();
     let boots = fleet.sims[1].backend.boots().len();
 
@@ -728,4 +734,32 @@ async fn a_restart_before_the_bmc_reboot_reboots_again() {
     assert_eq!(fleet.sims[1].backend.boots().len(), boots + 1, "rebooted into the installer once, by the new runner");
     let (_, d) = get(&fleet.t.operator, &format!("/api/v1/machines/{target}/deployment"), Some(&fleet.t.admin)).await;
     assert_eq!(d["image"], "img-2");
+}
+
+/// The new OS is written but its node agent never reports: once the
+/// campaign's health check (`back_within_seconds`) has passed on the
+/// appliance's clock, the node is rolled back to its previous image.
+#[tokio::test]
+async fn a_node_not_back_within_its_health_check_is_rolled_back() {
+    let mut fleet = joined_fleet().await;
+    let target = fleet.sims[1].id.clone();
+    let id = fleet.create_with(&[&target], "img-2", json!({ "back_within_seconds": 60 })).await;
+    fleet.silent_image = Some("img-2");
+    fleet.start_runner();
+    fleet.drive(Some(&id), "the node written", |c| c["nodes"][0]["state"] == "verifying").await;
+    // Several runner ticks with the node silent: it waits.
+    for _ in 0..5 {
+        fleet.tick().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fleet.state(&target).await, "deployed");
+    fleet.t.state.store.clock().advance(Duration::from_secs(61));
+    let c = fleet.drive(Some(&id), "failed", |c| c["state"] == "failed").await;
+    assert_eq!(node_states(&c), ["rolled_back"], "{c:#}");
+    let reason = c["nodes"][0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("img-2 did not come back within 60 s: no node agent reported"), "{reason}");
+    assert!(reason.ends_with("rolled back to img-1"), "{reason}");
+    assert_eq!(fleet.state(&target).await, "joined");
+    let ids: BTreeSet<&str> = fleet.members.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, BTreeSet::from(["mgr", "node1-2", "node2-1", "node3-1"]), "{:#?}", fleet.members);
 }

@@ -455,3 +455,24 @@ async fn campaign_requests_are_checked_field_by_field() {
     assert_eq!(list["campaigns"].as_array().unwrap().len(), 1, "{list}");
     assert_eq!(get(&lab.t.boot, "/boot/firmware/missing", None).await.0, StatusCode::NOT_FOUND);
 }
+
+/// A campaign scheduled an hour ahead waits for its time, then runs; the
+/// hour passes on the appliance's clock, not in the test.
+#[tokio::test]
+async fn a_campaign_scheduled_for_later_starts_when_its_time_comes() {
+    let mut lab = lab(1).await;
+    lab.upload("bios-2.0.0", BIOS_2).await;
+    let clock = lab.t.state.store.clock().clone();
+    let at = store::rfc3339(clock.now_ms() + 3_600_000);
+    let id = lab.create(bios_campaign(&lab.machines, "bios-2.0.0", json!({ "schedule": { "at": at } }))).await;
+    lab.start_runner();
+    // Several runner ticks (100 ms each) go by: nothing starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = lab.campaign(&id).await;
+    assert_eq!((c["state"].as_str(), node_states(&c)), (Some("scheduled"), vec!["pending".to_string()]), "{c}");
+    assert_eq!(c["schedule_next_open"].as_str(), Some(at.as_str()));
+    clock.advance(Duration::from_secs(3601));
+    let c = lab.wait(&id, 1, "completed", state_is("completed")).await;
+    assert_eq!(node_states(&c), ["done"]);
+    assert!(lab.events("campaign.started").await.len() == 1);
+}

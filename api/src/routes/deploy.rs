@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::AppState;
 use model::deploy::DeploymentSpec;
-use store::{now_ms, Deployment, ImageState};
+use store::{Deployment, ImageState};
 
 pub(super) fn router() -> Routes {
     Routes::new()
@@ -73,7 +73,7 @@ async fn release(
     let req = req.unwrap_or_default();
     let mode = req.wipe.unwrap_or(state.release_wipe);
     let machine = super::machines::find(&state, &id).await?;
-    state.store.start_release(&machine.id, mode, now_ms() + state.deploy_timeout_ms).await?;
+    state.store.start_release(&machine.id, mode, state.store.now_ms() + state.deploy_timeout_ms).await?;
     state.work_posted.notify_waiters();
     state.oob.boot_for_work(&machine.id, false, "release: boot into the ramdisk to wipe");
     tracing::info!(machine = machine.id, wipe = mode.as_str(), "release requested");
@@ -189,7 +189,7 @@ async fn deploy(
         }
     }
     let deployment =
-        state.store.start_deployment(&machine.id, &image, &req, now_ms() + state.deploy_timeout_ms).await?;
+        state.store.start_deployment(&machine.id, &image, &req, state.store.now_ms() + state.deploy_timeout_ms).await?;
     state.work_posted.notify_waiters();
     state.oob.boot_for_work(&machine.id, true, "deploy: power on into the installer");
     tracing::info!(machine = machine.id, image = req.image, hostname = req.hostname, "deployment requested");

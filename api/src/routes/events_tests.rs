@@ -69,7 +69,7 @@ async fn a_slow_client_is_told_it_lagged() {
     let t = app().await;
     let mut slow = open(&t, "", None).await;
     for i in 0..store::feed::CAPACITY + 10 {
-        let at_ms = store::now_ms();
+        let at_ms = store::wall_clock_ms();
         t.state.store.feed.publish(Event {
             id: format!("{i:08}"),
             machine_id: None,

@@ -25,7 +25,7 @@ use super::Routes;
 use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
 use crate::AppState;
-use store::{now_ms, rfc3339, StoreError};
+use store::{rfc3339, wall_clock_ms, StoreError};
 
 /// Larger uploads are refused (413).
 pub const MAX_FIRMWARE_BYTES: u64 = 256 << 20;
@@ -144,7 +144,7 @@ async fn upload(
         name: name.clone(),
         size_bytes: size,
         sha256: hex::encode(hasher.finalize()),
-        uploaded_at: rfc3339(now_ms()),
+        uploaded_at: rfc3339(wall_clock_ms()),
     };
     let meta = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     tokio::fs::write(meta_path(&dir, &name), meta).await.map_err(|e| io("writing into", e))?;

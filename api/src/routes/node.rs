@@ -121,7 +121,7 @@ async fn status(
             // Join through a manager that is up: the one that created the
             // Swarm may be away (an OS refresh), or be this very node.
             if cluster.endpoint.is_some() {
-                let since = store::now_ms() - 3 * i64::from(HEARTBEAT_SECONDS) * 1000;
+                let since = state.store.now_ms() - 3 * i64::from(HEARTBEAT_SECONDS) * 1000;
                 if let Some(live) = state.store.live_manager_endpoint(name, &id, since).await? {
                     cluster.endpoint = Some(live);
                 }

@@ -20,7 +20,7 @@ use crate::auth::{Admin, Role, ADMIN_TOKEN_ID};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Query};
 use crate::AppState;
-use store::{now_ms, StoreError};
+use store::StoreError;
 
 pub(super) fn router() -> Routes {
     Routes::new()
@@ -99,7 +99,7 @@ async fn create(
     }
     let expires_at_ms = match req.expires_in_secs {
         None => None,
-        Some(secs @ 1..=MAX_EXPIRES_IN_SECS) => Some(now_ms() + secs as i64 * 1000),
+        Some(secs @ 1..=MAX_EXPIRES_IN_SECS) => Some(state.store.now_ms() + secs as i64 * 1000),
         Some(secs) => return Err(bad("expires_in_secs", format!("{secs} is not in 1..={MAX_EXPIRES_IN_SECS}"))),
     };
     let (token, secret) = state.store.create_api_token(name, req.role, &caller.name, expires_at_ms).await?;

@@ -66,7 +66,7 @@ async fn an_expired_token_is_refused() {
     assert_eq!(status, StatusCode::CREATED);
     assert!(created["expires_at"].is_string(), "{created}");
     let secret = created["secret"].as_str().unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    t.state.store.clock().advance(Duration::from_secs(2));
     let (status, problem) = get(&t.operator, "/api/v1/machines", Some(secret)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(problem["detail"].as_str().unwrap().contains("expired"), "{problem}");
