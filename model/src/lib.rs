@@ -4,12 +4,15 @@
 
 pub mod campaign;
 pub mod deploy;
+pub mod drain;
 pub mod engine;
+pub mod firmware;
 pub mod hook;
 pub mod join;
 pub mod lifecycle;
 pub mod refresh;
 pub mod refresh_plan;
 pub mod role;
+pub mod saga;
 
 pub use role::Role;

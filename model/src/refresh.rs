@@ -18,9 +18,15 @@ use serde_json::{json, Value};
 use wire::{HookResult, Member};
 
 use crate::deploy::DeployPhase;
-use crate::hook::NodeHook;
+use crate::drain::{Place, PutBack, PutBackStep, Seen, TakeOut, TakeOutStep, Waits};
+pub use crate::drain::{SwarmEntry, Wanted};
 use crate::lifecycle::MachineState;
-use crate::refresh_plan::{self, ClusterOp, DeployView, OpKind, Progress};
+use crate::refresh_plan::{self, DeployView, Progress};
+use crate::saga;
+
+/// One step of a node's saga.
+pub type Step = saga::Step<Saga, Effect, Outcome>;
+pub type Next = saga::Next<Saga, Outcome>;
 
 /// What the runner keeps of one node's refresh.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,32 +44,19 @@ pub struct Saga {
     pub since_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SwarmEntry {
-    pub cluster: String,
-    pub node: String,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Phase {
     /// Not started: may it be refreshed, and how is it drained?
     Check,
-    /// Waiting for a manager to show the node drained.
-    Draining { op: ClusterOp },
-    /// Waiting for the node's agent to run the drain command.
-    DrainCommand { hook: NodeHook },
-    /// The drain failed (`why`): made active again, then the node fails.
-    UndoDrain { op: ClusterOp, why: String },
-    /// The drain command failed: its undo runs, then the node fails.
-    UndoDrainCommand { hook: NodeHook, why: String },
+    /// Taking it out of its cluster (or undoing a drain that failed).
+    TakeOut { wait: TakeOut },
     /// Reinstalling `image`; with `rollback_of`, the refresh failed for
     /// that reason and this is the way back to the previous image.
     Install { image: String, rollback_of: Option<String>, step: InstallStep },
-    /// Back: the old Swarm entry is tidied before the node finishes.
-    Tidy { op: ClusterOp, outcome: Outcome },
-    /// Back: the undrain command runs before the node finishes.
-    Undrain { hook: NodeHook, outcome: Outcome },
+    /// Back (on either image): its old Swarm entry is tidied, or the
+    /// undrain command runs, before the node finishes with `outcome`.
+    PutBack { wait: PutBack, outcome: Outcome },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,26 +81,10 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// What a node's agent (or its Swarm manager's) is handed while a phase
-/// waits for it; stored beside the phase so agents' reports find it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum Wanted {
-    ClusterOp(ClusterOp),
-    Hook(NodeHook),
-}
-
 /// What does not change while the node runs.
 #[derive(Debug, Clone)]
 pub struct Plan<'a> {
-    pub campaign_id: &'a str,
-    pub machine_id: &'a str,
-    /// The campaign's drain commands (for a cluster Slipway did not form).
-    pub drain: Option<&'a crate::campaign::DrainCommands>,
-    /// How long a Swarm manager may take to show a change.
-    pub drain_ms: i64,
-    /// Beyond a command's own time: how late its agent may report it.
-    pub hook_grace_ms: i64,
+    pub waits: Waits<'a>,
     /// How long the image may take to be written (95% of the deploy deadline).
     pub write_ms: i64,
     /// How long a written node may take to come back (95% of the join deadline).
@@ -162,17 +139,10 @@ pub enum Effect {
     RollbackFailed(String),
 }
 
-/// The result of a step: effects, then the node's new saga, or how it ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Step {
-    pub effects: Vec<Effect>,
-    pub next: Next,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Next {
-    Go(Saga),
-    Finish(Outcome),
+impl Facts<'_> {
+    fn seen(&self) -> Seen<'_> {
+        Seen { now_ms: self.now_ms, members: self.members, hook: self.hook }
+    }
 }
 
 impl Saga {
@@ -210,12 +180,8 @@ impl Saga {
     /// What an agent is handed while this phase waits.
     pub fn wanted(&self) -> Option<Wanted> {
         match &self.phase {
-            Phase::Draining { op } | Phase::UndoDrain { op, .. } | Phase::Tidy { op, .. } => {
-                Some(Wanted::ClusterOp(op.clone()))
-            }
-            Phase::DrainCommand { hook } | Phase::UndoDrainCommand { hook, .. } | Phase::Undrain { hook, .. } => {
-                Some(Wanted::Hook(hook.clone()))
-            }
+            Phase::TakeOut { wait } => Some(wait.wanted()),
+            Phase::PutBack { wait, .. } => Some(wait.wanted()),
             Phase::Check | Phase::Install { .. } => None,
         }
     }
@@ -233,62 +199,29 @@ impl Saga {
         let now = facts.now_ms;
         match &self.phase {
             Phase::Check => self.check(plan, facts),
-            Phase::Draining { op } => {
-                if op.done(facts.members) {
-                    let detail = json!({ "cluster": op.cluster, "node": op.node });
-                    let install = self.install(&self.target, None, now);
-                    return with(vec![Effect::Event("campaign.node_drained", detail)], Next::Go(install));
+            Phase::TakeOut { wait } => match wait.step(&plan.waits, facts.seen(), self.since_ms) {
+                TakeOutStep::Wait => Step::stay(self),
+                TakeOutStep::Drained { by_command, detail } => {
+                    let saga = Saga { drained_by_command: by_command, ..self.install(&self.target, None, now) };
+                    Step::with(vec![Effect::Event("campaign.node_drained", detail)], Next::Go(saga))
                 }
-                if self.elapsed(now) <= plan.drain_ms {
-                    return stay(self);
-                }
-                let why = not_shown(op, plan.drain_ms);
-                let undo = ClusterOp { op: OpKind::Active, ..op.clone() };
-                go(self.go(Phase::UndoDrain { op: undo, why }, now))
-            }
-            Phase::UndoDrain { op, why } => {
-                if op.done(facts.members) || self.elapsed(now) > plan.drain_ms {
-                    return finish(Outcome::Failed(why.clone()));
-                }
-                stay(self)
-            }
-            Phase::DrainCommand { hook } => match self.hook_result(plan, facts, hook, "drain") {
-                None => stay(self),
-                Some(Ok(output)) => {
-                    let saga = Saga { drained_by_command: true, ..self.install(&self.target, None, now) };
-                    let detail = json!({ "by": "command", "output": output });
-                    with(vec![Effect::Event("campaign.node_drained", detail)], Next::Go(saga))
-                }
-                Some(Err(why)) => {
-                    let undo = plan.drain.map(|d| d.undo.as_str()).unwrap_or_default();
-                    let hook = new_hook(plan, "undrain", undo, hook.timeout_seconds, now);
-                    go(self.go(Phase::UndoDrainCommand { hook, why: format!("not drained: {why}") }, now))
-                }
-            },
-            Phase::UndoDrainCommand { hook, why } => match self.hook_result(plan, facts, hook, "undrain") {
-                None => stay(self),
-                Some(_) => finish(Outcome::Failed(why.clone())),
+                TakeOutStep::Then(wait) => Step::go(self.go(Phase::TakeOut { wait }, now)),
+                TakeOutStep::Failed(why) => Step::finish(Outcome::Failed(why)),
             },
             Phase::Install { image, rollback_of, step } => self.installing(plan, facts, image, rollback_of, *step),
-            Phase::Tidy { op, outcome } => {
-                if op.done(facts.members) || self.elapsed(now) > plan.drain_ms {
-                    return self.undrain_or_finish(plan, outcome.clone(), now);
+            Phase::PutBack { wait, outcome } => match wait.step(&plan.waits, facts.seen(), self.since_ms) {
+                PutBackStep::Wait => Step::stay(self),
+                PutBackStep::Done(event) => {
+                    let effects = event.map(|(kind, detail)| Effect::Event(kind, detail)).into_iter().collect();
+                    Step::with(effects, Next::Finish(outcome.clone()))
                 }
-                stay(self)
-            }
-            Phase::Undrain { hook, outcome } => match self.hook_result(plan, facts, hook, "undrain") {
-                None => stay(self),
-                Some(Ok(output)) => {
-                    let detail = json!({ "by": "command", "output": output });
-                    with(vec![Effect::Event("campaign.node_undrained", detail)], Next::Finish(outcome.clone()))
-                }
-                Some(Err(why)) => {
-                    let why = format!("{why}; the node may be left drained");
-                    finish(match outcome {
-                        Outcome::RolledBack(before) => Outcome::Failed(format!("{before}; but {why}")),
-                        _ => Outcome::Failed(format!("reinstalled and back, but {why}")),
-                    })
-                }
+                // A Swarm entry left behind is the operator's to tidy; the
+                // node is back all the same.
+                PutBackStep::Failed(_) if matches!(wait, PutBack::Swarm { .. }) => Step::finish(outcome.clone()),
+                PutBackStep::Failed(why) => Step::finish(match outcome {
+                    Outcome::RolledBack(before) => Outcome::Failed(format!("{before}; but {why}")),
+                    _ => Outcome::Failed(format!("reinstalled and back, but {why}")),
+                }),
             },
         }
     }
@@ -298,13 +231,13 @@ impl Saga {
     pub fn install_failed(&self, why: &str, now_ms: i64) -> Step {
         match &self.phase {
             Phase::Install { image, rollback_of, .. } => self.failed(image, rollback_of.as_deref(), why, now_ms),
-            _ => finish(Outcome::Failed(why.into())),
+            _ => Step::finish(Outcome::Failed(why.into())),
         }
     }
 
     fn check(&self, plan: &Plan<'_>, facts: &Facts<'_>) -> Step {
         let now = facts.now_ms;
-        let failed = |why: String| finish(Outcome::Failed(why));
+        let failed = |why: String| Step::finish(Outcome::Failed(why));
         let Some((state, _)) = facts.machine else { return failed("the machine no longer exists".into()) };
         let Some(deployment) = &facts.deployment else {
             return failed(format!("the machine is {state} with no deployment to refresh"));
@@ -313,7 +246,7 @@ impl Saga {
             return failed(format!("the machine is {state}: only a deployed or joined machine is refreshed"));
         }
         if deployment.image == self.target {
-            return finish(Outcome::Done("already on this image".into()));
+            return Step::finish(Outcome::Done("already on this image".into()));
         }
         if !facts.has_bmc {
             return failed(
@@ -326,24 +259,20 @@ impl Saga {
         let previous = deployment.image.to_string();
         let mut saga = Saga { previous: Some(previous.clone()), ..self.clone() };
         let effects = vec![Effect::NotePrevious(previous)];
-        let joined = state == MachineState::Joined;
-        let member = facts.node_id.filter(|id| !id.is_empty());
-        if let (Some(cluster), Some(node), true) = (facts.managed_cluster, member, joined) {
-            if let Err(why) = refresh_plan::quorum_without(facts.members, node) {
-                return with(
-                    effects,
-                    Next::Finish(Outcome::Failed(format!("not taken out of Swarm {cluster}: {why}"))),
-                );
+        let place = Place {
+            joined: state == MachineState::Joined,
+            managed_cluster: facts.managed_cluster,
+            node_id: facts.node_id,
+            foreign_cluster: facts.foreign_cluster,
+        };
+        match TakeOut::start(&plan.waits, place, facts.members, now) {
+            Err(why) => Step::with(effects, Next::Finish(Outcome::Failed(why))),
+            Ok(Some((wait, entry))) => {
+                saga.swarm = entry;
+                Step::with(effects, Next::Go(saga.go(Phase::TakeOut { wait }, now)))
             }
-            saga.swarm = Some(SwarmEntry { cluster: cluster.into(), node: node.into() });
-            let op = ClusterOp { cluster: cluster.into(), op: OpKind::Drain, node: node.into() };
-            return with(effects, Next::Go(saga.go(Phase::Draining { op }, now)));
+            Ok(None) => Step::with(effects, Next::Go(saga.install(&self.target, None, now))),
         }
-        if let (Some(drain), true, true) = (plan.drain, facts.foreign_cluster, joined) {
-            let hook = new_hook(plan, "drain", &drain.run, drain.timeout_seconds, now);
-            return with(effects, Next::Go(saga.go(Phase::DrainCommand { hook }, now)));
-        }
-        with(effects, Next::Go(saga.install(&self.target, None, now)))
     }
 
     fn install(&self, image: &str, rollback_of: Option<String>, now_ms: i64) -> Saga {
@@ -366,26 +295,26 @@ impl Saga {
                 let made = facts.deployment.as_ref().is_some_and(|d| d.image == image)
                     && facts.machine.is_some_and(|(s, _)| s == MachineState::Refreshing);
                 if made {
-                    return go(at(InstallStep::Boot));
+                    return Step::go(at(InstallStep::Boot));
                 }
                 if !facts.available.contains(&image) {
                     return self.failed(image, rollback_of.as_deref(), &format!("image {image} is not available"), now);
                 }
-                with(vec![Effect::Deploy { image: image.into() }], Next::Go(at(InstallStep::Boot)))
+                Step::with(vec![Effect::Deploy { image: image.into() }], Next::Go(at(InstallStep::Boot)))
             }
             InstallStep::Boot => {
-                with(vec![Effect::NetworkBoot { image: image.into() }], Next::Go(at(InstallStep::Write)))
+                Step::with(vec![Effect::NetworkBoot { image: image.into() }], Next::Go(at(InstallStep::Write)))
             }
             InstallStep::Write | InstallStep::ComeBack => {
                 let Some((state, failure)) = facts.machine else {
-                    return finish(Outcome::Failed("the machine no longer exists".into()));
+                    return Step::finish(Outcome::Failed("the machine no longer exists".into()));
                 };
                 match refresh_plan::progress(state, failure, facts.deployment, image, facts.clustered, facts.node_image)
                 {
                     Progress::Back => self.back(plan, image, rollback_of, facts.node_id, now),
                     Progress::Failed(why) => self.failed(image, rollback_of.as_deref(), &why, now),
                     Progress::Written if step == InstallStep::Write => {
-                        with(vec![Effect::NoteVerifying], Next::Go(at(InstallStep::ComeBack)))
+                        Step::with(vec![Effect::NoteVerifying], Next::Go(at(InstallStep::ComeBack)))
                     }
                     Progress::Written | Progress::Installing => {
                         let limit = if step == InstallStep::Write {
@@ -395,7 +324,7 @@ impl Saga {
                             health.map_or(plan.come_back_ms, |b| b.min(plan.come_back_ms))
                         };
                         if self.elapsed(now) <= limit {
-                            return stay(self);
+                            return Step::stay(self);
                         }
                         let what = if step == InstallStep::Write { "be written and verified" } else { "come back" };
                         let seen = match (step, facts.node_image) {
@@ -419,7 +348,7 @@ impl Saga {
         };
         if let Some(entry) = &self.swarm {
             let op = refresh_plan::after_refresh(&entry.cluster, &entry.node, node.filter(|n| !n.is_empty()));
-            return go(self.go(Phase::Tidy { op, outcome }, now));
+            return Step::go(self.go(Phase::PutBack { wait: PutBack::Swarm { op }, outcome }, now));
         }
         self.undrain_or_finish(plan, outcome, now)
     }
@@ -431,86 +360,24 @@ impl Saga {
             (None, Some(old)) if old != image => {
                 let detail = json!({ "reason": why, "image": old });
                 let saga = self.install(old, Some(why.into()), now);
-                with(vec![Effect::Event("campaign.node_rolling_back", detail)], Next::Go(saga))
+                Step::with(vec![Effect::Event("campaign.node_rolling_back", detail)], Next::Go(saga))
             }
             (Some(first), old) => {
                 let old = old.unwrap_or(image);
                 let reason = format!("{first}; the rollback to {old} failed too: {why}");
-                with(vec![Effect::RollbackFailed(reason.clone())], Next::Finish(Outcome::Failed(reason)))
+                Step::with(vec![Effect::RollbackFailed(reason.clone())], Next::Finish(Outcome::Failed(reason)))
             }
-            (None, _) => finish(Outcome::Failed(why.into())),
+            (None, _) => Step::finish(Outcome::Failed(why.into())),
         }
     }
 
     fn undrain_or_finish(&self, plan: &Plan<'_>, outcome: Outcome, now: i64) -> Step {
-        match (plan.drain, self.drained_by_command, &outcome) {
-            (Some(d), true, Outcome::Done(_) | Outcome::RolledBack(_)) => {
-                let hook = new_hook(plan, "undrain", &d.undo, d.timeout_seconds, now);
-                go(self.go(Phase::Undrain { hook, outcome }, now))
-            }
-            _ => finish(outcome),
+        let back = matches!(outcome, Outcome::Done(_) | Outcome::RolledBack(_));
+        match PutBack::command(&plan.waits, now).filter(|_| self.drained_by_command && back) {
+            Some(wait) => Step::go(self.go(Phase::PutBack { wait, outcome }, now)),
+            None => Step::finish(outcome),
         }
     }
-
-    /// The reported result of `hook`: its output when it exited 0; `None`
-    /// while it may still come.
-    fn hook_result(
-        &self,
-        plan: &Plan<'_>,
-        facts: &Facts<'_>,
-        hook: &NodeHook,
-        which: &str,
-    ) -> Option<Result<String, String>> {
-        match facts.hook.filter(|r| r.id == hook.hook_id) {
-            Some(r) if r.exit_code == 0 => Some(Ok(r.output.clone())),
-            Some(r) => Some(Err(format!("the {which} command exited {}: {}", r.exit_code, r.output))),
-            None => {
-                let limit = i64::from(hook.timeout_seconds) * 1000 + plan.hook_grace_ms;
-                (self.elapsed(facts.now_ms) > limit).then(|| {
-                    Err(format!(
-                        "the node agent did not report the {which} command within {} s (is it running?)",
-                        limit / 1000
-                    ))
-                })
-            }
-        }
-    }
-}
-
-/// A command for the node's agent, with an id of its own so an older
-/// result never counts.
-fn new_hook(plan: &Plan<'_>, which: &str, run: &str, timeout_seconds: u32, now_ms: i64) -> NodeHook {
-    NodeHook {
-        hook_id: format!("{}:{}:{which}:{now_ms}", plan.campaign_id, plan.machine_id),
-        run: run.into(),
-        timeout_seconds,
-    }
-}
-
-fn not_shown(op: &ClusterOp, limit_ms: i64) -> String {
-    format!(
-        "Swarm {} did not show node {} {:?} within {} s (no manager's node agent reporting?)",
-        op.cluster,
-        op.node,
-        op.op,
-        limit_ms / 1000
-    )
-}
-
-fn with(effects: Vec<Effect>, next: Next) -> Step {
-    Step { effects, next }
-}
-
-fn go(saga: Saga) -> Step {
-    with(vec![], Next::Go(saga))
-}
-
-fn stay(saga: &Saga) -> Step {
-    go(saga.clone())
-}
-
-fn finish(outcome: Outcome) -> Step {
-    with(vec![], Next::Finish(outcome))
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 use super::*;
 use crate::campaign::DrainCommands;
+use crate::drain::{TakeOut, Waits};
+use crate::refresh_plan::{ClusterOp, OpKind};
 
 fn member(id: &str, availability: &str, manager: bool) -> Member {
     Member {
@@ -13,11 +15,7 @@ fn member(id: &str, availability: &str, manager: bool) -> Member {
 
 fn plan(drain: Option<&DrainCommands>) -> Plan<'_> {
     Plan {
-        campaign_id: "c1",
-        machine_id: "m1",
-        drain,
-        drain_ms: 10_000,
-        hook_grace_ms: 45_000,
+        waits: Waits { campaign_id: "c1", machine_id: "m1", drain, drain_ms: 10_000, hook_grace_ms: 45_000 },
         write_ms: 570_000,
         come_back_ms: 570_000,
         back_within_ms: Some(60_000),
@@ -213,7 +211,9 @@ fn a_failed_drain_command_is_undone_and_fails_the_node() {
     seen.hook = Some(HookResult { id: hook.hook_id, exit_code: 1, output: "PodDisruptionBudget".into() });
     seen.now = 3_000;
     let saga = next_saga(&saga.step(&plan, &seen.facts()));
-    assert!(matches!(&saga.phase, Phase::UndoDrainCommand { hook, .. } if hook.run == "undrain-node"));
+    assert!(
+        matches!(&saga.phase, Phase::TakeOut { wait: TakeOut::UndoCommand { hook, .. } } if hook.run == "undrain-node")
+    );
     // The undo is not reported: after its time the node fails anyway.
     seen.now += 30_000 + 45_000 + 1;
     let want = "not drained: the drain command exited 1: PodDisruptionBudget";

@@ -9,8 +9,9 @@
 
 use model::campaign::DrainCommands;
 use model::deploy::DeployPhase;
+use model::drain::{Waits, Wanted};
 use model::lifecycle::MachineState;
-use model::refresh::{Effect, Facts, Next, Outcome, Plan, Saga, Wanted};
+use model::refresh::{Effect, Facts, Next, Outcome, Plan, Saga};
 use model::refresh_plan::{DeployView, OpKind};
 use proptest::prelude::*;
 use wire::{HookResult, Member};
@@ -193,12 +194,9 @@ proptest! {
     #[test]
     fn every_refresh_ends_once_on_the_image_it_names(s in script()) {
         let drain = DrainCommands { run: "drain-node".into(), undo: "undrain-node".into(), timeout_seconds: 60 };
+        let waits = Waits { campaign_id: "c1", machine_id: "m1", drain: Some(&drain), drain_ms: 600_000, hook_grace_ms: 45_000 };
         let plan = Plan {
-            campaign_id: "c1",
-            machine_id: "m1",
-            drain: Some(&drain),
-            drain_ms: 600_000,
-            hook_grace_ms: 45_000,
+            waits,
             write_ms: 1_710_000,
             come_back_ms: 570_000,
             back_within_ms: Some(300_000),

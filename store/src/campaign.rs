@@ -246,24 +246,20 @@ impl Store {
         Ok(updated.rows_affected() == 1)
     }
 
-    /// Notes on a node in progress: the BMC task (`Some(None)` clears it),
-    /// the version found before, the move to `verifying`.
+    /// Notes on a node in progress: the version (or image) found before,
+    /// the move to `verifying`.
     pub async fn note_campaign_node(
         &self,
         campaign_id: &str,
         machine_id: &str,
-        task: Option<Option<&str>>,
         old_version: Option<&str>,
         verifying: bool,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE campaign_nodes SET task = CASE WHEN $1 = 1 THEN $2 ELSE task END, \
-             old_version = COALESCE(old_version, $3), \
-             state = CASE WHEN $4 = 1 THEN 'verifying' ELSE state END, updated_at_ms = $5 \
-             WHERE campaign_id = $6 AND machine_id = $7 AND state IN ('applying', 'verifying')",
+            "UPDATE campaign_nodes SET old_version = COALESCE(old_version, $1), \
+             state = CASE WHEN $2 = 1 THEN 'verifying' ELSE state END, updated_at_ms = $3 \
+             WHERE campaign_id = $4 AND machine_id = $5 AND state IN ('applying', 'verifying')",
         )
-        .bind(i64::from(task.is_some()))
-        .bind(task.flatten().map(str::to_string))
         .bind(old_version.map(str::to_string))
         .bind(i64::from(verifying))
         .bind(self.now_ms())

@@ -77,27 +77,39 @@ impl Store {
     }
 
     /// Stores a node's report; returns true for its first one (worth an
-    /// event: the deployed OS came up and its agent reached us).
+    /// event: the deployed OS came up and its agent reached us). Only while
+    /// the machine is deployed or joined, checked in the same statements:
+    /// a report that races an OS refresh's start (which deletes the old
+    /// OS's last report) is refused, not stored after it.
     pub async fn record_node_status(&self, machine_id: &str, status: &NodeStatus) -> Result<bool> {
+        const UP: &str = "EXISTS (SELECT 1 FROM machines WHERE id = $3 AND state IN ('deployed', 'joined'))";
         let text = serde_json::to_string(status).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let now = self.now_ms();
         let mut tx = self.writer.begin().await?;
-        let updated = sqlx::query("UPDATE node_status SET status = $1, last_seen_ms = $2 WHERE machine_id = $3")
+        let updated = sqlx::query(&format!(
+            "UPDATE node_status SET status = $1, last_seen_ms = $2 WHERE machine_id = $3 AND {UP}"
+        ))
+        .bind(&text)
+        .bind(now)
+        .bind(machine_id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            let inserted = sqlx::query(&format!(
+                "INSERT INTO node_status (machine_id, status, first_seen_ms, last_seen_ms) \
+                 SELECT $3, $1, $2, $2 WHERE {UP} AND NOT EXISTS (SELECT 1 FROM node_status WHERE machine_id = $3)"
+            ))
             .bind(&text)
             .bind(now)
             .bind(machine_id)
             .execute(&mut *tx)
             .await?;
+            if inserted.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("machine {machine_id} is not deployed")));
+            }
+        }
         let first = updated.rows_affected() == 0;
         if first {
-            sqlx::query(
-                "INSERT INTO node_status (machine_id, status, first_seen_ms, last_seen_ms) VALUES ($1, $2, $3, $3)",
-            )
-            .bind(machine_id)
-            .bind(&text)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
             Self::event_in(
                 &mut *tx,
                 Some(machine_id),

@@ -5,13 +5,15 @@
 //! rolled-back outcome. Deciding is `model::refresh`'s; this module only
 //! stores.
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::Row;
 
 use super::{Image, Result, Store, StoreError};
+use model::drain::Wanted;
 use model::hook::NodeHook;
 use model::lifecycle::{MachineState, Trigger};
-use model::refresh::{Saga, Wanted};
 use model::refresh_plan::ClusterOp;
 
 impl Store {
@@ -56,9 +58,10 @@ impl Store {
         Ok(())
     }
 
-    /// The stored saga of an OS refresh node in progress (`None` before its
-    /// first step, or when an appliance from before sagas started it).
-    pub async fn refresh_saga(&self, campaign_id: &str, machine_id: &str) -> Result<Option<Saga>> {
+    /// The stored saga of a campaign node (an OS refresh's or a firmware
+    /// update's; `None` before its first step, or when an appliance from
+    /// before sagas started it).
+    pub async fn campaign_saga<T: DeserializeOwned>(&self, campaign_id: &str, machine_id: &str) -> Result<Option<T>> {
         let row = sqlx::query("SELECT saga FROM campaign_nodes WHERE campaign_id = $1 AND machine_id = $2")
             .bind(campaign_id)
             .bind(machine_id)
@@ -73,37 +76,21 @@ impl Store {
     /// Stores a node's saga and what its phase wants of an agent, while
     /// the node is in progress (a node an operator or another runner
     /// finished stays finished).
-    pub async fn save_refresh_saga(&self, campaign_id: &str, machine_id: &str, saga: &Saga) -> Result<()> {
+    pub async fn save_campaign_saga<T: Serialize>(
+        &self,
+        campaign_id: &str,
+        machine_id: &str,
+        saga: &T,
+        wanted: Option<&Wanted>,
+    ) -> Result<()> {
         let text = serde_json::to_string(saga).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let wanted = saga.wanted().map(|w| serde_json::to_string(&w)).transpose();
-        let wanted = wanted.map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let wanted = wanted.map(serde_json::to_string).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
             "UPDATE campaign_nodes SET saga = $1, wanted = $2, updated_at_ms = $3 \
              WHERE campaign_id = $4 AND machine_id = $5 AND state IN ('applying', 'verifying')",
         )
         .bind(text)
         .bind(wanted)
-        .bind(self.now_ms())
-        .bind(campaign_id)
-        .bind(machine_id)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    /// Sets (or clears) what a node in progress wants of an agent.
-    pub async fn want_for_campaign_node(
-        &self,
-        campaign_id: &str,
-        machine_id: &str,
-        wanted: Option<&Wanted>,
-    ) -> Result<()> {
-        let text = wanted.map(serde_json::to_string).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query(
-            "UPDATE campaign_nodes SET wanted = $1, updated_at_ms = $2 \
-             WHERE campaign_id = $3 AND machine_id = $4 AND state IN ('applying', 'verifying')",
-        )
-        .bind(text)
         .bind(self.now_ms())
         .bind(campaign_id)
         .bind(machine_id)

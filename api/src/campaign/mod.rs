@@ -5,18 +5,33 @@
 //!
 //! The data and the pure decisions are the `model` crate's: the campaign
 //! (`model::campaign`), which nodes start and where the campaign goes
-//! (`model::engine::step`), and the OS refresh's drain, tidy, progress and
-//! rollback (`model::refresh_plan`). Here: `runner`, the one task that
-//! gathers facts and applies decisions; `firmware` and `os_refresh`, the
-//! actions on one node; `swarm`, the Swarm drain both actions share;
-//! `hook`, the drain commands for other clusters. Persistence is
-//! `store::campaign`'s; the HTTP resource is `routes::campaigns`'. A new
-//! action kind is a variant of `model::campaign::Action`, a module beside
-//! `firmware` and an arm in `runner::spawn_node`; a new gate is a fact in
-//! `engine::Facts` and a rule in `engine::step`.
+//! (`model::engine::step`), and each node's saga: a stored phase and a
+//! pure step (`model::refresh` for an OS refresh, `model::firmware` for a
+//! firmware update, the drain and undrain both share in `model::drain`).
+//! Here: `runner`, the one task that gathers facts and applies decisions,
+//! and steps every node in progress; `os_refresh` and `firmware`, which
+//! gather a node's facts and carry out its saga's effects. Persistence is
+//! `store::campaign`'s and `store::refresh`'s; the HTTP resource is
+//! `routes::campaigns`'. A new action kind is a variant of
+//! `model::campaign::Action`, a saga in `model`, a module here and an arm
+//! in `runner::step_nodes`; a new gate is a fact in `engine::Facts` and a
+//! rule in `engine::step`.
 
 pub mod firmware;
-pub mod hook;
 pub mod os_refresh;
 pub mod runner;
-pub mod swarm;
+
+/// Stores the saga a node's step moved to (with what it wants of an
+/// agent); a step that stayed in its phase writes nothing.
+async fn save_if_moved<S: serde::Serialize + PartialEq>(
+    store: &store::Store,
+    (campaign_id, machine_id): (&str, &str),
+    stored: Option<&S>,
+    next: &S,
+    wanted: Option<model::drain::Wanted>,
+) -> Result<(), store::StoreError> {
+    if stored == Some(next) {
+        return Ok(());
+    }
+    store.save_campaign_saga(campaign_id, machine_id, next, wanted.as_ref()).await
+}

@@ -26,16 +26,33 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use super::runner::RunnerSettings;
-use crate::campaign::hook::foreign_cluster;
 use crate::join::{JoinSpec, HEARTBEAT_SECONDS};
 use crate::AppState;
 use model::campaign::{Campaign, NodeProgress};
+use model::drain::Waits;
 use model::lifecycle::Trigger;
 use model::refresh::{Effect, Facts, Next, Outcome, Plan, Saga};
 use model::refresh_plan::DeployView;
 use store::{ImageState, StoreError};
 
 type Result<T> = std::result::Result<T, StoreError>;
+
+/// Whether a deployment's join spec puts the node in a cluster Slipway
+/// did not form: the one case the campaign's drain commands are for.
+pub fn foreign_cluster(spec: Option<&JoinSpec>) -> bool {
+    spec.is_some_and(|s| s.managed_cluster().is_none())
+}
+
+/// The waits of a node's drain and undrain, for either action.
+pub fn waits<'a>(settings: &RunnerSettings, campaign: &'a Campaign, machine_id: &'a str) -> Waits<'a> {
+    Waits {
+        campaign_id: &campaign.id,
+        machine_id,
+        drain: campaign.gates.drain.as_ref(),
+        drain_ms: i64::try_from(settings.drain_timeout.as_millis()).unwrap_or(i64::MAX),
+        hook_grace_ms: 2 * i64::from(HEARTBEAT_SECONDS) * 1000 + 15_000,
+    }
+}
 
 /// 95% of a deadline, so the action decides before the reaper.
 fn bound(ms: i64) -> i64 {
@@ -52,7 +69,7 @@ pub async fn tick(
 ) -> Result<()> {
     let store = &app.store;
     let machine_id = node.machine_id.as_str();
-    let stored = store.refresh_saga(&campaign.id, machine_id).await?;
+    let stored = store.campaign_saga::<Saga>(&campaign.id, machine_id).await?;
 
     // What the saga looks at.
     let machine = store.machine(machine_id).await?;
@@ -92,11 +109,7 @@ pub async fn tick(
         available: &available,
     };
     let plan = Plan {
-        campaign_id: &campaign.id,
-        machine_id,
-        drain: campaign.gates.drain.as_ref(),
-        drain_ms: i64::try_from(settings.drain_timeout.as_millis()).unwrap_or(i64::MAX),
-        hook_grace_ms: 2 * i64::from(HEARTBEAT_SECONDS) * 1000 + 15_000,
+        waits: waits(settings, campaign, machine_id),
         write_ms: bound(app.deploy_timeout_ms),
         come_back_ms: bound(app.join_timeout_ms),
         back_within_ms: campaign.gates.back_within_seconds.map(|s| i64::try_from(s).unwrap_or(i64::MAX / 1000) * 1000),
@@ -120,10 +133,10 @@ pub async fn tick(
         }
     }
     match step.next {
-        Next::Go(next) if stored.as_ref() != Some(&next) => {
-            store.save_refresh_saga(&campaign.id, machine_id, &next).await
+        Next::Go(next) => {
+            let wanted = next.wanted();
+            super::save_if_moved(store, (&campaign.id, machine_id), stored.as_ref(), &next, wanted).await
         }
-        Next::Go(_) => Ok(()),
         Next::Finish(outcome) => node.finish(outcome).await,
     }
 }
@@ -143,10 +156,8 @@ impl Node<'_> {
         let (campaign, machine) = (self.campaign_id, self.machine_id);
         for effect in effects {
             match effect {
-                Effect::NotePrevious(image) => {
-                    store.note_campaign_node(campaign, machine, None, Some(image), false).await?
-                }
-                Effect::NoteVerifying => store.note_campaign_node(campaign, machine, None, None, true).await?,
+                Effect::NotePrevious(image) => store.note_campaign_node(campaign, machine, Some(image), false).await?,
+                Effect::NoteVerifying => store.note_campaign_node(campaign, machine, None, true).await?,
                 Effect::Event(kind, detail) => self.event(kind, detail.clone()).await?,
                 Effect::Deploy { image } => {
                     if let Err(why) = self.deploy(image).await? {

@@ -3,21 +3,20 @@
 //! (the time, the state of every UPS feeding a remaining target, which
 //! targets' BMCs answer), asks `engine::step` what to do, and applies it:
 //! the campaign's new state and the nodes to start, each through the
-//! store (guarded, with its event), each node's action in its own task.
+//! store (guarded, with its event). Then it takes one step of each node in
+//! progress: of its stored saga (`os_refresh::tick`, `firmware::tick`),
+//! the nodes of a campaign side by side (at most a batch of them).
 //!
-//! A firmware node runs in a task of its own; a node the store shows in
-//! progress with no task here (the appliance restarted, or a task died) is
-//! resumed. An OS refresh node has no task: each tick takes one step of
-//! its stored saga (`os_refresh::tick`), so a restart simply goes on. Dropping the runner's future
-//! aborts its node tasks; every step is in the store, so the next runner
-//! goes on. Only one runner may drive a database: with several
+//! Nothing about a node lives in the runner but the pace of its BMC polls:
+//! dropping the runner's future stops everything, and the next runner (after
+//! a restart, or on the appliance that takes over the leader lease) steps
+//! the stored phases on. Only one runner may drive a database: with several
 //! appliances, the leader runs it (see `serve`).
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::task::{AbortHandle, JoinSet};
 use tracing::{info, warn};
 
 use crate::AppState;
@@ -29,15 +28,15 @@ use store::StoreError;
 #[derive(Debug, Clone)]
 pub struct RunnerSettings {
     pub tick: Duration,
-    /// Between polls of a BMC task and reads of the version.
+    /// Between a firmware node's reads of its BMC (its task, its version).
     pub task_poll: Duration,
     /// How long a BMC may take to fetch and flash an image.
     pub task_timeout: Duration,
     /// How long after the update (and reset) the version must show.
     pub verify_timeout: Duration,
-    /// OS refresh: how long a Swarm manager may take to show a node
-    /// drained (or tidied). The write and the rejoin are bounded by the
-    /// machine's own deadlines.
+    /// How long a Swarm manager may take to show a node drained (or made
+    /// active, or tidied). An OS refresh's write and rejoin are bounded by
+    /// the machine's own deadlines.
     pub drain_timeout: Duration,
 }
 
@@ -53,55 +52,29 @@ impl Default for RunnerSettings {
     }
 }
 
-/// Node tasks by (campaign, machine).
-type Workers = HashMap<(String, String), AbortHandle>;
+/// When each firmware node last read its BMC, by (campaign, machine).
+type Paced = HashMap<(String, String), Instant>;
 
 /// Runs campaigns until the future is dropped.
 pub async fn run(app: AppState, settings: RunnerSettings) {
-    let mut tasks = JoinSet::new();
-    let mut workers = Workers::new();
+    let mut paced = Paced::new();
     let mut tick = tokio::time::interval(settings.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!("campaign runner started");
     loop {
         tick.tick().await;
-        while tasks.try_join_next().is_some() {}
-        workers.retain(|_, h| !h.is_finished());
-        if let Err(err) = tick_once(&app, &settings, &mut tasks, &mut workers).await {
+        if let Err(err) = tick_once(&app, &settings, &mut paced).await {
             warn!(error = %err, "campaign runner: a tick failed; trying again");
         }
     }
 }
 
-async fn tick_once(
-    app: &AppState,
-    settings: &RunnerSettings,
-    tasks: &mut JoinSet<()>,
-    workers: &mut Workers,
-) -> Result<(), StoreError> {
-    for campaign in app.store.campaigns_to_run().await? {
+async fn tick_once(app: &AppState, settings: &RunnerSettings, paced: &mut Paced) -> Result<(), StoreError> {
+    let campaigns = app.store.campaigns_to_run().await?;
+    paced.retain(|(c, _), _| campaigns.iter().any(|k| &k.id == c));
+    for campaign in campaigns {
         let nodes = app.store.campaign_nodes(&campaign.id).await?;
-        let in_flight = nodes.iter().filter(|n| n.state.in_flight());
-        match &campaign.action {
-            // One step of each refreshing node's saga (at most a batch of them).
-            Action::OsRefresh { image } => {
-                let campaign = &campaign;
-                let steps = in_flight.map(|node| async move {
-                    if let Err(err) = super::os_refresh::tick(app, settings, campaign, image, node).await {
-                        warn!(campaign = campaign.id, machine = node.machine_id, error = %err, "an OS refresh step failed; trying again");
-                    }
-                });
-                futures_util::future::join_all(steps).await;
-            }
-            Action::Firmware(_) => {
-                for node in in_flight {
-                    if !workers.contains_key(&(campaign.id.clone(), node.machine_id.clone())) {
-                        info!(campaign = campaign.id, machine = node.machine_id, "resuming a node in progress");
-                        spawn_node(app, settings, &campaign, node.clone(), true, tasks, workers);
-                    }
-                }
-            }
-        }
+        step_nodes(app, settings, &campaign, &nodes, paced).await;
         // Paused and finished campaigns start nothing; only their nodes
         // in progress (above) go on.
         if campaign.state.is_final() || campaign.state == CampaignState::Paused {
@@ -121,37 +94,49 @@ async fn tick_once(
             }
             info!(campaign = campaign.id, to = t.to.as_str(), reason = t.reason, "campaign state");
         }
+        // Started here, stepped from the next tick on.
         for machine in &decision.start {
-            if app.store.start_campaign_node(&campaign.id, machine).await? {
-                let node = nodes.iter().find(|n| &n.machine_id == machine).cloned();
-                if let Some(node) = node {
-                    spawn_node(app, settings, &campaign, node, false, tasks, workers);
-                }
-            }
+            app.store.start_campaign_node(&campaign.id, machine).await?;
         }
     }
     Ok(())
 }
 
-fn spawn_node(
+/// One step of each node in progress. A firmware node reads its BMC at
+/// most every `task_poll`.
+async fn step_nodes(
     app: &AppState,
     settings: &RunnerSettings,
     campaign: &Campaign,
-    node: NodeProgress,
-    resume: bool,
-    tasks: &mut JoinSet<()>,
-    workers: &mut Workers,
+    nodes: &[NodeProgress],
+    paced: &mut Paced,
 ) {
-    let key = (campaign.id.clone(), node.machine_id.clone());
-    let (app, settings, id) = (app.clone(), settings.clone(), campaign.id.clone());
-    let Action::Firmware(action) = &campaign.action else {
-        // An OS refresh node has no task: the runner steps it every tick.
-        return;
-    };
-    let (action, drain) = (action.clone(), campaign.gates.drain.clone());
-    let handle =
-        tasks.spawn(async move { super::firmware::run_node(app, settings, id, node, action, drain, resume).await });
-    workers.insert(key, handle);
+    let now = Instant::now();
+    let due: Vec<&NodeProgress> = nodes
+        .iter()
+        .filter(|n| n.state.in_flight())
+        .filter(|n| match &campaign.action {
+            Action::OsRefresh { .. } => true,
+            Action::Firmware(_) => {
+                let key = (campaign.id.clone(), n.machine_id.clone());
+                let due = paced.get(&key).is_none_or(|last| now.duration_since(*last) >= settings.task_poll);
+                if due {
+                    paced.insert(key, now);
+                }
+                due
+            }
+        })
+        .collect();
+    let steps = due.into_iter().map(|node| async move {
+        let stepped = match &campaign.action {
+            Action::OsRefresh { image } => super::os_refresh::tick(app, settings, campaign, image, node).await,
+            Action::Firmware(action) => super::firmware::tick(app, settings, campaign, action, node).await,
+        };
+        if let Err(err) = stepped {
+            warn!(campaign = campaign.id, machine = node.machine_id, error = %err, "a node's step failed; trying again");
+        }
+    });
+    futures_util::future::join_all(steps).await;
 }
 
 /// The facts the engine needs for one campaign.

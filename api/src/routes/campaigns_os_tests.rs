@@ -620,7 +620,7 @@ async fn a_restart_mid_drain_continues_the_node() {
             c["nodes"][0]["state"] == "applying" && c["nodes"][0]["old_version"] == "img-1"
         })
         .await;
-    // The appliance stops (the runner and its node tasks end); the agent,
+    // The appliance stops (the runner ends); the agent,
     // handed the command before that, runs it and reports meanwhile.
     fleet._runner = None;
     fleet.hold_hooks = false;
@@ -721,7 +721,7 @@ async fn a_restart_before_the_bmc_reboot_reboots_again() {
         .unwrap();
     assert!(moved.is_some());
     assert!(store.start_campaign_node(&id, &target).await.unwrap());
-    store.note_campaign_node(&id, &target, None, Some("img-1"), false).await.unwrap();
+    store.note_campaign_node(&id, &target, Some("img-1"), false).await.unwrap();
     let image = store.image("img-2").await.unwrap().unwrap();
     let spec = store.deployment(&target).await.unwrap().unwrap().spec.with_image("img-2");
     let deadline = store.now_ms() + 600_000;

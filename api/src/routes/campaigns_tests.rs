@@ -137,8 +137,8 @@ impl Lab {
         self.runner = Some(Runner(tokio::spawn(runner::run(state, settings))));
     }
 
-    /// The appliance dies and starts again: the runner and its node tasks
-    /// stop, a new app opens the same database and files.
+    /// The appliance dies and starts again: the runner stops, a new app
+    /// opens the same database and files.
     async fn restart(self) -> Lab {
         let Lab { t, machines, backends, boot, runner } = self;
         drop(runner);
