@@ -13,6 +13,7 @@ pub mod config;
 mod dhcp_backend;
 pub mod error;
 pub mod extract;
+pub mod firmware_files;
 pub mod idempotency;
 pub mod join;
 pub mod leader;

@@ -39,7 +39,7 @@ pub fn image_url(app: &AppState, action: &FirmwareAction) -> std::result::Result
     match (&action.firmware, &action.image_url) {
         (_, Some(url)) => Ok(url.clone()),
         (Some(name), None) => {
-            if crate::routes::firmware::find(&app.firmware_dir, name).is_none() {
+            if crate::firmware_files::find(&app.firmware_dir, name).is_none() {
                 return Err(format!("no image to give the BMC: firmware {name} is not uploaded"));
             }
             let boot = app.boot.as_ref().ok_or_else(|| {

@@ -14,12 +14,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::firmware::valid_name;
 use super::machines::find;
 use super::Routes;
 use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::firmware_files::{self, valid_name};
 use crate::AppState;
 use model::campaign::{
     order_nodes, Action, Campaign, CampaignState, DrainCommands, FirmwareAction, Gates, NodeProgress, NodeState,
@@ -79,7 +79,7 @@ fn check_firmware(state: &AppState, f: &FirmwareAction) -> Result<(), ApiError> 
             Err(bad("action.firmware.firmware", "give either firmware (an uploaded file) or image_url"))
         }
         (Some(name), None) => {
-            if !valid_name(name) || super::firmware::find(&state.firmware_dir, name).is_none() {
+            if !valid_name(name) || firmware_files::find(&state.firmware_dir, name).is_none() {
                 return Err(bad(
                     "action.firmware.firmware",
                     format!("no firmware {name:?} uploaded (PUT /api/v1/firmware/{{name}})"),

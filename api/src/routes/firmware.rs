@@ -5,8 +5,6 @@
 //! `/boot/firmware/{name}`, where a BMC's SimpleUpdate fetches them.
 //! Whether a file is valid firmware is the BMC's to say (its task fails).
 
-use std::path::{Path as FsPath, PathBuf};
-
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -14,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -24,6 +22,7 @@ use utoipa::ToSchema;
 use super::Routes;
 use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
+use crate::firmware_files::{content_path, find, meta_path, valid_name, FirmwareFile};
 use crate::AppState;
 use store::{rfc3339, wall_clock_ms, StoreError};
 
@@ -36,39 +35,6 @@ pub(super) fn router() -> Routes {
 
 pub fn boot_router() -> Router<AppState> {
     Router::new().route("/boot/firmware/{name}", get(serve))
-}
-
-/// An uploaded firmware file as listed.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct FirmwareFile {
-    pub name: String,
-    pub size_bytes: u64,
-    pub sha256: String,
-    pub uploaded_at: String,
-}
-
-/// Names become file names: a safe alphabet.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-}
-
-fn content_path(dir: &FsPath, name: &str) -> PathBuf {
-    dir.join(format!("{name}.bin"))
-}
-
-fn meta_path(dir: &FsPath, name: &str) -> PathBuf {
-    dir.join(format!("{name}.json"))
-}
-
-/// The file's record, if it was uploaded whole.
-pub fn find(dir: &FsPath, name: &str) -> Option<FirmwareFile> {
-    if !valid_name(name) || !content_path(dir, name).is_file() {
-        return None;
-    }
-    serde_json::from_slice(&std::fs::read(meta_path(dir, name)).ok()?).ok()
 }
 
 /// An RFC 9457 problem for statuses `ApiError` has no variant for.
