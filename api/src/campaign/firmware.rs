@@ -122,7 +122,7 @@ pub async fn tick(
         has_bmc: bmc.is_some(),
         machine: machine.as_ref().map(|m| m.state),
         managed_cluster: managed,
-        foreign_cluster: super::os_refresh::foreign_cluster(join.as_ref()),
+        foreign_cluster: super::foreign_cluster(join.as_ref()),
         node_id: status.and_then(|s| s.cluster.as_ref()).map(|c| c.node_id.as_str()),
         members: &members,
         hook: status.and_then(|s| s.hook.as_ref()),
@@ -135,7 +135,7 @@ pub async fn tick(
         task,
     };
     let plan = Plan {
-        waits: super::os_refresh::waits(settings, campaign, machine_id),
+        waits: super::waits(settings, campaign, machine_id),
         action,
         task_ms: i64::try_from(settings.task_timeout.as_millis()).unwrap_or(i64::MAX),
         verify_ms: i64::try_from(settings.verify_timeout.as_millis()).unwrap_or(i64::MAX),

@@ -21,6 +21,11 @@ pub mod firmware;
 pub mod os_refresh;
 pub mod runner;
 
+use crate::join::{JoinSpec, HEARTBEAT_SECONDS};
+use model::campaign::Campaign;
+use model::drain::Waits;
+use runner::RunnerSettings;
+
 /// Stores the saga a node's step moved to (with what it wants of an
 /// agent); a step that stayed in its phase writes nothing.
 async fn save_if_moved<S: serde::Serialize + PartialEq>(
@@ -34,4 +39,21 @@ async fn save_if_moved<S: serde::Serialize + PartialEq>(
         return Ok(());
     }
     store.save_campaign_saga(campaign_id, machine_id, next, wanted.as_ref()).await
+}
+
+/// Whether a deployment's join spec puts the node in a cluster Slipway
+/// did not form: the one case the campaign's drain commands are for.
+pub fn foreign_cluster(spec: Option<&JoinSpec>) -> bool {
+    spec.is_some_and(|s| s.managed_cluster().is_none())
+}
+
+/// The waits of a node's drain and undrain, the same for both actions.
+pub fn waits<'a>(settings: &RunnerSettings, campaign: &'a Campaign, machine_id: &'a str) -> Waits<'a> {
+    Waits {
+        campaign_id: &campaign.id,
+        machine_id,
+        drain: campaign.gates.drain.as_ref(),
+        drain_ms: i64::try_from(settings.drain_timeout.as_millis()).unwrap_or(i64::MAX),
+        hook_grace_ms: 2 * i64::from(HEARTBEAT_SECONDS) * 1000 + 15_000,
+    }
 }

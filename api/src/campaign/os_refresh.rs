@@ -26,33 +26,15 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use super::runner::RunnerSettings;
-use crate::join::{JoinSpec, HEARTBEAT_SECONDS};
+use crate::join::JoinSpec;
 use crate::AppState;
 use model::campaign::{Campaign, NodeProgress};
-use model::drain::Waits;
 use model::lifecycle::Trigger;
 use model::refresh::{Effect, Facts, Next, Outcome, Plan, Saga};
 use model::refresh_plan::DeployView;
 use store::{ImageState, StoreError};
 
 type Result<T> = std::result::Result<T, StoreError>;
-
-/// Whether a deployment's join spec puts the node in a cluster Slipway
-/// did not form: the one case the campaign's drain commands are for.
-pub fn foreign_cluster(spec: Option<&JoinSpec>) -> bool {
-    spec.is_some_and(|s| s.managed_cluster().is_none())
-}
-
-/// The waits of a node's drain and undrain, for either action.
-pub fn waits<'a>(settings: &RunnerSettings, campaign: &'a Campaign, machine_id: &'a str) -> Waits<'a> {
-    Waits {
-        campaign_id: &campaign.id,
-        machine_id,
-        drain: campaign.gates.drain.as_ref(),
-        drain_ms: i64::try_from(settings.drain_timeout.as_millis()).unwrap_or(i64::MAX),
-        hook_grace_ms: 2 * i64::from(HEARTBEAT_SECONDS) * 1000 + 15_000,
-    }
-}
 
 /// 95% of a deadline, so the action decides before the reaper.
 fn bound(ms: i64) -> i64 {
@@ -100,7 +82,7 @@ pub async fn tick(
         }),
         clustered: join.is_some(),
         managed_cluster: managed,
-        foreign_cluster: foreign_cluster(join),
+        foreign_cluster: super::foreign_cluster(join),
         node_image: status.and_then(|s| s.image.as_deref()),
         node_id: status.and_then(|s| s.cluster.as_ref()).map(|c| c.node_id.as_str()),
         hook: status.and_then(|s| s.hook.as_ref()),
@@ -109,7 +91,7 @@ pub async fn tick(
         available: &available,
     };
     let plan = Plan {
-        waits: waits(settings, campaign, machine_id),
+        waits: super::waits(settings, campaign, machine_id),
         write_ms: bound(app.deploy_timeout_ms),
         come_back_ms: bound(app.join_timeout_ms),
         back_within_ms: campaign.gates.back_within_seconds.map(|s| i64::try_from(s).unwrap_or(i64::MAX / 1000) * 1000),

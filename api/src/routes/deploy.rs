@@ -389,6 +389,10 @@ mod flow_tests {
         let (status, problem) =
             post(&t.boot, wire::DEPLOY_PATH, &token, &json!({ "phase": "done", "bytes_written": 0 })).await;
         assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("phase")));
+        // `requested` is the appliance's own phase: no agent may report it.
+        let (status, problem) =
+            post(&t.boot, wire::DEPLOY_PATH, &token, &json!({ "phase": "requested", "bytes_written": 0 })).await;
+        assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("phase")));
     }
 
     #[tokio::test]
