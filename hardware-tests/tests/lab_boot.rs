@@ -221,17 +221,28 @@ fn interrupted_lab_leaves_nothing_behind() {
     if !lab_tests_enabled("lab_interrupt", &["qemu-system-x86_64", "qemu-img", "ip"]) {
         return;
     }
+    // What a lab killed with SIGKILL (or a power cut) leaves: its namespace
+    // with a process still in it. The next `lab up` must clear it, not refuse.
+    let ip = |args: &[&str]| assert!(Command::new("ip").args(args).status().unwrap().success(), "ip {args:?}");
+    ip(&["netns", "add", "slipway-lab"]);
+    let mut leftover = Command::new("ip").args(["netns", "exec", "slipway-lab", "sleep", "600"]).spawn().unwrap();
     let mut child = Command::new(slipway_bin())
         .args(["lab", "up", "--nodes", "1"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("running slipway lab up");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut cleared = false;
     for line in lines.by_ref() {
-        if line.unwrap().contains("powered on through it") {
+        let line = line.unwrap();
+        cleared |= line.contains("cleared what a killed lab left: 1 processes, 1 namespaces");
+        if line.contains("powered on through it") {
             break;
         }
     }
+    let leftover_ended = leftover.try_wait().unwrap().is_some();
+    let _ = leftover.kill();
+    assert!(cleared && leftover_ended, "lab up cleared the killed lab's namespace and ended its process");
     // Keep reading so the lab's output never hits a closed pipe.
     let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     assert!(std::path::Path::new("/run/netns/slipway-lab").exists(), "the lab is up");

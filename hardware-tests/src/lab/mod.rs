@@ -122,8 +122,15 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     if opts.dhcp == DhcpChoice::Relay && !Path::new("/usr/sbin/dhcrelay").exists() {
         bail!("--dhcp relay needs ISC dhcrelay (apt-get install isc-dhcp-relay)");
     }
+    let _claim = claim()?;
     if net::netns_exists(NETNS) {
-        bail!("a lab is already up (namespace {NETNS} exists); run `slipway lab down` first");
+        if procs::any_alive(&Path::new(WORK_DIR).join("state.json")) {
+            bail!("a lab kept with --keep is up (namespace {NETNS}); run `slipway lab down` first");
+        }
+        // No `lab up` holds the claim and nothing was kept: a killed lab
+        // (SIGKILL, a power cut) left this behind.
+        let (stopped, namespaces) = clear()?;
+        progress(&format!("cleared what a killed lab left: {stopped} processes, {namespaces} namespaces"));
     }
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
@@ -283,20 +290,46 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
 
 /// Tears down a lab kept with `--keep` (or left by a killed `lab up`).
 pub fn down() -> anyhow::Result<()> {
-    let state = Path::new(WORK_DIR).join("state.json");
-    let stopped = procs::stop_saved(&state)?;
-    let had_netns = net::netns_exists(NETNS);
-    if had_netns {
-        net::delete(NETNS)?;
-    }
-    for ns in [DHCP_NETNS, RELAY_NETNS] {
+    let (stopped, namespaces) = clear()?;
+    println!("lab down: stopped {stopped} processes, removed {namespaces} namespaces");
+    Ok(())
+}
+
+/// Stops a kept lab's processes and whatever still lives in the lab's
+/// namespaces, removes them and the work directory. Returns the processes
+/// stopped and the namespaces removed.
+fn clear() -> anyhow::Result<(usize, usize)> {
+    let mut stopped = procs::stop_saved(&Path::new(WORK_DIR).join("state.json"))?;
+    let mut namespaces = 0;
+    for ns in [NETNS, DHCP_NETNS, RELAY_NETNS] {
         if net::netns_exists(ns) {
+            stopped += net::kill_members(ns)?;
             net::delete(ns)?;
+            namespaces += 1;
         }
     }
     let _ = std::fs::remove_dir_all(WORK_DIR);
-    println!("lab down: stopped {stopped} processes{}", if had_netns { ", removed namespace" } else { "" });
-    Ok(())
+    Ok((stopped, namespaces))
+}
+
+/// Held by a running `lab up` (an advisory lock the kernel drops when the
+/// process dies, however it dies), so a second `lab up` can tell a running
+/// lab from the leftovers of a killed one.
+fn claim() -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    const CLAIM: &str = "/run/slipway-lab.lock";
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(CLAIM)
+        .with_context(|| format!("opening {CLAIM}"))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(claim) => Ok(claim),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            bail!("a lab is already up: another `slipway lab up` holds {CLAIM}")
+        }
+        Err((_, err)) => Err(err).with_context(|| format!("locking {CLAIM}")),
+    }
 }
 
 /// Owns what `up` created; dropping it tears the lab down unless kept.

@@ -83,3 +83,29 @@ pub fn enable_forwarding(ns: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Ends every process living in namespace `name` (SIGKILL) and returns how
+/// many. Only a lab puts processes there, so this ends only what a lab
+/// started: QEMU, the appliance, BMC simulators, dnsmasq or dhcrelay that
+/// a killed `lab up` could not stop.
+pub fn kill_members(name: &str) -> anyhow::Result<usize> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::metadata(Path::new("/run/netns").join(name))
+        .with_context(|| format!("reading namespace {name}"))?
+        .ino();
+    let wanted = format!("net:[{target}]");
+    let me = std::process::id();
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if pid as u32 == me {
+            continue;
+        }
+        let in_ns =
+            std::fs::read_link(entry.path().join("ns/net")).is_ok_and(|link| link.as_os_str() == wanted.as_str());
+        if in_ns && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).is_ok() {
+            killed += 1;
+        }
+    }
+    Ok(killed)
+}

@@ -227,6 +227,22 @@ impl VbmcEntry {
 
 /// Stops processes recorded by `save_state`, if they are still ours (their
 /// command line names qemu or slipway: PIDs get reused). Returns how many.
+/// Whether any process a kept lab saved is still running.
+pub fn any_alive(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let saved: Vec<Saved> = serde_json::from_str(&text).unwrap_or_default();
+    saved.iter().any(|s| lab_process(s.pid))
+}
+
+/// Whether `pid` is a process a lab starts (its PID may have been reused).
+fn lab_process(pid: u32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    ["qemu-system", "slipway", "dnsmasq", "dhcrelay"].iter().any(|name| cmdline.contains(name))
+}
+
 pub fn stop_saved(path: &Path) -> anyhow::Result<usize> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(0);
@@ -234,13 +250,7 @@ pub fn stop_saved(path: &Path) -> anyhow::Result<usize> {
     let saved: Vec<Saved> = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
     let mut stopped = 0;
     for s in saved {
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", s.pid)).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if !(cmdline.contains("qemu-system")
-            || cmdline.contains("slipway")
-            || cmdline.contains("dnsmasq")
-            || cmdline.contains("dhcrelay"))
-        {
+        if !lab_process(s.pid) {
             continue;
         }
         let pid = Pid::from_raw(s.pid as i32);
