@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::lab_debian::{cached, LabDebian, BOOT_MIB, BOOT_START, ROOT_LABEL};
+use crate::lab_debian::{cached, LabDebian, BOOT_MIB, BOOT_START, GRUB_CFG, ROOT_LABEL, SYSLINUX_CFG};
 use images::catalog::{self, SourceFormat};
 use images::tools::run;
 
@@ -75,18 +75,20 @@ fn derive(
             mounted.unmount()?;
         }
         Variant::BrokenBoot => {
-            // The FAT boot partition through mtools: this kernel may have no
-            // vfat module to mount it with.
+            // The ESP through mtools: this kernel may have no vfat module to
+            // mount it with. Both boot loaders get the same wrong root.
             let image = format!("{}@@{boot_offset}", disk.display());
-            let cfg = work.join("syslinux.cfg");
-            run(Command::new("mcopy").args(["-n", "-i", &image, "::/syslinux.cfg"]).arg(&cfg), None)?;
-            let text = std::fs::read_to_string(&cfg).map_err(|e| e.to_string())?;
             let wanted = format!("root=LABEL={ROOT_LABEL}");
-            if !text.contains(&wanted) {
-                return Err(format!("syslinux.cfg of the base image has no {wanted}"));
+            for (i, path) in [SYSLINUX_CFG, GRUB_CFG].into_iter().enumerate() {
+                let cfg = work.join(format!("boot-{i}.cfg"));
+                run(Command::new("mcopy").args(["-n", "-i", &image, path]).arg(&cfg), None)?;
+                let text = std::fs::read_to_string(&cfg).map_err(|e| e.to_string())?;
+                if !text.contains(&wanted) {
+                    return Err(format!("{path} of the base image has no {wanted}"));
+                }
+                std::fs::write(&cfg, text.replace(&wanted, "root=LABEL=no-such-root")).map_err(|e| e.to_string())?;
+                run(Command::new("mcopy").args(["-o", "-i", &image]).arg(&cfg).arg(path), None)?;
             }
-            std::fs::write(&cfg, text.replace(&wanted, "root=LABEL=no-such-root")).map_err(|e| e.to_string())?;
-            run(Command::new("mcopy").args(["-o", "-i", &image]).arg(&cfg).arg("::/syslinux.cfg"), None)?;
         }
     }
     progress(&format!("deriving lab-debian {}: packing (raw+zstd)", variant.tag()));

@@ -291,7 +291,7 @@ fn kernel_package_name() -> Result<String, RamdiskError> {
 }
 
 /// Downloads the candidate version of `package` into `debs` unless present.
-fn fetch_deb(debs: &Path, package: &str) -> Result<PathBuf, RamdiskError> {
+pub fn fetch_deb(debs: &Path, package: &str) -> Result<PathBuf, RamdiskError> {
     let policy = run(Command::new("apt-cache").args(["policy", package]))?;
     let version = policy
         .lines()

@@ -84,6 +84,15 @@ enum LabCmd {
     },
     /// Tear down a lab left by `lab up --keep`.
     Down,
+    /// Build (or find cached) the lab's `lab-debian` OS image and print its
+    /// path: raw+zstd, ready for `slipway images import`.
+    Image {
+        /// `base`, `r2` (release 2, for OS refreshes) or `broken-boot`.
+        #[arg(long, default_value = "base")]
+        variant: String,
+        #[arg(long, default_value = "/var/cache/slipway")]
+        cache_dir: PathBuf,
+    },
     /// Switch the lab UPS (kept with --keep) to mains, battery or low
     /// battery; Slipway sees the change within seconds.
     Ups {
@@ -236,6 +245,28 @@ fn main() -> anyhow::Result<()> {
             lab::up(&opts).map(|_| ())
         }
         Cmd::Lab { command: LabCmd::Down } => lab::down(),
+        Cmd::Lab { command: LabCmd::Image { variant, cache_dir } } => {
+            use hardware_tests::{lab_debian, lab_variant};
+            let mut progress = |step: &str| eprintln!("lab image: {step}");
+            let base = lab_debian::ensure_lab_debian(&cache_dir, &mut progress).map_err(anyhow::Error::msg)?;
+            let image = match variant.as_str() {
+                "base" => base,
+                "r2" => lab_variant::ensure_variant(&base.path, lab_variant::Variant::Release(2), &mut progress)
+                    .map_err(anyhow::Error::msg)?,
+                "broken-boot" => {
+                    lab_variant::ensure_variant(&base.path, lab_variant::Variant::BrokenBoot, &mut progress)
+                        .map_err(anyhow::Error::msg)?
+                }
+                other => anyhow::bail!("--variant {other}: use base, r2 or broken-boot"),
+            };
+            println!(
+                "{} sha256={} raw_bytes={}",
+                image.path.display(),
+                image.imported.sha256,
+                image.imported.raw_bytes
+            );
+            Ok(())
+        }
         Cmd::Lab { command: LabCmd::Ups { state } } => {
             let state: simulators::ups::DummyState = state.parse().map_err(anyhow::Error::msg)?;
             let dir = lab::ups_dir();
