@@ -25,6 +25,10 @@ pub enum ApiError {
     /// A request body in a format the route does not read (HTTP 415).
     #[error("unsupported {field}: {detail}")]
     UnsupportedMediaType { field: String, detail: String },
+    /// A well-formed request that cannot be carried out as asked (HTTP
+    /// 422), such as an image the machine's firmware cannot boot.
+    #[error("{field}: {detail}")]
+    Unprocessable { field: String, detail: String },
     /// A BMC or UPS failed the request (HTTP 502): it says which and why.
     #[error("{0}")]
     Device(String),
@@ -54,6 +58,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::UnsupportedMediaType { field, .. } => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type", Some(field.clone()))
+            }
+            ApiError::Unprocessable { field, .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Content", Some(field.clone()))
             }
             ApiError::Device(_) => (StatusCode::BAD_GATEWAY, "Bad Gateway", None),
             ApiError::Store(StoreError::Conflict(_)) => (StatusCode::CONFLICT, "Conflict", None),

@@ -109,9 +109,9 @@ pub(crate) fn cached(
     let path = dir.join(format!("{name}.raw.zst"));
     let meta = dir.join(format!("{name}.json"));
     if let (true, Ok(text)) = (path.is_file(), std::fs::read_to_string(&meta)) {
-        if let Ok((raw_bytes, sha256)) = serde_json::from_str::<(u64, String)>(&text) {
+        if let Ok((raw_bytes, sha256, bootable)) = serde_json::from_str(&text) {
             let stored_bytes = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
-            return Ok(LabDebian { path, imported: Imported { raw_bytes, sha256, stored_bytes } });
+            return Ok(LabDebian { path, imported: Imported { raw_bytes, sha256, stored_bytes, bootable } });
         }
     }
     let work = dir.join(format!("{name}.building"));
@@ -120,8 +120,8 @@ pub(crate) fn cached(
     let result = make(&work, &path);
     let _ = std::fs::remove_dir_all(&work);
     let imported = result?;
-    std::fs::write(&meta, serde_json::to_string(&(imported.raw_bytes, &imported.sha256)).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
+    let facts = (imported.raw_bytes, &imported.sha256, imported.bootable);
+    std::fs::write(&meta, serde_json::to_string(&facts).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     Ok(LabDebian { path, imported })
 }
 
@@ -390,7 +390,7 @@ mod tests {
         let made = |work: &Path, out: &Path| {
             assert!(work.is_dir(), "a scratch directory to work in");
             std::fs::write(out, b"zstd bytes").map_err(|e| e.to_string())?;
-            Ok(Imported { raw_bytes: 42, sha256: "ab".into(), stored_bytes: 10 })
+            Ok(Imported { raw_bytes: 42, sha256: "ab".into(), stored_bytes: 10, bootable: Default::default() })
         };
         let first = cached(dir.path(), "img", made).unwrap();
         assert_eq!(first.path, dir.path().join("img.raw.zst"));

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::bootable::{self, Bootable, Probe};
+
 /// The format an image arrives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -36,6 +38,8 @@ pub struct Imported {
     pub sha256: String,
     /// Size of the stored raw+zstd file.
     pub stored_bytes: u64,
+    /// The firmwares the content can boot under, read from it on the way.
+    pub bootable: Bootable,
 }
 
 #[derive(Debug, Error)]
@@ -69,7 +73,8 @@ pub fn import_stream(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Imported, ImportError> {
     let partial = partial_path(dest);
-    let result = store(src, format, &partial, progress).and_then(|imported| {
+    let probe = Probe::new(bootable::spool_path(dest));
+    let result = store(src, format, &partial, probe, progress).and_then(|imported| {
         check_digest(expected_sha256, &imported.sha256)?;
         std::fs::rename(&partial, dest)?;
         Ok(imported)
@@ -130,17 +135,18 @@ fn store(
     src: impl Read,
     format: SourceFormat,
     partial: &Path,
+    probe: Probe,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Imported, ImportError> {
     let file = File::create(partial)?;
     let mut counted = Counted { inner: src, read: 0, progress };
-    let (raw_bytes, sha256, file) = match format {
+    let (raw_bytes, sha256, bootable, file) = match format {
         SourceFormat::Raw => {
             let mut encoder = zstd::Encoder::new(BufWriter::with_capacity(BUF, file), STORE_LEVEL)?;
-            let mut hashing = HashingWriter { inner: &mut encoder, hash: Sha256::new(), bytes: 0 };
+            let mut hashing = HashingWriter { inner: &mut encoder, hash: Sha256::new(), bytes: 0, probe };
             io::copy(&mut counted, &mut hashing)?;
-            let (bytes, hash) = (hashing.bytes, hashing.hash.finalize());
-            (bytes, hex::encode(hash), encoder.finish()?.into_inner().map_err(|e| e.into_error())?)
+            let (bytes, hash, bootable) = (hashing.bytes, hashing.hash.finalize(), hashing.probe.finish());
+            (bytes, hex::encode(hash), bootable, encoder.finish()?.into_inner().map_err(|e| e.into_error())?)
         }
         SourceFormat::RawZstd => {
             // Keep the bytes as they came; decode a copy to hash and to
@@ -148,7 +154,7 @@ fn store(
             let mut out = BufWriter::with_capacity(BUF, file);
             let tee = Tee { inner: &mut counted, copy: &mut out };
             let mut decoder = zstd::Decoder::new(tee).map_err(|e| ImportError::NotZstd(e.to_string()))?;
-            let mut hashing = HashingWriter { inner: io::sink(), hash: Sha256::new(), bytes: 0 };
+            let mut hashing = HashingWriter { inner: io::sink(), hash: Sha256::new(), bytes: 0, probe };
             io::copy(&mut decoder, &mut hashing).map_err(|e| ImportError::NotZstd(e.to_string()))?;
             // Anything after the last frame is copied too, then refused by
             // a decoder on the agent: refuse it here instead.
@@ -157,7 +163,8 @@ fn store(
             if rest.read(&mut trailing)? != 0 {
                 return Err(ImportError::NotZstd("data after the last zstd frame".into()));
             }
-            (hashing.bytes, hex::encode(hashing.hash.finalize()), out.into_inner().map_err(|e| e.into_error())?)
+            let (bytes, hash, bootable) = (hashing.bytes, hashing.hash.finalize(), hashing.probe.finish());
+            (bytes, hex::encode(hash), bootable, out.into_inner().map_err(|e| e.into_error())?)
         }
         SourceFormat::Qcow2 => return Err(ImportError::Qcow2NeedsPath),
     };
@@ -165,7 +172,7 @@ fn store(
         return Err(ImportError::Empty);
     }
     file.sync_all()?;
-    Ok(Imported { raw_bytes, sha256, stored_bytes: file.metadata()?.len() })
+    Ok(Imported { raw_bytes, sha256, stored_bytes: file.metadata()?.len(), bootable })
 }
 
 struct Counted<'a, R> {
@@ -197,16 +204,20 @@ impl<R: Read, W: Write> Read for Tee<'_, R, W> {
     }
 }
 
+/// Hashes, counts and probes (for the firmwares it boots) every raw byte
+/// on its way to the store.
 struct HashingWriter<W> {
     inner: W,
     hash: Sha256,
     bytes: u64,
+    probe: Probe,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hash.update(&buf[..n]);
+        self.probe.feed(&buf[..n])?;
         self.bytes += n as u64;
         Ok(n)
     }

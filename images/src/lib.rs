@@ -3,6 +3,7 @@
 //! by a key over every input, and the import of OS images into the
 //! catalog's store (`catalog`).
 
+pub mod bootable;
 pub mod catalog;
 mod cpio;
 pub mod ramdisk;

@@ -42,6 +42,8 @@ const MODULES: &[&str] = &[
     // Writing first-boot configuration into a deployed ext4 root.
     "ext4",
     "crc32c_generic",
+    // UEFI variables: Secure Boot state, and the deployed OS's boot entry.
+    "efivarfs",
 ];
 
 const INIT: &str = r#"#!/bin/busybox sh
@@ -54,6 +56,7 @@ echo "slipway: discovery ramdisk, kernel $(uname -r)"
 for m in $(cat /lib/slipway-modules/order); do
   insmod /lib/slipway-modules/$m.ko 2>/dev/null
 done
+[ -d /sys/firmware/efi/efivars ] && mount -t efivarfs efivarfs /sys/firmware/efi/efivars
 ip link set lo up
 # Shell stays PID 1 (reaps children); the agent is restarted if it exits.
 while true; do

@@ -160,6 +160,7 @@ mod in_band_tests {
                 link: true,
                 speed_mbps: None,
             }],
+            firmware: None,
         }
     }
 

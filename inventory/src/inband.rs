@@ -3,7 +3,7 @@
 //! [`collect`] takes a [`FactSource`] so the same code runs against the real
 //! filesystem in the agent and against a map of fixture files in tests.
 
-use crate::model::{Cpu, Disk, Inventory, Memory, Nic, Source, SystemInfo};
+use crate::model::{Cpu, Disk, Firmware, FirmwareMode, Inventory, Memory, Nic, Source, SystemInfo};
 use crate::MacAddr;
 
 /// Read access to the files the collector needs. Paths are absolute
@@ -27,7 +27,23 @@ pub fn collect(src: &dyn FactSource) -> Inventory {
         memory: Memory { total_bytes: parse_meminfo_total(&meminfo).unwrap_or(0) },
         disks: disks(src),
         nics: nics(src),
+        firmware: Some(firmware(src)),
     }
+}
+
+/// The EFI global variables' vendor GUID (UEFI spec, `EFI_GLOBAL_VARIABLE`).
+pub const EFI_GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+
+/// UEFI when the kernel was started through EFI (`/sys/firmware/efi`);
+/// Secure Boot from the `SecureBoot` variable: four bytes of attributes,
+/// then 1 when enforcing.
+fn firmware(src: &dyn FactSource) -> Firmware {
+    if src.list("/sys/firmware/efi").is_empty() {
+        return Firmware { mode: FirmwareMode::Bios, secure_boot: None };
+    }
+    let var = src.read(&format!("/sys/firmware/efi/efivars/SecureBoot-{EFI_GLOBAL}"));
+    let secure_boot = var.and_then(|v| v.as_bytes().get(4).map(|&b| b == 1));
+    Firmware { mode: FirmwareMode::Uefi, secure_boot }
 }
 
 pub fn parse_cpuinfo(text: &str) -> Cpu {
@@ -185,6 +201,24 @@ mod tests {
         assert_eq!(inv.cpu.count, 0);
         assert!(inv.disks.is_empty() && inv.nics.is_empty());
         assert_eq!(inv.system, SystemInfo::default());
+    }
+
+    #[test]
+    fn firmware_mode_and_secure_boot_come_from_sysfs_and_efivars() {
+        let bios = collect(&qemu_node()).firmware.unwrap();
+        assert_eq!((bios.mode, bios.secure_boot), (FirmwareMode::Bios, None));
+        let var = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
+        let mut uefi = qemu_node();
+        uefi.0.insert("/sys/firmware/efi/fw_platform_size", "64\n");
+        assert_eq!(
+            collect(&uefi).firmware,
+            Some(Firmware { mode: FirmwareMode::Uefi, secure_boot: None }),
+            "no efivarfs"
+        );
+        uefi.0.insert(var, "\u{6}\0\0\0\u{1}");
+        assert_eq!(collect(&uefi).firmware.unwrap().secure_boot, Some(true));
+        uefi.0.insert(var, "\u{6}\0\0\0\0");
+        assert_eq!(collect(&uefi).firmware.unwrap().secure_boot, Some(false), "setup mode or disabled");
     }
 
     #[test]

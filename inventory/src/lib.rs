@@ -53,7 +53,7 @@ mod model;
 pub mod oob;
 
 pub use mac::{MacAddr, NotAMac};
-pub use model::{Cpu, Disk, Inventory, Memory, Nic, Source, SystemInfo};
+pub use model::{Cpu, Disk, Firmware, FirmwareMode, Inventory, Memory, Nic, Source, SystemInfo};
 
 /// What changed between two inventories (an event the store raises).
 #[cfg(feature = "oob")]

@@ -24,6 +24,30 @@ pub struct Inventory {
     pub memory: Memory,
     pub disks: Vec<Disk>,
     pub nics: Vec<Nic>,
+    /// How the firmware started the machine; absent where unknown (an
+    /// out-of-band view, an older agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
+}
+
+crate::closed_enum!(
+    /// The firmware interface a machine booted through.
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    FirmwareMode {
+        Bios => "bios",
+        Uefi => "uefi",
+    }
+);
+
+/// The machine's firmware as its running kernel sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Firmware {
+    pub mode: FirmwareMode,
+    /// Whether UEFI Secure Boot is enforcing; null under BIOS or when the
+    /// variable cannot be read.
+    pub secure_boot: Option<bool>,
 }
 
 /// DMI system identity (SMBIOS type 1). Fields the firmware leaves empty or

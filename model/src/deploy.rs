@@ -6,15 +6,39 @@ use serde::{Deserialize, Serialize};
 pub use wire::DeployPhase;
 
 inventory::closed_enum!(
-    /// The firmware an image boots under.
+    /// The firmwares an image boots under, read from its content when it is
+    /// imported (MBR boot code; an EFI System Partition with a loader).
+    /// `none` until then, and for content with neither.
     #[derive(Default, utoipa::ToSchema)]
     BootMode {
         Bios => "bios",
         Uefi => "uefi",
-        #[default]
         Both => "both",
+        #[default]
+        #[serde(rename = "none")]
+        Neither => "none",
     }
 );
+
+impl BootMode {
+    pub fn from_firmwares(bios: bool, uefi: bool) -> BootMode {
+        match (bios, uefi) {
+            (true, true) => BootMode::Both,
+            (true, false) => BootMode::Bios,
+            (false, true) => BootMode::Uefi,
+            (false, false) => BootMode::Neither,
+        }
+    }
+
+    /// Whether a machine started by `firmware` boots this image.
+    pub fn boots(self, firmware: inventory::FirmwareMode) -> bool {
+        use inventory::FirmwareMode;
+        matches!(
+            (self, firmware),
+            (BootMode::Both, _) | (BootMode::Bios, FirmwareMode::Bios) | (BootMode::Uefi, FirmwareMode::Uefi)
+        )
+    }
+}
 
 inventory::closed_enum!(
     /// The CPU architecture an image is built for.

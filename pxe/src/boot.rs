@@ -156,10 +156,17 @@ pub fn render_script(target: &ScriptTarget, mac: &MacAddr, http_base: &str) -> S
             );
         }
         ScriptTarget::LocalDisk => {
+            // BIOS: boot the first disk's MBR. UEFI has no such call: iPXE
+            // hands control back to the firmware, which tries its next boot
+            // entry (the disk). `exit 1`, not `exit`: firmware takes a
+            // successful return as "stop here" and opens its boot menu.
             let _ = write!(
                 s,
                 "# Slipway: {mac_text} is deployed, booting from local disk\n\
-                 sanboot --no-describe --drive 0x80 || exit\n"
+                 iseq ${{platform}} efi && goto firmware ||\n\
+                 sanboot --no-describe --drive 0x80 || goto firmware\n\
+                 :firmware\n\
+                 exit 1\n"
             );
         }
     }
@@ -191,7 +198,14 @@ chain --replace --autofree http://10.77.0.1:8081/boot/52-54-00-ab-cd-01.ipxe
     #[test]
     fn deployed_machines_boot_locally() {
         let script = render_script(&ScriptTarget::LocalDisk, &MAC, "http://x");
-        assert!(script.contains("sanboot --no-describe --drive 0x80"));
+        let expected = "#!ipxe
+# Slipway: 52-54-00-ab-cd-01 is deployed, booting from local disk
+iseq ${platform} efi && goto firmware ||
+sanboot --no-describe --drive 0x80 || goto firmware
+:firmware
+exit 1
+";
+        assert_eq!(script, expected, "UEFI returns to the firmware with a failure, so it boots the next entry");
         assert!(!script.contains("kernel"), "a deployed machine never gets a kernel");
     }
 }

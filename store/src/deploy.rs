@@ -147,8 +147,9 @@ impl Store {
     ) -> Result<()> {
         let query = match outcome {
             Ok(done) => sqlx::query(
-                "UPDATE images SET state = $1, raw_bytes = $2, sha256 = $3, stored_bytes = $4, error = NULL, updated_at_ms = $5 WHERE name = $6",
+                "UPDATE images SET boot_mode = $1, state = $2, raw_bytes = $3, sha256 = $4, stored_bytes = $5, error = NULL, updated_at_ms = $6 WHERE name = $7",
             )
+            .bind(BootMode::from_firmwares(done.bootable.bios, done.bootable.uefi).as_str())
             .bind(ImageState::Available.as_str())
             .bind(done.raw_bytes as i64)
             .bind(done.sha256.clone())
@@ -166,7 +167,8 @@ impl Store {
         let (kind, detail) = match outcome {
             Ok(done) => (
                 "image.available",
-                serde_json::json!({ "image": name, "raw_bytes": done.raw_bytes, "sha256": done.sha256 }),
+                serde_json::json!({ "image": name, "raw_bytes": done.raw_bytes, "sha256": done.sha256,
+                                    "boot_mode": BootMode::from_firmwares(done.bootable.bios, done.bootable.uefi) }),
             ),
             Err(error) => ("image.failed", serde_json::json!({ "image": name, "error": error })),
         };

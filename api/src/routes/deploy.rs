@@ -19,7 +19,7 @@ use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::AppState;
-use model::deploy::DeploymentSpec;
+use model::deploy::{BootMode, DeploymentSpec};
 use store::{Deployment, ImageState};
 
 pub(super) fn router() -> Routes {
@@ -188,6 +188,7 @@ async fn deploy(
             return Err(bad("disk.min_size_bytes", format!("the image needs {size} bytes")));
         }
     }
+    check_firmware(&machine, &image)?;
     let deployment =
         state.store.start_deployment(&machine.id, &image, &req, state.store.now_ms() + state.deploy_timeout_ms).await?;
     state.work_posted.notify_waiters();
@@ -195,6 +196,26 @@ async fn deploy(
     tracing::info!(machine = machine.id, image = req.image, hostname = req.hostname, "deployment requested");
     metrics::counter!("slipway_deployments_requested_total").increment(1);
     Ok((StatusCode::ACCEPTED, Json(deployment)))
+}
+
+/// Refuses an image the machine's firmware cannot boot (known from its
+/// in-band inventory): written, it would never start.
+fn check_firmware(machine: &store::Machine, image: &store::Image) -> Result<(), ApiError> {
+    let Some(firmware) = machine.inventory.as_ref().and_then(|i| i.firmware) else { return Ok(()) };
+    if image.meta.boot_mode.boots(firmware.mode) {
+        return Ok(());
+    }
+    let boots = match image.meta.boot_mode {
+        BootMode::Neither => "neither BIOS nor UEFI (no MBR boot code, no EFI System Partition with a loader)".into(),
+        mode => format!("{mode} only"),
+    };
+    Err(ApiError::Unprocessable {
+        field: "image".into(),
+        detail: format!(
+            "image {:?} boots {boots}, but machine {} starts through {} firmware",
+            image.meta.name, machine.id, firmware.mode
+        ),
+    })
 }
 
 /// The machine's deployment: its image, spec and progress.
@@ -366,6 +387,62 @@ mod flow_tests {
             StatusCode::CONFLICT,
             "a late report changes nothing"
         );
+    }
+
+    /// Registers `name` with `raw` as its content and returns what the
+    /// catalog read of it.
+    async fn imported(t: &crate::routes::test_support::TestApp, name: &str, raw: Vec<u8>) -> serde_json::Value {
+        let meta = json!({ "name": name, "os": "lab", "version": "1" });
+        assert_eq!(post(&t.operator, "/api/v1/images", &t.admin, &meta).await.0, StatusCode::ACCEPTED);
+        let path = format!("/api/v1/images/{name}/content");
+        let (status, image) =
+            put_bytes(&t.operator, &path, &t.admin, &[("Content-Type", "application/octet-stream")], raw).await;
+        assert_eq!(status, StatusCode::OK, "{image}");
+        image
+    }
+
+    /// A machine whose agent reported `firmware`, ready.
+    async fn ready_with(t: &crate::routes::test_support::TestApp, mac: &str, firmware: serde_json::Value) -> String {
+        use crate::routes::test_support::{inventory_json, token_from};
+        let (_, script) = get_text(&t.boot, &format!("/boot/{}.ipxe", mac.replace(':', "-"))).await;
+        let mut inventory = inventory_json(mac);
+        inventory["firmware"] = firmware;
+        let (status, _) = post(&t.boot, wire::INVENTORY_PATH, &token_from(&script), &inventory).await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, m) = get(&t.operator, &format!("/api/v1/machines/{mac}"), Some(&t.admin)).await;
+        assert_eq!(m["inventory"]["firmware"], inventory["firmware"], "the API shows the firmware mode");
+        m["id"].as_str().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn an_image_the_machines_firmware_cannot_boot_is_refused_naming_both() {
+        let t = app().await;
+        // MBR boot code and signature, no EFI System Partition: BIOS only.
+        let mut bios_only = content();
+        bios_only[..440].fill(0x90);
+        bios_only[510..512].copy_from_slice(&[0x55, 0xAA]);
+        assert_eq!(imported(&t, "bios-only", bios_only).await["boot_mode"], "bios");
+        assert_eq!(imported(&t, "no-loader", vec![0u8; 1 << 20]).await["boot_mode"], "none");
+
+        let uefi = ready_with(&t, "52:54:00:0f:00:01", json!({ "mode": "uefi", "secure_boot": true })).await;
+        for (image, says) in [("bios-only", "boots bios only"), ("no-loader", "boots neither BIOS nor UEFI")] {
+            let req = json!({ "image": image, "hostname": "n1" });
+            let (status, problem) = post(&t.operator, &format!("/api/v1/machines/{uefi}/deploy"), &t.admin, &req).await;
+            assert_eq!(
+                (status, problem["field"].as_str()),
+                (StatusCode::UNPROCESSABLE_ENTITY, Some("image")),
+                "{problem}"
+            );
+            let detail = problem["detail"].as_str().unwrap();
+            assert!(detail.contains(says) && detail.contains("uefi firmware"), "names both: {detail}");
+        }
+        let (_, m) = get(&t.operator, &format!("/api/v1/machines/{uefi}"), Some(&t.admin)).await;
+        assert_eq!(m["state"], "ready", "a refused deploy changes nothing");
+
+        let bios = ready_with(&t, "52:54:00:0f:00:02", json!({ "mode": "bios", "secure_boot": null })).await;
+        let req = json!({ "image": "bios-only", "hostname": "n2" });
+        let (status, d) = post(&t.operator, &format!("/api/v1/machines/{bios}/deploy"), &t.admin, &req).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{d}");
     }
 
     #[tokio::test]

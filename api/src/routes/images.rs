@@ -56,9 +56,6 @@ pub(super) struct Register {
     #[serde(default)]
     #[schema(default = "x86_64")]
     arch: Arch,
-    #[serde(default)]
-    #[schema(default = "both")]
-    boot_mode: BootMode,
     /// Format of the content given by `source_path` (uploads say theirs in
     /// Content-Type).
     #[serde(default)]
@@ -131,7 +128,9 @@ async fn register(
         }
         None => None,
     };
-    let meta = ImageMeta { name: req.name, os: req.os, version: req.version, arch: req.arch, boot_mode: req.boot_mode };
+    // What the image boots is read from its content when the import ends.
+    let meta =
+        ImageMeta { name: req.name, os: req.os, version: req.version, arch: req.arch, boot_mode: BootMode::Neither };
     let image = state.store.create_image(&meta).await?;
     if let Some((path, format)) = source {
         let (state, name, sha) = (state.clone(), meta.name.clone(), req.sha256.clone());

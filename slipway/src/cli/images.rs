@@ -53,9 +53,6 @@ pub struct MetaArgs {
     os_version: String,
     #[arg(long, default_value = "x86_64", value_parser = ["x86_64", "arm64"])]
     arch: String,
-    /// The firmware the image boots under.
-    #[arg(long, default_value = "both", value_parser = ["bios", "uefi", "both"])]
-    boot_mode: String,
     /// SHA-256 of the raw content; the import fails when it differs.
     #[arg(long)]
     sha256: Option<String>,
@@ -98,8 +95,7 @@ pub fn run(api: &ApiArgs, client: Client, cmd: ImagesCmd) -> Result<(), CliError
 }
 
 fn register_body(name: &str, meta: &MetaArgs) -> Value {
-    let mut body = json!({ "name": name, "os": meta.os, "version": meta.os_version, "arch": meta.arch,
-                           "boot_mode": meta.boot_mode });
+    let mut body = json!({ "name": name, "os": meta.os, "version": meta.os_version, "arch": meta.arch });
     if let Some(sha) = &meta.sha256 {
         body["sha256"] = json!(sha);
     }
