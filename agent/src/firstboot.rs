@@ -63,7 +63,7 @@ pub fn apply(disk: &Path, config: &FirstBoot) -> Result<Applied, String> {
 }
 
 /// `/dev/vda` -> `/dev/vda1`, `/dev/vda2`, ... as the kernel lists them.
-fn partitions(disk: &Path) -> Vec<PathBuf> {
+pub(crate) fn partitions(disk: &Path) -> Vec<PathBuf> {
     let name = disk.file_name().unwrap_or_default().to_string_lossy().to_string();
     let mut parts: Vec<String> = std::fs::read_dir(Path::new("/sys/class/block").join(&name))
         .map(|dir| {
@@ -278,7 +278,7 @@ pub fn nocloud_seed(config: &FirstBoot) -> Vec<(&'static str, String)> {
     seed
 }
 
-fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+pub(crate) fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
     let out = Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
     if out.status.success() {
         Ok(())

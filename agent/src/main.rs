@@ -13,6 +13,7 @@ mod firstboot;
 mod grow;
 mod net;
 mod node;
+mod uefi;
 
 use std::time::Duration;
 
@@ -156,7 +157,14 @@ fn run_deploy(
                 "no ext4 root filesystem with /etc/os-release in the image: first-boot configuration skipped".into()
             }
         };
-        let configured = format!("{configured}; partition table: {grown:?}");
+        // A machine whose entry cannot be written still boots the image's
+        // removable-media loader: say so, do not fail the deploy.
+        let boot_entry = match uefi::boot_entry_for(&target.path, &spec.image) {
+            Ok(None) => String::new(),
+            Ok(Some(done)) => format!("; {done}"),
+            Err(err) => format!("; UEFI boot entry not written: {err}"),
+        };
+        let configured = format!("{configured}; partition table: {grown:?}{boot_entry}");
         log(&configured);
         Ok((disk, configured))
     });

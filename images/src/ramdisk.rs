@@ -42,8 +42,12 @@ const MODULES: &[&str] = &[
     // Writing first-boot configuration into a deployed ext4 root.
     "ext4",
     "crc32c_generic",
-    // UEFI variables: Secure Boot state, and the deployed OS's boot entry.
+    // UEFI variables: Secure Boot state, and the deployed OS's boot entry
+    // (the loader it names is read off the image's FAT EFI System Partition).
     "efivarfs",
+    "vfat",
+    "nls_cp437",
+    "nls_utf8",
 ];
 
 const INIT: &str = r#"#!/bin/busybox sh

@@ -299,8 +299,12 @@ impl Oob {
     /// a BMC was used. Used to start deploys and releases.
     pub async fn network_boot(&self, machine_id: &str, cause: &str) -> Result<bool, OobFailure> {
         let Some(bmc) = self.store.bmc_for_machine(machine_id).await? else { return Ok(false) };
-        // The machine's own boot mode is kept (UEFI stays UEFI).
-        let uefi = None;
+        // PXE in the mode the machine last booted in (its agent saw it):
+        // IPMI's default and some Redfish BMCs would otherwise PXE a UEFI
+        // machine in legacy mode. Unknown: the BMC keeps its own mode.
+        let machine = self.store.machine(machine_id).await?;
+        let uefi =
+            machine.and_then(|m| m.inventory).and_then(|i| i.firmware).map(|f| f.mode == inventory::FirmwareMode::Uefi);
         let state = self.power_state(&bmc.id).await?;
         let action = if state == PowerState::Off { PowerAction::On } else { PowerAction::Reset };
         self.power(&bmc.id, Some(action), Some((BootTarget::Pxe, uefi)), cause).await?;

@@ -18,6 +18,12 @@ const UUID: &str = "5f1a0000-0000-4000-8000-0000000000aa";
 
 /// A simulated BMC on loopback: its URL and its machine.
 async fn sim_bmc(password: &str) -> (String, Arc<MemoryBackend>) {
+    sim_bmc_in_mode(password, false).await
+}
+
+/// The same, for a machine whose firmware is UEFI (`uefi`) or legacy: the
+/// BMC refuses a boot override in the other mode, as real ones do.
+async fn sim_bmc_in_mode(password: &str, uefi: bool) -> (String, Arc<MemoryBackend>) {
     let facts = SystemFacts {
         cpus: 2,
         memory_bytes: 2 << 30,
@@ -32,7 +38,7 @@ async fn sim_bmc(password: &str) -> (String, Arc<MemoryBackend>) {
     };
     let backend = Arc::new(MemoryBackend::new(facts, MachineState::new(BootTarget::Disk, "1.0.0", "1.0.0")));
     let creds = Credentials { username: "admin".into(), password: password.into() };
-    let router = simulators::bmc::router(SimState::new("sim1", UUID, creds, false, backend.clone()));
+    let router = simulators::bmc::router(SimState::new("sim1", UUID, creds, uefi, backend.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -91,6 +97,27 @@ async fn a_bmc_enrolled_before_its_host_booted_creates_the_machine_and_commissio
     }
     let (_, shown) = get(&t.operator, &format!("/api/v1/machines/{id}/bmc"), Some(&t.admin)).await;
     assert_eq!(shown["power_state"], "on");
+}
+
+#[tokio::test]
+async fn a_machine_is_network_booted_in_the_firmware_mode_its_agent_saw() {
+    use crate::routes::test_support::{get_text, inventory_json, token_from};
+    for (uefi, mode) in [(true, "uefi"), (false, "bios")] {
+        let t = app().await;
+        let (url, machine) = sim_bmc_in_mode("pw", uefi).await;
+        let (_, bmc) = enrol(&t, json!({ "address": url, "username": "admin", "password": "pw" })).await;
+        let id = bmc["machine_id"].as_str().unwrap().to_string();
+        let (_, script) = get_text(&t.boot, &format!("/boot/{}.ipxe", MAC.replace(':', "-"))).await;
+        let mut inventory = inventory_json(MAC);
+        inventory["firmware"] = json!({ "mode": mode, "secure_boot": null });
+        assert_eq!(post(&t.boot, wire::INVENTORY_PATH, &token_from(&script), &inventory).await.0, StatusCode::OK);
+
+        assert!(t.state.oob.network_boot(&id, "reinstall").await.unwrap(), "{mode}: the BMC took the override");
+        assert_eq!(machine.boots().last(), Some(&BootTarget::Pxe), "{mode}");
+        let (_, events) = get(&t.operator, &format!("/api/v1/machines/{id}/events"), Some(&t.admin)).await;
+        let set = events["events"].as_array().unwrap().iter().find(|e| e["kind"] == "boot.override").unwrap().clone();
+        assert_eq!(set["detail"]["uefi"], json!(uefi), "{mode}: {set}");
+    }
 }
 
 #[tokio::test]
