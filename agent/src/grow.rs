@@ -74,6 +74,9 @@ const ENTRY_TYPE_GUID: usize = 0;
 const ENTRY_FIRST_LBA: usize = 32;
 const ENTRY_LAST_LBA: usize = 40;
 const ENTRY_MIN_SIZE: u32 = 128;
+/// C12A7328-F81F-11D2-BA4B-00A0C93EC93B as GPT stores it.
+pub(crate) const ESP_TYPE_GUID: [u8; 16] =
+    [0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B];
 const MAX_ENTRIES: u32 = 1024;
 /// Bounds the entries array read into memory (the usual one is 16 KiB).
 const MAX_ENTRIES_BYTES: u64 = 1 << 20;
@@ -213,7 +216,12 @@ fn grow_gpt<D: Read + Write + Seek>(disk: &mut D, disk_sectors: u64, mbr: &[u8])
                     "GPT partition {number} (LBAs {first}..={end}) is outside the usable LBAs {first_usable}..={last_usable}"
                 ));
             }
-            if end >= new_last_usable {
+            let type_guid = &entries[index * entry_size as usize + ENTRY_TYPE_GUID..][..16];
+            if type_guid == ESP_TYPE_GUID {
+                // A FAT ESP has a fixed size; stretching its partition
+                // only hides the rest of the disk from whoever reads it.
+                Grown::Unchanged(format!("GPT partition {number} is the EFI System Partition, never grown"))
+            } else if end >= new_last_usable {
                 Grown::Unchanged(format!("GPT partition {number} already fills the disk"))
             } else if end + IMAGE_END_SLACK < last_usable {
                 Grown::Unchanged(format!(
@@ -462,6 +470,15 @@ mod tests {
         assert!(matches!(&grown, Grown::Unchanged(why) if why.contains("not at the image's end")), "{grown:?}");
         let (lastlba, after) = sfdisk_json(&path);
         assert_eq!((lastlba, after), (Some(DISK_SECTORS - 34), before));
+        assert_gpt_clean(&path);
+    }
+
+    #[test]
+    fn an_esp_as_the_last_partition_is_not_grown_but_the_backup_moves() {
+        let (_dir, path) = image("label: gpt\nstart=2048, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n");
+        let grown = grow(&path).unwrap();
+        assert!(matches!(&grown, Grown::Unchanged(why) if why.contains("EFI System Partition")), "{grown:?}");
+        assert_eq!(sfdisk_json(&path).1, [(2048, 8192)]);
         assert_gpt_clean(&path);
     }
 

@@ -24,8 +24,6 @@ const LOAD_OPTION_ACTIVE: u32 = 0x1;
 /// Every entry we write starts with this; an entry for the same partition
 /// GUID is ours to replace.
 const DESCRIPTION_PREFIX: &str = "Slipway";
-const ESP_TYPE: [u8; 16] =
-    [0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B];
 const ESP_MOUNT: &str = "/mnt/slipway-esp";
 
 /// Where the EFI System Partition is, as a `HD()` device path node says it.
@@ -57,7 +55,7 @@ pub fn find_esp<D: Read + Seek>(disk: &mut D) -> Result<Option<Esp>, String> {
     disk.seek(SeekFrom::Start(entries_lba.saturating_mul(512)))
         .and_then(|_| disk.read_exact(&mut entries))
         .map_err(|e| format!("reading the GPT entries: {e}"))?;
-    Ok(entries.chunks(size).enumerate().find(|(_, e)| e[..16] == ESP_TYPE).map(|(i, e)| Esp {
+    Ok(entries.chunks(size).enumerate().find(|(_, e)| e[..16] == crate::grow::ESP_TYPE_GUID).map(|(i, e)| Esp {
         number: i as u32 + 1,
         start_lba: le64(e, 32),
         sectors: le64(e, 40).saturating_sub(le64(e, 32)) + 1,

@@ -27,7 +27,7 @@ pub enum ApiError {
     UnsupportedMediaType { field: String, detail: String },
     /// A well-formed request that cannot be carried out as asked (HTTP
     /// 422), such as an image the machine's firmware cannot boot.
-    #[error("{field}: {detail}")]
+    #[error("{detail}")]
     Unprocessable { field: String, detail: String },
     /// A BMC or UPS failed the request (HTTP 502): it says which and why.
     #[error("{0}")]

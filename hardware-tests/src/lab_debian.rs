@@ -1,30 +1,18 @@
 //! `lab-debian`: a real OS image built from Debian packages, the way a user
 //! can build their own. `debootstrap` (systemd, the kernel, containerd,
-//! docker.io) into a directory, a few files of configuration, then a disk
-//! that boots under legacy BIOS and UEFI (with or without Secure Boot),
-//! assembled without mounting anything:
-//!
-//! - GPT, with one FAT EFI System Partition (ESP) that both firmwares
-//!   read: it holds the signed kernel and Debian's own initramfs;
-//! - UEFI: Debian's signed shim (Microsoft-signed) and signed GRUB at the
-//!   removable-media path `\EFI\BOOT\BOOTX64.EFI` (found with no boot
-//!   entry at all) and at `\EFI\debian\shimx64.efi` (what the deploy agent's
-//!   boot entry names), GRUB's configuration in `\EFI\debian\grub.cfg`;
-//! - BIOS: syslinux's GPT MBR code, which starts the partition marked
-//!   "legacy BIOS bootable" (the ESP), where syslinux is installed. One
-//!   partition serves both, so no BIOS boot partition is needed;
-//! - an ext4 root made by `mkfs.ext4 -d`.
-//!
-//! Stored as raw+zstd, cached under a digest of the recipe and the signed
-//! packages' versions.
+//! docker.io) into a directory, a few files of configuration, an ext4
+//! root made by `mkfs.ext4 -d`, and a disk that boots under legacy BIOS and
+//! UEFI, Secure Boot included (`lab_disk`: an ESP with the signed kernel,
+//! shim, GRUB and syslinux). Stored as raw+zstd, cached under a digest of
+//! the recipe and the signed packages' versions.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+use crate::lab_disk::{self, SignedChain};
 use images::catalog::{self, Imported, SourceFormat};
 use images::tools::{run, which};
 
@@ -33,33 +21,18 @@ pub const SUITE: &str = "bookworm";
 pub const MIRROR: &str = "http://deb.debian.org/debian";
 pub const PACKAGES: &[&str] =
     &["systemd-sysv", "udev", "kmod", "iproute2", "linux-image-amd64", "containerd", "docker.io"];
-/// The signed UEFI boot chain, taken from these packages (not installed in
-/// the image: their maintainer scripts would run grub-install).
-const SHIM_DEB: &str = "shim-signed";
-const GRUB_DEB: &str = "grub-efi-amd64-signed";
-const SHIM_EFI: &str = "usr/lib/shim/shimx64.efi.signed";
-const GRUB_EFI: &str = "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed";
 /// Bumped whenever the steps below change what is built.
-const RECIPE: u32 = 4;
+const RECIPE: u32 = 5;
 /// What the image's serial console shows once it reaches a login prompt;
 /// the lab looks for it.
 pub const BOOTED_MARKER: &str = "Slipway lab-debian";
 pub const ROOT_LABEL: &str = "slipway-root";
 /// The kernel command line both boot loaders pass.
-pub(crate) const KERNEL_ARGS: &str = "root=LABEL=slipway-root ro console=ttyS0,115200";
-/// Where each boot loader's configuration lives on the ESP.
-pub(crate) const SYSLINUX_CFG: &str = "::/syslinux.cfg";
-pub(crate) const GRUB_CFG: &str = "::/EFI/debian/grub.cfg";
+const KERNEL_ARGS: &str = "root=LABEL=slipway-root ro console=ttyS0,115200";
 
 /// Room for the kernel and Debian's initramfs (~45 MiB together) and the
 /// UEFI loaders (~3 MiB).
 pub(crate) const BOOT_MIB: u64 = 64;
-pub(crate) const BOOT_START: u64 = 2048;
-/// Syslinux's MBR code for GPT disks: it boots the partition whose
-/// "legacy BIOS bootable" attribute is set.
-const GPT_MBR_BIN: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
-const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-const LINUX_FS_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
 /// The cached image and what the catalog needs to know of it.
 #[derive(Debug, Clone)]
@@ -69,27 +42,18 @@ pub struct LabDebian {
     pub imported: Imported,
 }
 
-/// The signed shim and GRUB packages, downloaded into the cache.
-struct SignedChain {
-    shim: PathBuf,
-    grub: PathBuf,
-}
-
 fn key(chain: &SignedChain) -> String {
-    let debs = [&chain.shim, &chain.grub].map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned());
-    let recipe = format!("{RECIPE} {SUITE} {MIRROR} {} {}", PACKAGES.join(","), debs.join(","));
+    let recipe = format!("{RECIPE} {SUITE} {MIRROR} {} {}", PACKAGES.join(","), chain.versions());
     hex::encode(&Sha256::digest(recipe.as_bytes())[..8])
 }
 
 /// Returns the cached image, building it (a few minutes: debootstrap) if
 /// needed. `progress` hears each step.
 pub fn ensure_lab_debian(cache_dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<LabDebian, String> {
-    let debs = cache_dir.join("debs");
-    std::fs::create_dir_all(&debs).map_err(|e| e.to_string())?;
-    let fetch = |package| images::ramdisk::fetch_deb(&debs, package).map_err(|e| e.to_string());
-    let chain = SignedChain { shim: fetch(SHIM_DEB)?, grub: fetch(GRUB_DEB)? };
+    let chain = SignedChain::fetch(cache_dir)?;
     cached(cache_dir, &format!("lab-debian-{}", key(&chain)), |work, out| {
-        for tool in ["debootstrap", "mkfs.ext4", "sfdisk", "mkfs.vfat", "mcopy", "mmd", "syslinux", "dpkg-deb"] {
+        lab_disk::check_tools()?;
+        for tool in ["debootstrap", "mkfs.ext4"] {
             if which(tool).is_none() {
                 return Err(format!("{tool} is missing (scripts/prereqs.sh installs it)"));
             }
@@ -150,7 +114,13 @@ fn build(work: &Path, out: &Path, chain: &SignedChain, progress: &mut dyn FnMut(
 
     progress("making the EFI System Partition (shim, GRUB, syslinux)");
     let boot = work.join("boot.img");
-    make_esp(work, &boot, chain, &[&staged_kernel, &staged_initrd])?;
+    let contents = lab_disk::Boot {
+        kernel: &staged_kernel,
+        initrd: &staged_initrd,
+        kernel_args: KERNEL_ARGS,
+        title: BOOTED_MARKER,
+    };
+    lab_disk::make_esp(work, &boot, BOOT_MIB, chain, &contents)?;
 
     progress("making the ext4 root (mkfs.ext4 -d)");
     // Little slack: the agent grows the partition to the disk at deploy and
@@ -169,74 +139,11 @@ fn build(work: &Path, out: &Path, chain: &SignedChain, progress: &mut dyn FnMut(
 
     progress("assembling the disk (GPT)");
     let disk = work.join("disk.raw");
-    let root_start = BOOT_START + BOOT_MIB * 2048;
-    // One MiB after the root for the backup GPT (the agent moves it to the
-    // end of the real disk when it grows the root).
-    let total = (root_start * 512) + (root_mib << 20) + (1 << 20);
-    File::create(&disk).and_then(|f| f.set_len(total)).map_err(|e| e.to_string())?;
-    let table = format!(
-        "label: gpt\n\
-         start={BOOT_START}, size={}, type={ESP_TYPE}, name=\"EFI System\", attrs=\"LegacyBIOSBootable\"\n\
-         start={root_start}, size={}, type={LINUX_FS_TYPE}, name=\"root\"\n",
-        BOOT_MIB * 2048,
-        root_mib * 2048
-    );
-    run(Command::new("sfdisk").arg("--quiet").arg(&disk), Some(&table))?;
-    let mut image = OpenOptions::new().write(true).open(&disk).map_err(|e| e.to_string())?;
-    for (offset, part) in [(BOOT_START * 512, &boot), (root_start * 512, &root_img)] {
-        image.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
-        std::io::copy(&mut File::open(part).map_err(|e| e.to_string())?, &mut image).map_err(|e| e.to_string())?;
-    }
-    // Boot code only: the protective MBR's partition entry stays.
-    let mbr = std::fs::read(GPT_MBR_BIN).map_err(|e| format!("{GPT_MBR_BIN}: {e}"))?;
-    image.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-    image.write_all(&mbr[..mbr.len().min(440)]).map_err(|e| e.to_string())?;
-    drop(image);
+    lab_disk::assemble(&disk, &boot, BOOT_MIB, Some((&root_img, root_mib)))?;
 
     progress("compressing (raw+zstd)");
     let raw = File::open(&disk).map_err(|e| e.to_string())?;
     catalog::import_stream(raw, SourceFormat::Raw, out, None, &mut |_| {}).map_err(|e| e.to_string())
-}
-
-/// The FAT ESP at `boot`: the kernel and initramfs at its root with
-/// syslinux for BIOS, and the signed shim and GRUB for UEFI.
-fn make_esp(work: &Path, boot: &Path, chain: &SignedChain, files: &[&Path]) -> Result<(), String> {
-    let signed = work.join("signed");
-    for deb in [&chain.shim, &chain.grub] {
-        run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&signed), None)?;
-    }
-    let (shim, grub) = (signed.join(SHIM_EFI), signed.join(GRUB_EFI));
-    run(Command::new("mkfs.vfat").args(["-n", "BOOT", "-C"]).arg(boot).arg((BOOT_MIB * 1024).to_string()), None)?;
-    let syslinux_cfg = work.join("syslinux.cfg");
-    write(
-        &syslinux_cfg,
-        &format!(
-            "SERIAL 0 115200\nDEFAULT debian\nPROMPT 0\nTIMEOUT 0\nLABEL debian\n  KERNEL vmlinuz\n  \
-             APPEND initrd=initrd.img {KERNEL_ARGS}\n"
-        ),
-    )?;
-    // GRUB reads it from $prefix, \EFI\debian, whichever path shim ran from.
-    let grub_cfg = work.join("grub.cfg");
-    write(
-        &grub_cfg,
-        &format!(
-            "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n\
-             set timeout=0\nmenuentry \"{BOOTED_MARKER}\" {{\n  linux /vmlinuz {KERNEL_ARGS}\n  initrd /initrd.img\n}}\n"
-        ),
-    )?;
-    let image = boot.to_string_lossy().into_owned();
-    let copy = |from: &Path, to: &str| run(Command::new("mcopy").args(["-i", &image]).arg(from).arg(to), None);
-    run(Command::new("mmd").args(["-i", &image, "::/EFI", "::/EFI/BOOT", "::/EFI/debian"]), None)?;
-    for file in files {
-        copy(file, "::/")?;
-    }
-    copy(&syslinux_cfg, SYSLINUX_CFG)?;
-    copy(&shim, "::/EFI/BOOT/BOOTX64.EFI")?;
-    copy(&grub, "::/EFI/BOOT/grubx64.efi")?;
-    copy(&shim, "::/EFI/debian/shimx64.efi")?;
-    copy(&grub, "::/EFI/debian/grubx64.efi")?;
-    copy(&grub_cfg, GRUB_CFG)?;
-    run(Command::new("syslinux").arg("--install").arg(boot), None)
 }
 
 /// What differs from a plain debootstrap: networking by DHCP on every NIC,
@@ -373,12 +280,7 @@ fn du_bytes(dir: &Path) -> Result<u64, String> {
         .ok_or_else(|| format!("du {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr)))
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    }
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
-}
+use lab_disk::write;
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::lab_debian::{cached, LabDebian, BOOT_MIB, BOOT_START, GRUB_CFG, ROOT_LABEL, SYSLINUX_CFG};
+use crate::lab_debian::{cached, LabDebian, BOOT_MIB, ROOT_LABEL};
+use crate::lab_disk::{ESP_START as BOOT_START, GRUB_CFG, SYSLINUX_CFG};
 use images::catalog::{self, SourceFormat};
 use images::tools::run;
 

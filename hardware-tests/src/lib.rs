@@ -16,6 +16,7 @@ pub mod bench;
 pub mod bench_write;
 pub mod lab;
 pub mod lab_debian;
+pub mod lab_disk;
 pub mod lab_image;
 pub mod lab_variant;
 pub mod storm;

@@ -67,7 +67,11 @@ fn deploys_lab_tiny_and_each_node_boots_its_disk() {
     if !lab_tests_enabled("lab_deploy", &["qemu-system-x86_64", "qemu-img", "ip", "syslinux", "mcopy", "sfdisk"]) {
         return;
     }
-    let report = run_lab(&["--nodes", "2", "--firmware", "bios", "--deploy", "lab-tiny", "--release"]);
+    // One BIOS node and one UEFI node (network first in its boot order):
+    // the same GPT image boots both from their disks.
+    let report = run_lab(&["--nodes", "2", "--firmware", "mixed", "--deploy", "lab-tiny", "--release"]);
+    assert_firmware_modes(&report, &["bios", "uefi"]);
+    assert_boot_entries(&report, "Created");
     for node in report["nodes"].as_array().unwrap() {
         let s = &node["seconds"];
         // Released afterwards: Slipway rebooted it into the ramdisk through
@@ -105,7 +109,14 @@ fn three_nodes_form_one_swarm_and_roll_to_a_new_os_release() {
     ) {
         return;
     }
-    let report = run_lab_within(900, &["--nodes", "3", "--firmware", "bios", "--deploy", "lab-debian", "--os-refresh"]);
+    // A mixed rack: legacy BIOS, UEFI through the NIC's iPXE ROM, and UEFI's
+    // own PXE (snponly.efi over TFTP first), network first in each.
+    let report =
+        run_lab_within(900, &["--nodes", "3", "--firmware", "mixed", "--deploy", "lab-debian", "--os-refresh"]);
+    assert_firmware_modes(&report, &["bios", "uefi", "uefi"]);
+    // The last write was a reinstall (the refresh or its rollback): the
+    // entry the first deploy created is rewritten, not added again.
+    assert_boot_entries(&report, "Repaired");
     for node in report["nodes"].as_array().unwrap() {
         assert_eq!(node["state"], "joined", "{node}");
         let s = &node["seconds"];
@@ -252,6 +263,43 @@ fn interrupted_lab_leaves_nothing_behind() {
     assert!(!status.success(), "an interrupted lab exits non-zero");
     assert!(!rest.iter().any(|l| l.contains("panicked")), "{rest:?}");
     assert_torn_down();
+}
+
+/// Each node's agent saw the firmware its VM was given, and every UEFI
+/// node refused an image that boots only under BIOS with a 422 naming both.
+fn assert_firmware_modes(report: &serde_json::Value, modes: &[&str]) {
+    let nodes = report["nodes"].as_array().unwrap();
+    let seen: Vec<&str> = nodes.iter().map(|n| n["inventory"]["firmware"]["mode"].as_str().unwrap_or("?")).collect();
+    assert_eq!(seen, modes, "firmware modes as the API shows them");
+    let uefi: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n["inventory"]["firmware"]["mode"] == "uefi")
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    let refused = report["refused_deploys"].as_array().cloned().unwrap_or_default();
+    let refused_nodes: Vec<&str> = refused.iter().map(|r| r["node"].as_str().unwrap()).collect();
+    assert_eq!(refused_nodes, uefi, "every UEFI node refused the BIOS-only image: {refused:?}");
+    for r in &refused {
+        let detail = r["detail"].as_str().unwrap_or_default();
+        assert!(
+            r["status"] == 422 && r["field"] == "image" && detail.contains("bios only") && detail.contains("uefi"),
+            "{r}"
+        );
+    }
+}
+
+/// Each UEFI node's agent wrote the deployed OS's boot entry (naming the
+/// ESP's shim) at its last deploy; BIOS nodes got none.
+fn assert_boot_entries(report: &Value, done: &str) {
+    for node in report["nodes"].as_array().unwrap() {
+        let last = node["last_write"].as_str().unwrap_or_default();
+        if node["inventory"]["firmware"]["mode"] == "uefi" {
+            let wanted = format!("UEFI boot entry {done}(");
+            assert!(last.contains(&wanted) && last.contains("/EFI/debian/shimx64.efi"), "{}: {last}", node["name"]);
+        } else {
+            assert!(!last.is_empty() && !last.contains("UEFI"), "{}: {last}", node["name"]);
+        }
+    }
 }
 
 /// No lab namespace and no lab VM left.

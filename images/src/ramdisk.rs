@@ -46,8 +46,9 @@ const MODULES: &[&str] = &[
     // (the loader it names is read off the image's FAT EFI System Partition).
     "efivarfs",
     "vfat",
+    // FAT's default code page and I/O charset in Debian's kernel.
     "nls_cp437",
-    "nls_utf8",
+    "nls_ascii",
 ];
 
 const INIT: &str = r#"#!/bin/busybox sh

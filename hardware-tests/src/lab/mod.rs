@@ -110,9 +110,6 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         bail!("--nodes must be 1..=64");
     }
     qemu::check_prerequisites(opts.nodes, opts.firmware != FirmwareChoice::Bios)?;
-    if opts.deploy.is_some() && opts.firmware != FirmwareChoice::Bios {
-        bail!("--deploy needs --firmware bios for now: lab-tiny boots through an MBR (UEFI disk boot needs an ESP)");
-    }
     if opts.os_refresh && opts.deploy.as_deref() != Some("lab-debian") {
         bail!("--os-refresh needs --deploy lab-debian (a Swarm to refresh)");
     }
@@ -246,8 +243,10 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     };
     let mut outcome = watch.until_all("ready", opts.timeout);
     let mut disk_boot_ms = vec![None; nodes.len()];
+    let mut refused_deploys = vec![];
     if let (Ok(()), Some(image)) = (&outcome, deploy_image) {
-        outcome = deploy_all(&mut watch, image, opts, &mut disk_boot_ms);
+        outcome = refuse_bios_only_on_uefi(&mut watch, &mut refused_deploys)
+            .and_then(|()| deploy_all(&mut watch, image, opts, &mut disk_boot_ms));
     }
     if outcome.is_ok() && opts.release {
         outcome = release_all(&mut watch, opts.timeout);
@@ -265,6 +264,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     }
     let mut report = report::build(&client, API, &token, &nodes, accel, &ramdisk, &disk_boot_ms)?;
     report.appliance_peak_rss_kib = lab.children.peak_appliance_rss_kib;
+    report.refused_deploys = refused_deploys;
     report.campaign = campaign;
     report.os_refresh = refreshes.release;
     report.broken_refresh = refreshes.broken;
@@ -617,6 +617,54 @@ fn register_image(watch: &mut Watch, name: &str, version: &str, format: &str, pa
             _ => std::thread::sleep(Duration::from_millis(300)),
         }
     }
+}
+
+/// Before the real deploy: an image that boots only under BIOS (MBR boot
+/// code, no EFI System Partition) is offered to every node whose agent saw
+/// UEFI firmware, and each must refuse it with a 422 naming both; the node
+/// stays ready. Returns nothing when no node is UEFI.
+fn refuse_bios_only_on_uefi(watch: &mut Watch, refused: &mut Vec<Value>) -> anyhow::Result<()> {
+    const NAME: &str = "lab-bios-only";
+    let machines = watch.api("/api/v1/machines")?;
+    let uefi: Vec<(String, String)> = watch
+        .nodes
+        .iter()
+        .filter_map(|(spec, _)| {
+            let machine = report::machine_for(&machines, &spec.mac)?;
+            (machine["inventory"]["firmware"]["mode"] == "uefi")
+                .then(|| (spec.name.clone(), machine["id"].as_str().unwrap_or_default().to_string()))
+        })
+        .collect();
+    if uefi.is_empty() {
+        return Ok(());
+    }
+    let path = Path::new(WORK_DIR).join(format!("{NAME}.raw"));
+    let mut disk = vec![0u8; 1 << 20];
+    disk[..440].copy_from_slice(&std::fs::read("/usr/lib/syslinux/mbr/mbr.bin")?[..440]);
+    disk[510..512].copy_from_slice(&[0x55, 0xAA]);
+    std::fs::write(&path, &disk)?;
+    register_image(watch, NAME, "1", "raw", &path)?;
+    for (node, id) in uefi {
+        let request = serde_json::json!({ "image": NAME, "hostname": node });
+        let answer = watch
+            .client
+            .post(&format!("{API}/api/v1/machines/{id}/deploy"))
+            .set("Authorization", &format!("Bearer {}", watch.token))
+            .send_json(&request);
+        let (status, body) = match answer {
+            Ok(resp) => (resp.status(), resp.into_json::<Value>().unwrap_or_default()),
+            Err(ureq::Error::Status(code, resp)) => (code, resp.into_json::<Value>().unwrap_or_default()),
+            Err(err) => return Err(err).context("POST deploy of the BIOS-only image"),
+        };
+        if status != 422 {
+            bail!("{node} (UEFI): deploying a BIOS-only image answered {status}, not 422: {body}");
+        }
+        progress_at(watch.started, &format!("{node}: BIOS-only image refused ({status}): {}", body["detail"]));
+        refused.push(
+            serde_json::json!({ "node": node, "status": status, "field": body["field"], "detail": body["detail"] }),
+        );
+    }
+    Ok(())
 }
 
 /// Registers the image, deploys it to every node, waits until each is

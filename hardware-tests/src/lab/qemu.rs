@@ -246,6 +246,11 @@ impl NodeSpec {
                 format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
                 "-drive".into(),
                 format!("if=pflash,format=raw,unit=1,file={}", self.vars().display()),
+                // Network boot over IPv4 only, as racks are usually set up:
+                // with IPv6 on, a deployed node whose iPXE hands control back
+                // waits out DHCPv6 for PXEv6 and HTTPv6 before its disk.
+                "-fw_cfg".into(),
+                "name=opt/org.tianocore/IPv6Support,string=no".into(),
             ]);
         }
         a
@@ -262,6 +267,7 @@ mod tests {
         let args = spec.args(Accel::Tcg).join(" ");
         assert!(args.contains("mac=52:54:00:5e:00:02,bootindex=1"));
         assert!(args.contains("if=pflash,format=raw,unit=1,file=/lab/node2.vars.fd"));
+        assert!(args.contains("-fw_cfg name=opt/org.tianocore/IPv6Support,string=no"), "{args}");
         assert!(args.contains("-accel tcg"));
         let bios = NodeSpec::lab_node(0, Firmware::Bios, 512, Path::new("/lab")).args(Accel::Kvm).join(" ");
         assert!(!bios.contains("pflash"));

@@ -27,6 +27,10 @@ pub struct LabReport {
     pub os_refresh: Option<super::campaign::CampaignFacts>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broken_refresh: Option<super::campaign::CampaignFacts>,
+    /// With `--deploy` on UEFI nodes: the 422 each gave for an image that
+    /// boots only under BIOS.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused_deploys: Vec<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,6 +58,9 @@ pub struct NodeReport {
     /// node agent reports running (deployed nodes).
     pub image: Value,
     pub reported_image: Value,
+    /// What the agent said it configured after its last verified write
+    /// (first-boot files, partition table, UEFI boot entry).
+    pub last_write: Value,
     /// The release the node's console banner showed at its last boot of
     /// `lab-debian` (1: the base image, no release in the banner).
     pub console_release: Option<u32>,
@@ -167,6 +174,12 @@ pub fn build(
             bmc,
             image,
             reported_image,
+            last_write: events
+                .iter()
+                .rev()
+                .find(|e| e["kind"] == "deploy.phase" && e["detail"]["phase"] == "written")
+                .map(|e| e["detail"]["configured"].clone())
+                .unwrap_or(Value::Null),
             console_release: console_release(&std::fs::read(spec.serial_log()).unwrap_or_default()),
             seconds: Seconds {
                 // In proxy mode another server ACKs; our proxy answer stands in.
@@ -199,6 +212,7 @@ pub fn build(
         campaign: None,
         os_refresh: None,
         broken_refresh: None,
+        refused_deploys: vec![],
         ups: client
             .get(&format!("{api}/api/v1/ups/{}", super::oob::LAB_UPS))
             .set("Authorization", &auth)
@@ -371,6 +385,7 @@ mod tests {
                 bmc: None,
                 image: Value::Null,
                 reported_image: Value::Null,
+                last_write: Value::Null,
                 console_release: None,
                 inventory: serde_json::json!({
                     "cpu": { "count": 1 }, "memory": { "total_bytes": 479_641_600u64 },
@@ -391,6 +406,7 @@ mod tests {
             campaign: None,
             os_refresh: None,
             broken_refresh: None,
+            refused_deploys: vec![],
             ups: Value::Null,
         };
         let expected = "
