@@ -1,6 +1,7 @@
 //! The whole discovery path with real QEMU VMs: DHCP -> iPXE -> HTTP ->
-//! ramdisk -> agent -> API, for a BIOS iPXE, a UEFI iPXE and a UEFI native
-//! PXE node (which fetches snponly.efi over TFTP first) at once, with
+//! ramdisk -> agent -> API, for a BIOS iPXE, a UEFI iPXE, a UEFI native
+//! PXE node (which fetches snponly.efi over TFTP first) and a UEFI HTTP
+//! Boot node (a URL from DHCP, no TFTP) at once, with
 //! Slipway as the DHCP server, as proxyDHCP beside dnsmasq, and behind a
 //! DHCP relay, exactly as a user runs it (`slipway lab up`), checked
 //! against what QEMU was given; and the deploy path to a disk boot.
@@ -11,12 +12,19 @@ use hardware_tests::support::{lab_tests_enabled, slipway_bin};
 use serde_json::Value;
 
 #[test]
-fn bios_uefi_and_native_pxe_vms_network_boot_to_ready_with_their_hardware() {
+fn every_firmware_path_network_boots_to_ready_with_its_hardware() {
     if !lab_tests_enabled("lab_boot", &["qemu-system-x86_64", "qemu-img", "ip"]) {
         return;
     }
-    let report = run_lab(&["--nodes", "3", "--firmware", "mixed", "--firmware-campaign", "2.0.0"]);
-    assert_every_node_ready_with_its_hardware(&report, &["bios", "uefi", "pxe-uefi"]);
+    // The fourth is UEFI HTTP Boot: a URL from DHCP, no TFTP at all.
+    let report = run_lab(&["--nodes", "4", "--firmware", "mixed", "--firmware-campaign", "2.0.0"]);
+    assert_every_node_ready_with_its_hardware(&report, &["bios", "uefi", "pxe-uefi", "http-uefi"]);
+    // How each first asked DHCP: the iPXE ROMs as iPXE, native PXE as a
+    // PXE client (then TFTP), HTTP Boot as an HTTPClient (a URL, never PXE).
+    let clients: Vec<&Value> = report["nodes"].as_array().unwrap().iter().map(|n| &n["dhcp_clients"]).collect();
+    let first: Vec<&str> = clients.iter().map(|c| c[0].as_str().unwrap_or("none")).collect();
+    assert_eq!(first, ["ipxe", "ipxe", "pxe", "uefi_http"], "{clients:?}");
+    assert!(!clients[3].as_array().unwrap().iter().any(|c| c == "pxe"), "HTTP Boot never used PXE: {clients:?}");
     // Then a BIOS campaign through the simulated BMCs, one node at a
     // time; started with the UPS on battery it was held with no node
     // started, and mains resumed it.

@@ -124,6 +124,14 @@ pub struct BmcSystem {
     pub uuid: Option<String>,
     pub bios_version: Option<String>,
     pub power_state: Option<PowerState>,
+    /// The firmware mode the BMC boots the host in (Redfish
+    /// `Boot.BootSourceOverrideMode`: `UEFI` or `Legacy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_mode: Option<crate::FirmwareMode>,
+    /// Whether Secure Boot was on at the host's current boot (Redfish
+    /// `SecureBoot.SecureBootCurrentBoot`), where the BMC has the resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

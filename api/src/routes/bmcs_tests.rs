@@ -107,6 +107,9 @@ async fn a_machine_is_network_booted_in_the_firmware_mode_its_agent_saw() {
         let (url, machine) = sim_bmc_in_mode("pw", uefi).await;
         let (_, bmc) = enrol(&t, json!({ "address": url, "username": "admin", "password": "pw" })).await;
         let id = bmc["machine_id"].as_str().unwrap().to_string();
+        // The BMC's own view, beside what the agent will report.
+        assert_eq!(bmc["inventory"]["system"]["firmware_mode"], mode, "{bmc}");
+        assert_eq!(bmc["inventory"]["system"]["secure_boot"], if uefi { json!(false) } else { json!(null) }, "{bmc}");
         let (_, script) = get_text(&t.boot, &format!("/boot/{}.ipxe", MAC.replace(':', "-"))).await;
         let mut inventory = inventory_json(MAC);
         inventory["firmware"] = json!({ "mode": mode, "secure_boot": null });

@@ -169,7 +169,9 @@ enum FirmwareArg {
     Uefi,
     /// OVMF's own PXE (no iPXE ROM): TFTP snponly.efi first, as real UEFI hardware.
     PxeUefi,
-    /// Cycling bios, uefi, pxe-uefi.
+    /// OVMF's UEFI HTTP Boot with PXE off: a URL from DHCP, no TFTP at all.
+    HttpUefi,
+    /// Cycling bios, uefi, pxe-uefi, http-uefi.
     Mixed,
 }
 
@@ -225,6 +227,7 @@ fn main() -> anyhow::Result<()> {
                     FirmwareArg::Bios => FirmwareChoice::Bios,
                     FirmwareArg::Uefi => FirmwareChoice::Uefi,
                     FirmwareArg::PxeUefi => FirmwareChoice::PxeUefi,
+                    FirmwareArg::HttpUefi => FirmwareChoice::HttpUefi,
                     FirmwareArg::Mixed => FirmwareChoice::Mixed,
                 },
                 report,

@@ -45,7 +45,9 @@ pub enum FirmwareChoice {
     Bios,
     Uefi,
     PxeUefi,
-    /// Cycling BIOS, UEFI, UEFI native PXE (two nodes: one BIOS, one UEFI).
+    HttpUefi,
+    /// Cycling BIOS, UEFI, UEFI native PXE, UEFI HTTP Boot (two nodes: one
+    /// BIOS, one UEFI).
     Mixed,
 }
 
@@ -55,7 +57,8 @@ impl FirmwareChoice {
             FirmwareChoice::Bios => Firmware::Bios,
             FirmwareChoice::Uefi => Firmware::Uefi,
             FirmwareChoice::PxeUefi => Firmware::PxeUefi,
-            FirmwareChoice::Mixed => [Firmware::Bios, Firmware::Uefi, Firmware::PxeUefi][index % 3],
+            FirmwareChoice::HttpUefi => Firmware::HttpUefi,
+            FirmwareChoice::Mixed => [Firmware::Bios, Firmware::Uefi, Firmware::PxeUefi, Firmware::HttpUefi][index % 4],
         }
     }
 }

@@ -17,6 +17,9 @@ pub enum Firmware {
     /// OVMF's own PXE, no iPXE ROM: the path of real UEFI hardware, which
     /// fetches `snponly.efi` over TFTP first.
     PxeUefi,
+    /// OVMF's UEFI HTTP Boot with PXE switched off: DHCP (vendor class
+    /// `HTTPClient`) hands it a URL, and no TFTP is used at all.
+    HttpUefi,
 }
 
 impl Firmware {
@@ -25,11 +28,12 @@ impl Firmware {
             Firmware::Bios => "bios",
             Firmware::Uefi => "uefi",
             Firmware::PxeUefi => "pxe-uefi",
+            Firmware::HttpUefi => "http-uefi",
         }
     }
 
     pub fn is_uefi(self) -> bool {
-        matches!(self, Firmware::Uefi | Firmware::PxeUefi)
+        matches!(self, Firmware::Uefi | Firmware::PxeUefi | Firmware::HttpUefi)
     }
 }
 
@@ -158,7 +162,7 @@ impl NodeSpec {
     /// An empty `romfile` removes QEMU's iPXE option ROM from the NIC.
     fn nic_rom(&self) -> &'static str {
         match self.firmware {
-            Firmware::PxeUefi => ",romfile=",
+            Firmware::PxeUefi | Firmware::HttpUefi => ",romfile=",
             _ => "",
         }
     }
@@ -253,6 +257,9 @@ impl NodeSpec {
                 "name=opt/org.tianocore/IPv6Support,string=no".into(),
             ]);
         }
+        if self.firmware == Firmware::HttpUefi {
+            a.extend(["-fw_cfg".into(), "name=opt/org.tianocore/IPv4PXESupport,string=no".into()]);
+        }
         a
     }
 }
@@ -273,6 +280,12 @@ mod tests {
         assert!(!bios.contains("pflash"));
         let native = NodeSpec::lab_node(2, Firmware::PxeUefi, 512, Path::new("/lab")).args(Accel::Tcg).join(" ");
         assert!(native.contains("bootindex=1,romfile= ") && native.contains("pflash"), "{native}");
+        assert!(!native.contains("IPv4PXESupport"), "{native}");
+        let http = NodeSpec::lab_node(3, Firmware::HttpUefi, 512, Path::new("/lab")).args(Accel::Tcg).join(" ");
+        assert!(
+            http.contains("romfile= ") && http.contains("name=opt/org.tianocore/IPv4PXESupport,string=no"),
+            "{http}"
+        );
         assert!(!args.contains(" -S ") && !args.contains("-qmp") && !args.contains("id=nic0"));
     }
 

@@ -58,6 +58,9 @@ pub struct NodeReport {
     /// node agent reports running (deployed nodes).
     pub image: Value,
     pub reported_image: Value,
+    /// The kinds of DHCP client the node's boots were, in order, deduplicated
+    /// (`pxe`, `uefi_http`, `ipxe`, `plain`), as Slipway's events recorded them.
+    pub dhcp_clients: Vec<String>,
     /// What the agent said it configured after its last verified write
     /// (first-boot files, partition table, UEFI boot entry).
     pub last_write: Value,
@@ -174,6 +177,16 @@ pub fn build(
             bmc,
             image,
             reported_image,
+            dhcp_clients: events
+                .iter()
+                .filter(|e| e["kind"] == "dhcp.ack" || e["kind"] == "dhcp.proxy")
+                .filter_map(|e| e["detail"]["client"].as_str())
+                .fold(vec![], |mut seen: Vec<String>, c| {
+                    if seen.last().map(String::as_str) != Some(c) {
+                        seen.push(c.to_string());
+                    }
+                    seen
+                }),
             last_write: events
                 .iter()
                 .rev()
@@ -385,6 +398,7 @@ mod tests {
                 bmc: None,
                 image: Value::Null,
                 reported_image: Value::Null,
+                dhcp_clients: vec![],
                 last_write: Value::Null,
                 console_release: None,
                 inventory: serde_json::json!({

@@ -99,6 +99,22 @@ pub(crate) fn system(sys: &Value) -> BmcSystem {
         uuid: text(sys, "UUID").and_then(|u| normalize_uuid(&u)),
         bios_version: text(sys, "BiosVersion"),
         power_state: sys.get("PowerState").and_then(power_state),
+        firmware_mode: match sys.pointer("/Boot/BootSourceOverrideMode").and_then(Value::as_str) {
+            Some("UEFI") => Some(crate::FirmwareMode::Uefi),
+            Some("Legacy") => Some(crate::FirmwareMode::Bios),
+            _ => None,
+        },
+        secure_boot: None,
+    }
+}
+
+/// A `SecureBoot` resource: on at the current boot, or (older BMCs
+/// without `SecureBootCurrentBoot`) whether it is enabled.
+pub(crate) fn secure_boot(sb: &Value) -> Option<bool> {
+    match sb.get("SecureBootCurrentBoot").and_then(Value::as_str) {
+        Some("Enabled") => Some(true),
+        Some("Disabled") => Some(false),
+        _ => sb.get("SecureBootEnable").and_then(Value::as_bool),
     }
 }
 
@@ -253,6 +269,23 @@ pub(crate) fn firmware(f: &Value) -> Option<FirmwareComponent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn firmware_mode_and_secure_boot_as_bmcs_spell_them() {
+        let sys = |mode: &str| serde_json::json!({ "Boot": { "BootSourceOverrideMode": mode } });
+        assert_eq!(system(&sys("UEFI")).firmware_mode, Some(crate::FirmwareMode::Uefi));
+        assert_eq!(system(&sys("Legacy")).firmware_mode, Some(crate::FirmwareMode::Bios));
+        assert_eq!(system(&sys("Other")).firmware_mode, None);
+        assert_eq!(system(&serde_json::json!({})).firmware_mode, None);
+        let sb = |v: Value| secure_boot(&v);
+        assert_eq!(
+            sb(serde_json::json!({ "SecureBootCurrentBoot": "Enabled", "SecureBootEnable": false })),
+            Some(true)
+        );
+        assert_eq!(sb(serde_json::json!({ "SecureBootCurrentBoot": "Disabled" })), Some(false));
+        assert_eq!(sb(serde_json::json!({ "SecureBootEnable": true })), Some(true), "older BMCs: enabled only");
+        assert_eq!(sb(serde_json::json!({ "SecureBootMode": "SetupMode" })), None);
+    }
 
     #[test]
     fn uuids_normalize_to_lower_hyphenated() {

@@ -198,6 +198,9 @@ impl RedfishClient {
         tracing::debug!(bmc = %self.peer(), ?vendor, "walking inventory");
         if let Some(sys) = &sys {
             w.inv.system = map::system(sys);
+            if let Some(p) = link(sys, &["SecureBoot"]) {
+                w.inv.system.secure_boot = w.get("secure_boot", p).await?.as_ref().and_then(map::secure_boot);
+            }
             if let Some(p) = link(sys, &["Processors"]) {
                 let cpus = w.collection("processors", p).await?;
                 w.inv.processors = cpus.iter().filter_map(map::processor).collect();

@@ -138,6 +138,7 @@ pub fn router<B: Backend>(state: Arc<SimState<B>>) -> Router {
             get(|| async { collection("/redfish/v1/Systems", "ComputerSystemCollection", &[SYSTEM]) }),
         ),
         (SYSTEM, get(system::<B>).patch(patch_system::<B>)),
+        ("/redfish/v1/Systems/1/SecureBoot", get(secure_boot::<B>)),
         ("/redfish/v1/Systems/1/Actions/ComputerSystem.Reset", post(reset::<B>)),
         (
             "/redfish/v1/Systems/1/Processors",
@@ -255,6 +256,13 @@ async fn root<B: Backend>(State(s): St<B>) -> Json<Value> {
 
 async fn system<B: Backend>(State(s): St<B>) -> Answer {
     Ok(Json(res::system(&s.snapshot().await?)))
+}
+
+async fn secure_boot<B: Backend>(State(s): St<B>) -> Answer {
+    if !s.uefi {
+        return Err(RfError::NotFound("/redfish/v1/Systems/1/SecureBoot".into()));
+    }
+    Ok(Json(res::secure_boot()))
 }
 
 async fn processor<B: Backend>(State(s): St<B>) -> Answer {

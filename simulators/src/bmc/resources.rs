@@ -106,6 +106,20 @@ fn boot_mode(uefi: bool) -> &'static str {
     }
 }
 
+/// UEFI machines only; the lab's OVMF has Secure Boot off.
+pub fn secure_boot() -> Value {
+    merge(
+        odata(&format!("{SYSTEM}/SecureBoot"), "#SecureBoot.v1_1_0.SecureBoot"),
+        json!({
+            "Id": "SecureBoot",
+            "Name": "UEFI Secure Boot",
+            "SecureBootEnable": false,
+            "SecureBootCurrentBoot": "Disabled",
+            "SecureBootMode": "UserMode",
+        }),
+    )
+}
+
 pub fn system(s: &Snapshot) -> Value {
     let f = &s.facts;
     let (target, enabled) = match s.boot {
@@ -149,6 +163,7 @@ pub fn system(s: &Snapshot) -> Value {
             "Memory": link(&format!("{SYSTEM}/Memory")),
             "Storage": link(&format!("{SYSTEM}/Storage")),
             "EthernetInterfaces": link(&format!("{SYSTEM}/EthernetInterfaces")),
+            "SecureBoot": if s.uefi { link(&format!("{SYSTEM}/SecureBoot")) } else { Value::Null },
             "Links": { "Chassis": [link(CHASSIS)], "ManagedBy": [link(MANAGER)] },
             "Actions": {
                 "#ComputerSystem.Reset": {
