@@ -38,6 +38,24 @@ impl BootMode {
             (BootMode::Both, _) | (BootMode::Bios, FirmwareMode::Bios) | (BootMode::Uefi, FirmwareMode::Uefi)
         )
     }
+
+    /// Why image `image` (of this mode) cannot be written to `machine`,
+    /// whose agent saw `firmware`; `None` when it boots, or when the
+    /// machine's firmware is not known. Deploys and OS refreshes refuse
+    /// with it: written, such an image would never start.
+    pub fn refusal(self, image: &str, machine: &str, firmware: Option<inventory::FirmwareMode>) -> Option<String> {
+        let firmware = firmware?;
+        if self.boots(firmware) {
+            return None;
+        }
+        let boots = match self {
+            BootMode::Neither => {
+                "neither BIOS nor UEFI (no MBR boot code, no EFI System Partition with a loader)".into()
+            }
+            mode => format!("{mode} only"),
+        };
+        Some(format!("image {image:?} boots {boots}, but machine {machine} starts through {firmware} firmware"))
+    }
 }
 
 inventory::closed_enum!(
@@ -93,5 +111,23 @@ impl DeploymentSpec {
     /// rollback).
     pub fn with_image(&self, image: &str) -> DeploymentSpec {
         DeploymentSpec { image: image.into(), ..self.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_is_refused_only_where_the_firmware_is_known_and_cannot_boot_it() {
+        use inventory::FirmwareMode::{Bios, Uefi};
+        assert_eq!(BootMode::Both.refusal("i", "m", Some(Uefi)), None);
+        assert_eq!(BootMode::Bios.refusal("i", "m", None), None, "unknown firmware: not refused");
+        assert_eq!(
+            BootMode::Bios.refusal("i", "m", Some(Uefi)).as_deref(),
+            Some("image \"i\" boots bios only, but machine m starts through uefi firmware")
+        );
+        assert!(BootMode::Uefi.refusal("i", "m", Some(Bios)).is_some());
+        assert!(BootMode::Neither.refusal("i", "m", Some(Bios)).unwrap().contains("neither BIOS nor UEFI"));
     }
 }

@@ -156,16 +156,19 @@ async fn create(
     if req.name.trim().is_empty() || req.name.len() > 128 || req.name.chars().any(char::is_control) {
         return Err(bad("name", "1 to 128 characters"));
     }
-    match &req.action {
-        Action::Firmware(f) => check_firmware(&state, f)?,
+    let refresh_to = match &req.action {
+        Action::Firmware(f) => {
+            check_firmware(&state, f)?;
+            None
+        }
         Action::OsRefresh { image } => match state.store.image(image).await? {
-            Some(i) if i.state == ImageState::Available => {}
+            Some(i) if i.state == ImageState::Available => Some(i),
             Some(i) => {
                 return Err(bad("action.os_refresh.image", format!("image {image:?} is {:?}, not available", i.state)))
             }
             None => return Err(bad("action.os_refresh.image", format!("no image named {image:?}"))),
         },
-    }
+    };
     req.schedule.parse().map_err(|e| bad(&format!("schedule.{}", e.field), e.detail))?;
     let r = &req.rollout;
     if !(1..=1000).contains(&r.batch_size) {
@@ -187,6 +190,9 @@ async fn create(
         check_drain(d)?;
     }
     let nodes = order_nodes(resolve(&state, &req.targets).await?, req.rollout.order);
+    if let Some(image) = &refresh_to {
+        check_every_node_boots(&state, image, &nodes).await?;
+    }
     let at = state.store.now_ms();
     let campaign = Campaign {
         id: uuid::Uuid::new_v4().to_string(),
@@ -206,6 +212,23 @@ async fn create(
     };
     state.store.insert_campaign(&campaign, &nodes).await?;
     Ok((StatusCode::CREATED, Json(view(&campaign, &nodes, at))).into_response())
+}
+
+/// An OS refresh to an image one of its machines cannot boot would roll
+/// that machine back at best: refused before anything starts, naming it.
+async fn check_every_node_boots(
+    state: &AppState,
+    image: &store::Image,
+    nodes: &[NodeProgress],
+) -> Result<(), ApiError> {
+    for node in nodes {
+        let Some(machine) = state.store.machine(&node.machine_id).await? else { continue };
+        let firmware = machine.inventory.as_ref().and_then(|i| i.firmware).map(|f| f.mode);
+        if let Some(detail) = image.meta.boot_mode.refusal(&image.meta.name, &machine.id, firmware) {
+            return Err(ApiError::Unprocessable { field: "action.os_refresh.image".into(), detail });
+        }
+    }
+    Ok(())
 }
 
 fn check_drain(d: &DrainCommands) -> Result<(), ApiError> {

@@ -19,7 +19,7 @@ use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::AppState;
-use model::deploy::{BootMode, DeploymentSpec};
+use model::deploy::DeploymentSpec;
 use store::{Deployment, ImageState};
 
 pub(super) fn router() -> Routes {
@@ -198,24 +198,14 @@ async fn deploy(
     Ok((StatusCode::ACCEPTED, Json(deployment)))
 }
 
-/// Refuses an image the machine's firmware cannot boot (known from its
-/// in-band inventory): written, it would never start.
+/// Refuses an image the machine's firmware (known from its in-band
+/// inventory) cannot boot.
 fn check_firmware(machine: &store::Machine, image: &store::Image) -> Result<(), ApiError> {
-    let Some(firmware) = machine.inventory.as_ref().and_then(|i| i.firmware) else { return Ok(()) };
-    if image.meta.boot_mode.boots(firmware.mode) {
-        return Ok(());
+    let firmware = machine.inventory.as_ref().and_then(|i| i.firmware).map(|f| f.mode);
+    match image.meta.boot_mode.refusal(&image.meta.name, &machine.id, firmware) {
+        Some(detail) => Err(ApiError::Unprocessable { field: "image".into(), detail }),
+        None => Ok(()),
     }
-    let boots = match image.meta.boot_mode {
-        BootMode::Neither => "neither BIOS nor UEFI (no MBR boot code, no EFI System Partition with a loader)".into(),
-        mode => format!("{mode} only"),
-    };
-    Err(ApiError::Unprocessable {
-        field: "image".into(),
-        detail: format!(
-            "image {:?} boots {boots}, but machine {} starts through {} firmware",
-            image.meta.name, machine.id, firmware.mode
-        ),
-    })
 }
 
 /// The machine's deployment: its image, spec and progress.
@@ -438,6 +428,20 @@ mod flow_tests {
         }
         let (_, m) = get(&t.operator, &format!("/api/v1/machines/{uefi}"), Some(&t.admin)).await;
         assert_eq!(m["state"], "ready", "a refused deploy changes nothing");
+        // Nor can a refresh campaign roll it onto that image.
+        let campaign = json!({ "name": "to bios-only", "targets": { "machines": [uefi] },
+                               "action": { "os_refresh": { "image": "bios-only" } } });
+        let (status, problem) = post(&t.operator, "/api/v1/campaigns", &t.admin, &campaign).await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("action.os_refresh.image"))
+        );
+        assert!(
+            problem["detail"].as_str().unwrap().contains(&format!("machine {uefi} starts through uefi")),
+            "{problem}"
+        );
+        let (_, campaigns) = get(&t.operator, "/api/v1/campaigns", Some(&t.admin)).await;
+        assert_eq!(campaigns["campaigns"].as_array().map(Vec::len), Some(0), "{campaigns}");
 
         let bios = ready_with(&t, "52:54:00:0f:00:02", json!({ "mode": "bios", "secure_boot": null })).await;
         let req = json!({ "image": "bios-only", "hostname": "n2" });
