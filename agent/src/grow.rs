@@ -38,7 +38,7 @@ pub enum Grown {
     Unchanged(String),
 }
 
-const SECTOR: u64 = 512;
+pub(crate) const SECTOR: u64 = 512;
 
 // The MBR, in sector 0: four 16-byte primary entries and a signature.
 const MBR_TABLE: usize = 446;
@@ -55,7 +55,7 @@ const TYPE_GPT_PROTECTIVE: u8 = 0xEE;
 const TYPES_EXTENDED: [u8; 3] = [0x05, 0x0F, 0x85];
 
 // The GPT header, at LBA 1 (primary) and in the disk's last sector (backup).
-const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
+pub(crate) const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
 const GPT_REVISION: usize = 8;
 const GPT_HEADER_SIZE: usize = 12;
 const GPT_HEADER_CRC: usize = 16;
@@ -63,23 +63,23 @@ const GPT_MY_LBA: usize = 24;
 const GPT_ALTERNATE_LBA: usize = 32;
 const GPT_FIRST_USABLE: usize = 40;
 const GPT_LAST_USABLE: usize = 48;
-const GPT_ENTRIES_LBA: usize = 72;
-const GPT_ENTRY_COUNT: usize = 80;
-const GPT_ENTRY_SIZE: usize = 84;
+pub(crate) const GPT_ENTRIES_LBA: usize = 72;
+pub(crate) const GPT_ENTRY_COUNT: usize = 80;
+pub(crate) const GPT_ENTRY_SIZE: usize = 84;
 const GPT_ENTRIES_CRC: usize = 88;
 /// The header's defined fields end here; `header size` may not be smaller.
 const GPT_MIN_HEADER_SIZE: u32 = 92;
 // Fields of a GPT partition entry.
-const ENTRY_TYPE_GUID: usize = 0;
-const ENTRY_FIRST_LBA: usize = 32;
-const ENTRY_LAST_LBA: usize = 40;
-const ENTRY_MIN_SIZE: u32 = 128;
+pub(crate) const ENTRY_TYPE_GUID: usize = 0;
+pub(crate) const ENTRY_FIRST_LBA: usize = 32;
+pub(crate) const ENTRY_LAST_LBA: usize = 40;
+pub(crate) const ENTRY_MIN_SIZE: u32 = 128;
 /// C12A7328-F81F-11D2-BA4B-00A0C93EC93B as GPT stores it.
 pub(crate) const ESP_TYPE_GUID: [u8; 16] =
     [0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B];
-const MAX_ENTRIES: u32 = 1024;
+pub(crate) const MAX_ENTRIES: u32 = 1024;
 /// Bounds the entries array read into memory (the usual one is 16 KiB).
-const MAX_ENTRIES_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_ENTRIES_BYTES: u64 = 1 << 20;
 /// A GPT image's last partition counts as "at the image's end" when it ends
 /// within this many sectors (1 MiB) of the last usable LBA: partitioning
 /// tools (sfdisk among them) round the last partition's end down to 1 MiB.
@@ -300,7 +300,7 @@ fn chs(lba: u64) -> [u8; 3] {
     [head as u8, sector as u8 | ((cylinder >> 2) as u8 & 0xC0), cylinder as u8]
 }
 
-fn read_sectors<D: Read + Seek>(disk: &mut D, lba: u64, count: u64) -> Result<Vec<u8>, String> {
+pub(crate) fn read_sectors<D: Read + Seek>(disk: &mut D, lba: u64, count: u64) -> Result<Vec<u8>, String> {
     let mut buf = vec![0; (count * SECTOR) as usize];
     disk.seek(SeekFrom::Start(lba * SECTOR))
         .and_then(|_| disk.read_exact(&mut buf))
@@ -314,11 +314,11 @@ fn write_at<D: Write + Seek>(disk: &mut D, offset: u64, bytes: &[u8]) -> Result<
         .map_err(|e| format!("writing {} bytes at offset {offset}: {e}", bytes.len()))
 }
 
-fn u32_at(buf: &[u8], offset: usize) -> u32 {
+pub(crate) fn u32_at(buf: &[u8], offset: usize) -> u32 {
     u32::from_le_bytes(buf[offset..offset + 4].try_into().expect("4 bytes"))
 }
 
-fn u64_at(buf: &[u8], offset: usize) -> u64 {
+pub(crate) fn u64_at(buf: &[u8], offset: usize) -> u64 {
     u64::from_le_bytes(buf[offset..offset + 8].try_into().expect("8 bytes"))
 }
 

@@ -12,7 +12,7 @@
 //! keeps `\EFI\BOOT\BOOTX64.EFI`, which firmware finds with no entry at
 //! all (after an NVRAM reset).
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
 /// `EFI_GLOBAL_VARIABLE`: the vendor GUID of `Boot####` and `BootOrder`.
@@ -40,26 +40,29 @@ pub struct Esp {
 /// The ESP of a GPT disk with 512-byte sectors, or `None` when the disk
 /// has no GPT or no ESP. The header was checked by `grow` just before.
 pub fn find_esp<D: Read + Seek>(disk: &mut D) -> Result<Option<Esp>, String> {
-    let mut header = [0u8; 512];
-    disk.seek(SeekFrom::Start(512)).and_then(|_| disk.read_exact(&mut header)).map_err(|e| e.to_string())?;
-    if &header[..8] != b"EFI PART" {
+    use crate::grow::*;
+    let header = read_sectors(disk, 1, 1)?;
+    if &header[..GPT_SIGNATURE.len()] != GPT_SIGNATURE {
         return Ok(None);
     }
-    let le32 = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
-    let le64 = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-    let (entries_lba, count, size) = (le64(&header, 72), le32(&header, 80), le32(&header, 84) as usize);
-    if !(128..=4096).contains(&size) || count > 1024 {
+    let (count, size) = (u32_at(&header, GPT_ENTRY_COUNT), u32_at(&header, GPT_ENTRY_SIZE));
+    let bytes = u64::from(count) * u64::from(size);
+    if size < ENTRY_MIN_SIZE || count > MAX_ENTRIES || bytes > MAX_ENTRIES_BYTES {
         return Err(format!("GPT with {count} entries of {size} bytes"));
     }
-    let mut entries = vec![0u8; count as usize * size];
-    disk.seek(SeekFrom::Start(entries_lba.saturating_mul(512)))
-        .and_then(|_| disk.read_exact(&mut entries))
-        .map_err(|e| format!("reading the GPT entries: {e}"))?;
-    Ok(entries.chunks(size).enumerate().find(|(_, e)| e[..16] == crate::grow::ESP_TYPE_GUID).map(|(i, e)| Esp {
-        number: i as u32 + 1,
-        start_lba: le64(e, 32),
-        sectors: le64(e, 40).saturating_sub(le64(e, 32)) + 1,
-        guid: e[16..32].try_into().expect("16 bytes"),
+    let entries = read_sectors(disk, u64_at(&header, GPT_ENTRIES_LBA), bytes.div_ceil(SECTOR))?;
+    let found = entries[..bytes as usize]
+        .chunks_exact(size as usize)
+        .enumerate()
+        .find(|(_, e)| e[ENTRY_TYPE_GUID..ENTRY_TYPE_GUID + 16] == ESP_TYPE_GUID);
+    Ok(found.map(|(i, e)| {
+        let (first, last) = (u64_at(e, ENTRY_FIRST_LBA), u64_at(e, ENTRY_LAST_LBA));
+        Esp {
+            number: i as u32 + 1,
+            start_lba: first,
+            sectors: last.saturating_sub(first) + 1,
+            guid: e[16..32].try_into().expect("16 bytes"),
+        }
     }))
 }
 

@@ -110,7 +110,8 @@ impl Probe {
         }
         let bios = has_mbr_boot_code(&self.head);
         let uefi = match self.esp.take() {
-            Some(spool) if spool_complete(&spool, self.offset) => esp_has_loader(spool.file),
+            // An image that ends inside its ESP has no whole ESP to read.
+            Some(spool) if self.offset >= spool.end => esp_has_loader(spool.file),
             _ => false,
         };
         Bootable { bios, uefi }
@@ -121,10 +122,6 @@ impl Drop for Probe {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.spool_path);
     }
-}
-
-fn spool_complete(spool: &Spool, fed: u64) -> bool {
-    fed >= spool.end
 }
 
 /// Legacy BIOS runs the first sector's code when it ends in 55 AA; a disk

@@ -145,11 +145,12 @@ impl Store {
         name: &str,
         outcome: std::result::Result<&images::catalog::Imported, &str>,
     ) -> Result<()> {
+        let boot_mode = outcome.ok().map(|done| BootMode::from_firmwares(done.bootable.bios, done.bootable.uefi));
         let query = match outcome {
             Ok(done) => sqlx::query(
                 "UPDATE images SET boot_mode = $1, state = $2, raw_bytes = $3, sha256 = $4, stored_bytes = $5, error = NULL, updated_at_ms = $6 WHERE name = $7",
             )
-            .bind(BootMode::from_firmwares(done.bootable.bios, done.bootable.uefi).as_str())
+            .bind(boot_mode.unwrap_or_default().as_str())
             .bind(ImageState::Available.as_str())
             .bind(done.raw_bytes as i64)
             .bind(done.sha256.clone())
@@ -168,7 +169,7 @@ impl Store {
             Ok(done) => (
                 "image.available",
                 serde_json::json!({ "image": name, "raw_bytes": done.raw_bytes, "sha256": done.sha256,
-                                    "boot_mode": BootMode::from_firmwares(done.bootable.bios, done.bootable.uefi) }),
+                                    "boot_mode": boot_mode }),
             ),
             Err(error) => ("image.failed", serde_json::json!({ "image": name, "error": error })),
         };

@@ -112,6 +112,14 @@ pub struct Machine {
     pub updated_at: String,
 }
 
+impl Machine {
+    /// How its firmware started it, as its agent last saw (unknown before
+    /// an in-band inventory).
+    pub fn firmware_mode(&self) -> Option<inventory::FirmwareMode> {
+        self.inventory.as_ref()?.firmware.map(|f| f.mode)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Failure {
     pub phase: String,

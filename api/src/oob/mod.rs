@@ -302,9 +302,8 @@ impl Oob {
         // PXE in the mode the machine last booted in (its agent saw it):
         // IPMI's default and some Redfish BMCs would otherwise PXE a UEFI
         // machine in legacy mode. Unknown: the BMC keeps its own mode.
-        let machine = self.store.machine(machine_id).await?;
-        let uefi =
-            machine.and_then(|m| m.inventory).and_then(|i| i.firmware).map(|f| f.mode == inventory::FirmwareMode::Uefi);
+        let mode = self.store.machine(machine_id).await?.and_then(|m| m.firmware_mode());
+        let uefi = mode.map(|m| m == inventory::FirmwareMode::Uefi);
         let state = self.power_state(&bmc.id).await?;
         let action = if state == PowerState::Off { PowerAction::On } else { PowerAction::Reset };
         self.power(&bmc.id, Some(action), Some((BootTarget::Pxe, uefi)), cause).await?;

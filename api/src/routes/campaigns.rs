@@ -223,8 +223,7 @@ async fn check_every_node_boots(
 ) -> Result<(), ApiError> {
     for node in nodes {
         let Some(machine) = state.store.machine(&node.machine_id).await? else { continue };
-        let firmware = machine.inventory.as_ref().and_then(|i| i.firmware).map(|f| f.mode);
-        if let Some(detail) = image.meta.boot_mode.refusal(&image.meta.name, &machine.id, firmware) {
+        if let Some(detail) = image.meta.boot_mode.refusal(&image.meta.name, &machine.id, machine.firmware_mode()) {
             return Err(ApiError::Unprocessable { field: "action.os_refresh.image".into(), detail });
         }
     }

@@ -201,8 +201,7 @@ async fn deploy(
 /// Refuses an image the machine's firmware (known from its in-band
 /// inventory) cannot boot.
 fn check_firmware(machine: &store::Machine, image: &store::Image) -> Result<(), ApiError> {
-    let firmware = machine.inventory.as_ref().and_then(|i| i.firmware).map(|f| f.mode);
-    match image.meta.boot_mode.refusal(&image.meta.name, &machine.id, firmware) {
+    match image.meta.boot_mode.refusal(&image.meta.name, &machine.id, machine.firmware_mode()) {
         Some(detail) => Err(ApiError::Unprocessable { field: "image".into(), detail }),
         None => Ok(()),
     }
