@@ -58,6 +58,13 @@ inventory::closed_enum!(
     LogFormat { Text => "text", Json => "json" }
 );
 
+inventory::closed_enum!(
+    /// What x86-64 UEFI PXE firmware is handed: Debian's signed shim and
+    /// GRUB (boots with Secure Boot on or off), or iPXE (`uefi_file`,
+    /// refused by Secure Boot firmware).
+    UefiPxe { Signed => "signed", Ipxe => "ipxe" }
+);
+
 /// One UPS to enrol: the body of `POST /api/v1/ups`, or an `[[oob.ups]]`
 /// table in the configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -199,6 +206,11 @@ pub struct BootFilesConfig {
     pub ipxe_dir: PathBuf,
     pub bios_file: String,
     pub uefi_file: String,
+    pub uefi_pxe: UefiPxe,
+    /// Holds `shimx64.efi` and `grubx64.efi` (GRUB's network image) for
+    /// `uefi_pxe = "signed"`. Empty: taken from Debian's `shim-signed` and
+    /// `grub-efi-amd64-signed` packages at start, cached in `cache_dir`.
+    pub signed_dir: String,
     /// iPXE for arm64 UEFI, relative to `ipxe_dir`; empty: arm64 clients
     /// get no boot file (Debian 12 packages none).
     pub arm64_file: String,
@@ -252,6 +264,8 @@ impl Default for Config {
                 ipxe_dir: "/usr/lib/ipxe".into(),
                 bios_file: "undionly.kpxe".into(),
                 uefi_file: "snponly.efi".into(),
+                uefi_pxe: UefiPxe::Signed,
+                signed_dir: String::new(),
                 arm64_file: String::new(),
                 ramdisk_dir: String::new(),
                 agent_binary: String::new(),

@@ -102,8 +102,9 @@ pub const CATALOG: &[Metric] = &[
     m("slipway_boot_http_sent_bytes_total", Counter, Unit::Bytes, "Body bytes sent by the boot HTTP face, by kind.", &[
         &[("kind", "script")], &[("kind", "kernel")], &[("kind", "initrd")], &[("kind", "image")],
     ]),
-    m("slipway_boot_scripts_total", Counter, Unit::Count, "iPXE scripts rendered, by target (discovery, local_disk).", &[
-        &[("target", "discovery")], &[("target", "local_disk")],
+    m("slipway_boot_scripts_total", Counter, Unit::Count, "Boot scripts rendered, by target (discovery, local_disk) and loader (ipxe over HTTP, grub over TFTP).", &[
+        &[("target", "discovery"), ("loader", "ipxe")], &[("target", "local_disk"), ("loader", "ipxe")],
+        &[("target", "discovery"), ("loader", "grub")], &[("target", "local_disk"), ("loader", "grub")],
     ]),
     // Deploys.
     m("slipway_deployments_requested_total", Counter, Unit::Count, "Deploys accepted.", PLAIN),

@@ -90,6 +90,24 @@ async fn ramdisk_dir(config: &Config) -> anyhow::Result<PathBuf> {
     Ok(ramdisk.dir)
 }
 
+/// The signed shim and GRUB for UEFI PXE, or `None` when UEFI PXE gets iPXE.
+async fn signed_dir(config: &Config) -> anyhow::Result<Option<PathBuf>> {
+    if config.boot.uefi_pxe != crate::config::UefiPxe::Signed {
+        return Ok(None);
+    }
+    if !config.boot.signed_dir.is_empty() {
+        let dir = PathBuf::from(&config.boot.signed_dir);
+        for file in [images::signed_boot::NET_SHIM, images::signed_boot::NET_GRUB] {
+            if !dir.join(file).is_file() {
+                bail!("boot.signed_dir {} has no {file}", dir.display());
+            }
+        }
+        return Ok(Some(dir));
+    }
+    let cache = config.cache_dir.clone();
+    Ok(Some(tokio::task::spawn_blocking(move || images::signed_boot::ensure_netboot(&cache)).await??))
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let token = admin_token(&config)?;
@@ -153,6 +171,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 http_base: boot.http_base.clone(),
                 bios_file: config.boot.bios_file.clone(),
                 uefi_file: config.boot.uefi_file.clone(),
+                uefi_signed: config.boot.uefi_pxe == crate::config::UefiPxe::Signed,
                 arm64_file: config.boot.arm64_file.clone(),
             },
             mode: p.mode,
@@ -188,7 +207,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let tftp_addr = SocketAddr::from((p.address, config.provisioning.tftp_port));
         let tftp_socket =
             tokio::net::UdpSocket::bind(tftp_addr).await.with_context(|| format!("binding TFTP to {tftp_addr}"))?;
-        let tftp = TftpServer::new(Path::new(&config.boot.ipxe_dir), SessionOptions::default())
+        let signed_dir = signed_dir(&config).await.context("preparing the signed UEFI boot chain")?;
+        let mut mounts = vec![("", config.boot.ipxe_dir.as_path())];
+        if let Some(dir) = &signed_dir {
+            // GRUB reads the ramdisk over TFTP from beside shim and itself.
+            mounts
+                .extend([(pxe::boot::SIGNED_DIR, dir.as_path()), (pxe::boot::SIGNED_DIR, boot.ramdisk_dir.as_path())]);
+        }
+        let grub = Arc::new(crate::routes::GrubScripts(state.clone()));
+        let tftp = TftpServer::with_mounts(&mounts, Some(grub), SessionOptions::default())
             .with_context(|| format!("TFTP root {}", config.boot.ipxe_dir.display()))?;
         tasks.spawn(async move { tftp.run(tftp_socket).await.context("TFTP server") });
 

@@ -50,7 +50,7 @@ fn key(chain: &SignedChain) -> String {
 /// Returns the cached image, building it (a few minutes: debootstrap) if
 /// needed. `progress` hears each step.
 pub fn ensure_lab_debian(cache_dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<LabDebian, String> {
-    let chain = SignedChain::fetch(cache_dir)?;
+    let chain = SignedChain::fetch(cache_dir).map_err(|e| e.to_string())?;
     cached(cache_dir, &format!("lab-debian-{}", key(&chain)), |work, out| {
         lab_disk::check_tools()?;
         for tool in ["debootstrap", "mkfs.ext4"] {

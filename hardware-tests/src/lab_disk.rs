@@ -17,17 +17,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+pub use images::signed_boot::SignedChain;
+use images::signed_boot::{GRUB_EFI, SHIM_EFI};
 use images::tools::{run, which};
 
-/// The signed UEFI boot chain, taken from these packages (not installed
-/// anywhere: their maintainer scripts would run grub-install).
-const SHIM_DEB: &str = "shim-signed";
-const GRUB_DEB: &str = "grub-efi-amd64-signed";
-const SHIM_EFI: &str = "usr/lib/shim/shimx64.efi.signed";
-const GRUB_EFI: &str = "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed";
 /// Where each boot loader's configuration lives on the ESP.
 pub const SYSLINUX_CFG: &str = "::/syslinux.cfg";
 pub const GRUB_CFG: &str = "::/EFI/debian/grub.cfg";
@@ -41,28 +37,6 @@ pub const ESP_START: u64 = 2048;
 const GPT_MBR_BIN: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
 const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 const LINUX_FS_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
-
-/// The signed shim and GRUB packages, downloaded into the cache.
-pub struct SignedChain {
-    pub shim: PathBuf,
-    pub grub: PathBuf,
-}
-
-impl SignedChain {
-    /// Downloads (once) the candidate versions into `cache_dir/debs`.
-    pub fn fetch(cache_dir: &Path) -> Result<SignedChain, String> {
-        let debs = cache_dir.join("debs");
-        std::fs::create_dir_all(&debs).map_err(|e| e.to_string())?;
-        let fetch = |package| images::ramdisk::fetch_deb(&debs, package).map_err(|e| e.to_string());
-        Ok(SignedChain { shim: fetch(SHIM_DEB)?, grub: fetch(GRUB_DEB)? })
-    }
-
-    /// The packages' file names, which carry their versions: part of a
-    /// cache key.
-    pub fn versions(&self) -> String {
-        [&self.shim, &self.grub].map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).join(",")
-    }
-}
 
 /// Every tool in [`TOOLS`] is installed, or which one is not.
 pub fn check_tools() -> Result<(), String> {
@@ -84,9 +58,7 @@ pub struct Boot<'a> {
 /// Makes the FAT ESP image `esp` (`mib` MiB) in `work`.
 pub fn make_esp(work: &Path, esp: &Path, mib: u64, chain: &SignedChain, boot: &Boot) -> Result<(), String> {
     let signed = work.join("signed");
-    for deb in [&chain.shim, &chain.grub] {
-        run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&signed), None)?;
-    }
+    chain.unpack(&signed)?;
     let (shim, grub) = (signed.join(SHIM_EFI), signed.join(GRUB_EFI));
     run(Command::new("mkfs.vfat").args(["-n", "BOOT", "-C"]).arg(esp).arg((mib * 1024).to_string()), None)?;
     let args = boot.kernel_args;

@@ -20,7 +20,7 @@ const ESP_MIB: u64 = 62;
 
 /// Returns the raw `lab-tiny` image for `ramdisk`, building it if needed.
 pub fn ensure_lab_tiny(ramdisk: &Ramdisk, cache_dir: &Path) -> Result<PathBuf, String> {
-    let chain = SignedChain::fetch(cache_dir)?;
+    let chain = SignedChain::fetch(cache_dir).map_err(|e| e.to_string())?;
     let key = hex::encode(&Sha256::digest(format!("gpt {}", chain.versions()).as_bytes())[..4]);
     let out = cache_dir.join(format!("lab-tiny-{}-{key}.raw", ramdisk.key));
     if out.is_file() {

@@ -1,7 +1,8 @@
 //! The whole discovery path with real QEMU VMs: DHCP -> iPXE -> HTTP ->
-//! ramdisk -> agent -> API, for a BIOS iPXE, a UEFI iPXE, a UEFI native
-//! PXE node (which fetches snponly.efi over TFTP first) and a UEFI HTTP
-//! Boot node (a URL from DHCP, no TFTP) at once, with
+//! ramdisk -> agent -> API, for a BIOS iPXE, a UEFI iPXE, a Secure Boot
+//! node and a UEFI native PXE node (both through the signed shim and GRUB
+//! over TFTP) and a UEFI HTTP Boot node (a URL from DHCP, no TFTP) at
+//! once, with
 //! Slipway as the DHCP server, as proxyDHCP beside dnsmasq, and behind a
 //! DHCP relay, exactly as a user runs it (`slipway lab up`), checked
 //! against what QEMU was given; and the deploy path to a disk boot.
@@ -16,15 +17,17 @@ fn every_firmware_path_network_boots_to_ready_with_its_hardware() {
     if !lab_tests_enabled("lab_boot", &["qemu-system-x86_64", "qemu-img", "ip"]) {
         return;
     }
-    // The fourth is UEFI HTTP Boot: a URL from DHCP, no TFTP at all.
-    let report = run_lab(&["--nodes", "4", "--firmware", "mixed", "--firmware-campaign", "2.0.0"]);
-    assert_every_node_ready_with_its_hardware(&report, &["bios", "uefi", "pxe-uefi", "http-uefi"]);
-    // How each first asked DHCP: the iPXE ROMs as iPXE, native PXE as a
-    // PXE client (then TFTP), HTTP Boot as an HTTPClient (a URL, never PXE).
+    // The last is UEFI HTTP Boot: a URL from DHCP, no TFTP at all.
+    let report = run_lab(&["--nodes", "5", "--firmware", "mixed", "--firmware-campaign", "2.0.0"]);
+    assert_every_node_ready_with_its_hardware(&report, &["bios", "uefi", "secureboot", "pxe-uefi", "http-uefi"]);
+    // How each first asked DHCP: the iPXE ROMs as iPXE, native PXE (Secure
+    // Boot or not) as a PXE client (then shim and GRUB over TFTP), HTTP
+    // Boot as an HTTPClient (a URL, never PXE).
     let clients: Vec<&Value> = report["nodes"].as_array().unwrap().iter().map(|n| &n["dhcp_clients"]).collect();
     let first: Vec<&str> = clients.iter().map(|c| c[0].as_str().unwrap_or("none")).collect();
-    assert_eq!(first, ["ipxe", "ipxe", "pxe", "uefi_http"], "{clients:?}");
-    assert!(!clients[3].as_array().unwrap().iter().any(|c| c == "pxe"), "HTTP Boot never used PXE: {clients:?}");
+    assert_eq!(first, ["ipxe", "ipxe", "pxe", "pxe", "uefi_http"], "{clients:?}");
+    assert!(!clients[4].as_array().unwrap().iter().any(|c| c == "pxe"), "HTTP Boot never used PXE: {clients:?}");
+    assert_secure_boot(&report);
     // Then a BIOS campaign through the simulated BMCs, one node at a
     // time; started with the UPS on battery it was held with no node
     // started, and mains resumed it.
@@ -40,14 +43,14 @@ fn every_firmware_path_network_boots_to_ready_with_its_hardware() {
 }
 
 /// proxyDHCP beside a real DHCP server (dnsmasq on another host of the
-/// bridge, handing out the addresses): all three firmware paths still boot.
+/// bridge, handing out the addresses): BIOS, UEFI and Secure Boot still boot.
 #[test]
 fn proxy_dhcp_beside_dnsmasq_boots_every_firmware() {
     if !lab_tests_enabled("lab_proxy", &["qemu-system-x86_64", "qemu-img", "ip", "dnsmasq"]) {
         return;
     }
     let report = run_lab(&["--nodes", "3", "--firmware", "mixed", "--dhcp", "proxy"]);
-    assert_every_node_ready_with_its_hardware(&report, &["bios", "uefi", "pxe-uefi"]);
+    assert_every_node_ready_with_its_hardware(&report, &["bios", "uefi", "secureboot"]);
     assert!(!std::path::Path::new("/run/netns/slipway-lab-dhcp").exists(), "the DHCP host is gone");
     assert_torn_down();
 }
@@ -61,27 +64,40 @@ fn relayed_rack_boots_every_firmware() {
         return;
     }
     let report = run_lab(&["--nodes", "3", "--firmware", "mixed", "--dhcp", "relay"]);
-    assert_every_node_ready_with_its_hardware(&report, &["bios", "uefi", "pxe-uefi"]);
+    assert_every_node_ready_with_its_hardware(&report, &["bios", "uefi", "secureboot"]);
     assert!(!std::path::Path::new("/run/netns/slipway-lab-relay").exists(), "the relay host is gone");
     assert_torn_down();
 }
 
-/// The deploy path end to end: two BIOS nodes discovered, `lab-tiny`
-/// registered through the API, deployed to both at once, each written and
-/// verified by its agent, rebooted, handed local-disk boot by iPXE, and
-/// running the kernel from its own disk.
+/// The deploy path end to end: a BIOS and a UEFI node discovered,
+/// `lab-tiny` registered through the API, deployed to both at once, each
+/// written and verified by its agent, rebooted, handed local-disk boot by
+/// iPXE, and running the kernel from its own disk; the UEFI node again
+/// after an NVRAM reset; both released.
 #[test]
 fn deploys_lab_tiny_and_each_node_boots_its_disk() {
     if !lab_tests_enabled("lab_deploy", &["qemu-system-x86_64", "qemu-img", "ip", "syslinux", "mcopy", "sfdisk"]) {
         return;
     }
     // One BIOS node and one UEFI node (network first in its boot order):
-    // the same GPT image boots both from their disks.
-    let report = run_lab(&["--nodes", "2", "--firmware", "mixed", "--deploy", "lab-tiny", "--release"]);
+    // the same GPT image boots both from their disks. Then the UEFI node's
+    // NVRAM is reset (its boot entries gone) and it still boots its disk.
+    let report =
+        run_lab(&["--nodes", "2", "--firmware", "mixed", "--deploy", "lab-tiny", "--reset-nvram", "--release"]);
     assert_firmware_modes(&report, &["bios", "uefi"]);
     assert_boot_entries(&report, "Created");
     for node in report["nodes"].as_array().unwrap() {
         let s = &node["seconds"];
+        let after_reset = s["nvram_reset_boot"].as_f64();
+        if node["firmware"] == "bios" {
+            assert_eq!(after_reset, None, "BIOS has no NVRAM boot entries to reset: {s}");
+        } else {
+            let (disk_boot, released) = (s["disk_boot"].as_f64().unwrap(), s["released"].as_f64().unwrap());
+            assert!(
+                after_reset.is_some_and(|t| disk_boot < t && t < released),
+                "booted its disk again after the NVRAM reset, before the release: {s}"
+            );
+        }
         // Released afterwards: Slipway rebooted it into the ramdisk through
         // its BMC, the agent wiped the disk, and it is ready again.
         assert_eq!(node["state"], "ready", "{node}");
@@ -117,11 +133,13 @@ fn three_nodes_form_one_swarm_and_roll_to_a_new_os_release() {
     ) {
         return;
     }
-    // A mixed rack: legacy BIOS, UEFI through the NIC's iPXE ROM, and UEFI's
-    // own PXE (snponly.efi over TFTP first), network first in each.
+    // A mixed rack: legacy BIOS, UEFI through the NIC's iPXE ROM, and UEFI
+    // with Secure Boot enforced (signed shim, GRUB and kernel over TFTP),
+    // network first in each.
     let report =
         run_lab_within(900, &["--nodes", "3", "--firmware", "mixed", "--deploy", "lab-debian", "--os-refresh"]);
     assert_firmware_modes(&report, &["bios", "uefi", "uefi"]);
+    assert_secure_boot(&report);
     // The last write was a reinstall (the refresh or its rollback): the
     // entry the first deploy created is rewritten, not added again.
     assert_boot_entries(&report, "Repaired");
@@ -293,6 +311,25 @@ fn assert_firmware_modes(report: &serde_json::Value, modes: &[&str]) {
             r["status"] == 422 && r["field"] == "image" && detail.contains("bios only") && detail.contains("uefi"),
             "{r}"
         );
+    }
+}
+
+/// The Secure Boot node's agent (and its BMC) report Secure Boot enabled,
+/// every other UEFI node disabled; BIOS nodes have no Secure Boot.
+fn assert_secure_boot(report: &Value) {
+    let nodes = report["nodes"].as_array().unwrap();
+    assert!(nodes.iter().any(|n| n["firmware"] == "secureboot"), "a Secure Boot node is in the lab");
+    for node in nodes {
+        let (name, firmware) = (node["name"].as_str().unwrap(), &node["inventory"]["firmware"]);
+        let wanted = match node["firmware"].as_str().unwrap() {
+            "bios" => serde_json::json!(false),
+            "secureboot" => serde_json::json!(true),
+            _ => serde_json::json!(false),
+        };
+        assert_eq!(firmware["secure_boot"], wanted, "{name}: in-band {firmware}");
+        if firmware["mode"] == "uefi" {
+            assert_eq!(node["bmc"]["secure_boot"], wanted, "{name}: as its BMC reports it");
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod bootable;
 pub mod catalog;
 mod cpio;
 pub mod ramdisk;
+pub mod signed_boot;
 pub mod tools;
 
 pub use ramdisk::{ensure_ramdisk, Ramdisk, RamdiskError, RamdiskInputs};

@@ -78,6 +78,9 @@ pub struct BmcConfig {
     /// The VM runs OVMF (reported as `BootSourceOverrideMode` `UEFI`).
     #[serde(default)]
     pub uefi: bool,
+    /// OVMF with Secure Boot enforced.
+    #[serde(default)]
+    pub secure_boot: bool,
     #[serde(default = "default_version")]
     pub bios_version: String,
     #[serde(default = "default_version")]
@@ -209,7 +212,14 @@ async fn serve_with<B: Backend>(
         let name = config.name.clone();
         let backend = backend_for(&config);
         let credentials = Credentials { username: config.username.clone(), password: config.password.clone() };
-        let state = SimState::new(&config.name, &config.smbios.uuid, credentials, config.uefi, backend.clone());
+        let state = SimState::with_secure_boot(
+            &config.name,
+            &config.smbios.uuid,
+            credentials,
+            config.uefi,
+            config.secure_boot,
+            backend.clone(),
+        );
         tracing::info!(bmc = %name, listen = %config.listen, qmp = %config.qmp.display(), "simulated BMC serving");
         let mut stop = stop_rx.clone();
         // Guest reboots are seen through QMP events; poll so a one-time
@@ -284,10 +294,11 @@ mod tests {
             "username": "admin", "password": "pw",
             "smbios": {"serial": "LAB-0002", "uuid": "5f1a0000-0000-4000-8000-000000000002",
                        "manufacturer": "Slipway Lab", "product": "QEMU Lab Node"},
-            "mac": "52:54:00:5e:00:02", "disk_serial": "DISK-LAB-0002", "default_boot": "pxe", "uefi": true}"#;
+            "mac": "52:54:00:5e:00:02", "disk_serial": "DISK-LAB-0002", "default_boot": "pxe", "uefi": true,
+            "secure_boot": true}"#;
         let config: BmcConfig = serde_json::from_str(lab).unwrap();
         assert_eq!(
-            (config.default_boot, config.uefi, config.smbios.serial.as_str()),
+            (config.default_boot, config.uefi && config.secure_boot, config.smbios.serial.as_str()),
             (BootTarget::Pxe, true, "LAB-0002")
         );
     }

@@ -22,6 +22,7 @@ pub mod openapi;
 mod tokens;
 mod ups;
 
+pub use boot::GrubScripts;
 pub use metrics::handle as metrics_handle;
 pub use ups::enrol_configured as enrol_configured_ups;
 

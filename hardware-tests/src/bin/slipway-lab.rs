@@ -70,6 +70,12 @@ enum LabCmd {
         /// wait until each is ready again.
         #[arg(long, requires = "deploy")]
         release: bool,
+        /// After --deploy, reset each UEFI node's variable store to the
+        /// firmware's defaults (no boot entries: an NVRAM reset) with the
+        /// VM off, power it on through its BMC and wait until its disk
+        /// boots again.
+        #[arg(long, requires = "deploy")]
+        reset_nvram: bool,
         /// Once ready, roll this BIOS version across the rack with a
         /// firmware campaign through the BMCs (the UPS goes to battery and
         /// back mid-way: the campaign holds, then resumes).
@@ -167,11 +173,14 @@ enum FirmwareArg {
     Bios,
     /// OVMF with QEMU's iPXE UEFI driver.
     Uefi,
-    /// OVMF's own PXE (no iPXE ROM): TFTP snponly.efi first, as real UEFI hardware.
+    /// OVMF's own PXE (no iPXE ROM), as real UEFI hardware: the signed shim and GRUB over TFTP.
     PxeUefi,
     /// OVMF's UEFI HTTP Boot with PXE off: a URL from DHCP, no TFTP at all.
     HttpUefi,
-    /// Cycling bios, uefi, pxe-uefi, http-uefi.
+    /// OVMF with Secure Boot enforced (Microsoft's keys) and its own PXE:
+    /// the signed shim, GRUB and kernel over TFTP.
+    Secureboot,
+    /// Cycling bios, uefi, secureboot, pxe-uefi, http-uefi.
     Mixed,
 }
 
@@ -212,6 +221,7 @@ fn main() -> anyhow::Result<()> {
                     cache_dir,
                     deploy,
                     release,
+                    reset_nvram,
                     firmware_campaign,
                     os_refresh,
                 },
@@ -228,6 +238,7 @@ fn main() -> anyhow::Result<()> {
                     FirmwareArg::Uefi => FirmwareChoice::Uefi,
                     FirmwareArg::PxeUefi => FirmwareChoice::PxeUefi,
                     FirmwareArg::HttpUefi => FirmwareChoice::HttpUefi,
+                    FirmwareArg::Secureboot => FirmwareChoice::SecureBoot,
                     FirmwareArg::Mixed => FirmwareChoice::Mixed,
                 },
                 report,
@@ -242,6 +253,7 @@ fn main() -> anyhow::Result<()> {
                 cache_dir,
                 deploy,
                 release,
+                reset_nvram,
                 firmware_campaign,
                 os_refresh,
             };

@@ -46,10 +46,14 @@ pub enum FirmwareChoice {
     Uefi,
     PxeUefi,
     HttpUefi,
-    /// Cycling BIOS, UEFI, UEFI native PXE, UEFI HTTP Boot (two nodes: one
-    /// BIOS, one UEFI).
+    SecureBoot,
+    /// Cycling BIOS, UEFI, Secure Boot, UEFI native PXE, UEFI HTTP Boot
+    /// (three nodes: the rack the issue asks for).
     Mixed,
 }
+
+const MIXED: [Firmware; 5] =
+    [Firmware::Bios, Firmware::Uefi, Firmware::SecureBoot, Firmware::PxeUefi, Firmware::HttpUefi];
 
 impl FirmwareChoice {
     fn for_node(self, index: usize) -> Firmware {
@@ -58,7 +62,8 @@ impl FirmwareChoice {
             FirmwareChoice::Uefi => Firmware::Uefi,
             FirmwareChoice::PxeUefi => Firmware::PxeUefi,
             FirmwareChoice::HttpUefi => Firmware::HttpUefi,
-            FirmwareChoice::Mixed => [Firmware::Bios, Firmware::Uefi, Firmware::PxeUefi, Firmware::HttpUefi][index % 4],
+            FirmwareChoice::SecureBoot => Firmware::SecureBoot,
+            FirmwareChoice::Mixed => MIXED[index % MIXED.len()],
         }
     }
 }
@@ -95,6 +100,9 @@ pub struct LabOptions {
     /// After the deploy, release every node (Slipway reboots it into the
     /// ramdisk through its BMC to wipe it) and wait until it is `ready`.
     pub release: bool,
+    /// After the deploy, reset each UEFI node's NVRAM (boot entries gone)
+    /// with the VM off, power it on and wait for its disk to boot again.
+    pub reset_nvram: bool,
     /// Once ready, roll this BIOS version across the rack with a firmware
     /// campaign (one node at a time), switching the UPS to battery and back
     /// mid-way.
@@ -243,13 +251,14 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         children: &mut lab.children,
         interrupted: &interrupted,
         started,
+        accel,
     };
     let mut outcome = watch.until_all("ready", opts.timeout);
-    let mut disk_boot_ms = vec![None; nodes.len()];
+    let mut disk_boots = report::DiskBoots::new(nodes.len());
     let mut refused_deploys = vec![];
     if let (Ok(()), Some(image)) = (&outcome, deploy_image) {
         outcome = refuse_bios_only_on_uefi(&mut watch, &mut refused_deploys)
-            .and_then(|()| deploy_all(&mut watch, image, opts, &mut disk_boot_ms));
+            .and_then(|()| deploy_all(&mut watch, image, opts, &mut disk_boots));
     }
     if outcome.is_ok() && opts.release {
         outcome = release_all(&mut watch, opts.timeout);
@@ -265,7 +274,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     if let (Ok(()), Some(images)) = (&outcome, &refresh_images) {
         outcome = refresh::run(&mut watch, images, opts, &mut refreshes);
     }
-    let mut report = report::build(&client, API, &token, &nodes, accel, &ramdisk, &disk_boot_ms)?;
+    let mut report = report::build(&client, API, &token, &nodes, accel, &ramdisk, &disk_boots)?;
     report.appliance_peak_rss_kib = lab.children.peak_appliance_rss_kib;
     report.refused_deploys = refused_deploys;
     report.campaign = campaign;
@@ -425,6 +434,7 @@ struct Watch<'a> {
     children: &'a mut Children,
     interrupted: &'a AtomicBool,
     started: Instant,
+    accel: Accel,
 }
 
 impl Watch<'_> {
@@ -672,11 +682,74 @@ fn refuse_bios_only_on_uefi(watch: &mut Watch, refused: &mut Vec<Value>) -> anyh
 
 /// Registers the image, deploys it to every node, waits until each is
 /// `deployed` and (for lab-tiny) has booted its disk.
+/// Waits until each node in `which` shows `wanted` on its console,
+/// noting when in `boot_ms`.
+fn wait_for_disk_boots(
+    watch: &mut Watch,
+    which: &[usize],
+    wanted: &dyn Fn(&qemu::NodeSpec) -> String,
+    timeout: Duration,
+    boot_ms: &mut [Option<i64>],
+    note: &str,
+) -> anyhow::Result<()> {
+    let began = Instant::now();
+    while which.iter().any(|&i| boot_ms[i].is_none()) {
+        watch.check()?;
+        for &i in which {
+            let spec = &watch.nodes[i].0;
+            let log = std::fs::read(spec.serial_log()).unwrap_or_default();
+            if boot_ms[i].is_none() && String::from_utf8_lossy(&log).contains(&wanted(spec)) {
+                boot_ms[i] = Some(now_ms());
+                progress_at(watch.started, &format!("{}: {note}", spec.name));
+            }
+        }
+        if began.elapsed() > timeout {
+            bail!("not every node {note} within {} s (serial logs in {WORK_DIR})", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
+
+/// What an operator's "reset BIOS settings" or a flat CMOS battery does to
+/// UEFI boot entries: each node's VM is stopped (the power cut), its
+/// variable store replaced by the firmware's defaults, and it is started
+/// off and powered on through Slipway and its BMC, network first as
+/// before. Only the image's removable-media path can boot it now.
+fn reset_nvram(watch: &mut Watch, which: &[usize]) -> anyhow::Result<()> {
+    let machines = watch.api("/api/v1/machines")?;
+    for &i in which {
+        let spec = &watch.nodes[i].0;
+        watch.children.stop_vm(&spec.name);
+        spec.reset_vars()?;
+        watch.children.spawn_vm(spec, watch.accel)?;
+        let id = report::machine_for(&machines, &spec.mac).and_then(|m| m["id"].as_str()).context("a node vanished")?;
+        // The BMC's QMP connection went with the old VM: its first try may
+        // fail while it reconnects.
+        let power_on = |_| watch.post(&format!("/api/v1/machines/{id}/power"), &serde_json::json!({ "action": "on" }));
+        retry(3, Duration::from_secs(2), power_on)?;
+        progress_at(watch.started, &format!("{}: NVRAM reset to the firmware's defaults, powered on", spec.name));
+    }
+    Ok(())
+}
+
+/// `f` until it succeeds, at most `tries` times, `pause` apart.
+fn retry<T>(tries: u32, pause: Duration, mut f: impl FnMut(u32) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let mut attempt = 1;
+    loop {
+        match f(attempt) {
+            Err(_) if attempt < tries => std::thread::sleep(pause),
+            result => return result,
+        }
+        attempt += 1;
+    }
+}
+
 fn deploy_all(
     watch: &mut Watch,
     image: DeployImage,
     opts: &LabOptions,
-    disk_boot_ms: &mut [Option<i64>],
+    disk_boots: &mut report::DiskBoots,
 ) -> anyhow::Result<()> {
     let DeployImage { name, path, format, marker, marker_has_hostname, cluster } = image;
     register_image(watch, &name, "1", format, &path)?;
@@ -697,25 +770,21 @@ fn deploy_all(
     let Some(marker) = marker else {
         return Ok(());
     };
-    let began = Instant::now();
-    while disk_boot_ms.iter().any(Option::is_none) {
-        watch.check()?;
-        for (i, (spec, _)) in watch.nodes.iter().enumerate() {
-            let log = std::fs::read(spec.serial_log()).unwrap_or_default();
-            // Deployed with hostname = the node's name.
-            let wanted = if marker_has_hostname { format!("{marker} {} ", spec.name) } else { marker.to_string() };
-            if disk_boot_ms[i].is_none() && String::from_utf8_lossy(&log).contains(&wanted) {
-                disk_boot_ms[i] = Some(now_ms());
-                progress_at(watch.started, &format!("{}: booted {name} from its disk", spec.name));
-            }
+    let wanted = |spec: &qemu::NodeSpec| {
+        if marker_has_hostname {
+            format!("{marker} {} ", spec.name)
+        } else {
+            marker.to_string()
         }
-        if began.elapsed() > opts.timeout {
-            bail!(
-                "not every node booted from its disk within {} s (serial logs in {WORK_DIR})",
-                opts.timeout.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
+    };
+    let all: Vec<usize> = (0..watch.nodes.len()).collect();
+    let note = format!("booted {name} from its disk");
+    wait_for_disk_boots(watch, &all, &wanted, opts.timeout, &mut disk_boots.first, &note)?;
+    if opts.reset_nvram {
+        let uefi: Vec<usize> = all.into_iter().filter(|&i| watch.nodes[i].0.firmware.is_uefi()).collect();
+        reset_nvram(watch, &uefi)?;
+        let note = format!("booted {name} from its disk after the NVRAM reset");
+        wait_for_disk_boots(watch, &uefi, &wanted, opts.timeout, &mut disk_boots.after_nvram_reset, &note)?;
     }
     if cluster.is_some() {
         watch.until_all("joined", opts.timeout)?;

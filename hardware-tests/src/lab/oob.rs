@@ -132,6 +132,9 @@ pub fn disagreements(in_band: &Value, bmc: &Value) -> Vec<String> {
     same("disk serial", &in_band["disks"][0]["serial"], &oob["drives"][0]["serial"]);
     same("disk bytes", &in_band["disks"][0]["size_bytes"], &oob["drives"][0]["size_bytes"]);
     same("firmware mode", &in_band["firmware"]["mode"], &oob["system"]["firmware_mode"]);
+    if in_band["firmware"]["mode"] == "uefi" {
+        same("secure boot", &in_band["firmware"]["secure_boot"], &oob["system"]["secure_boot"]);
+    }
     let threads: u64 = oob["processors"].as_array().into_iter().flatten().filter_map(|p| p["threads"].as_u64()).sum();
     same("cpus", &in_band["cpu"]["count"], &json!(threads));
     // The kernel sees a little less memory than is installed (MemTotal).

@@ -122,6 +122,15 @@ impl Children {
         self.spawn(&spec.name, cmd, &spec.dir.join(format!("{}.qemu.log", spec.name)))
     }
 
+    /// Ends the VM `name` at once (SIGKILL: a power cut) and forgets it.
+    pub fn stop_vm(&mut self, name: &str) {
+        if let Some(at) = self.procs.iter().position(|p| p.name == name) {
+            let mut p = self.procs.remove(at);
+            let _ = killpg(Pid::from_raw(p.child.id() as i32), Signal::SIGKILL);
+            let _ = p.child.wait();
+        }
+    }
+
     /// Resident memory of the appliance process, from /proc.
     fn appliance_rss_kib(&self) -> Option<u64> {
         let p = self.procs.iter().find(|p| p.name == "appliance")?;
@@ -192,6 +201,7 @@ pub struct VbmcEntry {
     /// `pxe` or `disk`: what boots first without an override.
     pub default_boot: &'static str,
     pub uefi: bool,
+    pub secure_boot: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -221,6 +231,7 @@ impl VbmcEntry {
             disk_serial: spec.disk_serial(),
             default_boot: "pxe",
             uefi: spec.firmware.is_uefi(),
+            secure_boot: spec.firmware == crate::lab::qemu::Firmware::SecureBoot,
         }
     }
 }
@@ -281,6 +292,7 @@ mod tests {
             "smbios": { "serial": "LAB-0002", "uuid": "5f1a0000-0000-4000-8000-000000000002",
                         "manufacturer": "Slipway Lab", "product": "QEMU Lab Node" },
             "mac": "52:54:00:5e:00:02", "disk_serial": "DISK-LAB-0002", "default_boot": "pxe", "uefi": true,
+            "secure_boot": false,
         });
         assert_eq!(json, expected);
     }

@@ -7,6 +7,10 @@ use anyhow::{bail, Context};
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Debian's Secure Boot build (needs SMM) and a variable store with
+/// Microsoft's keys enrolled and Secure Boot on, as servers ship.
+const OVMF_SECBOOT_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+const OVMF_MS_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Firmware {
@@ -20,6 +24,9 @@ pub enum Firmware {
     /// OVMF's UEFI HTTP Boot with PXE switched off: DHCP (vendor class
     /// `HTTPClient`) hands it a URL, and no TFTP is used at all.
     HttpUefi,
+    /// OVMF with Secure Boot enforced and its own PXE (QEMU's iPXE ROM is
+    /// unsigned): only the signed shim, GRUB and kernel chain boots.
+    SecureBoot,
 }
 
 impl Firmware {
@@ -29,11 +36,21 @@ impl Firmware {
             Firmware::Uefi => "uefi",
             Firmware::PxeUefi => "pxe-uefi",
             Firmware::HttpUefi => "http-uefi",
+            Firmware::SecureBoot => "secureboot",
         }
     }
 
     pub fn is_uefi(self) -> bool {
-        matches!(self, Firmware::Uefi | Firmware::PxeUefi | Firmware::HttpUefi)
+        matches!(self, Firmware::Uefi | Firmware::PxeUefi | Firmware::HttpUefi | Firmware::SecureBoot)
+    }
+
+    /// The firmware code and the variable store each VM gets a copy of.
+    fn ovmf(self) -> (&'static str, &'static str) {
+        if self == Firmware::SecureBoot {
+            (OVMF_SECBOOT_CODE, OVMF_MS_VARS)
+        } else {
+            (OVMF_CODE, OVMF_VARS)
+        }
     }
 }
 
@@ -83,7 +100,7 @@ pub fn check_prerequisites(_nodes: usize, uefi: bool) -> anyhow::Result<()> {
             bail!("{tool} is not installed (apt-get install qemu-system-x86 qemu-utils iproute2 ipxe-qemu)");
         }
     }
-    if uefi && !(Path::new(OVMF_CODE).exists() && Path::new(OVMF_VARS).exists()) {
+    if uefi && ![OVMF_CODE, OVMF_VARS, OVMF_SECBOOT_CODE, OVMF_MS_VARS].iter().all(|f| Path::new(f).exists()) {
         bail!("UEFI nodes need OVMF (apt-get install ovmf)");
     }
     Ok(())
@@ -154,15 +171,22 @@ impl NodeSpec {
             bail!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr));
         }
         if self.firmware.is_uefi() {
-            std::fs::copy(OVMF_VARS, self.vars()).context("copying the OVMF variable store")?;
+            self.reset_vars()?;
         }
+        Ok(())
+    }
+
+    /// Replaces the VM's variable store with the firmware's defaults, as
+    /// shipped: no boot entries (the VM must be off).
+    pub fn reset_vars(&self) -> anyhow::Result<()> {
+        std::fs::copy(self.firmware.ovmf().1, self.vars()).context("resetting the OVMF variable store")?;
         Ok(())
     }
 
     /// An empty `romfile` removes QEMU's iPXE option ROM from the NIC.
     fn nic_rom(&self) -> &'static str {
         match self.firmware {
-            Firmware::PxeUefi | Firmware::HttpUefi => ",romfile=",
+            Firmware::PxeUefi | Firmware::HttpUefi | Firmware::SecureBoot => ",romfile=",
             _ => "",
         }
     }
@@ -205,7 +229,8 @@ impl NodeSpec {
             "-name".into(),
             self.name.clone(),
             "-machine".into(),
-            "q35".into(),
+            // Secure Boot's variable store is only safe with SMM.
+            if self.firmware == Firmware::SecureBoot { "q35,smm=on" } else { "q35" }.into(),
             "-accel".into(),
             accel.name().into(),
             "-m".into(),
@@ -247,7 +272,7 @@ impl NodeSpec {
         if self.firmware.is_uefi() {
             a.extend([
                 "-drive".into(),
-                format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                format!("if=pflash,format=raw,unit=0,readonly=on,file={}", self.firmware.ovmf().0),
                 "-drive".into(),
                 format!("if=pflash,format=raw,unit=1,file={}", self.vars().display()),
                 // Network boot over IPv4 only, as racks are usually set up:
@@ -259,6 +284,9 @@ impl NodeSpec {
         }
         if self.firmware == Firmware::HttpUefi {
             a.extend(["-fw_cfg".into(), "name=opt/org.tianocore/IPv4PXESupport,string=no".into()]);
+        }
+        if self.firmware == Firmware::SecureBoot {
+            a.extend(["-global".into(), "driver=cfi.pflash01,property=secure,value=on".into()]);
         }
         a
     }
@@ -281,6 +309,9 @@ mod tests {
         let native = NodeSpec::lab_node(2, Firmware::PxeUefi, 512, Path::new("/lab")).args(Accel::Tcg).join(" ");
         assert!(native.contains("bootindex=1,romfile= ") && native.contains("pflash"), "{native}");
         assert!(!native.contains("IPv4PXESupport"), "{native}");
+        let secure = NodeSpec::lab_node(4, Firmware::SecureBoot, 512, Path::new("/lab")).args(Accel::Tcg).join(" ");
+        assert!(secure.contains("q35,smm=on") && secure.contains("OVMF_CODE_4M.secboot.fd"), "{secure}");
+        assert!(secure.contains("driver=cfi.pflash01,property=secure,value=on") && secure.contains("romfile= "));
         let http = NodeSpec::lab_node(3, Firmware::HttpUefi, 512, Path::new("/lab")).args(Accel::Tcg).join(" ");
         assert!(
             http.contains("romfile= ") && http.contains("name=opt/org.tianocore/IPv4PXESupport,string=no"),

@@ -76,6 +76,8 @@ pub struct BmcFacts {
     pub power_state: Value,
     pub status: Value,
     pub bios_version: Value,
+    /// Redfish `SecureBoot` as the BMC reports it (null without UEFI).
+    pub secure_boot: Value,
     pub disagreements: Vec<String>,
 }
 
@@ -98,6 +100,8 @@ pub struct Seconds {
     pub image_written: Option<f64>,
     /// The node's kernel started from its own disk.
     pub disk_boot: Option<f64>,
+    /// Its disk booted again after its NVRAM was reset (`--reset-nvram`).
+    pub nvram_reset_boot: Option<f64>,
     /// The node agent on the deployed OS first reported.
     pub agent_started: Option<f64>,
     /// The node agent reported cluster membership (`joined`).
@@ -118,6 +122,19 @@ fn first(events: &[Value], start_ms: i64, pred: impl Fn(&Value) -> bool) -> Opti
     events.iter().find(|e| pred(e)).and_then(|e| e["at_ms"].as_i64()).map(|at| (at - start_ms) as f64 / 1000.0)
 }
 
+/// When each node's console showed its deployed OS (unix ms), per node.
+pub struct DiskBoots {
+    pub first: Vec<Option<i64>>,
+    /// Again, after its NVRAM was reset (UEFI nodes, `--reset-nvram`).
+    pub after_nvram_reset: Vec<Option<i64>>,
+}
+
+impl DiskBoots {
+    pub fn new(nodes: usize) -> DiskBoots {
+        DiskBoots { first: vec![None; nodes], after_nvram_reset: vec![None; nodes] }
+    }
+}
+
 pub fn build(
     client: &ureq::Agent,
     api: &str,
@@ -125,8 +142,9 @@ pub fn build(
     nodes: &[(NodeSpec, i64)],
     accel: Accel,
     ramdisk: &images::Ramdisk,
-    disk_boot_ms: &[Option<i64>],
+    disk_boots: &DiskBoots,
 ) -> anyhow::Result<LabReport> {
+    let (disk_boot_ms, nvram_reset_boot_ms) = (&disk_boots.first, &disk_boots.after_nvram_reset);
     let auth = format!("Bearer {token}");
     let machines: Value =
         client.get(&format!("{api}/api/v1/machines")).set("Authorization", &auth).call()?.into_json()?;
@@ -158,6 +176,7 @@ pub fn build(
             power_state: b["power_state"].clone(),
             status: b["status"].clone(),
             bios_version: b["inventory"]["system"]["bios_version"].clone(),
+            secure_boot: b["inventory"]["system"]["secure_boot"].clone(),
             disagreements: if inventory.is_null() { vec![] } else { super::oob::disagreements(&inventory, &b) },
         });
         out.push(NodeReport {
@@ -203,6 +222,11 @@ pub fn build(
                     e["kind"] == "state.changed" && e["detail"]["to"] == "deployed"
                 }),
                 disk_boot: disk_boot_ms.get(i).copied().flatten().map(|at| (at - start_ms) as f64 / 1000.0),
+                nvram_reset_boot: nvram_reset_boot_ms
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map(|at| (at - start_ms) as f64 / 1000.0),
                 agent_started: first(&events, *start_ms, |e| e["kind"] == "node.agent_started"),
                 joined: first(&events, *start_ms, |e| e["kind"] == "state.changed" && e["detail"]["to"] == "joined"),
                 released: first(&events, *start_ms, |e| {
@@ -411,6 +435,7 @@ mod tests {
                     ready: None,
                     image_written: None,
                     disk_boot: None,
+                    nvram_reset_boot: None,
                     agent_started: None,
                     joined: None,
                     released: None,

@@ -57,6 +57,7 @@ impl DhcpConfig {
                 http_base: "http://10.77.0.1:8081".into(),
                 bios_file: "undionly.kpxe".into(),
                 uefi_file: "snponly.efi".into(),
+                uefi_signed: false,
                 arm64_file: String::new(),
             },
             mode: DhcpMode::Authoritative,

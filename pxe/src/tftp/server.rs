@@ -1,15 +1,23 @@
 //! The TFTP server: the only TFTP code that touches sockets or files.
 //!
-//! Read-only. Each transfer gets its own socket bound to the address the
+//! Read-only. Names are looked up in the generated files first (a
+//! backend's per-machine scripts), then in the mounted directories in
+//! order, each under its own prefix. A file's bytes are read once and
+//! shared by every transfer of it until it changes on disk, so a hundred
+//! machines fetching the same kernel hold one copy. Each transfer gets its own socket bound to the address the
 //! request came to (the server socket is bound to one address, so replies
 //! always leave from it), connected to the client's port, and its own task
 //! driving a [`Session`]. A client that vanishes costs one task until its
 //! retries run out.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
@@ -33,39 +41,78 @@ pub struct TftpStats {
 }
 
 pub struct TftpServer {
-    root: PathBuf,
+    /// `(prefix, directory)`: `slipway/x` is `x` in the directory mounted
+    /// at `slipway`; the prefix `""` is the root.
+    mounts: Vec<(String, PathBuf)>,
+    generated: Option<Arc<dyn GeneratedFiles>>,
+    cache: Mutex<HashMap<PathBuf, CachedFile>>,
     limits: SessionOptions,
     pub stats: TftpStats,
+}
+
+struct CachedFile {
+    modified: SystemTime,
+    bytes: Arc<[u8]>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
     NotFound,
     Access(&'static str),
+    /// The generator could not answer now (its database is away).
+    Unavailable(&'static str),
+}
+
+pub type Generated<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, Refusal>> + Send + 'a>>;
+
+/// Files made up per request by whoever knows the machines.
+pub trait GeneratedFiles: Send + Sync + 'static {
+    /// The content of `name` for the client at `peer`, or `None` when
+    /// `name` is not one of this generator's (then the mounts are tried).
+    fn generate<'a>(&'a self, name: &'a str, peer: SocketAddr) -> Option<Generated<'a>>;
 }
 
 impl TftpServer {
-    /// `root` is canonicalized once; every request must resolve inside it.
+    /// Serves `root` only. It is canonicalized once; every request must
+    /// resolve inside it.
     pub fn new(root: &Path, limits: SessionOptions) -> std::io::Result<Arc<TftpServer>> {
-        Ok(Arc::new(TftpServer { root: root.canonicalize()?, limits, stats: TftpStats::default() }))
+        TftpServer::with_mounts(&[("", root)], None, limits)
     }
 
-    /// Maps a requested name to a file inside the root: no `..`, leading
+    /// Serves each directory under its prefix (one path component, or
+    /// `""` for the root), and the generated files before any of them.
+    pub fn with_mounts(
+        mounts: &[(&str, &Path)],
+        generated: Option<Arc<dyn GeneratedFiles>>,
+        limits: SessionOptions,
+    ) -> std::io::Result<Arc<TftpServer>> {
+        let mounts = mounts
+            .iter()
+            .map(|(prefix, dir)| Ok((prefix.to_string(), dir.canonicalize()?)))
+            .collect::<std::io::Result<_>>()?;
+        Ok(Arc::new(TftpServer { mounts, generated, cache: Mutex::default(), limits, stats: TftpStats::default() }))
+    }
+
+    /// Maps a requested name to a file inside a mount: no `..`, leading
     /// slashes are taken as relative to the root (PXE ROMs send both forms),
-    /// and symlinks may not lead outside it.
+    /// and symlinks may not lead outside the mount.
     pub fn resolve(&self, name: &str) -> Result<PathBuf, Refusal> {
         let relative = Path::new(name.trim_start_matches('/'));
         if name.contains('\0') || relative.components().any(|c| !matches!(c, Component::Normal(_))) {
             return Err(Refusal::Access("path leaves the TFTP root"));
         }
-        let path = self.root.join(relative).canonicalize().map_err(|_| Refusal::NotFound)?;
-        if !path.starts_with(&self.root) {
-            return Err(Refusal::Access("path leaves the TFTP root"));
+        for (prefix, dir) in &self.mounts {
+            let inside = if prefix.is_empty() { Some(relative) } else { relative.strip_prefix(prefix).ok() };
+            let Some(inside) = inside.filter(|p| !p.as_os_str().is_empty()) else { continue };
+            let Ok(path) = dir.join(inside).canonicalize() else { continue };
+            if !path.starts_with(dir) {
+                return Err(Refusal::Access("path leaves the TFTP root"));
+            }
+            if path.is_file() {
+                return Ok(path);
+            }
         }
-        if !path.is_file() {
-            return Err(Refusal::NotFound);
-        }
-        Ok(path)
+        Err(Refusal::NotFound)
     }
 
     pub async fn run(self: Arc<Self>, socket: UdpSocket) -> std::io::Result<()> {
@@ -107,7 +154,7 @@ impl TftpServer {
         if socket.connect(peer).await.is_err() {
             return;
         }
-        let data = match self.load(&req.filename).await {
+        let data = match self.load(&req.filename, peer).await {
             Ok(data) => data,
             Err((code, why)) => return self.refuse(&socket, peer, &req.filename, code, why).await,
         };
@@ -159,16 +206,35 @@ impl TftpServer {
         }
     }
 
-    async fn load(&self, name: &str) -> Result<Arc<[u8]>, (u16, &'static str)> {
-        let path = self.resolve(name).map_err(|r| match r {
+    async fn load(&self, name: &str, peer: SocketAddr) -> Result<Arc<[u8]>, (u16, &'static str)> {
+        let refused = |r| match r {
             Refusal::NotFound => (ERR_NOT_FOUND, "file not found"),
             Refusal::Access(why) => (ERR_ACCESS, why),
-        })?;
-        let meta = tokio::fs::metadata(&path).await.map_err(|_| (ERR_NOT_FOUND, "file not found"))?;
+            Refusal::Unavailable(why) => (ERR_NOT_DEFINED, why),
+        };
+        if let Some(generating) = self.generated.as_ref().and_then(|g| g.generate(name, peer)) {
+            return generating.await.map(Arc::from).map_err(refused);
+        }
+        let path = self.resolve(name).map_err(refused)?;
+        let not_found = |_| (ERR_NOT_FOUND, "file not found");
+        let meta = tokio::fs::metadata(&path).await.map_err(not_found)?;
         if meta.len() > MAX_FILE_BYTES {
             return Err((ERR_NOT_DEFINED, "file too large for TFTP; use HTTP"));
         }
-        tokio::fs::read(&path).await.map(Arc::from).map_err(|_| (ERR_NOT_FOUND, "file not found"))
+        let modified = meta.modified().map_err(not_found)?;
+        let cached = |cache: &HashMap<PathBuf, CachedFile>| {
+            cache
+                .get(&path)
+                .filter(|f| f.modified == modified && f.bytes.len() as u64 == meta.len())
+                .map(|f| f.bytes.clone())
+        };
+        if let Some(bytes) = cached(&self.cache.lock().expect("cache lock")) {
+            return Ok(bytes);
+        }
+        let bytes: Arc<[u8]> = tokio::fs::read(&path).await.map(Arc::from).map_err(not_found)?;
+        // Bounded by the mounts' contents, which the operator chose.
+        self.cache.lock().expect("cache lock").insert(path, CachedFile { modified, bytes: bytes.clone() });
+        Ok(bytes)
     }
 }
 
@@ -199,5 +265,51 @@ mod tests {
         assert_eq!(s.resolve("escape"), Err(Refusal::Access("path leaves the TFTP root")), "symlink out of the root");
         assert_eq!(s.resolve("efi"), Err(Refusal::NotFound), "directories are not served");
         assert_eq!(s.resolve("missing"), Err(Refusal::NotFound));
+    }
+
+    struct Scripts;
+    impl GeneratedFiles for Scripts {
+        fn generate<'a>(&'a self, name: &'a str, _peer: SocketAddr) -> Option<Generated<'a>> {
+            let name = name.strip_prefix("gen/")?.to_string();
+            Some(Box::pin(async move {
+                if name == "down" {
+                    Err(Refusal::Unavailable("database unavailable"))
+                } else {
+                    Ok(name.into_bytes())
+                }
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn mounts_and_generated_files_each_answer_their_own_names() {
+        let (dir, _) = server_with_files();
+        let signed = dir.path().join("signed");
+        std::fs::create_dir(&signed).unwrap();
+        std::fs::write(signed.join("shimx64.efi"), b"shim").unwrap();
+        let root = dir.path().join("root");
+        let mounts: &[(&str, &Path)] = &[("", &root), ("slipway", &signed), ("slipway", &root.join("efi"))];
+        let s = TftpServer::with_mounts(mounts, Some(Arc::new(Scripts)), SessionOptions::default()).unwrap();
+        let peer = SocketAddr::from(([10, 77, 0, 100], 1024));
+        let load = |name: &'static str| {
+            let s = s.clone();
+            async move { s.load(name, peer).await.map(|b| String::from_utf8_lossy(&b).into_owned()) }
+        };
+        assert_eq!(load("undionly.kpxe").await.unwrap(), "ipxe");
+        assert_eq!(load("slipway/shimx64.efi").await.unwrap(), "shim");
+        assert_eq!(load("/slipway/snponly.efi").await.unwrap(), "efi", "the second mount under one prefix");
+        assert_eq!(load("gen/52:54:00:00:00:01.cfg").await.unwrap(), "52:54:00:00:00:01.cfg");
+        assert_eq!(load("gen/down").await, Err((ERR_NOT_DEFINED, "database unavailable")));
+        assert_eq!(load("slipway/../escape").await, Err((ERR_ACCESS, "path leaves the TFTP root")));
+        assert_eq!(load("slipway").await, Err((ERR_NOT_FOUND, "file not found")), "a mount is not a file");
+
+        // One copy of a file for every transfer, re-read once it changes.
+        let (first, again) =
+            (s.load("undionly.kpxe", peer).await.unwrap(), s.load("undionly.kpxe", peer).await.unwrap());
+        assert!(Arc::ptr_eq(&first, &again));
+        std::fs::write(root.join("undionly.kpxe"), b"ipxe, rebuilt").unwrap();
+        let file = std::fs::File::options().write(true).open(root.join("undionly.kpxe")).unwrap();
+        file.set_modified(SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(load("undionly.kpxe").await.unwrap(), "ipxe, rebuilt");
     }
 }

@@ -35,6 +35,8 @@ pub struct SimState<B> {
     /// when the VM cannot be reached.
     uuid: String,
     uefi: bool,
+    /// Secure Boot enforced (UEFI only), as the `SecureBoot` resource shows.
+    secure_boot: bool,
     backend: Arc<B>,
     auth: Auth,
     tasks: Tasks,
@@ -42,10 +44,22 @@ pub struct SimState<B> {
 
 impl<B: Backend> SimState<B> {
     pub fn new(name: &str, uuid: &str, credentials: Credentials, uefi: bool, backend: Arc<B>) -> Arc<SimState<B>> {
+        SimState::with_secure_boot(name, uuid, credentials, uefi, false, backend)
+    }
+
+    pub fn with_secure_boot(
+        name: &str,
+        uuid: &str,
+        credentials: Credentials,
+        uefi: bool,
+        secure_boot: bool,
+        backend: Arc<B>,
+    ) -> Arc<SimState<B>> {
         Arc::new(SimState {
             name: name.into(),
             uuid: uuid.into(),
             uefi,
+            secure_boot: uefi && secure_boot,
             backend,
             auth: Auth::new(credentials),
             tasks: Tasks::default(),
@@ -262,7 +276,7 @@ async fn secure_boot<B: Backend>(State(s): St<B>) -> Answer {
     if !s.uefi {
         return Err(RfError::NotFound("/redfish/v1/Systems/1/SecureBoot".into()));
     }
-    Ok(Json(res::secure_boot()))
+    Ok(Json(res::secure_boot(s.secure_boot)))
 }
 
 async fn processor<B: Backend>(State(s): St<B>) -> Answer {

@@ -106,15 +106,15 @@ fn boot_mode(uefi: bool) -> &'static str {
     }
 }
 
-/// UEFI machines only; the lab's OVMF has Secure Boot off.
-pub fn secure_boot() -> Value {
+/// UEFI machines only: on for the lab's Secure Boot OVMF, off for the rest.
+pub fn secure_boot(enabled: bool) -> Value {
     merge(
         odata(&format!("{SYSTEM}/SecureBoot"), "#SecureBoot.v1_1_0.SecureBoot"),
         json!({
             "Id": "SecureBoot",
             "Name": "UEFI Secure Boot",
-            "SecureBootEnable": false,
-            "SecureBootCurrentBoot": "Disabled",
+            "SecureBootEnable": enabled,
+            "SecureBootCurrentBoot": if enabled { "Enabled" } else { "Disabled" },
             "SecureBootMode": "UserMode",
         }),
     )
