@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start, part one: build Slipway and run its main job end to end in
-# the lab: three VMs (BIOS, UEFI, UEFI native PXE) network-boot through Slipway, are inventoried, get
+# the lab: three VMs (BIOS, UEFI, Secure Boot) network-boot through Slipway, are inventoried, get
 # Debian written to their disks, boot it, and form one Docker Swarm.
 # Extra arguments go to `slipway lab up` (e.g. --nodes 4 --keep).
 set -euo pipefail

@@ -11,6 +11,11 @@
 //! too. Bodies and query strings are never recorded: enrolment bodies carry
 //! BMC and UPS passwords.
 //!
+//! Callers without a valid token are recorded only on the operator API's
+//! own routes, and at most [`ANONYMOUS_PER_MINUTE`] a minute: anyone who
+//! can reach the listener could otherwise grow the database at will. The
+//! rest are counted (`slipway_audit_anonymous_skipped_total`).
+//!
 //! A failed audit write is logged and counted
 //! (`slipway_audit_write_failures_total`); the response still goes out, since
 //! what it reports has already happened.
@@ -26,6 +31,29 @@ use store::tokens::AuditEntry;
 
 fn mutating(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
+}
+
+/// Audit rows a minute for callers without a valid token.
+pub const ANONYMOUS_PER_MINUTE: u32 = 60;
+
+/// (minute, rows written in it) for anonymous callers, per process.
+static ANONYMOUS: std::sync::Mutex<(i64, u32)> = std::sync::Mutex::new((0, 0));
+
+/// Whether an anonymous caller's request gets an audit row: only on a
+/// route the API has, and within the minute's budget.
+fn audit_anonymous(route_known: bool, now_ms: i64) -> bool {
+    let minute = now_ms / 60_000;
+    let mut budget = ANONYMOUS.lock().expect("audit budget lock");
+    if budget.0 != minute {
+        *budget = (minute, 0);
+    }
+    let allowed = route_known && budget.1 < ANONYMOUS_PER_MINUTE;
+    if allowed {
+        budget.1 += 1;
+    } else {
+        metrics::counter!("slipway_audit_anonymous_skipped_total").increment(1);
+    }
+    allowed
 }
 
 /// The layer: `axum::middleware::from_fn_with_state(state, audit::layer)`.
@@ -55,10 +83,14 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     }
     let response = match authn {
         Ok(authn) => {
-            if let (Some(entry), Authn::Valid(caller)) = (entry.as_mut(), &authn) {
-                entry.token_id = Some(caller.token_id.clone());
-                entry.token_name = caller.name.clone();
-                entry.role = Some(caller.role.as_str().to_string());
+            match (entry.as_mut(), &authn) {
+                (Some(entry), Authn::Valid(caller)) => {
+                    entry.token_id = Some(caller.token_id.clone());
+                    entry.token_name = caller.name.clone();
+                    entry.role = Some(caller.role.as_str().to_string());
+                }
+                (Some(e), _) if !audit_anonymous(e.route.is_some(), e.at_ms) => entry = None,
+                _ => {}
             }
             parts.extensions.insert(authn);
             next.run(Request::from_parts(parts, body)).await

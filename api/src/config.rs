@@ -19,6 +19,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Built artifacts (the discovery ramdisk), shared between runs.
     pub cache_dir: PathBuf,
+    /// `POST /api/v1/images` imports `source_path` from here only (a path
+    /// relative to it, or an absolute one that resolves inside it). Empty:
+    /// `data_dir/import`.
+    pub import_dir: PathBuf,
     pub log_format: LogFormat,
     pub api: ApiConfig,
     pub database: DatabaseConfig,
@@ -160,6 +164,12 @@ pub struct ProvisioningConfig {
     pub lease_fsync: bool,
     pub dhcp_port: u16,
     pub tftp_port: u16,
+    /// TFTP transfers at once, all clients together; more are refused
+    /// ("too many transfers", `slipway_tftp_busy_total`).
+    pub tftp_max_sessions: usize,
+    /// TFTP transfers at once from one address (firmware opens one or
+    /// two): one host cannot take the server's sessions.
+    pub tftp_sessions_per_client: usize,
     /// Boot files, iPXE scripts and the agent API are served here.
     pub http_port: u16,
     /// Send IPv6 router advertisements (no prefix, lifetime 0) so iPXE
@@ -226,6 +236,7 @@ impl Default for Config {
         Config {
             data_dir: "./slipway-data".into(),
             cache_dir: "/var/cache/slipway".into(),
+            import_dir: PathBuf::new(),
             log_format: LogFormat::Text,
             api: ApiConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -249,6 +260,8 @@ impl Default for Config {
                 lease_fsync: true,
                 dhcp_port: 67,
                 tftp_port: 69,
+                tftp_max_sessions: 1024,
+                tftp_sessions_per_client: 8,
                 http_port: 8081,
                 router_advertisements: true,
                 answer_unknown: true,

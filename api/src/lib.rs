@@ -45,6 +45,8 @@ pub struct AppState {
     pub work_posted: Arc<tokio::sync::Notify>,
     /// The image catalog's content: `<name>.raw.zst` per image.
     pub images_dir: PathBuf,
+    /// Imports by path read only inside this directory (canonical).
+    pub import_dir: PathBuf,
     /// BMC and UPS clients and their pollers.
     pub oob: Arc<oob::Oob>,
     /// Uploaded firmware files (`NAME.bin`), served to BMCs.

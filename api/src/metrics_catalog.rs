@@ -94,6 +94,7 @@ pub const CATALOG: &[Metric] = &[
     ]),
     m("slipway_tftp_sent_bytes_total", Counter, Unit::Bytes, "TFTP datagram bytes sent by transfers, retransmissions included.", PLAIN),
     m("slipway_tftp_refused_total", Counter, Unit::Count, "TFTP requests refused (not found, outside the root, write requests).", PLAIN),
+    m("slipway_tftp_busy_total", Counter, Unit::Count, "TFTP requests refused because the server or that client had too many transfers running (provisioning.tftp_max_sessions, tftp_sessions_per_client).", PLAIN),
     m("slipway_tftp_dropped_total", Counter, Unit::Count, "Malformed TFTP datagrams dropped, by parse error.", &[]),
     // Boot HTTP face.
     m("slipway_boot_http_requests_total", Counter, Unit::Count, "Requests to the boot HTTP face by kind (script, kernel, initrd, image, ipxe, firmware, agent, other) and status class.", &[
@@ -135,6 +136,7 @@ pub const CATALOG: &[Metric] = &[
     // The store.
     m("slipway_event_write_failures_total", Counter, Unit::Count, "Events that could not be written (their whole transaction failed).", PLAIN),
     m("slipway_audit_write_failures_total", Counter, Unit::Count, "Audit records that could not be written.", PLAIN),
+    m("slipway_audit_anonymous_skipped_total", Counter, Unit::Count, "Writes by callers without a valid token left out of the audit log: to routes the API does not have, or beyond audit::ANONYMOUS_PER_MINUTE.", PLAIN),
 ];
 
 /// Histogram buckets, set on the exporter per metric.

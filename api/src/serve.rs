@@ -90,11 +90,20 @@ async fn ramdisk_dir(config: &Config) -> anyhow::Result<PathBuf> {
     Ok(ramdisk.dir)
 }
 
-/// The signed shim and GRUB for UEFI PXE, or `None` when UEFI PXE gets iPXE.
-async fn signed_dir(config: &Config) -> anyhow::Result<Option<PathBuf>> {
-    if config.boot.uefi_pxe != crate::config::UefiPxe::Signed {
-        return Ok(None);
+/// Whether UEFI PXE firmware gets the signed chain. Not as proxyDHCP:
+/// Debian 12's GRUB takes its boot server from the DHCP ACK alone, which
+/// another server sends there, so it would find no script; iPXE reads
+/// the proxy's answer.
+fn uefi_signed(config: &Config, mode: pxe::dhcp::DhcpMode) -> bool {
+    let signed = config.boot.uefi_pxe == crate::config::UefiPxe::Signed;
+    if signed && mode == pxe::dhcp::DhcpMode::Proxy {
+        warn!("proxyDHCP: UEFI PXE gets iPXE, not the signed chain (GRUB needs Slipway as the DHCP ACK's next-server); Secure Boot machines cannot network-boot");
     }
+    signed && mode != pxe::dhcp::DhcpMode::Proxy
+}
+
+/// The directory with the signed shim and GRUB for UEFI PXE.
+async fn signed_dir(config: &Config) -> anyhow::Result<PathBuf> {
     if !config.boot.signed_dir.is_empty() {
         let dir = PathBuf::from(&config.boot.signed_dir);
         for file in [images::signed_boot::NET_SHIM, images::signed_boot::NET_GRUB] {
@@ -102,10 +111,10 @@ async fn signed_dir(config: &Config) -> anyhow::Result<Option<PathBuf>> {
                 bail!("boot.signed_dir {} has no {file}", dir.display());
             }
         }
-        return Ok(Some(dir));
+        return Ok(dir);
     }
     let cache = config.cache_dir.clone();
-    Ok(Some(tokio::task::spawn_blocking(move || images::signed_boot::ensure_netboot(&cache)).await??))
+    Ok(tokio::task::spawn_blocking(move || images::signed_boot::ensure_netboot(&cache)).await??)
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -116,6 +125,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let provisioning = config.provisioning()?;
     let images_dir = config.data_dir.join("images");
     std::fs::create_dir_all(&images_dir).with_context(|| format!("creating {}", images_dir.display()))?;
+    let import_dir = match config.import_dir.as_os_str().is_empty() {
+        true => config.data_dir.join("import"),
+        false => config.import_dir.clone(),
+    };
+    std::fs::create_dir_all(&import_dir).with_context(|| format!("creating {}", import_dir.display()))?;
+    let import_dir = import_dir.canonicalize().with_context(|| format!("resolving {}", import_dir.display()))?;
     let discovery_timeout_ms =
         i64::try_from(config.provisioning.discovery_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
 
@@ -149,6 +164,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .unwrap_or(i64::MAX),
         join_timeout_ms: i64::try_from(config.provisioning.join_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         images_dir: images_dir.clone(),
+        import_dir,
         release_wipe: config.release_wipe()?,
         work_posted: Default::default(),
         firmware_dir: config.data_dir.join("firmware"),
@@ -156,6 +172,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::routes::enrol_configured_ups(&state, &config.oob.ups).await.context("enrolling the configured UPSes")?;
 
     if let (Some(p), Some(boot)) = (&provisioning, &boot) {
+        let uefi_signed = uefi_signed(&config, p.mode);
         let dhcp_config = DhcpConfig {
             server_ip: p.address,
             netmask: p.netmask,
@@ -171,7 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 http_base: boot.http_base.clone(),
                 bios_file: config.boot.bios_file.clone(),
                 uefi_file: config.boot.uefi_file.clone(),
-                uefi_signed: config.boot.uefi_pxe == crate::config::UefiPxe::Signed,
+                uefi_signed,
                 arm64_file: config.boot.arm64_file.clone(),
             },
             mode: p.mode,
@@ -207,7 +224,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let tftp_addr = SocketAddr::from((p.address, config.provisioning.tftp_port));
         let tftp_socket =
             tokio::net::UdpSocket::bind(tftp_addr).await.with_context(|| format!("binding TFTP to {tftp_addr}"))?;
-        let signed_dir = signed_dir(&config).await.context("preparing the signed UEFI boot chain")?;
+        let signed_dir = match uefi_signed {
+            true => Some(signed_dir(&config).await.context("preparing the signed UEFI boot chain")?),
+            false => None,
+        };
         let mut mounts = vec![("", config.boot.ipxe_dir.as_path())];
         if let Some(dir) = &signed_dir {
             // GRUB reads the ramdisk over TFTP from beside shim and itself.
@@ -215,7 +235,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .extend([(pxe::boot::SIGNED_DIR, dir.as_path()), (pxe::boot::SIGNED_DIR, boot.ramdisk_dir.as_path())]);
         }
         let grub = Arc::new(crate::routes::GrubScripts(state.clone()));
-        let tftp = TftpServer::with_mounts(&mounts, Some(grub), SessionOptions::default())
+        let limits = SessionOptions {
+            max_sessions: config.provisioning.tftp_max_sessions,
+            max_sessions_per_client: config.provisioning.tftp_sessions_per_client,
+            ..SessionOptions::default()
+        };
+        let tftp = TftpServer::with_mounts(&mounts, Some(grub), limits)
             .with_context(|| format!("TFTP root {}", config.boot.ipxe_dir.display()))?;
         tasks.spawn(async move { tftp.run(tftp_socket).await.context("TFTP server") });
 

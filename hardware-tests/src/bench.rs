@@ -176,6 +176,8 @@ pub fn start(name: &str, slipway_bin: &Path, dir: &Path) -> anyhow::Result<Serve
         // `slipway-nofsync`: leases written but not fsynced, so durable
         // across kill -9 (the page cache keeps them) but not power loss: as
         // Kea's memfile.
+        // Every bench client sends from the one address of the bench's
+        // client namespace: the per-client TFTP cap is lifted.
         "slipway" | "slipway-nofsync" => {
             let fsync = name == "slipway";
             let ramdisk = dir.join("ramdisk");
@@ -189,7 +191,8 @@ pub fn start(name: &str, slipway_bin: &Path, dir: &Path) -> anyhow::Result<Serve
                 format!(
                     "data_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:18095\"\ntoken = \"bench\"\n[provisioning]\ninterface = \"{SERVER_IF}\"\n\
                      address = \"10.90.0.1\"\nprefix_len = 21\npool_start = \"10.90.1.0\"\npool_end = \"10.90.7.254\"\n\
-                     router_advertisements = false\nlease_fsync = {fsync}\n[boot]\nramdisk_dir = \"{}\"\n",
+                     router_advertisements = false\nlease_fsync = {fsync}\n\
+                     tftp_sessions_per_client = 100000\n[boot]\nramdisk_dir = \"{}\"\nuefi_pxe = \"ipxe\"\n",
                     dir.join("data").display(),
                     ramdisk.display()
                 ),

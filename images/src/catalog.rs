@@ -54,6 +54,8 @@ pub enum ImportError {
     Convert(String),
     #[error("qcow2 can only be imported from a file path (qemu-img needs to seek)")]
     Qcow2NeedsPath,
+    #[error("the qcow2 names {0}: a backing or data file would be read from outside the import; flatten it first (qemu-img convert)")]
+    Qcow2ReadsOtherFiles(String),
     #[error("the image is empty")]
     Empty,
 }
@@ -85,6 +87,28 @@ pub fn import_stream(
     result
 }
 
+/// A qcow2 may name a backing file or an external data file by any path;
+/// `qemu-img convert` would read it into the image (an appliance secret,
+/// say), so such a qcow2 is refused.
+fn refuse_other_files(path: &Path) -> Result<(), ImportError> {
+    let output = Command::new("qemu-img")
+        .args(["info", "--output=json", "-f", "qcow2"])
+        .arg(path)
+        .output()
+        .map_err(|e| ImportError::Convert(e.to_string()))?;
+    if !output.status.success() {
+        return Err(ImportError::Convert(String::from_utf8_lossy(&output.stderr).trim().to_string()));
+    }
+    let info: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| ImportError::Convert(format!("qemu-img info: {e}")))?;
+    let named =
+        [("backing file", &info["backing-filename"]), ("data file", &info["format-specific"]["data"]["data-file"])];
+    match named.iter().find(|(_, v)| !v.is_null()) {
+        Some((what, file)) => Err(ImportError::Qcow2ReadsOtherFiles(format!("{what} {file}"))),
+        None => Ok(()),
+    }
+}
+
 /// Imports a file on the appliance's disk; qcow2 goes through `qemu-img
 /// convert` into `scratch` first.
 pub fn import_path(
@@ -98,6 +122,7 @@ pub fn import_path(
     if format != SourceFormat::Qcow2 {
         return import_stream(File::open(path)?, format, dest, expected_sha256, progress);
     }
+    refuse_other_files(path)?;
     let raw = scratch.join(format!("{}.converting.raw", dest.file_name().unwrap_or_default().to_string_lossy()));
     let output = Command::new("qemu-img")
         .args(["convert", "-f", "qcow2", "-O", "raw"])
@@ -275,6 +300,25 @@ mod tests {
         trailing.extend_from_slice(b"junk");
         assert!(import_stream(&trailing[..], SourceFormat::RawZstd, &dest, None, &mut |_| {}).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no image and no partial file left");
+    }
+
+    #[test]
+    fn a_qcow2_that_reads_another_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret-key");
+        std::fs::write(&secret, vec![7u8; 1 << 20]).unwrap();
+        let qcow = dir.path().join("evil.qcow2");
+        let status = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&secret)
+            .arg(&qcow)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let dest = dir.path().join("evil.raw.zst");
+        let err = import_path(&qcow, SourceFormat::Qcow2, &dest, dir.path(), None, &mut |_| {}).unwrap_err();
+        assert!(matches!(&err, ImportError::Qcow2ReadsOtherFiles(f) if f.contains("secret-key")), "{err}");
+        assert!(!dest.exists(), "nothing stored");
     }
 
     #[test]

@@ -126,11 +126,11 @@ fn nics(src: &dyn FactSource) -> Vec<Nic> {
         .collect()
 }
 
-/// Trims a firmware string and drops the placeholders vendors ship.
+/// Trims a firmware string and drops the placeholders vendors ship
+/// (`identity::is_placeholder`).
 fn clean(value: &str) -> Option<String> {
-    const PLACEHOLDERS: [&str; 6] = ["", "to be filled by o.e.m.", "default string", "not specified", "none", "0"];
     let v = value.trim();
-    (!PLACEHOLDERS.contains(&v.to_ascii_lowercase().as_str())).then(|| v.to_string())
+    (!crate::identity::is_placeholder(v)).then(|| v.to_string())
 }
 
 #[cfg(test)]
@@ -224,6 +224,8 @@ mod tests {
     #[test]
     fn placeholders_are_dropped() {
         assert_eq!(clean("To Be Filled By O.E.M.\n"), None);
+        assert_eq!(clean("System Serial Number"), None);
+        assert_eq!(clean("0"), None);
         assert_eq!(clean("  Dell Inc. "), Some("Dell Inc.".into()));
     }
 

@@ -47,6 +47,7 @@ macro_rules! closed_enum {
     };
 }
 
+pub mod identity;
 pub mod inband;
 mod mac;
 mod model;

@@ -112,11 +112,49 @@ impl DeploymentSpec {
     pub fn with_image(&self, image: &str) -> DeploymentSpec {
         DeploymentSpec { image: image.into(), ..self.clone() }
     }
+
+    /// What a viewer may see: the user data (often carrying passwords and
+    /// keys), a cluster's join token and the commands a `command` join runs
+    /// as root are replaced by [`REDACTED`]; the rest is as asked.
+    pub fn redacted(&self) -> DeploymentSpec {
+        let hide = |v: &Option<String>| v.as_ref().map(|_| REDACTED.to_string());
+        DeploymentSpec {
+            user_data: hide(&self.user_data),
+            cluster: self.cluster.as_ref().map(|c| crate::join::JoinSpec {
+                token: hide(&c.token),
+                run: hide(&c.run),
+                check: hide(&c.check),
+                ..c.clone()
+            }),
+            ..self.clone()
+        }
+    }
 }
+
+/// Stands in for a secret a caller's role may not read.
+pub const REDACTED: &str = "(redacted)";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redacted_spec_keeps_its_shape_and_loses_its_secrets() {
+        let spec: DeploymentSpec = serde_json::from_value(serde_json::json!({
+            "image": "debian-12", "hostname": "node1", "user_data": "#cloud-config\npassword: hunter2",
+            "cluster": {"kind": "command", "run": "join --token s3cret", "check": "test -f /joined", "token": "SWMTKN-1-x"}
+        }))
+        .unwrap();
+        let seen = serde_json::to_string(&spec.redacted()).unwrap();
+        for secret in ["hunter2", "s3cret", "/joined", "SWMTKN"] {
+            assert!(!seen.contains(secret), "{secret} in {seen}");
+        }
+        let back: DeploymentSpec = serde_json::from_str(&seen).unwrap();
+        assert_eq!((back.image.as_str(), back.hostname.as_str()), ("debian-12", "node1"));
+        assert_eq!(back.user_data.as_deref(), Some(REDACTED));
+        let plain = DeploymentSpec { user_data: None, cluster: None, ..spec.clone() };
+        assert_eq!(plain.redacted(), plain, "nothing to hide: unchanged");
+    }
 
     #[test]
     fn an_image_is_refused_only_where_the_firmware_is_known_and_cannot_boot_it() {

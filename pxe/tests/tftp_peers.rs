@@ -140,3 +140,58 @@ async fn a_vanished_client_leaks_nothing() {
     assert_eq!(server.stats.active.load(Ordering::Relaxed), 0, "the session ended");
     assert_eq!(server.stats.failed.load(Ordering::Relaxed), 1);
 }
+
+/// Sends `n` read requests from `ip`, each from its own port, and counts
+/// the answers: first DATA blocks and "too many transfers" refusals. The
+/// sockets are kept, so the started transfers stay open (unacknowledged).
+async fn burst(addr: SocketAddr, ip: &str, n: usize, keep: &mut Vec<UdpSocket>) -> (usize, usize) {
+    let mut sockets = Vec::new();
+    for _ in 0..n {
+        let s = UdpSocket::bind(format!("{ip}:0")).await.unwrap();
+        s.send_to(b"\x00\x01snponly.efi\x00octet\x00", addr).await.unwrap();
+        sockets.push(s);
+    }
+    let mut answers = (0, 0);
+    for s in &sockets {
+        let mut buf = [0u8; 600];
+        match tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf)).await {
+            Ok(Ok(_)) if buf[1] == 3 => answers.0 += 1,
+            Ok(Ok((len, _))) if buf[1] == 5 => {
+                assert!(String::from_utf8_lossy(&buf[4..len]).contains("too many transfers"));
+                answers.1 += 1;
+            }
+            other => panic!("no answer: {other:?}"),
+        }
+    }
+    keep.extend(sockets);
+    answers
+}
+
+/// A client that opens transfers by the hundred without acknowledging
+/// gets a few: the rest are refused at once, other clients still get
+/// theirs up to the total cap, and when the stalled ones time out the
+/// slots come back.
+#[tokio::test]
+async fn a_session_flood_is_capped_per_client_and_in_total() {
+    let limits = SessionOptions {
+        default_timeout: Duration::from_millis(300),
+        max_retries: 1,
+        max_sessions: 12,
+        max_sessions_per_client: 4,
+        ..Default::default()
+    };
+    let (_dir, server, addr, _) = start(limits).await;
+    let mut open = Vec::new();
+    assert_eq!(burst(addr, "127.0.0.1", 300, &mut open).await, (4, 296), "four for the flooding client");
+    assert_eq!(burst(addr, "127.0.0.2", 1, &mut open).await, (1, 0), "another client is not shut out");
+    assert_eq!(burst(addr, "127.0.0.3", 7, &mut open).await, (4, 3));
+    assert_eq!(burst(addr, "127.0.0.4", 4, &mut open).await, (3, 1), "twelve at once in all");
+    assert_eq!(server.stats.busy.load(Ordering::Relaxed), 300);
+    drop(open);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.stats.active.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.stats.active.load(Ordering::Relaxed), 0, "every stalled transfer gave its slot back");
+    assert_eq!(burst(addr, "127.0.0.1", 1, &mut Vec::new()).await, (1, 0), "and the flooder may fetch again");
+}

@@ -501,7 +501,8 @@ impl Store {
                 .await?;
             }
         }
-        let (uuid, serial) = (inventory.system.uuid.clone(), inventory.system.serial.clone());
+        // Placeholders ("To Be Filled By O.E.M.") never link two machines.
+        let (uuid, serial) = identity_keys(&inventory.system.uuid, &inventory.system.serial);
         sqlx::query(
             "UPDATE machines SET inventory = $1, updated_at_ms = $2, system_uuid = COALESCE($3, system_uuid), \
              serial = COALESCE($4, serial) WHERE id = $5",
@@ -620,6 +621,12 @@ impl Store {
     }
 }
 
+/// The system UUID and serial as identity keys: placeholder values that
+/// many machines share are left out (`inventory::identity`).
+pub(crate) fn identity_keys(uuid: &Option<String>, serial: &Option<String>) -> (Option<String>, Option<String>) {
+    (inventory::identity::linkable_uuid(uuid.as_deref()), inventory::identity::linkable_serial(serial.as_deref()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,7 +636,53 @@ mod tests {
         dhcp_bindings_create_network_booting_machines_once,
         discovery_deadline_fails_the_machine,
         agent_tokens_are_good_for_one_boot,
+        placeholder_identities_never_link_two_machines,
     );
+
+    /// Two white-box machines that both say "System Serial Number" and the
+    /// AMI default UUID are two machines; a real serial still links.
+    async fn placeholder_identities_never_link_two_machines(store: Store) {
+        let inventory = |serial: &str, uuid: &str| -> Inventory {
+            serde_json::from_value(serde_json::json!({
+                "source": "in_band",
+                "system": { "vendor": null, "product": null, "serial": serial, "uuid": uuid },
+                "cpu": { "model": null, "count": 1 },
+                "memory": { "total_bytes": 1 },
+                "disks": [],
+                "nics": []
+            }))
+            .unwrap()
+        };
+        let (first, _) = store.ensure_machine("52:54:00:00:00:21".parse().unwrap(), "dhcp", 60_000).await.unwrap();
+        store
+            .set_inventory(&first, &inventory("System Serial Number", "03000200-0400-0500-0006-000700080009"))
+            .await
+            .unwrap();
+        let m = store.machine(&first).await.unwrap().unwrap();
+        assert_eq!((m.serial, m.system_uuid), (None, None), "placeholders are not identity keys");
+
+        let bmc_view = |serial: &str, uuid: &str| inventory::oob::BmcInventory {
+            system: inventory::oob::BmcSystem {
+                serial: Some(serial.into()),
+                uuid: Some(uuid.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (other, by) = store
+            .link_bmc("bmc-a", &bmc_view("System Serial Number", "03000200-0400-0500-0006-000700080009"), 60_000)
+            .await
+            .unwrap();
+        assert_eq!(by, crate::oob::LinkedBy::Created, "the BMC of another white box gets its own machine");
+        assert_ne!(other, first);
+
+        store.set_inventory(&first, &inventory("S211X0912AB", "00000000-0000-0000-0000-000000000000")).await.unwrap();
+        let (linked, by) = store
+            .link_bmc("bmc-b", &bmc_view(" S211X0912AB ", "ffffffff-ffff-ffff-ffff-ffffffffffff"), 60_000)
+            .await
+            .unwrap();
+        assert_eq!((linked, by), (first, crate::oob::LinkedBy::Serial), "a real serial links");
+    }
 
     async fn machine_lifecycle_is_recorded(store: Store) {
         let (id, created) = store.ensure_machine("52:54:00:00:00:01".parse().unwrap(), "dhcp", 60_000).await.unwrap();

@@ -271,13 +271,14 @@ impl Store {
                 )
                 .await?;
             }
+            let keys = crate::identity_keys(&inv.system.uuid, &inv.system.serial);
             sqlx::query(
                 "UPDATE bmcs SET inventory = $1, system_uuid = COALESCE($2, system_uuid), serial = COALESCE($3, serial) \
                  WHERE id = $4",
             )
             .bind(to_json(inv)?)
-            .bind(inv.system.uuid.clone())
-            .bind(inv.system.serial.clone())
+            .bind(keys.0.clone())
+            .bind(keys.1.clone())
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -351,8 +352,9 @@ impl Store {
                 break;
             }
         }
-        for (column, value, by) in
-            [("system_uuid", &inv.system.uuid, LinkedBy::SystemUuid), ("serial", &inv.system.serial, LinkedBy::Serial)]
+        // Placeholders ("To Be Filled By O.E.M.") never link two machines.
+        let (uuid, serial) = crate::identity_keys(&inv.system.uuid, &inv.system.serial);
+        for (column, value, by) in [("system_uuid", &uuid, LinkedBy::SystemUuid), ("serial", &serial, LinkedBy::Serial)]
         {
             let (None, Some(value)) = (&found, value) else { continue };
             let row =
@@ -399,8 +401,8 @@ impl Store {
         sqlx::query(
             "UPDATE machines SET system_uuid = COALESCE(system_uuid, $1), serial = COALESCE(serial, $2) WHERE id = $3",
         )
-        .bind(inv.system.uuid.clone())
-        .bind(inv.system.serial.clone())
+        .bind(uuid)
+        .bind(serial)
         .bind(&machine_id)
         .execute(&mut *tx)
         .await?;

@@ -213,7 +213,8 @@ fn check_firmware(machine: &store::Machine, image: &store::Image) -> Result<(), 
     path = "/api/v1/machines/{id}/deployment",
     operation_id = "get_deployment",
     tag = "deploys",
-    description = "Role: viewer.",
+    description = "Role: viewer. For a viewer, `spec.user_data` and the cluster's `token`, `run` and `check` \
+        read `(redacted)`.",
     params(("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs")),
     responses(
         (status = 200, description = "The deployment", body = Deployment),
@@ -221,10 +222,22 @@ fn check_firmware(machine: &store::Machine, image: &store::Image) -> Result<(), 
         (status = 404, response = super::openapi::NotFound),
     )
 )]
-async fn show(_: Viewer, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Deployment>, ApiError> {
+async fn show(
+    Viewer(caller): Viewer,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Deployment>, ApiError> {
     let machine = super::machines::find(&state, &id).await?;
-    let deployment = state.store.deployment(&machine.id).await?;
-    deployment.map(Json).ok_or_else(|| ApiError::NotFound { what: format!("deployment of machine {id}") })
+    let mut deployment = state
+        .store
+        .deployment(&machine.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound { what: format!("deployment of machine {id}") })?;
+    // User data, join tokens and join commands are for those who may deploy.
+    if caller.role < model::role::Role::Operator {
+        deployment.spec = deployment.spec.redacted();
+    }
+    Ok(Json(deployment))
 }
 
 #[cfg(test)]
@@ -323,6 +336,81 @@ mod flow_tests {
         assert!(image["error"].as_str().unwrap().contains("sha256"), "{image}");
         assert_eq!(get_raw(&t.boot, "/boot/images/bad.raw.zst", &[]).await.0, StatusCode::NOT_FOUND);
         assert_eq!(get_raw(&t.boot, "/boot/images/bad.raw.zst.partial", &[]).await.0, StatusCode::NOT_FOUND);
+    }
+
+    /// A viewer sees a deployment without its user data, join token or
+    /// join commands; an operator sees all of it.
+    #[tokio::test]
+    async fn a_viewer_reads_a_deployment_without_its_secrets() {
+        use model::role::Role;
+        let t = app().await;
+        available_image(&t, "img").await;
+        let (id, _) = ready_machine(&t, "52:54:00:00:0b:01").await;
+        let request = json!({
+            "image": "img", "hostname": "n1", "user_data": "#cloud-config\npassword: hunter2",
+            "cluster": { "kind": "command", "run": "join --token s3cret", "check": "test -f /joined" }
+        });
+        let path = format!("/api/v1/machines/{id}/deploy");
+        assert_eq!(post(&t.operator, &path, &t.admin, &request).await.0, StatusCode::ACCEPTED);
+        let viewer = crate::routes::roles_tests::token(&t, "dashboard", Role::Viewer).await;
+        let operator = crate::routes::roles_tests::token(&t, "ops", Role::Operator).await;
+        let deployment = format!("/api/v1/machines/{id}/deployment");
+        let (status, seen) = get(&t.operator, &deployment, Some(&viewer)).await;
+        assert_eq!(status, StatusCode::OK);
+        for secret in ["hunter2", "s3cret", "/joined"] {
+            assert!(!seen.to_string().contains(secret), "a viewer read {secret}: {seen}");
+        }
+        assert_eq!(
+            (seen["spec"]["user_data"].as_str(), seen["spec"]["hostname"].as_str()),
+            (Some("(redacted)"), Some("n1"))
+        );
+        let (_, full) = get(&t.operator, &deployment, Some(&operator)).await;
+        assert_eq!(full["spec"]["cluster"]["run"], "join --token s3cret", "an operator reads what it may deploy");
+    }
+
+    /// An import by path reads the import directory only: not the
+    /// appliance's secrets beside it, not through a symlink, not by `..`.
+    #[tokio::test]
+    async fn imports_by_path_read_only_the_import_directory() {
+        let t = app().await;
+        let import = t.state.import_dir.clone();
+        std::fs::write(import.join("tiny.raw"), content()).unwrap();
+        let secret = import.parent().unwrap().join("secret");
+        std::os::unix::fs::symlink(&secret, import.join("link.raw")).unwrap();
+        let register = |name: &str, path: &str| json!({ "name": name, "os": "x", "version": "1", "format": "raw", "source_path": path });
+        for (name, path) in [
+            ("a", secret.to_str().unwrap()),
+            ("b", "../secret"),
+            ("c", "link.raw"),
+            ("d", "/etc/passwd"),
+            ("e", import.to_str().unwrap()),
+        ] {
+            let (status, problem) = post(&t.operator, "/api/v1/images", &t.admin, &register(name, path)).await;
+            assert_eq!(
+                (status, problem["field"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("source_path")),
+                "{path}: {problem}"
+            );
+            assert_eq!(
+                get(&t.operator, &format!("/api/v1/images/{name}"), Some(&t.admin)).await.0,
+                StatusCode::NOT_FOUND
+            );
+        }
+        let absolute = import.join("tiny.raw");
+        for (name, path) in [("rel", "tiny.raw"), ("abs", absolute.to_str().unwrap())] {
+            let (status, image) = post(&t.operator, "/api/v1/images", &t.admin, &register(name, path)).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{image}");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let mut state = String::new();
+            while std::time::Instant::now() < deadline && state != "available" {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                state = get(&t.operator, &format!("/api/v1/images/{name}"), Some(&t.admin)).await.1["state"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+            assert_eq!(state, "available", "{path}");
+        }
     }
 
     #[tokio::test]

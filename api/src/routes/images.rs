@@ -87,6 +87,21 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// `path` (relative to the import directory, or absolute) as a file
+/// inside the import directory once symlinks are resolved. Anything else
+/// would let an operator read (and serve to the boot network) any file
+/// the appliance can read, its own admin token and sealing key included.
+fn in_import_dir(import_dir: &FsPath, path: &FsPath) -> Result<PathBuf, ApiError> {
+    let refused = || {
+        bad("source_path", format!("{} is not a file in the import directory {}", path.display(), import_dir.display()))
+    };
+    let real = import_dir.join(path).canonicalize().map_err(|_| refused())?;
+    if !real.starts_with(import_dir) || !real.is_file() {
+        return Err(refused());
+    }
+    Ok(real)
+}
+
 fn check_sha256(sha: &Option<String>) -> Result<(), ApiError> {
     match sha {
         Some(s) if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) => {
@@ -120,12 +135,10 @@ async fn register(
     check_name(&req.name)?;
     check_sha256(&req.sha256)?;
     let source = match &req.source_path {
-        Some(path) => {
-            if !path.is_absolute() || !path.is_file() {
-                return Err(bad("source_path", format!("{} is not a file on the appliance", path.display())));
-            }
-            Some((path.clone(), req.format.ok_or_else(|| bad("format", "raw, raw+zstd or qcow2 is required"))?))
-        }
+        Some(path) => Some((
+            in_import_dir(&state.import_dir, path)?,
+            req.format.ok_or_else(|| bad("format", "raw, raw+zstd or qcow2 is required"))?,
+        )),
         None => None,
     };
     // What the image boots is read from its content when the import ends.

@@ -118,6 +118,24 @@ async fn what_no_handler_answers_is_a_problem_too() {
     let (_, audit) = super::test_support::get(&t.operator, "/api/v1/audit", Some(&t.admin)).await;
     let last = audit["entries"].as_array().unwrap().last().cloned().unwrap_or_default();
     assert_eq!((last["path"].as_str(), last["status"].as_u64()), (Some("/api/v1/nothing-here"), Some(404)), "{audit}");
+    // Without a token, writes to routes the API does not have leave no row:
+    // a flood of them cannot grow the database.
+    for i in 0..200 {
+        let req = Request::post(format!("/api/v1/nothing-{i}")).body(Body::empty()).unwrap();
+        assert_eq!(t.operator.clone().oneshot(req).await.unwrap().status(), StatusCode::NOT_FOUND);
+    }
+    let (_, after) = super::test_support::get(&t.operator, "/api/v1/audit?limit=500", Some(&t.admin)).await;
+    assert_eq!(after["entries"].as_array().unwrap().len(), audit["entries"].as_array().unwrap().len(), "{after}");
+    // On the API's own routes they are recorded, up to a budget a minute.
+    for _ in 0..150 {
+        let req = Request::post("/api/v1/machines/m1/release").body(Body::empty()).unwrap();
+        assert_eq!(t.operator.clone().oneshot(req).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    let (_, flooded) = super::test_support::get(&t.operator, "/api/v1/audit?limit=500", Some(&t.admin)).await;
+    let refused = flooded["entries"].as_array().unwrap().iter().filter(|e| e["status"] == 401).count();
+    // (A minute boundary mid-loop gives two minutes' budgets: still < 150.)
+    let budget = crate::audit::ANONYMOUS_PER_MINUTE as usize;
+    assert!((budget..=2 * budget).contains(&refused), "a minute's budget of anonymous rows: {refused}");
     let (status, problem) = send(&t, Method::PATCH, "/api/v1/tokens", JSON, "{}").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{problem}");
     assert!(problem["detail"].as_str().unwrap().contains("PATCH"), "{problem}");

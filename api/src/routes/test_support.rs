@@ -48,6 +48,9 @@ pub async fn restart(t: TestApp) -> TestApp {
 async fn serve_from(dir: tempfile::TempDir, db: Arc<TestDb>, admin: String) -> TestApp {
     let store = Store::connect(db.url()).await.unwrap();
     let (ramdisk, ipxe, images_dir) = (dir.path().join("ramdisk"), dir.path().join("ipxe"), dir.path().join("images"));
+    let import_dir = dir.path().join("import");
+    std::fs::create_dir_all(&import_dir).unwrap();
+    let import_dir = import_dir.canonicalize().unwrap();
     let oob = crate::oob::Oob::new(
         store.clone(),
         crate::secrets::SecretBox::new([9; 32]),
@@ -74,6 +77,7 @@ async fn serve_from(dir: tempfile::TempDir, db: Arc<TestDb>, admin: String) -> T
         deploy_timeout_ms: 600_000,
         join_timeout_ms: 600_000,
         images_dir: images_dir.clone(),
+        import_dir,
         release_wipe: wire::WipeMode::Quick,
         work_posted: Default::default(),
         firmware_dir: dir.path().join("firmware"),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use hardware_tests::lab::{self, Accel, DhcpChoice, FirmwareChoice, LabOptions};
+use hardware_tests::lab::{self, Accel, DhcpChoice, Firmware, LabOptions};
 
 #[derive(Parser)]
 #[command(name = "slipway", bin_name = "slipway", version, about = "Slipway's QEMU lab and benchmarks")]
@@ -41,8 +41,10 @@ enum LabCmd {
     Up {
         #[arg(long, default_value_t = 1)]
         nodes: usize,
-        #[arg(long, value_enum, default_value_t = FirmwareArg::Bios)]
-        firmware: FirmwareArg,
+        /// The nodes' firmware; a comma-separated list is cycled through
+        /// (`bios,uefi`: node 1 BIOS, node 2 UEFI, node 3 BIOS, ...).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "bios")]
+        firmware: Vec<FirmwareArg>,
         /// Who hands out addresses and how requests reach Slipway.
         #[arg(long, value_enum, default_value_t = DhcpArg::Authoritative)]
         dhcp: DhcpArg,
@@ -76,6 +78,10 @@ enum LabCmd {
         /// boots again.
         #[arg(long, requires = "deploy")]
         reset_nvram: bool,
+        /// After --release, deploy the image again and wait until each node
+        /// boots its disk once more.
+        #[arg(long, requires = "release")]
+        redeploy: bool,
         /// Once ready, roll this BIOS version across the rack with a
         /// firmware campaign through the BMCs (the UPS goes to battery and
         /// back mid-way: the campaign holds, then resumes).
@@ -222,6 +228,7 @@ fn main() -> anyhow::Result<()> {
                     deploy,
                     release,
                     reset_nvram,
+                    redeploy,
                     firmware_campaign,
                     os_refresh,
                 },
@@ -233,14 +240,17 @@ fn main() -> anyhow::Result<()> {
                     DhcpArg::Proxy => DhcpChoice::Proxy,
                     DhcpArg::Relay => DhcpChoice::Relay,
                 },
-                firmware: match firmware {
-                    FirmwareArg::Bios => FirmwareChoice::Bios,
-                    FirmwareArg::Uefi => FirmwareChoice::Uefi,
-                    FirmwareArg::PxeUefi => FirmwareChoice::PxeUefi,
-                    FirmwareArg::HttpUefi => FirmwareChoice::HttpUefi,
-                    FirmwareArg::Secureboot => FirmwareChoice::SecureBoot,
-                    FirmwareArg::Mixed => FirmwareChoice::Mixed,
-                },
+                firmware: firmware
+                    .iter()
+                    .flat_map(|f| match f {
+                        FirmwareArg::Bios => vec![Firmware::Bios],
+                        FirmwareArg::Uefi => vec![Firmware::Uefi],
+                        FirmwareArg::PxeUefi => vec![Firmware::PxeUefi],
+                        FirmwareArg::HttpUefi => vec![Firmware::HttpUefi],
+                        FirmwareArg::Secureboot => vec![Firmware::SecureBoot],
+                        FirmwareArg::Mixed => lab::MIXED.to_vec(),
+                    })
+                    .collect(),
                 report,
                 keep,
                 timeout: Duration::from_secs(timeout),
@@ -254,6 +264,7 @@ fn main() -> anyhow::Result<()> {
                 deploy,
                 release,
                 reset_nvram,
+                redeploy,
                 firmware_campaign,
                 os_refresh,
             };

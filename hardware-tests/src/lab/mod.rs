@@ -40,33 +40,10 @@ const BRIDGE: &str = "slbr0";
 const SERVER_IP: &str = "10.77.0.1";
 const API: &str = "http://127.0.0.1:8080";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FirmwareChoice {
-    Bios,
-    Uefi,
-    PxeUefi,
-    HttpUefi,
-    SecureBoot,
-    /// Cycling BIOS, UEFI, Secure Boot, UEFI native PXE, UEFI HTTP Boot
-    /// (three nodes: the rack the issue asks for).
-    Mixed,
-}
-
-const MIXED: [Firmware; 5] =
+/// `--firmware mixed`: every firmware path, in the order the nodes get
+/// them (three nodes: BIOS, UEFI and Secure Boot).
+pub const MIXED: [Firmware; 5] =
     [Firmware::Bios, Firmware::Uefi, Firmware::SecureBoot, Firmware::PxeUefi, Firmware::HttpUefi];
-
-impl FirmwareChoice {
-    fn for_node(self, index: usize) -> Firmware {
-        match self {
-            FirmwareChoice::Bios => Firmware::Bios,
-            FirmwareChoice::Uefi => Firmware::Uefi,
-            FirmwareChoice::PxeUefi => Firmware::PxeUefi,
-            FirmwareChoice::HttpUefi => Firmware::HttpUefi,
-            FirmwareChoice::SecureBoot => Firmware::SecureBoot,
-            FirmwareChoice::Mixed => MIXED[index % MIXED.len()],
-        }
-    }
-}
 
 /// Who hands out addresses on the lab network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +60,8 @@ pub enum DhcpChoice {
 pub struct LabOptions {
     pub nodes: usize,
     pub dhcp: DhcpChoice,
-    pub firmware: FirmwareChoice,
+    /// The nodes' firmware, cycled through (node 1 gets the first).
+    pub firmware: Vec<Firmware>,
     pub report: Option<PathBuf>,
     pub keep: bool,
     /// Give up on nodes not ready after this long.
@@ -103,6 +81,9 @@ pub struct LabOptions {
     /// After the deploy, reset each UEFI node's NVRAM (boot entries gone)
     /// with the VM off, power it on and wait for its disk to boot again.
     pub reset_nvram: bool,
+    /// After the release, deploy the image again and wait for each disk
+    /// to boot.
+    pub redeploy: bool,
     /// Once ready, roll this BIOS version across the rack with a firmware
     /// campaign (one node at a time), switching the UPS to battery and back
     /// mid-way.
@@ -120,7 +101,10 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     if opts.nodes == 0 || opts.nodes > 64 {
         bail!("--nodes must be 1..=64");
     }
-    qemu::check_prerequisites(opts.nodes, opts.firmware != FirmwareChoice::Bios)?;
+    if opts.firmware.is_empty() {
+        bail!("no firmware given for the nodes");
+    }
+    qemu::check_prerequisites(opts.nodes, opts.firmware.iter().any(|f| f.is_uefi()))?;
     if opts.os_refresh && opts.deploy.as_deref() != Some("lab-debian") {
         bail!("--os-refresh needs --deploy lab-debian (a Swarm to refresh)");
     }
@@ -200,7 +184,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
 
     let token = random_hex();
     let config = work.join("slipway.toml");
-    std::fs::write(&config, lab_config(work, &ramdisk.dir, opts.dhcp))?;
+    std::fs::write(&config, lab_config(work, &ramdisk.dir, &opts.cache_dir, opts.dhcp))?;
     std::fs::write(work.join("admin-token"), &token)?;
     lab.children.spawn_appliance(&opts.slipway_bin, &config, &token, &work.join("serve.log"))?;
     let client = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
@@ -215,7 +199,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     // powers it on through that BMC once the BMC is enrolled.
     let mut specs = Vec::new();
     for i in 0..opts.nodes {
-        let mut spec = qemu::NodeSpec::lab_node(i, opts.firmware.for_node(i), memory_mib, work);
+        let mut spec = qemu::NodeSpec::lab_node(i, opts.firmware[i % opts.firmware.len()], memory_mib, work);
         spec.bmc = true;
         net::add_tap(&spec.tap, vm_bridge)?;
         spec.prepare_disks()?;
@@ -252,16 +236,20 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         interrupted: &interrupted,
         started,
         accel,
+        cache_dir: &opts.cache_dir,
     };
     let mut outcome = watch.until_all("ready", opts.timeout);
     let mut disk_boots = report::DiskBoots::new(nodes.len());
     let mut refused_deploys = vec![];
-    if let (Ok(()), Some(image)) = (&outcome, deploy_image) {
+    if let (Ok(()), Some(image)) = (&outcome, &deploy_image) {
         outcome = refuse_bios_only_on_uefi(&mut watch, &mut refused_deploys)
             .and_then(|()| deploy_all(&mut watch, image, opts, &mut disk_boots));
-    }
-    if outcome.is_ok() && opts.release {
-        outcome = release_all(&mut watch, opts.timeout);
+        if outcome.is_ok() && opts.release {
+            outcome = release_all(&mut watch, opts.timeout);
+        }
+        if outcome.is_ok() && opts.redeploy {
+            outcome = redeploy_all(&mut watch, image, opts, &mut disk_boots);
+        }
     }
     let mut campaign = None;
     if let (Ok(()), Some(version)) = (&outcome, &opts.firmware_campaign) {
@@ -375,7 +363,24 @@ impl Drop for Lab {
     }
 }
 
-fn lab_config(work: &Path, ramdisk_dir: &Path, dhcp: DhcpChoice) -> String {
+/// `path` where the appliance may import it from: as it is when it lies in
+/// the cache (the import directory), else a copy there.
+fn importable(cache_dir: &Path, path: &Path) -> anyhow::Result<PathBuf> {
+    let real = path.canonicalize().with_context(|| format!("reading {}", path.display()))?;
+    if real.starts_with(cache_dir.canonicalize()?) {
+        return Ok(real);
+    }
+    let dir = cache_dir.join("lab-import");
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join(real.file_name().context("an image file name")?);
+    progress(&format!("copying {} into the import directory {}", path.display(), dir.display()));
+    std::fs::copy(&real, &copy).with_context(|| format!("copying {} to {}", real.display(), copy.display()))?;
+    Ok(copy)
+}
+
+/// The appliance's configuration. Its import directory is the cache,
+/// where the lab's images are built.
+fn lab_config(work: &Path, ramdisk_dir: &Path, cache_dir: &Path, dhcp: DhcpChoice) -> String {
     let (mode, relay_subnets) = match dhcp {
         DhcpChoice::Authoritative => ("authoritative", ""),
         DhcpChoice::Proxy => ("proxy", ""),
@@ -386,6 +391,7 @@ fn lab_config(work: &Path, ramdisk_dir: &Path, dhcp: DhcpChoice) -> String {
     };
     format!(
         r#"data_dir = "{data}"
+import_dir = "{import}"
 log_format = "json"
 
 [api]
@@ -406,6 +412,7 @@ discovery_timeout_secs = 900
 ramdisk_dir = "{ramdisk}"
 "#,
         data = work.join("data").display(),
+        import = cache_dir.display(),
         ramdisk = ramdisk_dir.display(),
     )
 }
@@ -435,6 +442,8 @@ struct Watch<'a> {
     interrupted: &'a AtomicBool,
     started: Instant,
     accel: Accel,
+    /// The appliance's import directory: images are registered from here.
+    cache_dir: &'a Path,
 }
 
 impl Watch<'_> {
@@ -525,6 +534,17 @@ fn api_post(client: &ureq::Agent, token: &str, path: &str, body: &Value) -> anyh
     }
 }
 
+impl DeployImage {
+    /// The console line that shows `spec` runs this image.
+    fn console_line(&self, marker: &str, spec: &qemu::NodeSpec) -> String {
+        if self.marker_has_hostname {
+            format!("{marker} {} ", spec.name)
+        } else {
+            marker.to_string()
+        }
+    }
+}
+
 /// An image ready to register: built (lab-tiny, lab-debian) or given.
 struct DeployImage {
     name: String,
@@ -604,6 +624,7 @@ fn prepare_image(image: &str, ramdisk: &images::Ramdisk, opts: &LabOptions) -> a
 /// Registers an image file through the API and waits until the appliance
 /// has imported it.
 fn register_image(watch: &mut Watch, name: &str, version: &str, format: &str, path: &Path) -> anyhow::Result<()> {
+    let path = importable(watch.cache_dir, path)?;
     let body =
         serde_json::json!({ "name": name, "os": "lab", "version": version, "format": format, "source_path": path });
     watch.post("/api/v1/images", &body)?;
@@ -651,7 +672,7 @@ fn refuse_bios_only_on_uefi(watch: &mut Watch, refused: &mut Vec<Value>) -> anyh
     if uefi.is_empty() {
         return Ok(());
     }
-    let path = Path::new(WORK_DIR).join(format!("{NAME}.raw"));
+    let path = watch.cache_dir.join(format!("{NAME}.raw"));
     let mut disk = vec![0u8; 1 << 20];
     disk[..440].copy_from_slice(&std::fs::read("/usr/lib/syslinux/mbr/mbr.bin")?[..440]);
     disk[510..512].copy_from_slice(&[0x55, 0xAA]);
@@ -682,12 +703,19 @@ fn refuse_bios_only_on_uefi(watch: &mut Watch, refused: &mut Vec<Value>) -> anyh
 
 /// Registers the image, deploys it to every node, waits until each is
 /// `deployed` and (for lab-tiny) has booted its disk.
-/// Waits until each node in `which` shows `wanted` on its console,
-/// noting when in `boot_ms`.
+/// How often `line` appears on `spec`'s console so far.
+fn console_count(spec: &qemu::NodeSpec, line: &str) -> usize {
+    String::from_utf8_lossy(&std::fs::read(spec.serial_log()).unwrap_or_default()).matches(line).count()
+}
+
+/// Waits until each node in `which` shows `wanted` on its console once
+/// more than `seen[i]` times (its console before this boot), noting when
+/// in `boot_ms`.
 fn wait_for_disk_boots(
     watch: &mut Watch,
     which: &[usize],
     wanted: &dyn Fn(&qemu::NodeSpec) -> String,
+    seen: &[usize],
     timeout: Duration,
     boot_ms: &mut [Option<i64>],
     note: &str,
@@ -697,8 +725,7 @@ fn wait_for_disk_boots(
         watch.check()?;
         for &i in which {
             let spec = &watch.nodes[i].0;
-            let log = std::fs::read(spec.serial_log()).unwrap_or_default();
-            if boot_ms[i].is_none() && String::from_utf8_lossy(&log).contains(&wanted(spec)) {
+            if boot_ms[i].is_none() && console_count(spec, &wanted(spec)) > seen[i] {
                 boot_ms[i] = Some(now_ms());
                 progress_at(watch.started, &format!("{}: {note}", spec.name));
             }
@@ -745,46 +772,76 @@ fn retry<T>(tries: u32, pause: Duration, mut f: impl FnMut(u32) -> anyhow::Resul
     }
 }
 
-fn deploy_all(
-    watch: &mut Watch,
-    image: DeployImage,
-    opts: &LabOptions,
-    disk_boots: &mut report::DiskBoots,
-) -> anyhow::Result<()> {
-    let DeployImage { name, path, format, marker, marker_has_hostname, cluster } = image;
-    register_image(watch, &name, "1", format, &path)?;
+/// Asks for `image` on every node and waits until each is written.
+fn deploy_nodes(watch: &mut Watch, image: &DeployImage, opts: &LabOptions) -> anyhow::Result<()> {
+    let (name, cluster) = (&image.name, &image.cluster);
     let machines = watch.api("/api/v1/machines")?;
     for (spec, _) in watch.nodes {
         let id = report::machine_for(&machines, &spec.mac)
             .and_then(|m| m["id"].as_str())
             .context("a ready node vanished")?;
         let mut request = serde_json::json!({ "image": name, "hostname": spec.name });
-        if let Some(cluster) = &cluster {
+        if let Some(cluster) = cluster {
             request["cluster"] = cluster.clone();
         }
         watch.post(&format!("/api/v1/machines/{id}/deploy"), &request)?;
         progress_at(watch.started, &format!("{}: deploying {name}", spec.name));
     }
     // With a join spec a node moves on from `deployed` by itself.
-    watch.until_all(if cluster.is_some() { "deployed|joined" } else { "deployed" }, opts.timeout)?;
+    watch.until_all(if cluster.is_some() { "deployed|joined" } else { "deployed" }, opts.timeout)
+}
+
+/// [`deploy_nodes`], then waits until each node's console shows the
+/// image running from its disk (when we know what that looks like).
+fn deploy_and_boot(
+    watch: &mut Watch,
+    image: &DeployImage,
+    opts: &LabOptions,
+    boot_ms: &mut [Option<i64>],
+    note: &str,
+) -> anyhow::Result<()> {
+    let wanted = |spec: &qemu::NodeSpec| image.marker.map(|marker| image.console_line(marker, spec));
+    // A redeployed node's console still shows its last disk boot.
+    let seen: Vec<usize> =
+        watch.nodes.iter().map(|(spec, _)| wanted(spec).map_or(0, |line| console_count(spec, &line))).collect();
+    deploy_nodes(watch, image, opts)?;
+    let Some(marker) = image.marker else { return Ok(()) };
+    let all: Vec<usize> = (0..watch.nodes.len()).collect();
+    wait_for_disk_boots(watch, &all, &|spec| image.console_line(marker, spec), &seen, opts.timeout, boot_ms, note)
+}
+
+/// After a release: the same image again on every node, each booting its
+/// disk once more.
+fn redeploy_all(
+    watch: &mut Watch,
+    image: &DeployImage,
+    opts: &LabOptions,
+    disk_boots: &mut report::DiskBoots,
+) -> anyhow::Result<()> {
+    let note = format!("booted {} from its disk again, redeployed", image.name);
+    deploy_and_boot(watch, image, opts, &mut disk_boots.after_redeploy, &note)
+}
+
+fn deploy_all(
+    watch: &mut Watch,
+    image: &DeployImage,
+    opts: &LabOptions,
+    disk_boots: &mut report::DiskBoots,
+) -> anyhow::Result<()> {
+    let DeployImage { name, path, format, marker, cluster, .. } = image;
+    register_image(watch, name, "1", format, path)?;
+    deploy_and_boot(watch, image, opts, &mut disk_boots.first, &format!("booted {name} from its disk"))?;
     let Some(marker) = marker else {
         return Ok(());
     };
-    let wanted = |spec: &qemu::NodeSpec| {
-        if marker_has_hostname {
-            format!("{marker} {} ", spec.name)
-        } else {
-            marker.to_string()
-        }
-    };
-    let all: Vec<usize> = (0..watch.nodes.len()).collect();
-    let note = format!("booted {name} from its disk");
-    wait_for_disk_boots(watch, &all, &wanted, opts.timeout, &mut disk_boots.first, &note)?;
+    let wanted = |spec: &qemu::NodeSpec| image.console_line(marker, spec);
     if opts.reset_nvram {
-        let uefi: Vec<usize> = all.into_iter().filter(|&i| watch.nodes[i].0.firmware.is_uefi()).collect();
+        let uefi: Vec<usize> = (0..watch.nodes.len()).filter(|&i| watch.nodes[i].0.firmware.is_uefi()).collect();
         reset_nvram(watch, &uefi)?;
         let note = format!("booted {name} from its disk after the NVRAM reset");
-        wait_for_disk_boots(watch, &uefi, &wanted, opts.timeout, &mut disk_boots.after_nvram_reset, &note)?;
+        // The restarted VM's console starts empty.
+        let seen = vec![0; watch.nodes.len()];
+        wait_for_disk_boots(watch, &uefi, &wanted, &seen, opts.timeout, &mut disk_boots.after_nvram_reset, &note)?;
     }
     if cluster.is_some() {
         watch.until_all("joined", opts.timeout)?;

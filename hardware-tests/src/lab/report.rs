@@ -102,6 +102,8 @@ pub struct Seconds {
     pub disk_boot: Option<f64>,
     /// Its disk booted again after its NVRAM was reset (`--reset-nvram`).
     pub nvram_reset_boot: Option<f64>,
+    /// Its disk booted again after a release and a new deploy (`--redeploy`).
+    pub redeployed_disk_boot: Option<f64>,
     /// The node agent on the deployed OS first reported.
     pub agent_started: Option<f64>,
     /// The node agent reported cluster membership (`joined`).
@@ -127,11 +129,13 @@ pub struct DiskBoots {
     pub first: Vec<Option<i64>>,
     /// Again, after its NVRAM was reset (UEFI nodes, `--reset-nvram`).
     pub after_nvram_reset: Vec<Option<i64>>,
+    /// Again, released and deployed anew (`--redeploy`).
+    pub after_redeploy: Vec<Option<i64>>,
 }
 
 impl DiskBoots {
     pub fn new(nodes: usize) -> DiskBoots {
-        DiskBoots { first: vec![None; nodes], after_nvram_reset: vec![None; nodes] }
+        DiskBoots { first: vec![None; nodes], after_nvram_reset: vec![None; nodes], after_redeploy: vec![None; nodes] }
     }
 }
 
@@ -144,7 +148,9 @@ pub fn build(
     ramdisk: &images::Ramdisk,
     disk_boots: &DiskBoots,
 ) -> anyhow::Result<LabReport> {
-    let (disk_boot_ms, nvram_reset_boot_ms) = (&disk_boots.first, &disk_boots.after_nvram_reset);
+    let secs = |boots: &[Option<i64>], i: usize, start_ms: i64| {
+        boots.get(i).copied().flatten().map(|at| (at - start_ms) as f64 / 1000.0)
+    };
     let auth = format!("Bearer {token}");
     let machines: Value =
         client.get(&format!("{api}/api/v1/machines")).set("Authorization", &auth).call()?.into_json()?;
@@ -221,12 +227,9 @@ pub fn build(
                 image_written: first(&events, *start_ms, |e| {
                     e["kind"] == "state.changed" && e["detail"]["to"] == "deployed"
                 }),
-                disk_boot: disk_boot_ms.get(i).copied().flatten().map(|at| (at - start_ms) as f64 / 1000.0),
-                nvram_reset_boot: nvram_reset_boot_ms
-                    .get(i)
-                    .copied()
-                    .flatten()
-                    .map(|at| (at - start_ms) as f64 / 1000.0),
+                disk_boot: secs(&disk_boots.first, i, *start_ms),
+                nvram_reset_boot: secs(&disk_boots.after_nvram_reset, i, *start_ms),
+                redeployed_disk_boot: secs(&disk_boots.after_redeploy, i, *start_ms),
                 agent_started: first(&events, *start_ms, |e| e["kind"] == "node.agent_started"),
                 joined: first(&events, *start_ms, |e| e["kind"] == "state.changed" && e["detail"]["to"] == "joined"),
                 released: first(&events, *start_ms, |e| {
@@ -436,6 +439,7 @@ mod tests {
                     image_written: None,
                     disk_boot: None,
                     nvram_reset_boot: None,
+                    redeployed_disk_boot: None,
                     agent_started: None,
                     joined: None,
                     released: None,

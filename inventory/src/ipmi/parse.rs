@@ -12,18 +12,9 @@
 
 use crate::oob::{BmcSystem, FirmwareComponent, PowerAction, PowerState, Sensor, SensorKind};
 
-/// FRU values that mean "not filled in". Each entry names who ships it.
-/// Compared case-insensitively after trimming.
-pub const FRU_PLACEHOLDERS: &[(&str, &str)] = &[
-    ("", "any vendor: an empty field"),
-    ("to be filled by o.e.m.", "AMI firmware on Supermicro, ASRock Rack and white-box boards"),
-    ("0123456789", "Supermicro X10/X11 FRU product serial and version left at the factory default"),
-    ("default string", "AMI Aptio V boards"),
-    ("not specified", "HPE and generic SMBIOS-derived FRUs"),
-    ("system serial number", "Intel S2600 reference boards"),
-    ("none", "Quanta and generic OEM FRUs"),
-    ("n/a", "Lenovo XClarity FRU areas that are not populated"),
-];
+/// FRU values that mean "not filled in" (the identity module's list,
+/// which also keeps them from linking machines).
+pub use crate::identity::PLACEHOLDERS as FRU_PLACEHOLDERS;
 
 /// Trims a FRU value and drops the placeholders of [`FRU_PLACEHOLDERS`].
 pub fn clean_fru_value(value: &str) -> Option<String> {

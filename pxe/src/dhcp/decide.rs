@@ -293,12 +293,16 @@ pub fn decide(req: &Request, leases: &LeaseTable, cfg: &DhcpConfig, now: u64, kn
                 d.outcome = Outcome::Ignored("release of a lease we do not hold");
             }
         }
+        // Only the client we gave the address to may say it is in use: a
+        // DECLINE from anyone else would let one host empty the pool.
         MessageType::Decline => match req.requested_ip() {
-            Some(ip) if subnet.in_pool(ip) => {
+            Some(ip) if !subnet.in_pool(ip) => d.outcome = Outcome::Ignored("decline without an address of ours"),
+            Some(ip) if leases.by_mac(&req.mac).is_some_and(|l| l.ip == ip) => {
                 d.ops.push(LeaseOp::Quarantine { ip, until: now + QUARANTINE_SECS });
                 d.outcome = Outcome::Declined;
             }
-            _ => d.outcome = Outcome::Ignored("decline without an address of ours"),
+            Some(_) => d.outcome = Outcome::Ignored("decline of an address the client was not given"),
+            None => d.outcome = Outcome::Ignored("decline without an address of ours"),
         },
         MessageType::Inform => {
             d.reply = Some(reply(ReplyKind::InformAck, Ipv4Addr::UNSPECIFIED));
@@ -456,6 +460,22 @@ mod tests {
     fn init_reboot_after_lost_state_is_granted() {
         let d = run(&mut LeaseTable::default(), &request(MAC, 3, &[50, 4, 10, 77, 0, 101]), 0);
         assert_eq!((d.outcome, d.reply.unwrap().yiaddr), (Outcome::Acked, Ipv4Addr::new(10, 77, 0, 101)));
+    }
+
+    #[test]
+    fn only_the_holder_of_an_address_may_decline_it() {
+        let mut t = LeaseTable::default();
+        run(&mut t, &request(MAC, 1, &[]), 0);
+        run(&mut t, &request(MAC, 3, &[50, 4, 10, 77, 0, 100]), 1);
+        let other = MacAddr([0x52, 0x54, 0, 0xee, 0xee, 0xee]);
+        let forged = run(&mut t, &request(other, 4, &[50, 4, 10, 77, 0, 100]), 2);
+        assert!(matches!(forged.outcome, Outcome::Ignored(_)), "{:?}", forged.outcome);
+        assert!(forged.ops.is_empty(), "nothing quarantined, nothing removed");
+        // A free address nobody was given cannot be declined either.
+        let free = run(&mut t, &request(other, 4, &[50, 4, 10, 77, 0, 150]), 3);
+        assert!(matches!(free.outcome, Outcome::Ignored(_)) && free.ops.is_empty(), "{:?}", free.outcome);
+        let renew = run(&mut t, &request(MAC, 3, &[50, 4, 10, 77, 0, 100]), 4);
+        assert_eq!((renew.outcome, renew.reply.unwrap().yiaddr), (Outcome::Acked, Ipv4Addr::new(10, 77, 0, 100)));
     }
 
     #[test]

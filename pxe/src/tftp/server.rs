@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +38,8 @@ pub struct TftpStats {
     pub dropped_malformed: AtomicU64,
     /// Transfers in progress; back to zero once every client is done or gone.
     pub active: AtomicU64,
+    /// Requests refused because too many transfers were running.
+    pub busy: AtomicU64,
 }
 
 pub struct TftpServer {
@@ -46,8 +48,30 @@ pub struct TftpServer {
     mounts: Vec<(String, PathBuf)>,
     generated: Option<Arc<dyn GeneratedFiles>>,
     cache: Mutex<HashMap<PathBuf, CachedFile>>,
+    /// Transfers running per client address (entries leave at zero).
+    per_client: Mutex<HashMap<IpAddr, usize>>,
     limits: SessionOptions,
     pub stats: TftpStats,
+}
+
+/// A transfer's place under the caps, given back when it ends however it
+/// ends.
+struct Slot {
+    server: Arc<TftpServer>,
+    client: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.server.stats.active.fetch_sub(1, Ordering::Relaxed);
+        let mut per_client = self.server.per_client.lock().expect("per-client lock");
+        if let Some(n) = per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                per_client.remove(&self.client);
+            }
+        }
+    }
 }
 
 struct CachedFile {
@@ -90,7 +114,14 @@ impl TftpServer {
             .iter()
             .map(|(prefix, dir)| Ok((prefix.to_string(), dir.canonicalize()?)))
             .collect::<std::io::Result<_>>()?;
-        Ok(Arc::new(TftpServer { mounts, generated, cache: Mutex::default(), limits, stats: TftpStats::default() }))
+        Ok(Arc::new(TftpServer {
+            mounts,
+            generated,
+            cache: Mutex::default(),
+            per_client: Mutex::default(),
+            limits,
+            stats: TftpStats::default(),
+        }))
     }
 
     /// Maps a requested name to a file inside a mount: no `..`, leading
@@ -123,8 +154,18 @@ impl TftpServer {
             match Packet::parse(&buf[..len]) {
                 Ok(Packet::Read(req)) => {
                     self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                    let server = self.clone();
-                    tokio::spawn(async move { server.transfer(local, peer, req).await });
+                    match self.clone().take_slot(peer.ip()) {
+                        Some(slot) => {
+                            let server = self.clone();
+                            tokio::spawn(async move { server.transfer(local, peer, req, slot).await });
+                        }
+                        None => {
+                            self.stats.busy.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("slipway_tftp_busy_total").increment(1);
+                            self.refuse(&socket, peer, &req.filename, ERR_NOT_DEFINED, "too many transfers; retry")
+                                .await;
+                        }
+                    }
                 }
                 Ok(Packet::Write { filename }) => {
                     self.refuse(&socket, peer, &filename, ERR_ACCESS, "read-only server").await;
@@ -139,6 +180,21 @@ impl TftpServer {
         }
     }
 
+    /// A place for one more transfer from `client`, or `None` when the
+    /// server or that client is at its cap.
+    fn take_slot(self: Arc<Self>, client: IpAddr) -> Option<Slot> {
+        let mut per_client = self.per_client.lock().expect("per-client lock");
+        let mine = per_client.get(&client).copied().unwrap_or(0);
+        let active = self.stats.active.load(Ordering::Relaxed) as usize;
+        if active >= self.limits.max_sessions || mine >= self.limits.max_sessions_per_client {
+            return None;
+        }
+        per_client.insert(client, mine + 1);
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        drop(per_client);
+        Some(Slot { server: self, client })
+    }
+
     async fn refuse(&self, socket: &UdpSocket, peer: SocketAddr, file: &str, code: u16, why: &str) {
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("slipway_tftp_refused_total").increment(1);
@@ -146,7 +202,7 @@ impl TftpServer {
         let _ = socket.send_to(&packet::error(code, why), peer).await;
     }
 
-    async fn transfer(self: Arc<Self>, local: SocketAddr, peer: SocketAddr, req: ReadRequest) {
+    async fn transfer(self: Arc<Self>, local: SocketAddr, peer: SocketAddr, req: ReadRequest, _slot: Slot) {
         let socket = match UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await {
             Ok(s) => s,
             Err(err) => return warn!(%peer, %err, "cannot open a transfer socket"),
@@ -158,7 +214,6 @@ impl TftpServer {
             Ok(data) => data,
             Err((code, why)) => return self.refuse(&socket, peer, &req.filename, code, why).await,
         };
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("slipway_tftp_transfers_started_total").increment(1);
         let started = std::time::Instant::now();
         let size = data.len();
@@ -188,7 +243,6 @@ impl TftpServer {
                 },
             };
         };
-        self.stats.active.fetch_sub(1, Ordering::Relaxed);
         let ms = started.elapsed().as_millis() as u64;
         match outcome {
             Ok(completed) => {

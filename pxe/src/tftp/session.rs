@@ -14,6 +14,11 @@ pub struct SessionOptions {
     pub max_windowsize: u16,
     /// Retransmissions of one window before giving up.
     pub max_retries: u32,
+    /// Transfers at once, all clients together; more are refused.
+    pub max_sessions: usize,
+    /// Transfers at once from one client address (a firmware opens one or
+    /// two: a size probe, then the file).
+    pub max_sessions_per_client: usize,
 }
 
 impl Default for SessionOptions {
@@ -23,6 +28,8 @@ impl Default for SessionOptions {
             max_blksize: 65464,
             max_windowsize: 64,
             max_retries: 5,
+            max_sessions: 1024,
+            max_sessions_per_client: 8,
         }
     }
 }

@@ -26,10 +26,10 @@ pub enum ImagesCmd {
         #[command(flatten)]
         meta: MetaArgs,
     },
-    /// Register NAME and import it from a file on the appliance (in the background).
+    /// Register NAME and import it from a file in the appliance's import directory (in the background).
     Import {
         name: String,
-        /// Absolute path on the appliance.
+        /// A path in the appliance's `import_dir` (relative to it, or absolute inside it).
         #[arg(long, value_name = "PATH")]
         source_path: PathBuf,
         #[arg(long, value_enum)]
