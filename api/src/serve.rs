@@ -75,14 +75,22 @@ fn agent_binary(config: &Config) -> anyhow::Result<PathBuf> {
     Ok(exe.with_file_name("slipway-agent"))
 }
 
+/// The directory configured as `key` (`dir`), checked to hold `files`;
+/// `None` when the key is empty (the caller builds its own).
+fn configured_dir(key: &str, dir: &str, files: &[&str]) -> anyhow::Result<Option<PathBuf>> {
+    if dir.is_empty() {
+        return Ok(None);
+    }
+    let dir = PathBuf::from(dir);
+    if let Some(file) = files.iter().find(|f| !dir.join(f).is_file()) {
+        bail!("{key} {} has no {file}", dir.display());
+    }
+    Ok(Some(dir))
+}
+
 async fn ramdisk_dir(config: &Config) -> anyhow::Result<PathBuf> {
-    if !config.boot.ramdisk_dir.is_empty() {
-        let dir = PathBuf::from(&config.boot.ramdisk_dir);
-        for file in [pxe::boot::KERNEL_FILE, pxe::boot::INITRD_FILE] {
-            if !dir.join(file).is_file() {
-                bail!("boot.ramdisk_dir {} has no {file}", dir.display());
-            }
-        }
+    let files = [pxe::boot::KERNEL_FILE, pxe::boot::INITRD_FILE];
+    if let Some(dir) = configured_dir("boot.ramdisk_dir", &config.boot.ramdisk_dir, &files)? {
         return Ok(dir);
     }
     let inputs = images::RamdiskInputs { agent_binary: agent_binary(config)?, cache_dir: config.cache_dir.clone() };
@@ -104,13 +112,8 @@ fn uefi_signed(config: &Config, mode: pxe::dhcp::DhcpMode) -> bool {
 
 /// The directory with the signed shim and GRUB for UEFI PXE.
 async fn signed_dir(config: &Config) -> anyhow::Result<PathBuf> {
-    if !config.boot.signed_dir.is_empty() {
-        let dir = PathBuf::from(&config.boot.signed_dir);
-        for file in [images::signed_boot::NET_SHIM, images::signed_boot::NET_GRUB] {
-            if !dir.join(file).is_file() {
-                bail!("boot.signed_dir {} has no {file}", dir.display());
-            }
-        }
+    let files = [images::signed_boot::NET_SHIM, images::signed_boot::NET_GRUB];
+    if let Some(dir) = configured_dir("boot.signed_dir", &config.boot.signed_dir, &files)? {
         return Ok(dir);
     }
     let cache = config.cache_dir.clone();
