@@ -74,6 +74,9 @@ router_advertisements = false
 [boot]
 ipxe_dir = "$WORK/ipxe"
 ramdisk_dir = "$WORK/ramdisk"
+# No archive to fetch Debian's signed shim and GRUB from in this
+# namespace; the API under test does not depend on them.
+uefi_pxe = "ipxe"
 
 [oob]
 # Devices at random addresses fail fast; pollers back off quickly.
