@@ -26,6 +26,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::{self, Authn};
+use crate::rate::MinuteBudget;
 use crate::AppState;
 use store::tokens::AuditEntry;
 
@@ -36,21 +37,14 @@ fn mutating(method: &Method) -> bool {
 /// Audit rows a minute for callers without a valid token.
 pub const ANONYMOUS_PER_MINUTE: u32 = 60;
 
-/// (minute, rows written in it) for anonymous callers, per process.
-static ANONYMOUS: std::sync::Mutex<(i64, u32)> = std::sync::Mutex::new((0, 0));
+/// Anonymous callers' audit rows, per process.
+static ANONYMOUS: MinuteBudget = MinuteBudget::new(ANONYMOUS_PER_MINUTE);
 
 /// Whether an anonymous caller's request gets an audit row: only on a
 /// route the API has, and within the minute's budget.
 fn audit_anonymous(route_known: bool, now_ms: i64) -> bool {
-    let minute = now_ms / 60_000;
-    let mut budget = ANONYMOUS.lock().expect("audit budget lock");
-    if budget.0 != minute {
-        *budget = (minute, 0);
-    }
-    let allowed = route_known && budget.1 < ANONYMOUS_PER_MINUTE;
-    if allowed {
-        budget.1 += 1;
-    } else {
+    let allowed = route_known && ANONYMOUS.take(now_ms);
+    if !allowed {
         metrics::counter!("slipway_audit_anonymous_skipped_total").increment(1);
     }
     allowed

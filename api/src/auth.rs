@@ -131,10 +131,19 @@ impl FromRequestParts<AppState> for AgentMachine {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
-        match state.store.machine_for_agent_token(token).await? {
-            Some(id) => Ok(AgentMachine(id)),
-            None => Err(ApiError::Unauthorized("the agent token is not valid (expired, or replaced by a newer boot)")),
+        let Some(holder) = state.store.agent_token_holder(token).await? else {
+            return Err(ApiError::Unauthorized("the agent token is not valid (expired, or replaced by a newer boot)"));
+        };
+        // The token works only from the address its boot script went to.
+        let peer = crate::boot_guard::peer_of(&parts.extensions);
+        if holder.peer.is_some() && holder.peer != peer {
+            let refusal = crate::boot_guard::Refusal::WrongAddress;
+            return Err(crate::boot_guard::refused(state, refusal, "agent", None, Some(&holder.machine_id), peer).await);
         }
+        if let Some(boot) = &state.boot {
+            boot.guard.agent_called(&holder.machine_id);
+        }
+        Ok(AgentMachine(holder.machine_id))
     }
 }
 

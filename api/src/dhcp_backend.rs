@@ -3,6 +3,7 @@
 //! (in `discovering`) in the database.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pxe::boot::ClientKind;
@@ -10,6 +11,7 @@ use pxe::dhcp::server::DhcpBackend;
 use pxe::dhcp::{LeaseJournal, LeaseOp, LeaseTable};
 use tokio::sync::mpsc;
 
+use crate::boot_guard::BootGuard;
 use inventory::MacAddr;
 use store::{DhcpBinding, Store};
 
@@ -30,11 +32,18 @@ pub struct StoreBackend {
     store: Store,
     journal: std::sync::Mutex<LeaseJournal>,
     bookkeeping: mpsc::Sender<DhcpBinding>,
+    /// Told of each committed lease change and each observed network boot.
+    guard: Arc<BootGuard>,
 }
 
 impl StoreBackend {
     /// Starts the task that records bindings beside the DHCP loop.
-    pub fn start(store: Store, journal: LeaseJournal, discovery_timeout_ms: i64) -> StoreBackend {
+    pub fn start(
+        store: Store,
+        journal: LeaseJournal,
+        discovery_timeout_ms: i64,
+        guard: Arc<BootGuard>,
+    ) -> StoreBackend {
         let (tx, mut rx) = mpsc::channel::<DhcpBinding>(BOOKKEEPING_QUEUE);
         let recorder = store.clone();
         tokio::spawn(async move {
@@ -63,7 +72,7 @@ impl StoreBackend {
                 batch.clear();
             }
         });
-        StoreBackend { store, journal: std::sync::Mutex::new(journal), bookkeeping: tx }
+        StoreBackend { store, journal: std::sync::Mutex::new(journal), bookkeeping: tx, guard }
     }
 }
 
@@ -78,6 +87,8 @@ impl DhcpBackend for StoreBackend {
             journal.compact(table).map_err(|e| format!("compacting the lease journal: {e}"))?;
             tracing::info!(leases = table.len(), ms = started.elapsed().as_millis() as u64, "lease journal compacted");
         }
+        drop(journal);
+        self.guard.leases_changed(ops);
         Ok(())
     }
 
@@ -91,6 +102,9 @@ impl DhcpBackend for StoreBackend {
         let detail = serde_json::json!({ "mac": mac.to_string(), "ip": ip.to_string(), "client": client.label(), "firmware": client.firmware.label() });
         // Only network boots create machines: a laptop on the provisioning
         // network is not a server to inventory.
+        if client.is_pxe() {
+            self.guard.boot_observed(mac);
+        }
         let binding = DhcpBinding { mac, ip, network_boot: client.is_pxe(), detail };
         if self.bookkeeping.try_send(binding).is_err() {
             metrics::counter!("slipway_dhcp_bookkeeping_dropped_total").increment(1);

@@ -15,6 +15,10 @@ pub enum ApiError {
     /// A valid token whose role is too small (HTTP 403): says which is needed.
     #[error("this request needs the {needed} role; the token's role is {role}")]
     Forbidden { needed: model::Role, role: model::Role },
+    /// The provisioning network asked for what its sender may not have
+    /// (HTTP 403): a boot script or an agent call; see `boot_guard`.
+    #[error("refused: {}", .0.detail())]
+    Refused(crate::boot_guard::Refusal),
     #[error("{what} not found")]
     NotFound { what: String },
     #[error("invalid {field}: {detail}")]
@@ -50,7 +54,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, title, field) = match &self {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized", None),
-            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden", None),
+            ApiError::Forbidden { .. } | ApiError::Refused(_) => (StatusCode::FORBIDDEN, "Forbidden", None),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "Not Found", None),
             ApiError::BadRequest { field, .. } => (StatusCode::BAD_REQUEST, "Bad Request", Some(field.clone())),
             ApiError::PayloadTooLarge { field, .. } => {

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod boot_guard;
 pub mod campaign;
 pub mod config;
 mod dhcp_backend;
@@ -19,6 +20,7 @@ pub mod join;
 pub mod leader;
 pub mod metrics_catalog;
 pub mod oob;
+pub mod rate;
 mod routes;
 pub mod secrets;
 pub mod serve;
@@ -62,4 +64,6 @@ pub struct BootContext {
     pub ramdisk_dir: PathBuf,
     /// iPXE binaries, served under `/boot/ipxe/` to UEFI HTTP Boot clients.
     pub ipxe_dir: PathBuf,
+    /// Who may have a boot script and use an agent token.
+    pub guard: Arc<boot_guard::BootGuard>,
 }

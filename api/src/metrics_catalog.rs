@@ -100,6 +100,10 @@ pub const CATALOG: &[Metric] = &[
     m("slipway_boot_http_requests_total", Counter, Unit::Count, "Requests to the boot HTTP face by kind (script, kernel, initrd, image, ipxe, firmware, agent, other) and status class.", &[
         &[("kind", "script"), ("status", "2xx")], &[("kind", "kernel"), ("status", "2xx")], &[("kind", "initrd"), ("status", "2xx")], &[("kind", "image"), ("status", "2xx")],
     ]),
+    m("slipway_boot_refusals_total", Counter, Unit::Count, "Boot scripts and agent calls refused on the provisioning network, by reason (not_lease_holder, no_observed_boot, agent_mid_job, denied, unknown_mac, wrong_address) and what was asked (ipxe, grub, agent).", &[
+        &[("reason", "not_lease_holder"), ("what", "ipxe")], &[("reason", "wrong_address"), ("what", "agent")],
+    ]),
+    m("slipway_boot_guard_full_total", Counter, Unit::Count, "Observed network boots or agent sightings not kept because the guard's tables were full (a flood of spoofed boots).", PLAIN),
     m("slipway_boot_http_sent_bytes_total", Counter, Unit::Bytes, "Body bytes sent by the boot HTTP face, by kind.", &[
         &[("kind", "script")], &[("kind", "kernel")], &[("kind", "initrd")], &[("kind", "image")],
     ]),

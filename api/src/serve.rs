@@ -146,7 +146,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(p) => {
             let http_base = format!("http://{}:{}", p.address, config.provisioning.http_port);
             let ramdisk_dir = ramdisk_dir(&config).await.context("preparing the discovery ramdisk")?;
-            Some(Arc::new(BootContext { http_base, ramdisk_dir, ipxe_dir: config.boot.ipxe_dir.clone() }))
+            let guard = crate::boot_guard::BootGuard::new(p.mode, p.deny.clone(), config.provisioning.answer_unknown);
+            let ipxe_dir = config.boot.ipxe_dir.clone();
+            Some(Arc::new(BootContext { http_base, ramdisk_dir, ipxe_dir, guard: Arc::new(guard) }))
         }
     };
     let secrets = crate::secrets::SecretBox::load(&config.oob.secret_key, &config.data_dir)
@@ -206,6 +208,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             warn!(skipped = loaded.skipped, path = %journal_path.display(), "lease journal lines unreadable (a torn last write?); skipped");
         }
         info!(leases = table.len(), "DHCP leases restored");
+        boot.guard.seed(&table);
         let ports = Ports { server: config.provisioning.dhcp_port, ..Ports::default() };
         let any = std::net::Ipv4Addr::UNSPECIFIED;
         let socket = bind_socket(Some(&p.interface), SocketAddrV4::new(any, ports.server))
@@ -214,7 +217,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             dhcp_config,
             ports,
             table,
-            StoreBackend::start(store.clone(), journal, discovery_timeout_ms),
+            StoreBackend::start(store.clone(), journal, discovery_timeout_ms, boot.guard.clone()),
         );
         if dhcp.mode() == pxe::dhcp::DhcpMode::Proxy {
             let pxe_socket = bind_socket(Some(&p.interface), SocketAddrV4::new(any, ports.pxe))
@@ -262,7 +265,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(http_addr)
             .await
             .with_context(|| format!("binding boot HTTP to {http_addr}"))?;
-        let router = boot_router(state.clone());
+        // With each connection's address: scripts and agent tokens go by it.
+        let router = boot_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         tasks.spawn(async move { axum::serve(listener, router).await.context("boot HTTP server") });
         info!(interface = p.interface, dhcp = %format!("{}:{}", p.interface, ports.server), tftp = %tftp_addr, http = %http_addr,
               ramdisk = %boot.ramdisk_dir.display(), "boot services up");

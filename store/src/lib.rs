@@ -7,7 +7,7 @@
 //! same transaction; what a change means (the lifecycle, campaigns) is the
 //! `model` crate's, and when to make it is the appliance's (`api`).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use serde::Serialize;
@@ -71,6 +71,15 @@ pub struct Store {
     /// Committed events, tailed from the database for live streams.
     pub feed: std::sync::Arc<feed::EventFeed>,
     clock: Clock,
+}
+
+/// Who holds a live agent token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTokenHolder {
+    pub machine_id: String,
+    /// The address the token was handed to (`None` for tokens from before
+    /// addresses were kept).
+    pub peer: Option<IpAddr>,
 }
 
 /// A DHCP client that was ACKed (or, in proxy mode, given boot information
@@ -590,29 +599,39 @@ impl Store {
         rows.iter().map(feed::event_from_row).collect()
     }
 
-    /// A fresh agent credential for `machine_id`; any earlier one stops
-    /// working, so a token is good for the boot it was issued to.
-    pub async fn issue_agent_token(&self, machine_id: &str, ttl_ms: i64) -> Result<String> {
+    /// A fresh agent credential for `machine_id`, handed to `peer`; any
+    /// earlier one stops working, so a token is good for the boot it was
+    /// issued to.
+    pub async fn issue_agent_token(&self, machine_id: &str, ttl_ms: i64, peer: Option<IpAddr>) -> Result<String> {
         let token = crate::random_token();
         let mut tx = self.writer.begin().await?;
         sqlx::query("DELETE FROM agent_tokens WHERE machine_id = $1").bind(machine_id).execute(&mut *tx).await?;
-        sqlx::query("INSERT INTO agent_tokens (token_sha256, machine_id, expires_at_ms) VALUES ($1, $2, $3)")
-            .bind(sha256_hex(&token))
-            .bind(machine_id)
-            .bind(self.now_ms() + ttl_ms)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO agent_tokens (token_sha256, machine_id, expires_at_ms, peer_ip) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(sha256_hex(&token))
+        .bind(machine_id)
+        .bind(self.now_ms() + ttl_ms)
+        .bind(peer.map(|ip| ip.to_string()))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(token)
     }
 
-    pub async fn machine_for_agent_token(&self, token: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT machine_id FROM agent_tokens WHERE token_sha256 = $1 AND expires_at_ms > $2")
-            .bind(sha256_hex(token))
-            .bind(self.now_ms())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get("machine_id")).transpose()?)
+    /// The machine a live agent token belongs to, and the address it was
+    /// handed to.
+    pub async fn agent_token_holder(&self, token: &str) -> Result<Option<AgentTokenHolder>> {
+        let row =
+            sqlx::query("SELECT machine_id, peer_ip FROM agent_tokens WHERE token_sha256 = $1 AND expires_at_ms > $2")
+                .bind(sha256_hex(token))
+                .bind(self.now_ms())
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else { return Ok(None) };
+        let peer: Option<String> = row.try_get("peer_ip")?;
+        let peer = peer.map(|p| p.parse().map_err(|_| StoreError::Corrupt(format!("agent token address {p:?}"))));
+        Ok(Some(AgentTokenHolder { machine_id: row.try_get("machine_id")?, peer: peer.transpose()? }))
     }
 
     pub async fn ping(&self) -> Result<()> {
@@ -732,10 +751,12 @@ mod tests {
 
     async fn agent_tokens_are_good_for_one_boot(store: Store) {
         let (id, _) = store.ensure_machine("52:54:00:00:00:03".parse().unwrap(), "dhcp", 60_000).await.unwrap();
-        let first = store.issue_agent_token(&id, 60_000).await.unwrap();
-        assert_eq!(store.machine_for_agent_token(&first).await.unwrap(), Some(id.clone()));
-        let second = store.issue_agent_token(&id, 60_000).await.unwrap();
-        assert_eq!(store.machine_for_agent_token(&first).await.unwrap(), None, "the next boot's token replaces it");
-        assert_eq!(store.machine_for_agent_token(&second).await.unwrap(), Some(id));
+        let peer: IpAddr = "10.77.0.50".parse().unwrap();
+        let first = store.issue_agent_token(&id, 60_000, Some(peer)).await.unwrap();
+        let holder = AgentTokenHolder { machine_id: id.clone(), peer: Some(peer) };
+        assert_eq!(store.agent_token_holder(&first).await.unwrap(), Some(holder.clone()));
+        let second = store.issue_agent_token(&id, 60_000, Some(peer)).await.unwrap();
+        assert_eq!(store.agent_token_holder(&first).await.unwrap(), None, "the next boot's token replaces it");
+        assert_eq!(store.agent_token_holder(&second).await.unwrap(), Some(holder));
     }
 }

@@ -226,13 +226,13 @@ async fn deploy_report(
 
 #[cfg(test)]
 mod tests {
-    use crate::routes::test_support::{app, get, get_text, inventory_json, post, token_from};
+    use crate::routes::test_support::{app, boot_script, get, inventory_json, post, token_from};
     use axum::http::StatusCode;
 
     #[tokio::test]
     async fn inventory_makes_the_machine_ready() {
         let t = app().await;
-        let (_, script) = get_text(&t.boot, "/boot/52-54-00-00-00-06.ipxe").await;
+        let (_, script) = boot_script(&t, "52:54:00:00:00:06").await;
         let token = token_from(&script);
         let hello = serde_json::json!({ "mac": "52:54:00:00:00:06", "agent_version": "0.1.0", "mode": "discovery" });
         assert_eq!(post(&t.boot, wire::HELLO_PATH, &token, &hello).await.0, StatusCode::OK);
@@ -258,7 +258,7 @@ mod tests {
             StatusCode::UNAUTHORIZED,
             "the admin token is not an agent token"
         );
-        let (_, script) = get_text(&t.boot, "/boot/52-54-00-00-00-07.ipxe").await;
+        let (_, script) = boot_script(&t, "52:54:00:00:00:07").await;
         let token = token_from(&script);
         let mut bad = inv.clone();
         bad["cpu"]["count"] = serde_json::json!("two");

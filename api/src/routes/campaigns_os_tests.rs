@@ -20,7 +20,7 @@ use simulators::bmc::MemoryBackend;
 use super::tests::sim_bmc;
 use crate::campaign::runner::{self, RunnerSettings};
 use crate::routes::test_support::{
-    app, available_image, deployed_machine, get, get_text, post, put_bytes, ready_machine, token_from, TestApp,
+    app, available_image, boot_script, deployed_machine, get, post, put_bytes, ready_machine, token_from, TestApp,
 };
 
 /// One machine as its agents see it.
@@ -103,8 +103,7 @@ impl Fleet {
                 sim.boots = boots;
                 if matches!(state.as_str(), "deploying" | "refreshing") {
                     // Rebooted into the installer: the OS on the disk is down.
-                    let (_, script) =
-                        get_text(&self.t.boot, &format!("/boot/{}.ipxe", sim.mac.replace(':', "-"))).await;
+                    let (_, script) = boot_script(&self.t, &sim.mac).await;
                     sim.ramdisk = Some(token_from(&script));
                     sim.node_token = None;
                     sim.hook = None;

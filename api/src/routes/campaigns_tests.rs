@@ -65,6 +65,7 @@ impl BootFace {
             http_base: self.url.clone(),
             ramdisk_dir: old.ramdisk_dir.clone(),
             ipxe_dir: old.ipxe_dir.clone(),
+            guard: old.guard.clone(),
         }));
         state
     }

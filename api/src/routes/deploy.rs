@@ -298,7 +298,8 @@ mod flow_tests {
     use serde_json::json;
 
     use crate::routes::test_support::{
-        app, available_image, delete, get, get_raw, get_text, image_content as content, post, put_bytes, ready_machine,
+        app, available_image, boot_script, delete, get, get_raw, image_content as content, post, put_bytes,
+        ready_machine,
     };
 
     #[tokio::test]
@@ -451,7 +452,7 @@ mod flow_tests {
         assert_eq!(m["state"], "deployed");
         let (_, d) = get(&t.operator, &format!("/api/v1/machines/{id}/deployment"), Some(&t.admin)).await;
         assert_eq!((d["phase"].as_str(), d["disk"].as_str()), (Some("written"), Some("/dev/vda")));
-        let (_, script) = get_text(&t.boot, "/boot/52-54-00-00-00-31.ipxe").await;
+        let (_, script) = boot_script(&t, "52:54:00:00:00:31").await;
         assert!(script.contains("sanboot"), "a deployed machine boots its disk, never reinstalls: {script}");
         let (_, events) = get(&t.operator, &format!("/api/v1/machines/{id}/events"), Some(&t.admin)).await;
         let kinds: Vec<&str> =
@@ -480,8 +481,8 @@ mod flow_tests {
 
     /// A machine whose agent reported `firmware`, ready.
     async fn ready_with(t: &crate::routes::test_support::TestApp, mac: &str, firmware: serde_json::Value) -> String {
-        use crate::routes::test_support::{inventory_json, token_from};
-        let (_, script) = get_text(&t.boot, &format!("/boot/{}.ipxe", mac.replace(':', "-"))).await;
+        use crate::routes::test_support::{boot_script, inventory_json, token_from};
+        let (_, script) = boot_script(&t, &mac).await;
         let mut inventory = inventory_json(mac);
         inventory["firmware"] = firmware;
         let (status, _) = post(&t.boot, wire::INVENTORY_PATH, &token_from(&script), &inventory).await;
@@ -586,7 +587,7 @@ mod flow_tests {
         assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("wipe")));
         let (status, m) = post(&t.operator, &release, &t.admin, &json!({ "wipe": "full" })).await;
         assert_eq!((status, m["state"].as_str()), (StatusCode::ACCEPTED, Some("releasing")));
-        let (_, script) = get_text(&t.boot, "/boot/52-54-00-00-00-33.ipxe").await;
+        let (_, script) = boot_script(&t, "52:54:00:00:00:33").await;
         assert!(script.contains("slipway.token="), "a releasing machine boots the ramdisk: {script}");
         let token = crate::routes::test_support::token_from(&script);
         let (_, instruction) = get(&t.boot, wire::INSTRUCTIONS_PATH, Some(&token)).await;

@@ -7,7 +7,7 @@ use axum::Router;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::routes::test_support::{app, available_image, get, get_text, ready_machine};
+use crate::routes::test_support::{app, available_image, boot_script, get, ready_machine};
 
 /// Sends any request with headers; returns status, headers and JSON body.
 async fn send(
@@ -169,14 +169,14 @@ async fn lifecycle_actions_and_a_retired_machine_boots_locally() {
         assert_eq!(act(name, None).await.0, StatusCode::CONFLICT, "{name}: retired is terminal");
     }
     assert_eq!(act("reboot", None).await.0, StatusCode::NOT_FOUND);
-    let (_, script) = get_text(&t.boot, &format!("/boot/{}.ipxe", mac.replace(':', "-"))).await;
+    let (_, script) = boot_script(&t, &mac).await;
     assert!(!script.contains("slipway.token="), "a retired machine gets no ramdisk:\n{script}");
 }
 
 #[tokio::test]
 async fn retrying_a_failed_discovery_starts_it_over() {
     let t = app().await;
-    let (_, script) = get_text(&t.boot, "/boot/52-54-00-00-13-01.ipxe").await;
+    let (_, script) = boot_script(&t, "52:54:00:00:13:01").await;
     assert!(script.contains("slipway.token="));
     let (_, m) = get(&t.operator, "/api/v1/machines/52:54:00:00:13:01", Some(&t.admin)).await;
     let id = m["id"].as_str().unwrap().to_string();

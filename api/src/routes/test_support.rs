@@ -72,6 +72,11 @@ async fn serve_from(dir: tempfile::TempDir, db: Arc<TestDb>, admin: String) -> T
             http_base: "http://10.77.0.1:8081".into(),
             ramdisk_dir: ramdisk,
             ipxe_dir: ipxe,
+            guard: Arc::new(crate::boot_guard::BootGuard::new(
+                pxe::dhcp::DhcpMode::Authoritative,
+                Default::default(),
+                true,
+            )),
         })),
         discovery_timeout_ms: 60_000,
         deploy_timeout_ms: 600_000,
@@ -82,7 +87,36 @@ async fn serve_from(dir: tempfile::TempDir, db: Arc<TestDb>, admin: String) -> T
         work_posted: Default::default(),
         firmware_dir: dir.path().join("firmware"),
     };
-    TestApp { operator: operator_router(state.clone()), boot: boot_router(state.clone()), admin, state, _dir: dir, db }
+    let boot = boot_router(state.clone()).layer(axum::middleware::map_request(from_test_peer));
+    TestApp { operator: operator_router(state.clone()), boot, admin, state, _dir: dir, db }
+}
+
+/// Where boot-face requests come from in tests, unless one says otherwise.
+pub const TEST_PEER: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 77, 0, 50)), 40_000);
+
+async fn from_test_peer(mut request: Request<Body>) -> Request<Body> {
+    use axum::extract::ConnectInfo;
+    if request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().is_none() {
+        request.extensions_mut().insert(ConnectInfo(TEST_PEER));
+    }
+    request
+}
+
+/// `mac` holds a DHCP lease on `ip`, as if the DHCP server had ACKed it.
+pub fn lease(t: &TestApp, mac: &str, ip: std::net::Ipv4Addr) {
+    let expires_at = u64::try_from(t.state.store.now_ms() / 1000).unwrap() + 86_400;
+    let lease = pxe::dhcp::Lease { mac: mac.parse().unwrap(), ip, expires_at, state: pxe::dhcp::LeaseState::Bound };
+    t.state.boot.as_ref().unwrap().guard.leases_changed(&[pxe::dhcp::LeaseOp::Upsert(lease)]);
+}
+
+/// `mac`'s iPXE script, fetched as the machine does: from [`TEST_PEER`],
+/// which holds its lease.
+pub async fn boot_script(t: &TestApp, mac: &str) -> (StatusCode, String) {
+    let std::net::IpAddr::V4(ip) = TEST_PEER.ip() else { unreachable!() };
+    lease(t, mac, ip);
+    let dashed = mac.parse::<inventory::MacAddr>().unwrap().dashed();
+    get_text(&t.boot, &format!("/boot/{dashed}.ipxe")).await
 }
 
 async fn send(router: &Router, req: Request<Body>) -> (StatusCode, Vec<u8>) {
@@ -176,7 +210,7 @@ pub fn inventory_json(mac: &str) -> serde_json::Value {
 /// Boots `mac` through discovery to `ready` the way a real machine does;
 /// returns its id and agent token.
 pub async fn ready_machine(t: &TestApp, mac: &str) -> (String, String) {
-    let (_, script) = get_text(&t.boot, &format!("/boot/{}.ipxe", mac.replace(':', "-"))).await;
+    let (_, script) = boot_script(t, mac).await;
     let token = token_from(&script);
     let (status, _) = post(&t.boot, wire::INVENTORY_PATH, &token, &inventory_json(mac)).await;
     assert_eq!(status, StatusCode::OK);
