@@ -25,6 +25,8 @@ pub struct Config {
     pub import_dir: PathBuf,
     pub log_format: LogFormat,
     pub api: ApiConfig,
+    pub http: HttpConfig,
+    pub retention: RetentionConfig,
     pub database: DatabaseConfig,
     pub provisioning: ProvisioningConfig,
     pub boot: BootFilesConfig,
@@ -100,6 +102,37 @@ pub struct UpsEntry {
 
 fn yes() -> bool {
     true
+}
+
+/// Limits on both HTTP faces (operator API and boot), against clients that
+/// open connections and send nothing, or a byte at a time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A request's headers must arrive within this; a kept-alive
+    /// connection idle this long is closed.
+    pub header_timeout_secs: u64,
+    /// Open connections per face, and per client address on each.
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+}
+
+impl HttpConfig {
+    pub fn limits(&self) -> crate::http_serve::HttpLimits {
+        crate::http_serve::HttpLimits {
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs.max(1)),
+            max_connections: self.max_connections.max(1),
+            max_connections_per_client: self.max_connections_per_client.max(1),
+        }
+    }
+}
+
+/// How long events and audit entries are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub events_days: u32,
+    pub audit_days: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -246,6 +279,8 @@ impl Default for Config {
                 tls_key: String::new(),
                 tls_names: vec![],
             },
+            http: HttpConfig { header_timeout_secs: 30, max_connections: 1024, max_connections_per_client: 64 },
+            retention: RetentionConfig { events_days: 90, audit_days: 400 },
             database: DatabaseConfig { url: String::new() },
             provisioning: ProvisioningConfig {
                 interface: String::new(),

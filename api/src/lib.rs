@@ -15,6 +15,7 @@ mod dhcp_backend;
 pub mod error;
 pub mod extract;
 pub mod firmware_files;
+pub mod http_serve;
 pub mod idempotency;
 pub mod join;
 pub mod leader;

@@ -100,6 +100,9 @@ pub const CATALOG: &[Metric] = &[
     m("slipway_boot_http_requests_total", Counter, Unit::Count, "Requests to the boot HTTP face by kind (script, kernel, initrd, image, ipxe, firmware, agent, other) and status class.", &[
         &[("kind", "script"), ("status", "2xx")], &[("kind", "kernel"), ("status", "2xx")], &[("kind", "initrd"), ("status", "2xx")], &[("kind", "image"), ("status", "2xx")],
     ]),
+    m("slipway_http_connections", Gauge, Unit::Count, "Open HTTP connections, by face (operator, boot).", &[&[("face", "operator")], &[("face", "boot")]]),
+    m("slipway_http_connections_refused_total", Counter, Unit::Count, "HTTP connections closed on accept because the face, or that client address, had http.max_connections(_per_client) open.", &[&[("face", "operator")], &[("face", "boot")]]),
+    m("slipway_http_header_timeouts_total", Counter, Unit::Count, "HTTP connections closed because a request's headers did not arrive within http.header_timeout_secs (or the connection sat idle that long).", &[&[("face", "operator")], &[("face", "boot")]]),
     m("slipway_boot_refusals_total", Counter, Unit::Count, "Boot scripts and agent calls refused on the provisioning network, by reason (not_lease_holder, no_observed_boot, agent_mid_job, denied, unknown_mac, wrong_address) and what was asked (ipxe, grub, agent).", &[
         &[("reason", "not_lease_holder"), ("what", "ipxe")], &[("reason", "wrong_address"), ("what", "agent")],
     ]),
@@ -140,6 +143,7 @@ pub const CATALOG: &[Metric] = &[
     // The store.
     m("slipway_event_write_failures_total", Counter, Unit::Count, "Events that could not be written (their whole transaction failed).", PLAIN),
     m("slipway_audit_write_failures_total", Counter, Unit::Count, "Audit records that could not be written.", PLAIN),
+    m("slipway_retention_deleted_total", Counter, Unit::Count, "Events and audit entries deleted past their retention (retention.events_days, retention.audit_days), by table.", &[&[("table", "events")], &[("table", "audit")]]),
     m("slipway_audit_anonymous_skipped_total", Counter, Unit::Count, "Writes by callers without a valid token left out of the audit log: to routes the API does not have, or beyond audit::ANONYMOUS_PER_MINUTE.", PLAIN),
 ];
 

@@ -265,9 +265,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(http_addr)
             .await
             .with_context(|| format!("binding boot HTTP to {http_addr}"))?;
-        // With each connection's address: scripts and agent tokens go by it.
-        let router = boot_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        tasks.spawn(async move { axum::serve(listener, router).await.context("boot HTTP server") });
+        // Each request carries its connection's address: scripts and agent tokens go by it.
+        let router = boot_router(state.clone());
+        let limits = config.http.limits();
+        tasks.spawn(async move {
+            crate::http_serve::serve(listener, router, "boot", limits).await.context("boot HTTP server")
+        });
         info!(interface = p.interface, dhcp = %format!("{}:{}", p.interface, ports.server), tftp = %tftp_addr, http = %http_addr,
               ramdisk = %boot.ramdisk_dir.display(), "boot services up");
     }
@@ -279,8 +282,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = crate::tls::ApiListener::bind(&config, &api_tls).await?;
     let api_url = format!("{}://{}", listener.scheme(), listener.local_addr()?);
     let router = operator_router(state.clone());
-    tasks.spawn(async move { listener.serve(router).await.context("API server") });
+    let limits = config.http.limits();
+    tasks.spawn(async move { listener.serve(router, limits).await.context("API server") });
     tasks.spawn(deadline_reaper(store.clone(), leader.clone()));
+    tasks.spawn(retention(store.clone(), leader.clone(), config.retention.clone()));
     // One campaign runner per database: started on gaining the lease,
     // dropped (its node workers with it) on losing it.
     let (campaign_state, campaign_leader) = (state.clone(), leader.clone());
@@ -307,6 +312,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             info!("shutting down");
             leader.release(&store).await;
             Ok(())
+        }
+    }
+}
+
+/// Deletes events and audit entries past `retention`, hourly, on the
+/// leader only.
+async fn retention(store: Store, leader: Leader, retention: crate::config::RetentionConfig) -> anyhow::Result<()> {
+    const DAY_MS: i64 = 86_400_000;
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        if !leader.is_leader() {
+            continue;
+        }
+        let now = store.now_ms();
+        let events_before = now - i64::from(retention.events_days.max(1)) * DAY_MS;
+        let audit_before = now - i64::from(retention.audit_days.max(1)) * DAY_MS;
+        match store.prune(events_before, audit_before).await {
+            Ok((events, audit)) => {
+                metrics::counter!("slipway_retention_deleted_total", "table" => "events").increment(events);
+                metrics::counter!("slipway_retention_deleted_total", "table" => "audit").increment(audit);
+                if events + audit > 0 {
+                    info!(events, audit, "deleted events and audit entries past their retention");
+                }
+            }
+            Err(err) => warn!(error = %err, "deleting old events and audit entries failed"),
         }
     }
 }

@@ -281,10 +281,10 @@ impl ApiListener {
         }
     }
 
-    pub async fn serve(self, router: axum::Router) -> std::io::Result<()> {
+    pub async fn serve(self, router: axum::Router, limits: crate::http_serve::HttpLimits) -> std::io::Result<()> {
         match self {
-            ApiListener::Plain(l) => axum::serve(l, router).await,
-            ApiListener::Tls(l) => axum::serve(l, router).await,
+            ApiListener::Plain(l) => crate::http_serve::serve(l, router, "operator", limits).await,
+            ApiListener::Tls(l) => crate::http_serve::serve(l, router, "operator", limits).await,
         }
     }
 }

@@ -72,7 +72,7 @@ async fn serves_https_with_the_pinned_certificate_and_refuses_plain_http() {
     let listener = ApiListener::Tls(TlsListener::new(tcp, server_config(cert).unwrap()).unwrap());
     assert_eq!(listener.scheme(), "https");
     let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
-    let server = tokio::spawn(listener.serve(router));
+    let server = tokio::spawn(listener.serve(router, crate::config::Config::default().http.limits()));
 
     // A client that connects and stays silent does not block the others.
     let _silent = TcpStream::connect(addr).await.unwrap();

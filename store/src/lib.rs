@@ -29,6 +29,7 @@ mod lease;
 mod node;
 mod oob;
 mod refresh;
+mod retention;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_db;
 pub mod tokens;
