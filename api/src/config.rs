@@ -41,6 +41,10 @@ pub struct OobConfig {
     /// Empty: generated at first start into `data_dir/secret-key` (0600).
     /// Appliances sharing one database must share this key.
     pub secret_key: String,
+    /// A file holding that key (64 hex digits), kept outside `data_dir`
+    /// (`/etc/slipway/secret-key`, a systemd credential). Used when
+    /// `secret_key` is empty; it must exist.
+    pub secret_key_file: PathBuf,
     /// Every BMC request gives up after this long.
     pub request_timeout_secs: u64,
     /// Requests in flight to one BMC at once; more wait their turn, so a
@@ -320,6 +324,7 @@ impl Default for Config {
             },
             oob: OobConfig {
                 secret_key: String::new(),
+                secret_key_file: PathBuf::new(),
                 request_timeout_secs: 10,
                 max_requests_per_bmc: 2,
                 power_poll_secs: 30,

@@ -34,11 +34,19 @@ impl SecretBox {
         SecretBox { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)) }
     }
 
-    /// From the configured hex key, else `data_dir/secret-key`, else a new
-    /// key written there.
-    pub fn load(configured: &str, data_dir: &Path) -> anyhow::Result<SecretBox> {
+    /// From the configured hex key, else the configured key file (kept
+    /// outside `data_dir`, so a copy of the data is no use alone), else
+    /// `data_dir/secret-key`, else a new key written there.
+    pub fn load(configured: &str, key_file: &Path, data_dir: &Path) -> anyhow::Result<SecretBox> {
         if !configured.is_empty() {
             return Ok(SecretBox::new(parse_key(configured).context("oob.secret_key")?));
+        }
+        if !key_file.as_os_str().is_empty() {
+            let text = std::fs::read_to_string(key_file)
+                .with_context(|| format!("oob.secret_key_file: reading {}", key_file.display()))?;
+            return Ok(SecretBox::new(
+                parse_key(text.trim()).with_context(|| format!("oob.secret_key_file {}", key_file.display()))?,
+            ));
         }
         let path = data_dir.join("secret-key");
         match std::fs::read_to_string(&path) {
@@ -61,6 +69,16 @@ impl SecretBox {
         let mut out = nonce.to_vec();
         out.extend(sealed);
         hex::encode(out)
+    }
+
+    /// [`open`](Self::open), for a column that held the secret in clear
+    /// before it was sealed: a value that is not sealed (not hex, or too
+    /// short to hold a nonce and tag) is that clear secret.
+    pub fn open_or_clear(&self, stored: &str) -> Result<String, OpenError> {
+        match hex::decode(stored) {
+            Ok(bytes) if bytes.len() >= NONCE_LEN + 16 => self.open(stored),
+            _ => Ok(stored.to_string()),
+        }
     }
 
     pub fn open(&self, sealed: &str) -> Result<String, OpenError> {
@@ -114,11 +132,32 @@ mod tests {
     #[test]
     fn a_generated_key_is_kept_and_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let sealed = SecretBox::load("", dir.path()).unwrap().seal("x");
+        let none = Path::new("");
+        let sealed = SecretBox::load("", none, dir.path()).unwrap().seal("x");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("secret-key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(SecretBox::load("", dir.path()).unwrap().open(&sealed).unwrap(), "x");
-        assert!(SecretBox::load("abcd", dir.path()).is_err(), "a short configured key is refused");
+        assert_eq!(SecretBox::load("", none, dir.path()).unwrap().open(&sealed).unwrap(), "x");
+        assert!(SecretBox::load("abcd", none, dir.path()).is_err(), "a short configured key is refused");
+    }
+
+    #[test]
+    fn a_key_file_outside_the_data_directory_is_used_and_must_exist() {
+        let (etc, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let file = etc.path().join("secret-key");
+        assert!(SecretBox::load("", &file, data.path()).is_err(), "a missing key file is an error, not a new key");
+        std::fs::write(&file, format!("{}\n", hex::encode([5u8; 32]))).unwrap();
+        let sealed = SecretBox::load("", &file, data.path()).unwrap().seal("x");
+        assert_eq!(SecretBox::new([5; 32]).open(&sealed).unwrap(), "x");
+        assert!(!data.path().join("secret-key").exists(), "nothing written to data_dir");
+    }
+
+    #[test]
+    fn a_secret_stored_before_sealing_reads_as_it_was() {
+        let a = SecretBox::new([7; 32]);
+        assert_eq!(a.open_or_clear("public").unwrap(), "public");
+        assert_eq!(a.open_or_clear("SWMTKN-1-abc").unwrap(), "SWMTKN-1-abc");
+        assert_eq!(a.open_or_clear(&a.seal("private")).unwrap(), "private");
+        assert!(SecretBox::new([8; 32]).open_or_clear(&a.seal("private")).is_err(), "a wrong key is not 'clear'");
     }
 }

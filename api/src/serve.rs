@@ -151,8 +151,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(Arc::new(BootContext { http_base, ramdisk_dir, ipxe_dir, guard: Arc::new(guard) }))
         }
     };
-    let secrets = crate::secrets::SecretBox::load(&config.oob.secret_key, &config.data_dir)
-        .context("loading the key for secrets at rest")?;
+    let secrets =
+        crate::secrets::SecretBox::load(&config.oob.secret_key, &config.oob.secret_key_file, &config.data_dir)
+            .context("loading the key for secrets at rest")?;
     let oob = crate::oob::Oob::new(store.clone(), secrets, (&config.oob).into(), discovery_timeout_ms);
     // Background work (deadline reaper, BMC/UPS pollers, campaigns) runs
     // on the one appliance holding the lease; see crate::leader.

@@ -106,6 +106,11 @@ impl Oob {
         self.secrets.seal(secret)
     }
 
+    /// A sealed secret, or one stored in clear before its column was sealed.
+    pub fn open_or_clear(&self, stored: &str) -> Result<String, crate::secrets::OpenError> {
+        self.secrets.open_or_clear(stored)
+    }
+
     /// Polls every enrolled BMC and UPS while `leader` leads: at start-up,
     /// and every few seconds for devices enrolled through another
     /// appliance or whose poller stopped.
@@ -394,8 +399,16 @@ impl Oob {
             }),
             _ => None,
         };
+        // The SNMP community is a secret, sealed like the password.
+        let target = match ups.protocol {
+            inventory::oob::UpsProtocol::Snmp => self
+                .secrets
+                .open_or_clear(&ups.target_raw)
+                .map_err(|e| OobError::Protocol { peer: ups.address.clone(), detail: e.to_string() })?,
+            _ => ups.target_raw.clone(),
+        };
         let result =
-            client::read_ups(ups.protocol, &ups.address, &ups.target_raw, creds, &ups.tls, self.settings.timeout).await;
+            client::read_ups(ups.protocol, &ups.address, &target, creds, &ups.tls, self.settings.timeout).await;
         match result {
             Ok(state) => {
                 let on_battery = matches!(

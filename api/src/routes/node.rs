@@ -118,6 +118,11 @@ async fn status(
     let cluster = match cluster_name {
         Some(name) => {
             let mut cluster = state.store.claim_cluster(name, spec.kind, &id).await?;
+            for token in [&mut cluster.worker_token, &mut cluster.manager_token].into_iter().flatten() {
+                *token = state.oob.open_or_clear(token).map_err(|e| {
+                    ApiError::Store(store::StoreError::Corrupt(format!("cluster {name}'s join token: {e}")))
+                })?;
+            }
             // Join through a manager that is up: the one that created the
             // Swarm may be away (an OS refresh), or be this very node.
             if cluster.endpoint.is_some() {
@@ -144,7 +149,9 @@ async fn swarm_created(
     let Some(name) = spec.as_ref().and_then(JoinSpec::managed_cluster) else {
         return Err(store::StoreError::Conflict(format!("machine {id} forms no cluster")).into());
     };
-    state.store.cluster_created(name, &id, &created.endpoint, &created.worker_token, &created.manager_token).await?;
+    // Join tokens let anyone join the cluster: sealed at rest like BMC passwords.
+    let (worker, manager) = (state.oob.seal(&created.worker_token), state.oob.seal(&created.manager_token));
+    state.store.cluster_created(name, &id, &created.endpoint, &worker, &manager).await?;
     tracing::info!(machine = id, cluster = name, endpoint = created.endpoint, "swarm created");
     Ok(Json(NodeInstruction::Wait { poll_seconds: 1 }))
 }
@@ -284,6 +291,9 @@ mod tests {
             "{c}"
         );
         assert!(!c.to_string().contains("SWMTKN"), "join tokens are never shown: {c}");
+        let stored = t.state.store.cluster("rack7").await.unwrap().unwrap();
+        let at_rest = format!("{:?} {:?}", stored.worker_token, stored.manager_token);
+        assert!(!at_rest.contains("SWMTKN") && stored.worker_token.is_some(), "sealed at rest: {at_rest}");
         let (_, node) = get(&t.operator, &format!("/api/v1/machines/{first}/node"), Some(&t.admin)).await;
         assert_eq!(node["status"]["docker_version"], "20.10.24");
         let (_, events) = get(&t.operator, &format!("/api/v1/machines/{first}/events"), Some(&t.admin)).await;

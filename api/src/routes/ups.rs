@@ -138,7 +138,11 @@ async fn validated(state: &AppState, req: UpsEntry) -> Result<Ups, ApiError> {
         last_ok: None,
         created_at: String::new(),
         updated_at: String::new(),
-        target_raw: target,
+        // The SNMP community is a password in all but name.
+        target_raw: match req.protocol {
+            UpsProtocol::Snmp => state.oob.seal(&target),
+            _ => target,
+        },
         password_sealed: req.password.as_deref().map(|p| state.oob.seal(p)),
     };
     Ok(ups)
@@ -249,6 +253,26 @@ mod tests {
             assert!(started.elapsed() < limit, "UPS not {want} within {limit:?}: {ups}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The community is sealed in the database and opened for the wire:
+    /// the SNMP request the UPS receives carries it, the row does not.
+    #[tokio::test]
+    async fn an_snmp_community_is_sealed_at_rest_and_sent_as_given() {
+        let t = app().await;
+        let ups_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = ups_socket.local_addr().unwrap().to_string();
+        let body = json!({ "name": "snmp-ups", "protocol": "snmp", "address": address, "community": "s3cret-comm",
+                           "feeds": { "racks": ["r1"] } });
+        let (status, ups) = post(&t.operator, "/api/v1/ups", &t.admin, &body).await;
+        assert!(!ups.to_string().contains("s3cret"), "{ups}");
+        assert_eq!(status, StatusCode::CREATED, "{ups}");
+        let mut buf = [0u8; 1500];
+        let (n, _) =
+            tokio::time::timeout(Duration::from_secs(10), ups_socket.recv_from(&mut buf)).await.unwrap().unwrap();
+        assert!(buf[..n].windows(11).any(|w| w == b"s3cret-comm"), "the request carries the community");
+        let stored = t.state.store.ups("snmp-ups").await.unwrap().unwrap().target_raw;
+        assert!(!stored.contains("s3cret"), "stored in clear: {stored}");
     }
 
     /// A real NUT upsd with dummy-ups: the API follows the UPS from mains
