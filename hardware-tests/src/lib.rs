@@ -12,6 +12,7 @@
 //! `bench_write`) and the `slipway-lab` binary (`src/bin`), which
 //! `slipway lab` and `slipway bench` run. The appliance links none of it.
 
+pub mod attack;
 pub mod bench;
 pub mod bench_write;
 pub mod lab;

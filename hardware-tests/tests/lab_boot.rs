@@ -86,6 +86,8 @@ fn deploys_lab_tiny_and_each_node_boots_its_disk() {
     // the same GPT image boots both from their disks. Then the UEFI node's
     // NVRAM is reset (its boot entries gone) and it still boots its disk.
     // Last, both are released (wiped through their BMCs) and deployed again.
+    // While they first deploy, a hostile host on the provisioning bridge
+    // attacks the appliance and node1.
     let report = run_lab(&[
         "--nodes",
         "2",
@@ -96,8 +98,10 @@ fn deploys_lab_tiny_and_each_node_boots_its_disk() {
         "--reset-nvram",
         "--release",
         "--redeploy",
+        "--attack",
     ]);
     assert_firmware_modes(&report, &["bios", "uefi"]);
+    assert_attacks_refused(&report);
     assert_boot_entries(&report, "Created");
     for node in report["nodes"].as_array().unwrap() {
         let s = &node["seconds"];
@@ -361,8 +365,43 @@ fn assert_boot_entries(report: &Value, done: &str) {
 }
 
 /// No lab namespace and no lab VM left.
+/// Each attack `--attack` tried was refused and counted, and the flood
+/// neither created machines nor grew the database or the appliance.
+fn assert_attacks_refused(report: &Value) {
+    let a = &report["attack"];
+    let (att, seen) = (&a["attacker"], &a["appliance_counted"]);
+    assert_eq!(att["script_theft_status"], 403, "the victim's boot script went to the attacker: {a}");
+    assert_eq!(att["grub_theft_refused"], true, "the victim's GRUB script went to the attacker: {a}");
+    for what in ["new_mac_scripts", "forged_reports", "anonymous_writes"] {
+        assert_eq!(att[what]["refused"], att[what]["sent"], "{what}: {a}");
+    }
+    let n = |v: &Value| v.as_f64().unwrap_or(0.0);
+    assert!(n(&att["tftp"]["refused"]) >= n(&att["tftp"]["sent"]) / 2.0, "TFTP flood not capped: {a}");
+    let slow = &att["slow_connections"];
+    assert!(n(&slow["refused"]) >= 30.0, "more than the per-client cap of connections held: {a}");
+    assert_eq!(n(&slow["refused"]) + n(&att["slow_cut_by_timeout"]), n(&slow["sent"]), "a half-sent request held: {a}");
+    // Seen by the appliance too, where an operator looks.
+    assert!(n(&seen["slipway_boot_refusals_total"]) >= 1.0 + n(&att["new_mac_scripts"]["sent"]), "{a}");
+    assert!(n(&seen["slipway_tftp_busy_total"]) >= n(&att["tftp"]["refused"]), "{a}");
+    assert!(n(&seen["slipway_http_connections_refused_total"]) >= n(&slow["refused"]), "{a}");
+    assert!(n(&seen["slipway_dhcp_received_total{type=\"decline\"}"]) >= n(&att["declines_sent"]) * 0.9, "{a}");
+    assert_eq!(a["machines_after"], a["machines_before"], "the flood created machines: {a}");
+    // The deploy itself writes events (phases, DHCP, BMC); refusals are
+    // recorded at most 60 a minute.
+    assert!(n(&a["events_added"]) < 400.0, "events grew with the flood: {a}");
+    let grew = n(&a["db_bytes_after"]) - n(&a["db_bytes_before"]);
+    assert!(grew < 4.0 * 1048576.0, "the database grew by {grew} bytes: {a}");
+    assert!(
+        n(&report["appliance_peak_rss_kib"]) < 128.0 * 1024.0,
+        "appliance RSS: {}",
+        report["appliance_peak_rss_kib"]
+    );
+}
+
 fn assert_torn_down() {
-    assert!(!std::path::Path::new("/run/netns/slipway-lab").exists(), "the lab namespace is gone");
+    for ns in ["slipway-lab", "slipway-lab-attack"] {
+        assert!(!std::path::Path::new("/run/netns").join(ns).exists(), "namespace {ns} is gone");
+    }
     let leftovers = Command::new("pgrep").args(["-f", "ifname=sltap"]).output().unwrap();
     assert!(leftovers.stdout.is_empty(), "QEMU processes left: {}", String::from_utf8_lossy(&leftovers.stdout));
 }

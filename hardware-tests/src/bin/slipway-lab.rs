@@ -93,6 +93,11 @@ enum LabCmd {
         /// (its first node is rolled back and the campaign pauses).
         #[arg(long)]
         os_refresh: bool,
+        /// With --deploy: while the nodes deploy, a hostile host on the
+        /// provisioning bridge attacks the appliance and the first node;
+        /// the report says what each attack got.
+        #[arg(long)]
+        attack: bool,
     },
     /// Tear down a lab left by `lab up --keep`.
     Down,
@@ -119,6 +124,28 @@ enum LabCmd {
         dir: PathBuf,
         #[arg(long)]
         name: String,
+    },
+    /// A hostile host on the provisioning network: tries each attack
+    /// SECURITY.md answers against the appliance and one machine, bounded
+    /// in count and time, and writes what each got; `lab up --attack`
+    /// runs it in a namespace of its own.
+    #[command(hide = true)]
+    Attack {
+        #[arg(long)]
+        appliance: std::net::Ipv4Addr,
+        #[arg(long, default_value_t = 8081)]
+        http_port: u16,
+        #[arg(long)]
+        victim_mac: String,
+        #[arg(long)]
+        victim_ip: std::net::Ipv4Addr,
+        #[arg(long)]
+        interface: String,
+        /// The appliance's http.header_timeout_secs.
+        #[arg(long, default_value_t = 30)]
+        header_timeout_secs: u64,
+        #[arg(long)]
+        report: PathBuf,
     },
     /// Run the simulated BMCs (Redfish, driving lab VMs through QMP)
     /// described by a JSON file until SIGTERM; `lab up` starts it.
@@ -231,6 +258,7 @@ fn main() -> anyhow::Result<()> {
                     redeploy,
                     firmware_campaign,
                     os_refresh,
+                    attack,
                 },
         } => {
             let opts = LabOptions {
@@ -267,10 +295,34 @@ fn main() -> anyhow::Result<()> {
                 redeploy,
                 firmware_campaign,
                 os_refresh,
+                attack,
             };
             lab::up(&opts).map(|_| ())
         }
         Cmd::Lab { command: LabCmd::Down } => lab::down(),
+        Cmd::Lab {
+            command:
+                LabCmd::Attack { appliance, http_port, victim_mac, victim_ip, interface, header_timeout_secs, report },
+        } => {
+            let mac: Vec<u8> = victim_mac
+                .split([':', '-'])
+                .map(|b| u8::from_str_radix(b, 16))
+                .collect::<Result<_, _>>()
+                .map_err(|_| anyhow::anyhow!("--victim-mac {victim_mac:?} is not a MAC address"))?;
+            let victim_mac: [u8; 6] =
+                mac.try_into().map_err(|_| anyhow::anyhow!("--victim-mac {victim_mac:?} is not a MAC address"))?;
+            let opts = hardware_tests::attack::AttackOptions {
+                appliance,
+                http_port,
+                victim_mac,
+                victim_ip,
+                interface,
+                header_timeout: std::time::Duration::from_secs(header_timeout_secs),
+            };
+            let outcome = hardware_tests::attack::run(&opts)?;
+            std::fs::write(&report, serde_json::to_string_pretty(&outcome)?)?;
+            Ok(())
+        }
         Cmd::Lab { command: LabCmd::Image { variant, cache_dir } } => {
             use hardware_tests::{lab_debian, lab_variant};
             let mut progress = |step: &str| eprintln!("lab image: {step}");

@@ -1,5 +1,6 @@
 //! `slipway lab up` / `slipway lab down`.
 
+mod attack;
 mod campaign;
 pub mod net;
 mod oob;
@@ -88,6 +89,10 @@ pub struct LabOptions {
     /// campaign (one node at a time), switching the UPS to battery and back
     /// mid-way.
     pub firmware_campaign: Option<String>,
+    /// With `--deploy`: while the nodes deploy, a hostile host on the
+    /// provisioning bridge attacks the appliance and the first node
+    /// (`slipway lab attack`); the report says what each attack got.
+    pub attack: bool,
     /// With `--deploy lab-debian`: once the Swarm is formed, an OS-refresh
     /// campaign to lab-debian release 2 (UPS to battery and back mid-way),
     /// then one to an image that cannot boot (rolled back, paused).
@@ -105,6 +110,9 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         bail!("no firmware given for the nodes");
     }
     qemu::check_prerequisites(opts.nodes, opts.firmware.iter().any(|f| f.is_uefi()))?;
+    if opts.attack && opts.deploy.is_none() {
+        bail!("--attack needs --deploy (the attack runs while the nodes deploy)");
+    }
     if opts.os_refresh && opts.deploy.as_deref() != Some("lab-debian") {
         bail!("--os-refresh needs --deploy lab-debian (a Swarm to refresh)");
     }
@@ -241,9 +249,26 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     let mut outcome = watch.until_all("ready", opts.timeout);
     let mut disk_boots = report::DiskBoots::new(nodes.len());
     let mut refused_deploys = vec![];
+    let mut attack_report = None;
     if let (Ok(()), Some(image)) = (&outcome, &deploy_image) {
-        outcome = refuse_bios_only_on_uefi(&mut watch, &mut refused_deploys)
-            .and_then(|()| deploy_all(&mut watch, image, opts, &mut disk_boots));
+        outcome = refuse_bios_only_on_uefi(&mut watch, &mut refused_deploys);
+        let mut attacker = None;
+        if outcome.is_ok() && opts.attack {
+            lab.extra_netns.push(attack::ATTACK_NETNS);
+            match attack::start(&watch, &opts.slipway_bin, work, &nodes[0].0.mac) {
+                Ok(running) => attacker = Some(running),
+                Err(err) => outcome = Err(err),
+            }
+        }
+        if outcome.is_ok() {
+            outcome = deploy_all(&mut watch, image, opts, &mut disk_boots);
+        }
+        if let (Ok(()), Some(running)) = (&outcome, attacker) {
+            match attack::finish(&watch, work, running) {
+                Ok(facts) => attack_report = Some(facts),
+                Err(err) => outcome = Err(err),
+            }
+        }
         if outcome.is_ok() && opts.release {
             outcome = release_all(&mut watch, opts.timeout);
         }
@@ -265,6 +290,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     let mut report = report::build(&client, API, &token, &nodes, accel, &ramdisk, &disk_boots)?;
     report.appliance_peak_rss_kib = lab.children.peak_appliance_rss_kib;
     report.refused_deploys = refused_deploys;
+    report.attack = attack_report;
     report.campaign = campaign;
     report.os_refresh = refreshes.release;
     report.broken_refresh = refreshes.broken;
@@ -301,7 +327,7 @@ pub fn down() -> anyhow::Result<()> {
 fn clear() -> anyhow::Result<(usize, usize)> {
     let mut stopped = procs::stop_saved(&Path::new(WORK_DIR).join("state.json"))?;
     let mut namespaces = 0;
-    for ns in [NETNS, DHCP_NETNS, RELAY_NETNS] {
+    for ns in [NETNS, DHCP_NETNS, RELAY_NETNS, attack::ATTACK_NETNS] {
         if net::netns_exists(ns) {
             stopped += net::kill_members(ns)?;
             net::delete(ns)?;

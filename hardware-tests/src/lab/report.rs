@@ -31,6 +31,10 @@ pub struct LabReport {
     /// boots only under BIOS.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refused_deploys: Vec<Value>,
+    /// `--attack`: what each attack got, what the appliance counted, and
+    /// how its database grew meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attack: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -253,6 +257,7 @@ pub fn build(
         os_refresh: None,
         broken_refresh: None,
         refused_deploys: vec![],
+        attack: None,
         ups: client
             .get(&format!("{api}/api/v1/ups/{}", super::oob::LAB_UPS))
             .set("Authorization", &auth)
@@ -375,6 +380,33 @@ pub fn summary(report: &LabReport) -> String {
             n.console_release.map_or("-".into(), |r| r.to_string())
         );
     }
+    if let Some(a) = &report.attack {
+        let (att, seen) = (&a["attacker"], &a["appliance_counted"]);
+        let tally = |t: &Value| format!("{}/{}", t["refused"], t["sent"]);
+        let _ = writeln!(
+            out,
+            "attack: victim's script {} (TFTP GRUB script refused: {}); refused: new-MAC scripts {}, forged reports {}, \
+             anonymous writes {}, TFTP {}, slow connections {} (+{} cut by the header timeout); {} DECLINEs sent",
+            att["script_theft_status"],
+            att["grub_theft_refused"],
+            tally(&att["new_mac_scripts"]),
+            tally(&att["forged_reports"]),
+            tally(&att["anonymous_writes"]),
+            tally(&att["tftp"]),
+            tally(&att["slow_connections"]),
+            att["slow_cut_by_timeout"],
+            att["declines_sent"],
+        );
+        let _ = writeln!(
+            out,
+            "attack: the appliance counted {seen}; events +{}, machines {} -> {}, database {} -> {} KiB",
+            a["events_added"],
+            a["machines_before"],
+            a["machines_after"],
+            a["db_bytes_before"].as_u64().unwrap_or(0) / 1024,
+            a["db_bytes_after"].as_u64().unwrap_or(0) / 1024,
+        );
+    }
     if !report.ups.is_null() {
         let s = &report.ups["state"];
         let _ = writeln!(
@@ -450,6 +482,7 @@ mod tests {
             os_refresh: None,
             broken_refresh: None,
             refused_deploys: vec![],
+            attack: None,
             ups: Value::Null,
         };
         let expected = "
