@@ -78,6 +78,15 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Authn
 }
 
 /// The caller, if its role is at least `needed`.
+/// Refuses `field` of a request (one that runs commands as root on nodes)
+/// to a caller below `node_root`.
+pub fn may_run_root_commands(caller: &Caller, field: &str) -> Result<(), ApiError> {
+    match caller.role >= Role::NodeRoot {
+        true => Ok(()),
+        false => Err(ApiError::ForbiddenField { field: field.into(), needed: Role::NodeRoot, role: caller.role }),
+    }
+}
+
 async fn require(parts: &Parts, state: &AppState, needed: Role) -> Result<Caller, ApiError> {
     let authn = match parts.extensions.get::<Authn>() {
         Some(authn) => authn.clone(),

@@ -15,6 +15,10 @@ pub enum ApiError {
     /// A valid token whose role is too small (HTTP 403): says which is needed.
     #[error("this request needs the {needed} role; the token's role is {role}")]
     Forbidden { needed: model::Role, role: model::Role },
+    /// A field of the request needs a larger role than the token's (HTTP
+    /// 403), such as commands run as root on nodes.
+    #[error("{field} needs the {needed} role; the token's role is {role}")]
+    ForbiddenField { field: String, needed: model::Role, role: model::Role },
     /// The provisioning network asked for what its sender may not have
     /// (HTTP 403): a boot script or an agent call; see `boot_guard`.
     #[error("refused: {}", .0.detail())]
@@ -55,6 +59,7 @@ impl IntoResponse for ApiError {
         let (status, title, field) = match &self {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized", None),
             ApiError::Forbidden { .. } | ApiError::Refused(_) => (StatusCode::FORBIDDEN, "Forbidden", None),
+            ApiError::ForbiddenField { field, .. } => (StatusCode::FORBIDDEN, "Forbidden", Some(field.clone())),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "Not Found", None),
             ApiError::BadRequest { field, .. } => (StatusCode::BAD_REQUEST, "Bad Request", Some(field.clone())),
             ApiError::PayloadTooLarge { field, .. } => {
@@ -82,7 +87,7 @@ impl IntoResponse for ApiError {
         if let Some(field) = field {
             body["field"] = json!(field);
         }
-        if let ApiError::Forbidden { needed, .. } = &self {
+        if let ApiError::Forbidden { needed, .. } | ApiError::ForbiddenField { needed, .. } = &self {
             body["required_role"] = json!(needed);
         }
         let mut response = (status, body.to_string()).into_response();

@@ -116,6 +116,17 @@ impl DeploymentSpec {
     /// What a viewer may see: the user data (often carrying passwords and
     /// keys), a cluster's join token and the commands a `command` join runs
     /// as root are replaced by [`REDACTED`]; the rest is as asked.
+    /// The first field of this spec that runs commands as root on the node
+    /// (user data, a `command` join's `run` and `check`), which only the
+    /// `node_root` role may ask for.
+    pub fn root_commands(&self) -> Option<&'static str> {
+        if self.user_data.is_some() {
+            return Some("user_data");
+        }
+        let cluster = self.cluster.as_ref()?;
+        (cluster.run.is_some() || cluster.check.is_some()).then_some("cluster.run")
+    }
+
     pub fn redacted(&self) -> DeploymentSpec {
         let hide = |v: &Option<String>| v.as_ref().map(|_| REDACTED.to_string());
         DeploymentSpec {

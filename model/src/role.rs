@@ -9,20 +9,27 @@ use serde::{Deserialize, Serialize};
 pub enum Role {
     /// Every GET except tokens and the audit log.
     Viewer,
-    /// Everything a viewer may, and every mutation except token management:
-    /// deploy, release, power, images, BMC and UPS enrolment.
+    /// Everything a viewer may, and every mutation except token management
+    /// and running commands on nodes: deploy, release, power, images, BMC
+    /// and UPS enrolment, campaigns.
     Operator,
+    /// Everything an operator may, and requests that run commands as root
+    /// on the nodes: deploy user data, `command` cluster joins, campaign
+    /// drain commands.
+    #[serde(rename = "node_root")]
+    NodeRoot,
     /// Everything, including tokens and the audit log.
     Admin,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+    pub const ALL: [Role; 4] = [Role::Viewer, Role::Operator, Role::NodeRoot, Role::Admin];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",
             Role::Operator => "operator",
+            Role::NodeRoot => "node_root",
             Role::Admin => "admin",
         }
     }
@@ -44,7 +51,7 @@ mod tests {
 
     #[test]
     fn roles_are_ordered_and_round_trip() {
-        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::NodeRoot && Role::NodeRoot < Role::Admin);
         for role in Role::ALL {
             assert_eq!(Role::parse(role.as_str()), Some(role));
             assert_eq!(serde_json::to_value(role).unwrap(), role.as_str());

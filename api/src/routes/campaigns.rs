@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use super::machines::find;
 use super::Routes;
-use crate::auth::{Operator, Viewer};
+use crate::auth::{Operator, Role, Viewer};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::firmware_files::{self, valid_name};
@@ -138,7 +138,8 @@ async fn resolve(state: &AppState, targets: &Targets) -> Result<Vec<(String, Opt
     path = "/api/v1/campaigns",
     operation_id = "create_campaign",
     tag = "campaigns",
-    description = "Role: operator. Honours `Idempotency-Key`.",
+    description = "Role: operator. With `gates.drain` (commands run as root on the nodes): `node_root`. Honours \
+                   `Idempotency-Key`.",
     params(crate::idempotency::KeyParam),
     request_body = Create,
     responses(
@@ -149,7 +150,7 @@ async fn resolve(state: &AppState, targets: &Targets) -> Result<Vec<(String, Opt
     )
 )]
 async fn create(
-    _: Operator,
+    Operator(caller): Operator,
     State(state): State<AppState>,
     JsonBody(req): JsonBody<Create>,
 ) -> Result<Response, ApiError> {
@@ -188,6 +189,7 @@ async fn create(
     }
     if let Some(d) = &req.gates.drain {
         check_drain(d)?;
+        crate::auth::may_run_root_commands(&caller, "gates.drain")?;
     }
     let nodes = order_nodes(resolve(&state, &req.targets).await?, req.rollout.order);
     if let Some(image) = &refresh_to {
@@ -370,15 +372,27 @@ async fn one(state: &AppState, id: &str) -> Result<CampaignView, ApiError> {
         super::openapi::NeedsToken,
     )
 )]
-async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<CampaignList>, ApiError> {
+async fn list(Viewer(caller): Viewer, State(state): State<AppState>) -> Result<Json<CampaignList>, ApiError> {
     let mut campaigns = vec![];
     for c in state.store.campaigns().await? {
         let mut v = view(&c, &state.store.campaign_nodes(&c.id).await?, state.store.now_ms());
         // The list is a summary; one campaign's nodes are at /campaigns/{id}.
         v.nodes = None;
-        campaigns.push(v);
+        campaigns.push(for_role(v, caller.role));
     }
     Ok(Json(CampaignList { campaigns }))
+}
+
+/// Drain commands run as root on nodes: a viewer sees that there are some,
+/// not what they say.
+fn for_role(mut v: CampaignView, role: Role) -> CampaignView {
+    if role < Role::Operator {
+        if let Some(drain) = &mut v.gates.drain {
+            drain.run = model::deploy::REDACTED.into();
+            drain.undo = model::deploy::REDACTED.into();
+        }
+    }
+    v
 }
 
 /// One campaign with each node's progress and versions.
@@ -396,11 +410,11 @@ async fn list(_: Viewer, State(state): State<AppState>) -> Result<Json<CampaignL
     )
 )]
 async fn show(
-    _: Viewer,
+    Viewer(caller): Viewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<CampaignView>, ApiError> {
-    Ok(Json(one(&state, &id).await?))
+    Ok(Json(for_role(one(&state, &id).await?, caller.role)))
 }
 
 /// Moves the campaign for an operator, or says (409) why it cannot.

@@ -383,6 +383,35 @@ async fn an_appliance_restart_mid_campaign_goes_on_without_redoing_done_nodes() 
     lab.runner.take();
 }
 
+/// Drain commands run as root on the nodes: an operator may not set
+/// them, a viewer may not read them.
+#[tokio::test]
+async fn drain_commands_need_node_root_and_are_hidden_from_viewers() {
+    use model::role::Role;
+    let lab = lab(1).await;
+    lab.upload("bios-2.0.0", BIOS_2).await;
+    let drain = json!({ "schedule": { "at": "2099-01-01T00:00:00Z" },
+                        "gates": { "drain": { "run": "kubectl drain s3cret", "undo": "kubectl uncordon s3cret" } } });
+    let body = bios_campaign(&lab.machines, "bios-2.0.0", drain);
+    let token = |name, role| crate::routes::roles_tests::token(&lab.t, name, role);
+    let (operator, node_root, viewer) = (
+        token("ops", Role::Operator).await,
+        token("root-ops", Role::NodeRoot).await,
+        token("wall", Role::Viewer).await,
+    );
+    let (status, err) = post(&lab.t.operator, "/api/v1/campaigns", &operator, &body).await;
+    assert_eq!((status, err["field"].as_str()), (StatusCode::FORBIDDEN, Some("gates.drain")), "{err}");
+    let (status, c) = post(&lab.t.operator, "/api/v1/campaigns", &node_root, &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{c}");
+    let id = c["id"].as_str().unwrap();
+    for path in [format!("/api/v1/campaigns/{id}"), "/api/v1/campaigns".to_string()] {
+        let (_, seen) = get(&lab.t.operator, &path, Some(&viewer)).await;
+        assert!(!seen.to_string().contains("s3cret") && seen.to_string().contains("(redacted)"), "{seen}");
+    }
+    let (_, full) = get(&lab.t.operator, &format!("/api/v1/campaigns/{id}"), Some(&operator)).await;
+    assert_eq!(full["gates"]["drain"]["run"], "kubectl drain s3cret");
+}
+
 #[tokio::test]
 async fn campaign_requests_are_checked_field_by_field() {
     let lab = lab(1).await;

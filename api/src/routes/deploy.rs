@@ -155,7 +155,8 @@ fn valid_hostname(name: &str) -> bool {
     path = "/api/v1/machines/{id}/deploy",
     operation_id = "deploy_machine",
     tag = "deploys",
-    description = "Role: operator. A ready machine moves to `deploying`; its agent writes, verifies and configures \
+    description = "Role: operator. With commands run as root on the node (`user_data`, a `command` join): \
+                   `node_root`. A ready machine moves to `deploying`; its agent writes, verifies and configures \
         the image. Honours `Idempotency-Key`.",
     params(
         ("id" = String, Path, example = "52:54:00:12:34:56", description = "The machine's id or any of its MACs"),
@@ -171,12 +172,15 @@ fn valid_hostname(name: &str) -> bool {
     )
 )]
 async fn deploy(
-    _: Operator,
+    Operator(caller): Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<DeploymentSpec>,
 ) -> Result<(StatusCode, Json<Deployment>), ApiError> {
     validate(&req)?;
+    if let Some(field) = req.root_commands() {
+        crate::auth::may_run_root_commands(&caller, field)?;
+    }
     let machine = super::machines::find(&state, &id).await?;
     let image = match state.store.image(&req.image).await? {
         Some(image) if image.state == ImageState::Available => image,
@@ -352,9 +356,21 @@ mod flow_tests {
             "cluster": { "kind": "command", "run": "join --token s3cret", "check": "test -f /joined" }
         });
         let path = format!("/api/v1/machines/{id}/deploy");
-        assert_eq!(post(&t.operator, &path, &t.admin, &request).await.0, StatusCode::ACCEPTED);
         let viewer = crate::routes::roles_tests::token(&t, "dashboard", Role::Viewer).await;
         let operator = crate::routes::roles_tests::token(&t, "ops", Role::Operator).await;
+        let node_root = crate::routes::roles_tests::token(&t, "root-ops", Role::NodeRoot).await;
+        // Commands run as root on the node need the role that says so.
+        let (status, refused) = post(&t.operator, &path, &operator, &request).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+        assert_eq!(
+            (refused["field"].as_str(), refused["required_role"].as_str()),
+            (Some("user_data"), Some("node_root"))
+        );
+        let mut command_join = request.clone();
+        command_join.as_object_mut().unwrap().remove("user_data");
+        let (status, refused) = post(&t.operator, &path, &operator, &command_join).await;
+        assert_eq!((status, refused["field"].as_str()), (StatusCode::FORBIDDEN, Some("cluster.run")), "{refused}");
+        assert_eq!(post(&t.operator, &path, &node_root, &request).await.0, StatusCode::ACCEPTED);
         let deployment = format!("/api/v1/machines/{id}/deployment");
         let (status, seen) = get(&t.operator, &deployment, Some(&viewer)).await;
         assert_eq!(status, StatusCode::OK);
