@@ -115,6 +115,33 @@ fn deployment_from_row(r: &AnyRow) -> Result<Deployment> {
     })
 }
 
+/// Unfinished OS-refresh campaigns that install `image`, or whose nodes
+/// in progress would roll back to it (their `old_version`).
+async fn campaigns_needing(tx: &mut sqlx::Transaction<'_, sqlx::Any>, image: &str) -> Result<Vec<String>> {
+    let open =
+        sqlx::query("SELECT id, action FROM campaigns WHERE state IN ('scheduled', 'running', 'held', 'paused')")
+            .fetch_all(&mut **tx)
+            .await?;
+    let mut needing = vec![];
+    for row in &open {
+        let id: String = row.try_get("id")?;
+        let action: String = row.try_get("action")?;
+        let Ok(model::campaign::Action::OsRefresh { image: target }) = serde_json::from_str(&action) else { continue };
+        let rolls_back_to = sqlx::query(
+            "SELECT 1 AS one FROM campaign_nodes WHERE campaign_id = $1 AND old_version = $2 \
+             AND state IN ('applying', 'verifying')",
+        )
+        .bind(&id)
+        .bind(image)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if target == image || rolls_back_to.is_some() {
+            needing.push(id);
+        }
+    }
+    Ok(needing)
+}
+
 impl Store {
     /// Registers an image in `importing`. A name is taken once.
     pub async fn create_image(&self, meta: &ImageMeta) -> Result<Image> {
@@ -200,6 +227,13 @@ impl Store {
         if !users.is_empty() {
             let ids: Vec<String> = users.iter().map(|r| r.try_get("machine_id")).collect::<Result<_, _>>()?;
             return Err(StoreError::Conflict(format!("image {name:?} is in use by machine(s) {}", ids.join(", "))));
+        }
+        let campaigns = campaigns_needing(&mut tx, name).await?;
+        if !campaigns.is_empty() {
+            return Err(StoreError::Conflict(format!(
+                "image {name:?} is needed by unfinished campaign(s) {} (its target, or the image a node rolls back to)",
+                campaigns.join(", ")
+            )));
         }
         sqlx::query("DELETE FROM deployments WHERE image = $1").bind(name).execute(&mut *tx).await?;
         let deleted = sqlx::query("DELETE FROM images WHERE name = $1").bind(name).execute(&mut *tx).await?;
@@ -436,7 +470,53 @@ mod tests {
     use super::*;
     use crate::test_db;
 
-    test_db::on_both_databases!(the_cluster_has_its_own_column_and_older_rows_keep_theirs);
+    test_db::on_both_databases!(
+        the_cluster_has_its_own_column_and_older_rows_keep_theirs,
+        an_image_an_unfinished_campaign_needs_is_not_deleted,
+    );
+
+    /// The target of an unfinished OS refresh, and the image a node in
+    /// progress would roll back to, stay until the campaign ends.
+    async fn an_image_an_unfinished_campaign_needs_is_not_deleted(store: Store) {
+        use model::campaign::{Campaign, CampaignState, NodeProgress};
+        let (id, _) = store.ensure_machine("52:54:00:00:05:02".parse().unwrap(), "test", 60_000).await.unwrap();
+        for name in ["old", "new", "spare"] {
+            let meta = ImageMeta {
+                name: name.into(),
+                os: "debian".into(),
+                version: "12".into(),
+                arch: Arch::X86_64,
+                boot_mode: BootMode::Bios,
+            };
+            store.create_image(&meta).await.unwrap();
+        }
+        let campaign = Campaign {
+            id: "c1".into(),
+            name: "to new".into(),
+            targets: serde_json::from_value(json!({ "machines": [id] })).unwrap(),
+            action: serde_json::from_value(json!({ "os_refresh": { "image": "new" } })).unwrap(),
+            schedule: model::campaign::Schedule::Now,
+            rollout: serde_json::from_value(json!({})).unwrap(),
+            gates: serde_json::from_value(json!({})).unwrap(),
+            state: CampaignState::Running,
+            reason: None,
+            acknowledged_failures: 0,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            started_at_ms: None,
+            finished_at_ms: None,
+        };
+        store.insert_campaign(&campaign, &[NodeProgress::pending(&id, 0, None)]).await.unwrap();
+        assert!(store.start_campaign_node("c1", &id).await.unwrap());
+        store.note_campaign_node("c1", &id, Some("old"), false).await.unwrap();
+        for needed in ["new", "old"] {
+            let err = store.delete_image(needed).await.unwrap_err();
+            assert!(err.to_string().contains("c1"), "{needed}: {err}");
+        }
+        assert!(store.delete_image("spare").await.unwrap(), "an image nothing needs goes");
+        sqlx::query("UPDATE campaigns SET state = 'completed'").execute(&store.writer).await.unwrap();
+        assert!(store.delete_image("old").await.unwrap(), "once the campaign ended");
+    }
 
     async fn the_cluster_has_its_own_column_and_older_rows_keep_theirs(store: Store) {
         let (id, _) = store.ensure_machine("52:54:00:00:05:01".parse().unwrap(), "test", 60_000).await.unwrap();

@@ -20,7 +20,8 @@ use simulators::bmc::MemoryBackend;
 use super::tests::sim_bmc;
 use crate::campaign::runner::{self, RunnerSettings};
 use crate::routes::test_support::{
-    app, available_image, boot_script, deployed_machine, get, post, put_bytes, ready_machine, token_from, TestApp,
+    app, available_image, boot_script, delete_with_body, deployed_machine, get, post, put_bytes, ready_machine,
+    token_from, TestApp,
 };
 
 /// One machine as its agents see it.
@@ -435,6 +436,10 @@ async fn a_broken_image_rolls_the_first_node_back_where_it_rejoins_and_the_campa
     assert!(c["reason"].as_str().unwrap().contains("max_failures 1"), "{c}");
     assert_eq!(c["summary"]["rolled_back"], 1);
     assert_eq!(fleet.max_unavailable, 1);
+    // The paused campaign still needs its image (it may be resumed).
+    let (status, err) = delete_with_body(&fleet.t.operator, "/api/v1/images/broken", &fleet.t.admin).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert!(err.contains("unfinished campaign"), "{err}");
     // Back on the old image, joined again (as a new Swarm node), undrained.
     let first = &fleet.sims[1];
     assert_eq!(fleet.state(&first.id).await, "joined");

@@ -171,8 +171,14 @@ pub async fn put_bytes(
 }
 
 pub async fn delete(router: &Router, path: &str, token: &str) -> StatusCode {
+    delete_with_body(router, path, token).await.0
+}
+
+/// A DELETE; returns the status and the body (a problem document's text).
+pub async fn delete_with_body(router: &Router, path: &str, token: &str) -> (StatusCode, String) {
     let req = Request::delete(path).header("Authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
-    send(router, req).await.0
+    let (status, body) = send(router, req).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// A GET with extra headers; returns the status, headers and raw body.
