@@ -1,6 +1,9 @@
 //! Uploaded firmware files on disk (`data_dir/firmware`): `NAME.bin`, the
 //! content, and `NAME.json`, its record, written last so a file counts
-//! only when whole. The HTTP face writes and serves them
+//! only when whole; and each content ever uploaded under its SHA-256
+//! (`sha256/HEX.bin`), which is what a campaign pins and serves, so a file
+//! uploaded again under the same name never changes what a running
+//! campaign flashes. The HTTP face writes and serves them
 //! (`routes::firmware`); a firmware campaign looks them up.
 
 use std::path::{Path as FsPath, PathBuf};
@@ -31,6 +34,12 @@ pub fn content_path(dir: &FsPath, name: &str) -> PathBuf {
 
 pub fn meta_path(dir: &FsPath, name: &str) -> PathBuf {
     dir.join(format!("{name}.json"))
+}
+
+/// The content whose SHA-256 is `sha256` (lower-case hex).
+pub fn pinned_path(dir: &FsPath, sha256: &str) -> Option<PathBuf> {
+    let hex = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    hex.then(|| dir.join("sha256").join(format!("{sha256}.bin")))
 }
 
 /// The file's record, if it was uploaded whole.

@@ -176,6 +176,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         firmware_dir: config.data_dir.join("firmware"),
     };
     crate::routes::enrol_configured_ups(&state, &config.oob.ups).await.context("enrolling the configured UPSes")?;
+    crate::routes::resume_imports(&state).await.context("resuming imports a stop cut off")?;
 
     if let (Some(p), Some(boot)) = (&provisioning, &boot) {
         let uefi_signed = uefi_signed(&config, p.mode);

@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -199,16 +199,10 @@ fn esp_has_loader(mut file: File) -> bool {
     found
 }
 
-/// Where a probe of the import to `dest` spools its ESP.
-pub fn spool_path(dest: &Path) -> PathBuf {
-    let mut name = dest.file_name().unwrap_or_default().to_os_string();
-    name.push(".esp.partial");
-    dest.with_file_name(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     /// A disk image made with the tools an image builder uses (sfdisk,
     /// mkfs.vfat, mtools), or `None` where they are missing.

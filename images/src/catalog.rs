@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::bootable::{self, Bootable, Probe};
+use crate::bootable::{Bootable, Probe};
 
 /// The format an image arrives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,8 +74,8 @@ pub fn import_stream(
     expected_sha256: Option<&str>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Imported, ImportError> {
-    let partial = partial_path(dest);
-    let probe = Probe::new(bootable::spool_path(dest));
+    let partial = partial_path(dest, "content");
+    let probe = Probe::new(partial_path(dest, "esp"));
     let result = store(src, format, &partial, probe, progress).and_then(|imported| {
         check_digest(expected_sha256, &imported.sha256)?;
         std::fs::rename(&partial, dest)?;
@@ -123,7 +123,7 @@ pub fn import_path(
         return import_stream(File::open(path)?, format, dest, expected_sha256, progress);
     }
     refuse_other_files(path)?;
-    let raw = scratch.join(format!("{}.converting.raw", dest.file_name().unwrap_or_default().to_string_lossy()));
+    let raw = partial_path(&scratch.join(dest.file_name().unwrap_or_default()), "converting.raw");
     let output = Command::new("qemu-img")
         .args(["convert", "-f", "qcow2", "-O", "raw"])
         .arg(path)
@@ -141,10 +141,30 @@ pub fn import_path(
     result
 }
 
-fn partial_path(dest: &Path) -> PathBuf {
-    let mut name = dest.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    dest.with_file_name(name)
+/// A scratch file beside `dest`, unique to this import (two imports of one
+/// name never write into one file), ending in [`PARTIAL_SUFFIX`] so what a
+/// crash leaves is found and removed at start.
+pub fn partial_path(dest: &Path, what: &str) -> PathBuf {
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    let unique: u64 = rand::random();
+    dest.with_file_name(format!("{name}.{unique:016x}.{what}{PARTIAL_SUFFIX}"))
+}
+
+/// Every scratch file an import writes ends in this.
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// Removes the scratch files imports cut off by a crash left in `dir`;
+/// returns how many.
+pub fn remove_partials(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() && path.to_string_lossy().ends_with(PARTIAL_SUFFIX) {
+            std::fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn check_digest(expected: Option<&str>, actual: &str) -> Result<(), ImportError> {

@@ -66,6 +66,13 @@ pub struct FirmwareAction {
     /// served to the BMC from the boot HTTP face.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware: Option<String>,
+    /// The SHA-256 of `firmware`, pinned when the campaign is created (the
+    /// file as uploaded then): the BMC is served exactly that content,
+    /// even if a file of the same name is uploaded again. Given in the
+    /// request, it must match the uploaded file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub sha256: Option<String>,
     /// Or an image URL the BMC can fetch by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_url: Option<String>,

@@ -79,6 +79,7 @@ fn run(c: &Case) -> Decision {
             component: "BIOS".into(),
             firmware: Some("bios-2".into()),
             image_url: None,
+            sha256: None,
             version: "2.0".into(),
         }),
         schedule: c.schedule.clone(),

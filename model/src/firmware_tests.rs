@@ -6,6 +6,7 @@ fn action(component: &str) -> FirmwareAction {
         component: component.into(),
         firmware: Some("bios-2.0.0".into()),
         image_url: None,
+        sha256: None,
         version: "2.0.0".into(),
     }
 }

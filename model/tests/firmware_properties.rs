@@ -81,7 +81,7 @@ proptest! {
     #[test]
     fn every_update_ends_and_leaves_the_node_as_it_should(s in script()) {
         let action = FirmwareAction {
-            component: "BIOS".into(), firmware: Some("bios-2.0.0".into()), image_url: None, version: "2.0.0".into(),
+            component: "BIOS".into(), firmware: Some("bios-2.0.0".into()), image_url: None, sha256: None, version: "2.0.0".into(),
         };
         let drain = DrainCommands { run: "drain-node".into(), undo: "undrain-node".into(), timeout_seconds: 60 };
         let plan = Plan {

@@ -146,6 +146,7 @@ fn campaign(state: CampaignState, batch: u32, max_failures: u32, on_mains: bool)
             component: "BIOS".into(),
             firmware: Some("bios-2".into()),
             image_url: None,
+            sha256: None,
             version: "2.0".into(),
         }),
         schedule: Schedule::Now,

@@ -166,6 +166,26 @@ impl Store {
         self.image(&meta.name).await?.ok_or_else(|| StoreError::Corrupt(format!("image {} vanished", meta.name)))
     }
 
+    /// Notes where `name`'s import by path reads from (opaque to the store).
+    pub async fn set_import_source(&self, name: &str, source: &str) -> Result<()> {
+        sqlx::query("UPDATE images SET import_source = $1 WHERE name = $2")
+            .bind(source)
+            .bind(name)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Imports by path still `importing`: at start, ones a crash cut off.
+    pub async fn interrupted_imports(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT name, import_source FROM images WHERE state = 'importing' AND import_source IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("name")?, r.try_get("import_source")?))).collect()
+    }
+
     /// Records how an import ended.
     pub async fn finish_image(
         &self,

@@ -39,12 +39,19 @@ pub fn image_url(app: &AppState, action: &FirmwareAction) -> std::result::Result
     match (&action.firmware, &action.image_url) {
         (_, Some(url)) => Ok(url.clone()),
         (Some(name), None) => {
-            if crate::firmware_files::find(&app.firmware_dir, name).is_none() {
-                return Err(format!("no image to give the BMC: firmware {name} is not uploaded"));
-            }
             let boot = app.boot.as_ref().ok_or_else(|| {
                 "no image to give the BMC: the boot HTTP face is off (no provisioning interface)".to_string()
             })?;
+            // Pinned at creation: exactly the content uploaded then.
+            if let Some(sha256) = &action.sha256 {
+                return match crate::firmware_files::pinned_path(&app.firmware_dir, sha256) {
+                    Some(path) if path.is_file() => Ok(format!("{}/boot/firmware/sha256/{sha256}", boot.http_base)),
+                    _ => Err(format!("no image to give the BMC: firmware {name} with SHA-256 {sha256} is gone")),
+                };
+            }
+            if crate::firmware_files::find(&app.firmware_dir, name).is_none() {
+                return Err(format!("no image to give the BMC: firmware {name} is not uploaded"));
+            }
             Ok(format!("{}/boot/firmware/{name}", boot.http_base))
         }
         (None, None) => Err("no image to give the BMC: the action names no firmware".into()),

@@ -66,7 +66,8 @@ fn now() -> Schedule {
     Schedule::Now
 }
 
-fn check_firmware(state: &AppState, f: &FirmwareAction) -> Result<(), ApiError> {
+/// Checks a firmware action; returns the SHA-256 to pin for an uploaded file.
+fn check_firmware(state: &AppState, f: &FirmwareAction) -> Result<Option<String>, ApiError> {
     let ok_text = |t: &str, max| !t.is_empty() && t.len() <= max && t.bytes().all(|b| b.is_ascii_graphic());
     if !ok_text(&f.component, 64) {
         return Err(bad("action.firmware.component", "the FirmwareInventory id: BIOS, BMC, ..."));
@@ -79,26 +80,34 @@ fn check_firmware(state: &AppState, f: &FirmwareAction) -> Result<(), ApiError> 
             Err(bad("action.firmware.firmware", "give either firmware (an uploaded file) or image_url"))
         }
         (Some(name), None) => {
-            if !valid_name(name) || firmware_files::find(&state.firmware_dir, name).is_none() {
+            let found = valid_name(name).then(|| firmware_files::find(&state.firmware_dir, name)).flatten();
+            let Some(file) = found else {
                 return Err(bad(
                     "action.firmware.firmware",
                     format!("no firmware {name:?} uploaded (PUT /api/v1/firmware/{{name}})"),
                 ));
-            }
+            };
             if state.boot.is_none() {
                 return Err(bad(
                     "action.firmware.firmware",
                     "the boot HTTP face is off, so no BMC can fetch it: give image_url",
                 ));
             }
-            Ok(())
+            if f.sha256.as_ref().is_some_and(|want| !want.eq_ignore_ascii_case(&file.sha256)) {
+                let detail = format!("firmware {name:?} as uploaded has SHA-256 {}", file.sha256);
+                return Err(bad("action.firmware.sha256", detail));
+            }
+            Ok(Some(file.sha256))
         }
         (None, Some(url)) => {
             let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
             if !scheme_ok || url.len() > 2048 || !url.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(bad("action.firmware.image_url", "an http:// or https:// URL the BMC can fetch"));
             }
-            Ok(())
+            if f.sha256.is_some() {
+                return Err(bad("action.firmware.sha256", "pins an uploaded firmware file; not for image_url"));
+            }
+            Ok(None)
         }
     }
 }
@@ -152,14 +161,14 @@ async fn resolve(state: &AppState, targets: &Targets) -> Result<Vec<(String, Opt
 async fn create(
     Operator(caller): Operator,
     State(state): State<AppState>,
-    JsonBody(req): JsonBody<Create>,
+    JsonBody(mut req): JsonBody<Create>,
 ) -> Result<Response, ApiError> {
     if req.name.trim().is_empty() || req.name.len() > 128 || req.name.chars().any(char::is_control) {
         return Err(bad("name", "1 to 128 characters"));
     }
-    let refresh_to = match &req.action {
+    let refresh_to = match &mut req.action {
         Action::Firmware(f) => {
-            check_firmware(&state, f)?;
+            f.sha256 = check_firmware(&state, f)?;
             None
         }
         Action::OsRefresh { image } => match state.store.image(image).await? {

@@ -383,6 +383,34 @@ async fn an_appliance_restart_mid_campaign_goes_on_without_redoing_done_nodes() 
     lab.runner.take();
 }
 
+/// A campaign pins the firmware file as uploaded when it was created: a
+/// later upload under the same name changes nothing the BMC is served.
+#[tokio::test]
+async fn a_campaign_serves_the_firmware_it_pinned_even_after_a_new_upload() {
+    use sha2::{Digest, Sha256};
+    let lab = lab(1).await;
+    lab.upload("bios-2.0.0", BIOS_2).await;
+    let later = json!({ "schedule": { "at": "2099-01-01T00:00:00Z" } });
+    let wrong = json!({ "schedule": { "at": "2099-01-01T00:00:00Z" }, "action": { "firmware": {
+        "component": "BIOS", "firmware": "bios-2.0.0", "version": "2.0.0", "sha256": "00".repeat(32) } } });
+    let (status, err) =
+        post(&lab.t.operator, "/api/v1/campaigns", &lab.t.admin, &bios_campaign(&lab.machines, "bios-2.0.0", wrong))
+            .await;
+    assert_eq!((status, err["field"].as_str()), (StatusCode::BAD_REQUEST, Some("action.firmware.sha256")), "{err}");
+    let id = lab.create(bios_campaign(&lab.machines, "bios-2.0.0", later)).await;
+    let pinned = hex::encode(Sha256::digest(BIOS_2));
+    let c = lab.campaign(&id).await;
+    assert_eq!(c["action"]["firmware"]["sha256"], pinned.as_str(), "{c}");
+
+    lab.upload("bios-2.0.0", b"something else entirely").await;
+    let action: model::campaign::FirmwareAction = serde_json::from_value(c["action"]["firmware"].clone()).unwrap();
+    let url = crate::campaign::firmware::image_url(&lab.t.state, &action).unwrap();
+    assert!(url.ends_with(&format!("/boot/firmware/sha256/{pinned}")), "{url}");
+    let path = url.split_once("8081").map(|(_, p)| p.to_string()).unwrap_or(url.clone());
+    let (status, _, served) = get_raw(&lab.t.boot, &path, &[]).await;
+    assert_eq!((status, served.as_slice()), (StatusCode::OK, BIOS_2), "the BMC gets exactly what was pinned");
+}
+
 /// Drain commands run as root on the nodes: an operator may not set
 /// them, a viewer may not read them.
 #[tokio::test]

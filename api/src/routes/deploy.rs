@@ -385,6 +385,45 @@ mod flow_tests {
         assert_eq!(full["spec"]["cluster"]["run"], "join --token s3cret", "an operator reads what it may deploy");
     }
 
+    /// A stop in the middle of an import by path: at the next start its
+    /// scratch files go and the import runs again; one whose source left
+    /// the import directory fails, saying why.
+    #[tokio::test]
+    async fn an_import_cut_off_by_a_stop_runs_again_at_start() {
+        let t = app().await;
+        std::fs::write(t.state.import_dir.join("tiny.raw"), content()).unwrap();
+        let meta = |name: &str| store::ImageMeta {
+            name: name.into(),
+            os: "x".into(),
+            version: "1".into(),
+            arch: model::deploy::Arch::X86_64,
+            boot_mode: model::deploy::BootMode::Neither,
+        };
+        // As a stopped appliance left them: rows importing, a scratch file.
+        for (name, path) in [("cut", t.state.import_dir.join("tiny.raw")), ("gone", "/etc/passwd".into())] {
+            t.state.store.create_image(&meta(name)).await.unwrap();
+            let source = json!({ "path": path, "format": "raw", "sha256": null }).to_string();
+            t.state.store.set_import_source(name, &source).await.unwrap();
+        }
+        let scratch = t.state.images_dir.join("cut.raw.zst.0123456789abcdef.content.partial");
+        std::fs::write(&scratch, b"half an image").unwrap();
+
+        crate::routes::resume_imports(&t.state).await.unwrap();
+        assert!(!scratch.exists(), "the scratch file of the cut import is gone");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let t = &t;
+        let state = |name: &'static str| async move {
+            get(&t.operator, &format!("/api/v1/images/{name}"), Some(&t.admin)).await.1
+        };
+        while std::time::Instant::now() < deadline && state("cut").await["state"] != "available" {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(state("cut").await["state"], "available");
+        let gone = state("gone").await;
+        assert_eq!(gone["state"], "failed", "{gone}");
+        assert!(gone.to_string().contains("no longer in the import directory"), "{gone}");
+    }
+
     /// An import by path reads the import directory only: not the
     /// appliance's secrets beside it, not through a symlink, not by `..`.
     #[tokio::test]

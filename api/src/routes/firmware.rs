@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 use super::Routes;
 use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
-use crate::firmware_files::{content_path, find, meta_path, valid_name, FirmwareFile};
+use crate::firmware_files::{content_path, find, meta_path, pinned_path, valid_name, FirmwareFile};
 use crate::AppState;
 use store::{rfc3339, wall_clock_ms, StoreError};
 
@@ -34,7 +34,22 @@ pub(super) fn router() -> Routes {
 }
 
 pub fn boot_router() -> Router<AppState> {
-    Router::new().route("/boot/firmware/{name}", get(serve))
+    Router::new().route("/boot/firmware/{name}", get(serve)).route("/boot/firmware/sha256/{sha256}", get(serve_pinned))
+}
+
+/// Streams the content a campaign pinned by its SHA-256, with HEAD and Range.
+async fn serve_pinned(
+    State(state): State<AppState>,
+    Path(sha256): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let path = pinned_path(&state.firmware_dir, &sha256)
+        .filter(|p| p.is_file())
+        .ok_or_else(|| ApiError::NotFound { what: format!("firmware with SHA-256 {sha256}") })?;
+    match tower_http::services::ServeFile::new(path).oneshot(req).await {
+        Ok(response) => Ok(response.into_response()),
+        Err(never) => match never {},
+    }
 }
 
 /// An RFC 9457 problem for statuses `ApiError` has no variant for.
@@ -76,7 +91,8 @@ async fn upload(
     let io =
         |what: &str, e: std::io::Error| ApiError::Store(StoreError::Corrupt(format!("{what} {}: {e}", dir.display())));
     tokio::fs::create_dir_all(&dir).await.map_err(|e| io("creating", e))?;
-    let partial = dir.join(format!(".{name}.partial"));
+    // Unique: two uploads of one name never write into one file.
+    let partial = dir.join(format!(".{name}.{:016x}.partial", rand::random::<u64>()));
     let mut file = tokio::fs::File::create(&partial).await.map_err(|e| io("writing into", e))?;
     let (mut hasher, mut size) = (Sha256::new(), 0u64);
     let mut stream = body.into_data_stream();
@@ -112,6 +128,13 @@ async fn upload(
         sha256: hex::encode(hasher.finalize()),
         uploaded_at: rfc3339(wall_clock_ms()),
     };
+    // The content under its digest first: what a campaign pins and serves.
+    let pinned = pinned_path(&dir, &record.sha256).expect("a SHA-256 in hex");
+    tokio::fs::create_dir_all(dir.join("sha256")).await.map_err(|e| io("creating", e))?;
+    match tokio::fs::hard_link(&partial, &pinned).await {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io("linking in", e)),
+        _ => {}
+    }
     let meta = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     tokio::fs::write(meta_path(&dir, &name), meta).await.map_err(|e| io("writing into", e))?;
     tokio::fs::rename(&partial, content_path(&dir, &name)).await.map_err(|e| io("renaming in", e))?;

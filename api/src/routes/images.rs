@@ -25,8 +25,10 @@ use crate::auth::{Operator, Viewer};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::AppState;
+use anyhow::Context;
 use model::deploy::{Arch, BootMode};
-use store::{Image, ImageMeta, ImageState};
+use serde_json::json;
+use store::{Image, ImageMeta, ImageState, StoreError};
 
 pub(super) fn router() -> Routes {
     Routes::new()
@@ -146,19 +148,66 @@ async fn register(
         ImageMeta { name: req.name, os: req.os, version: req.version, arch: req.arch, boot_mode: BootMode::Neither };
     let image = state.store.create_image(&meta).await?;
     if let Some((path, format)) = source {
-        let (state, name, sha) = (state.clone(), meta.name.clone(), req.sha256.clone());
-        tokio::spawn(async move {
-            let dest = content_path(&state.images_dir, &name);
-            let scratch = state.images_dir.clone();
-            let label = name.clone();
-            let outcome = tokio::task::spawn_blocking(move || {
-                catalog::import_path(&path, format, &dest, &scratch, sha.as_deref(), &mut progress(&label))
-            })
-            .await;
-            finish(&state, &name, flatten(outcome)).await;
-        });
+        let source = ImportSource { path, format, sha256: req.sha256.clone() };
+        // Kept so a crash mid-import starts it again (`resume_imports`).
+        let noted = serde_json::to_string(&source).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        state.store.set_import_source(&meta.name, &noted).await?;
+        spawn_import(state.clone(), meta.name.clone(), source);
     }
     Ok((StatusCode::ACCEPTED, Json(image)).into_response())
+}
+
+/// Where an import by path reads from.
+#[derive(Serialize, Deserialize)]
+struct ImportSource {
+    path: PathBuf,
+    format: SourceFormat,
+    sha256: Option<String>,
+}
+
+fn spawn_import(state: AppState, name: String, source: ImportSource) {
+    tokio::spawn(async move {
+        let dest = content_path(&state.images_dir, &name);
+        let scratch = state.images_dir.clone();
+        let label = name.clone();
+        let ImportSource { path, format, sha256 } = source;
+        let outcome = tokio::task::spawn_blocking(move || {
+            catalog::import_path(&path, format, &dest, &scratch, sha256.as_deref(), &mut progress(&label))
+        })
+        .await;
+        finish(&state, &name, flatten(outcome)).await;
+    });
+}
+
+/// At start: removes the scratch files of imports and uploads a crash cut
+/// off, and starts each interrupted import by path again (or fails it, if
+/// its source is no longer in the import directory). An upload cut off
+/// stays `importing`, waiting for its content to be sent again.
+pub async fn resume_imports(state: &AppState) -> anyhow::Result<()> {
+    for dir in [&state.images_dir, &state.firmware_dir] {
+        match catalog::remove_partials(dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(dir = %dir.display(), files = n, "removed scratch files a stop left behind"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("clearing scratch files in {}", dir.display())),
+        }
+    }
+    for (name, noted) in state.store.interrupted_imports().await? {
+        let source: Option<ImportSource> = serde_json::from_str(&noted).ok();
+        let source = source.filter(|s| in_import_dir(&state.import_dir, &s.path).is_ok());
+        match source {
+            Some(source) => {
+                tracing::warn!(image = name, path = %source.path.display(), "an import was cut off by a stop; starting it again");
+                state.store.record_event(None, "image.import_resumed", json!({ "image": name })).await?;
+                spawn_import(state.clone(), name, source);
+            }
+            None => {
+                let why = "the appliance stopped during the import and its source is no longer in the import directory";
+                finish(state, &name, Err(why.to_string())).await;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Logs import progress every 256 MiB.

@@ -23,6 +23,7 @@ mod tokens;
 mod ups;
 
 pub use boot::GrubScripts;
+pub use images::resume_imports;
 pub use metrics::handle as metrics_handle;
 pub use ups::enrol_configured as enrol_configured_ups;
 
