@@ -335,6 +335,7 @@ mod tests {
                     api: "http://10.77.0.1:8081".into(),
                     token: "secret".into(),
                     image: Some("debian-12".into()),
+                    key: None,
                 },
             )),
         }

@@ -40,7 +40,7 @@ fn main() {
     log(&format!("starting, api {} mac {}", args.api, args.mac));
     retry("bring the network up", || net::bring_up(args.mac));
 
-    let client = Client::new(&args.api, &args.token);
+    let client = Client::new(&args.api, &args.token, args.key.as_deref());
     let hello = Hello { mac: args.mac, agent_version: env!("CARGO_PKG_VERSION").into(), mode: "discovery".into() };
     retry("say hello", || client.post(wire::HELLO_PATH, &hello));
     let inventory = inventory::inband::collect(&facts::Sysfs);
@@ -136,6 +136,8 @@ fn run_deploy(
                     api: client.api.clone(),
                     token: spec.node_token.clone(),
                     image: Some(spec.image.clone()),
+                    // The key this ramdisk trusted goes on to the node agent.
+                    key: client.key_hex(),
                 },
             )
         });
@@ -284,12 +286,33 @@ struct Client {
     agent: ureq::Agent,
     api: String,
     auth: String,
+    /// The appliance's pinned key: answers not signed with it are refused.
+    key: Option<ed25519_dalek::VerifyingKey>,
 }
 
+/// The largest answer read; instructions are a few KiB.
+const MAX_ANSWER_BYTES: u64 = 1 << 20;
+
 impl Client {
-    fn new(api: &str, token: &str) -> Client {
+    /// A key that is not 32 bytes of hex is not a key: such a client
+    /// refuses every answer rather than trust any.
+    fn new(api: &str, token: &str, key: Option<&str>) -> Client {
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build();
-        Client { agent, api: api.to_string(), auth: format!("Bearer {token}") }
+        let key = key.map(|hex_key| {
+            let bytes: Option<[u8; 32]> = hex::decode(hex_key).ok().and_then(|b| b.try_into().ok());
+            bytes.and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok()).unwrap_or_else(|| {
+                log(&format!("the appliance key {hex_key:?} is not an Ed25519 key: every answer will be refused"));
+                // The identity point (y = 1): verify_strict rejects every signature.
+                let mut identity = [0u8; 32];
+                identity[0] = 1;
+                ed25519_dalek::VerifyingKey::from_bytes(&identity).expect("the identity point")
+            })
+        });
+        Client { agent, api: api.to_string(), auth: format!("Bearer {token}"), key }
+    }
+
+    fn key_hex(&self) -> Option<String> {
+        self.key.map(|k| hex::encode(k.as_bytes()))
     }
 
     fn post<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<(), String> {
@@ -307,25 +330,68 @@ impl Client {
 
     /// Posts `body`; the reply is the next instruction.
     fn post_for<T: serde::Serialize, R: serde::de::DeserializeOwned>(&self, path: &str, body: &T) -> Result<R, String> {
-        self.agent
-            .post(&format!("{}{path}", self.api))
-            .set("Authorization", &self.auth)
-            .send_json(body)
-            .map_err(describe)?
-            .into_json()
-            .map_err(|e| e.to_string())
+        let request = self.agent.post(&format!("{}{path}", self.api)).set("Authorization", &self.auth);
+        let body = serde_json::to_value(body).map_err(|e| e.to_string())?;
+        self.answer(request, |r| r.send_json(body))
     }
 
     fn instruction(&self) -> Result<Instruction, String> {
-        self.agent
-            // Held open by the appliance until there is work (long poll).
+        // Held open by the appliance until there is work (long poll).
+        let request = self
+            .agent
             .get(&format!("{}{}?wait_seconds=15", self.api, wire::INSTRUCTIONS_PATH))
-            .set("Authorization", &self.auth)
-            .call()
-            .map_err(describe)?
-            .into_json()
-            .map_err(|e| e.to_string())
+            .set("Authorization", &self.auth);
+        self.answer(request, |r| r.call())
     }
+
+    /// Sends `request` with a fresh nonce and reads the answer, which must
+    /// be signed with the pinned key (when there is one) for that nonce.
+    fn answer<R: serde::de::DeserializeOwned>(
+        &self,
+        request: ureq::Request,
+        send: impl FnOnce(ureq::Request) -> Result<ureq::Response, ureq::Error>,
+    ) -> Result<R, String> {
+        let nonce = self.key.map(|_| nonce());
+        let request = match &nonce {
+            Some(n) => request.set(wire::NONCE_HEADER, n),
+            None => request,
+        };
+        let response = send(request).map_err(describe)?;
+        let signature = response.header(wire::SIGNATURE_HEADER).map(str::to_string);
+        let mut body = Vec::new();
+        let mut reader = std::io::Read::take(response.into_reader(), MAX_ANSWER_BYTES);
+        std::io::Read::read_to_end(&mut reader, &mut body).map_err(|e| e.to_string())?;
+        if let (Some(key), Some(nonce)) = (&self.key, &nonce) {
+            verify(key, nonce, &body, signature.as_deref())?;
+        }
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
+    }
+}
+
+/// Whether `signature` (hex) is the appliance's over this nonce and body.
+fn verify(key: &ed25519_dalek::VerifyingKey, nonce: &str, body: &[u8], signature: Option<&str>) -> Result<(), String> {
+    let refused = |why: &str| Err(format!("answer refused: {why} (not this appliance, or tampered with)"));
+    let Some(signature) = signature else { return refused("it is not signed") };
+    let bytes: Option<[u8; 64]> = hex::decode(signature).ok().and_then(|b| b.try_into().ok());
+    let Some(bytes) = bytes else { return refused("its signature is malformed") };
+    let signature = ed25519_dalek::Signature::from_bytes(&bytes);
+    match key.verify_strict(&wire::signed_bytes(nonce, body), &signature) {
+        Ok(()) => Ok(()),
+        Err(_) => refused("its signature does not match the appliance's key"),
+    }
+}
+
+/// 16 random bytes in hex, from the kernel.
+fn nonce() -> String {
+    let mut bytes = [0u8; 16];
+    if let Err(err) =
+        std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+    {
+        log(&format!("reading /dev/urandom failed ({err}); the nonce is the clock"));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        bytes = now.as_nanos().to_le_bytes();
+    }
+    hex::encode(bytes)
 }
 
 fn describe(err: ureq::Error) -> String {
@@ -334,5 +400,42 @@ fn describe(err: ureq::Error) -> String {
             format!("HTTP {code}: {}", resp.into_string().unwrap_or_default())
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    fn signed(key: &SigningKey, nonce: &str, body: &[u8]) -> String {
+        hex::encode(key.sign(&wire::signed_bytes(nonce, body)).to_bytes())
+    }
+
+    #[test]
+    fn only_the_pinned_appliance_answer_to_this_request_is_accepted() {
+        let appliance = SigningKey::from_bytes(&[7; 32]);
+        let pinned = appliance.verifying_key();
+        let body = br#"{"action":"wait","poll_seconds":10}"#;
+        let good = signed(&appliance, "00112233445566778899", body);
+        assert_eq!(verify(&pinned, "00112233445566778899", body, Some(&good)), Ok(()));
+        // A replayed answer (another request's nonce), a changed body, no
+        // signature, a rogue appliance's key: all refused.
+        assert!(verify(&pinned, "ffeeddccbbaa99887766", body, Some(&good)).is_err());
+        assert!(verify(&pinned, "00112233445566778899", br#"{"action":"wipe"}"#, Some(&good)).is_err());
+        assert!(verify(&pinned, "00112233445566778899", body, None).is_err());
+        assert!(verify(&pinned, "00112233445566778899", body, Some("zz")).is_err());
+        let rogue = signed(&SigningKey::from_bytes(&[8; 32]), "00112233445566778899", body);
+        assert!(verify(&pinned, "00112233445566778899", body, Some(&rogue)).is_err());
+    }
+
+    #[test]
+    fn a_key_that_is_not_one_refuses_everything() {
+        let client = Client::new("http://127.0.0.1:9", "t", Some("not-hex"));
+        let appliance = SigningKey::from_bytes(&[7; 32]);
+        let body = b"{}";
+        let any = signed(&appliance, "00112233445566778899", body);
+        assert!(verify(&client.key.unwrap(), "00112233445566778899", body, Some(&any)).is_err());
+        assert!(wire::valid_nonce(&nonce()), "{}", nonce());
     }
 }

@@ -23,6 +23,9 @@ pub struct NodeConfig {
     /// The image this OS was deployed from (absent in configs written
     /// before it was recorded).
     pub image: Option<String>,
+    /// The appliance's public key (hex), pinned at deploy: every
+    /// instruction must be signed with it.
+    pub key: Option<String>,
 }
 
 /// Parses `KEY=VALUE` lines (a systemd `EnvironmentFile`).
@@ -34,7 +37,12 @@ pub fn parse_config(text: &str) -> Result<NodeConfig, String> {
             .filter(|v| !v.is_empty())
             .ok_or_else(|| format!("{key} missing from {}", wire::NODE_CONFIG_PATH))
     };
-    Ok(NodeConfig { api: get("SLIPWAY_API")?, token: get("SLIPWAY_TOKEN")?, image: get("SLIPWAY_IMAGE").ok() })
+    Ok(NodeConfig {
+        api: get("SLIPWAY_API")?,
+        token: get("SLIPWAY_TOKEN")?,
+        image: get("SLIPWAY_IMAGE").ok(),
+        key: get("SLIPWAY_KEY").ok(),
+    })
 }
 
 /// The config file's text, as the ramdisk agent writes it.
@@ -43,12 +51,15 @@ pub fn render_config(config: &NodeConfig) -> String {
     if let Some(image) = &config.image {
         text.push_str(&format!("SLIPWAY_IMAGE={image}\n"));
     }
+    if let Some(key) = &config.key {
+        text.push_str(&format!("SLIPWAY_KEY={key}\n"));
+    }
     text
 }
 
 /// Runs forever: report, act, wait.
 pub fn run(config: &NodeConfig) -> ! {
-    let client = crate::Client::new(&config.api, &config.token);
+    let client = crate::Client::new(&config.api, &config.token, config.key.as_deref());
     let mut join_error: Option<String> = None;
     // The check command of a `command` join, once the appliance sent one.
     let mut check: Option<String> = None;
@@ -296,9 +307,9 @@ mod tests {
 
     #[test]
     fn config_round_trips() {
-        let config = NodeConfig { api: "http://10.77.0.1:8081".into(), token: "abc".into(), image: None };
+        let config = NodeConfig { api: "http://10.77.0.1:8081".into(), token: "abc".into(), image: None, key: None };
         assert_eq!(parse_config(&render_config(&config)), Ok(config.clone()));
-        let config = NodeConfig { image: Some("debian-12.7".into()), ..config };
+        let config = NodeConfig { image: Some("debian-12.7".into()), key: Some("00ff".into()), ..config };
         assert_eq!(parse_config(&render_config(&config)), Ok(config));
         assert!(parse_config("SLIPWAY_API=x\n").unwrap_err().contains("SLIPWAY_TOKEN"));
     }

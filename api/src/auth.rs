@@ -77,7 +77,6 @@ pub async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Authn
     Ok(Authn::Valid(Caller { token_id: found.id, name: found.name, role: found.role }))
 }
 
-/// The caller, if its role is at least `needed`.
 /// Refuses `field` of a request (one that runs commands as root on nodes)
 /// to a caller below `node_root`.
 pub fn may_run_root_commands(caller: &Caller, field: &str) -> Result<(), ApiError> {
@@ -87,6 +86,7 @@ pub fn may_run_root_commands(caller: &Caller, field: &str) -> Result<(), ApiErro
     }
 }
 
+/// The caller, if its role is at least `needed`.
 async fn require(parts: &Parts, state: &AppState, needed: Role) -> Result<Caller, ApiError> {
     let authn = match parts.extensions.get::<Authn>() {
         Some(authn) => authn.clone(),

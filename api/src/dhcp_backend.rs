@@ -100,11 +100,11 @@ impl DhcpBackend for StoreBackend {
 
     fn bound(&self, mac: MacAddr, ip: Ipv4Addr, client: ClientKind) {
         let detail = serde_json::json!({ "mac": mac.to_string(), "ip": ip.to_string(), "client": client.label(), "firmware": client.firmware.label() });
-        // Only network boots create machines: a laptop on the provisioning
-        // network is not a server to inventory.
         if client.is_pxe() {
             self.guard.boot_observed(mac);
         }
+        // Only network boots create machines: a laptop on the provisioning
+        // network is not a server to inventory.
         let binding = DhcpBinding { mac, ip, network_boot: client.is_pxe(), detail };
         if self.bookkeeping.try_send(binding).is_err() {
             metrics::counter!("slipway_dhcp_bookkeeping_dropped_total").increment(1);

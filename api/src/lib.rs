@@ -67,4 +67,8 @@ pub struct BootContext {
     pub ipxe_dir: PathBuf,
     /// Who may have a boot script and use an agent token.
     pub guard: Arc<boot_guard::BootGuard>,
+    /// Signs every answer an agent asks for with a nonce; its public half
+    /// goes to the ramdisk on the kernel command line, and from there to
+    /// the deployed node agent.
+    pub signer: Arc<ed25519_dalek::SigningKey>,
 }

@@ -17,6 +17,9 @@ const NONCE_LEN: usize = 12;
 #[derive(Clone)]
 pub struct SecretBox {
     cipher: ChaCha20Poly1305,
+    /// Kept to derive other keys from (`derive`), so appliances sharing
+    /// this key share those too.
+    key: [u8; 32],
 }
 
 impl fmt::Debug for SecretBox {
@@ -31,7 +34,7 @@ pub struct OpenError;
 
 impl SecretBox {
     pub fn new(key: [u8; 32]) -> SecretBox {
-        SecretBox { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)) }
+        SecretBox { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)), key }
     }
 
     /// From the configured hex key, else the configured key file (kept
@@ -69,6 +72,23 @@ impl SecretBox {
         let mut out = nonce.to_vec();
         out.extend(sealed);
         hex::encode(out)
+    }
+
+    /// A key for `purpose`, derived from this one: the same on every
+    /// appliance sharing the key, useless for opening secrets.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(b"slipway derived key\n");
+        hasher.update(purpose.as_bytes());
+        hasher.update(b"\n");
+        hasher.update(self.key);
+        hasher.finalize().into()
+    }
+
+    /// The Ed25519 key that signs what the appliance tells its agents.
+    pub fn agent_signer(&self) -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&self.derive("agent signing key"))
     }
 
     /// [`open`](Self::open), for a column that held the secret in clear

@@ -137,6 +137,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let discovery_timeout_ms =
         i64::try_from(config.provisioning.discovery_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
 
+    let secrets =
+        crate::secrets::SecretBox::load(&config.oob.secret_key, &config.oob.secret_key_file, &config.data_dir)
+            .context("loading the key for secrets at rest")?;
     let mut tasks = JoinSet::new();
     let boot = match &provisioning {
         None => {
@@ -148,12 +151,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let ramdisk_dir = ramdisk_dir(&config).await.context("preparing the discovery ramdisk")?;
             let guard = crate::boot_guard::BootGuard::new(p.mode, p.deny.clone(), config.provisioning.answer_unknown);
             let ipxe_dir = config.boot.ipxe_dir.clone();
-            Some(Arc::new(BootContext { http_base, ramdisk_dir, ipxe_dir, guard: Arc::new(guard) }))
+            let signer = Arc::new(secrets.agent_signer());
+            Some(Arc::new(BootContext { http_base, ramdisk_dir, ipxe_dir, guard: Arc::new(guard), signer }))
         }
     };
-    let secrets =
-        crate::secrets::SecretBox::load(&config.oob.secret_key, &config.oob.secret_key_file, &config.data_dir)
-            .context("loading the key for secrets at rest")?;
     let oob = crate::oob::Oob::new(store.clone(), secrets, (&config.oob).into(), discovery_timeout_ms);
     // Background work (deadline reaper, BMC/UPS pollers, campaigns) runs
     // on the one appliance holding the lease; see crate::leader.

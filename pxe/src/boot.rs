@@ -142,8 +142,9 @@ pub fn script_url(http_base: &str, mac: &MacAddr) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScriptTarget {
     /// Boot the discovery ramdisk; `token` is the agent's credential for
-    /// this boot only.
-    Discovery { token: String },
+    /// this boot only, `key` the appliance's public key (hex) the agent
+    /// checks every instruction against.
+    Discovery { token: String, key: String },
     /// Deployed machines boot from their own disk, never reinstall.
     LocalDisk,
 }
@@ -154,9 +155,9 @@ pub const INITRD_FILE: &str = "initrd.img";
 
 /// The discovery ramdisk's kernel command line, the same whichever loader
 /// starts it.
-fn discovery_args(token: &str, mac: &MacAddr, http_base: &str) -> String {
+fn discovery_args(token: &str, key: &str, mac: &MacAddr, http_base: &str) -> String {
     format!(
-        "console=tty0 console=ttyS0,115200 quiet panic=30 slipway.api={http_base} slipway.token={token} slipway.mac={}",
+        "console=tty0 console=ttyS0,115200 quiet panic=30 slipway.api={http_base} slipway.token={token} slipway.key={key} slipway.mac={}",
         mac.dashed()
     )
 }
@@ -165,7 +166,7 @@ pub fn render_script(target: &ScriptTarget, mac: &MacAddr, http_base: &str) -> S
     let mut s = String::from("#!ipxe\n");
     let mac_text = mac.dashed();
     match target {
-        ScriptTarget::Discovery { token } => {
+        ScriptTarget::Discovery { token, key } => {
             let files = format!("{http_base}/boot/files");
             // initrd=NAME is required by UEFI iPXE for the kernel to find its
             // initramfs; harmless under BIOS. On any failure, fetch a fresh
@@ -181,7 +182,7 @@ pub fn render_script(target: &ScriptTarget, mac: &MacAddr, http_base: &str) -> S
                  sleep 5\n\
                  chain --replace --autofree {url}\n",
                 url = script_url(http_base, mac),
-                args = discovery_args(token, mac, http_base),
+                args = discovery_args(token, key, mac, http_base),
             );
         }
         ScriptTarget::LocalDisk => {
@@ -241,7 +242,7 @@ configfile $prefix/grub.cfg
 pub fn render_grub(target: &ScriptTarget, mac: &MacAddr, http_base: &str) -> String {
     let mac_text = mac.dashed();
     match target {
-        ScriptTarget::Discovery { token } => format!(
+        ScriptTarget::Discovery { token, key } => format!(
             "# Slipway discovery for {mac_text}\n\
              echo \"Slipway: loading the discovery ramdisk\"\n\
              linux /{SIGNED_DIR}/{KERNEL_FILE} {args}\n\
@@ -250,7 +251,7 @@ pub fn render_grub(target: &ScriptTarget, mac: &MacAddr, http_base: &str) -> Str
              echo \"Slipway: discovery boot failed, retrying in 5 s\"\n\
              sleep 5\n\
              configfile $prefix/grub.cfg\n",
-            args = discovery_args(token, mac, http_base),
+            args = discovery_args(token, key, mac, http_base),
         ),
         ScriptTarget::LocalDisk => format!(
             "# Slipway: {mac_text} is deployed, booting from local disk\n\
@@ -273,10 +274,14 @@ mod tests {
 
     #[test]
     fn discovery_script_snapshot() {
-        let script = render_script(&ScriptTarget::Discovery { token: "tok123".into() }, &MAC, "http://10.77.0.1:8081");
+        let script = render_script(
+            &ScriptTarget::Discovery { token: "tok123".into(), key: "k1".into() },
+            &MAC,
+            "http://10.77.0.1:8081",
+        );
         let expected = "#!ipxe
 # Slipway discovery for 52-54-00-ab-cd-01
-kernel http://10.77.0.1:8081/boot/files/vmlinuz initrd=initrd.img console=tty0 console=ttyS0,115200 quiet panic=30 slipway.api=http://10.77.0.1:8081 slipway.token=tok123 slipway.mac=52-54-00-ab-cd-01 || goto failed
+kernel http://10.77.0.1:8081/boot/files/vmlinuz initrd=initrd.img console=tty0 console=ttyS0,115200 quiet panic=30 slipway.api=http://10.77.0.1:8081 slipway.token=tok123 slipway.key=k1 slipway.mac=52-54-00-ab-cd-01 || goto failed
 initrd --name initrd.img http://10.77.0.1:8081/boot/files/initrd.img || goto failed
 boot || goto failed
 :failed
@@ -304,9 +309,9 @@ exit 1
     #[test]
     fn grub_scripts_do_what_the_ipxe_scripts_do() {
         let base = "http://10.77.0.1:8081";
-        let discovery = render_grub(&ScriptTarget::Discovery { token: "tok123".into() }, &MAC, base);
-        let ipxe = render_script(&ScriptTarget::Discovery { token: "tok123".into() }, &MAC, base);
-        let args = "console=tty0 console=ttyS0,115200 quiet panic=30 slipway.api=http://10.77.0.1:8081 slipway.token=tok123 slipway.mac=52-54-00-ab-cd-01";
+        let discovery = render_grub(&ScriptTarget::Discovery { token: "tok123".into(), key: "k1".into() }, &MAC, base);
+        let ipxe = render_script(&ScriptTarget::Discovery { token: "tok123".into(), key: "k1".into() }, &MAC, base);
+        let args = "console=tty0 console=ttyS0,115200 quiet panic=30 slipway.api=http://10.77.0.1:8081 slipway.token=tok123 slipway.key=k1 slipway.mac=52-54-00-ab-cd-01";
         assert!(discovery.contains(&format!("linux /slipway/vmlinuz {args}\n")), "{discovery}");
         assert!(ipxe.contains(&format!("initrd=initrd.img {args} ||")), "one command line for both loaders: {ipxe}");
         assert!(discovery.contains("initrd /slipway/initrd.img\nboot\n"));

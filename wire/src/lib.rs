@@ -8,6 +8,27 @@ use serde::{Deserialize, Serialize};
 pub use inventory::Inventory;
 
 pub const HELLO_PATH: &str = "/api/v1/agent/hello";
+
+/// Request header: a fresh random nonce (hex, at most 64 characters) an
+/// agent sends with each request whose answer it acts on.
+pub const NONCE_HEADER: &str = "x-slipway-nonce";
+/// Response header: the appliance's Ed25519 signature (hex) over
+/// [`signed_bytes`] of that nonce and the response body, so an agent that
+/// pinned the appliance's key acts only on what this appliance said, to
+/// this request (a replayed answer carries another nonce).
+pub const SIGNATURE_HEADER: &str = "x-slipway-signature";
+
+/// What the appliance signs: a context string, the nonce, the body.
+pub fn signed_bytes(nonce: &str, body: &[u8]) -> Vec<u8> {
+    let mut bytes = format!("slipway agent answer v1\n{nonce}\n").into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// Whether `nonce` is one an agent would send: 16 to 64 hex digits.
+pub fn valid_nonce(nonce: &str) -> bool {
+    (16..=64).contains(&nonce.len()) && nonce.bytes().all(|b| b.is_ascii_hexdigit())
+}
 pub const INVENTORY_PATH: &str = "/api/v1/agent/inventory";
 pub const INSTRUCTIONS_PATH: &str = "/api/v1/agent/instructions";
 pub const DEPLOY_PATH: &str = "/api/v1/agent/deploy";

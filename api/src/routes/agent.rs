@@ -229,6 +229,32 @@ mod tests {
     use crate::routes::test_support::{app, boot_script, get, inventory_json, post, token_from};
     use axum::http::StatusCode;
 
+    /// The script pins the appliance's key; every answer to a request with
+    /// a nonce is signed with it for that nonce (what the agent checks).
+    #[tokio::test]
+    async fn answers_are_signed_with_the_key_the_script_pinned() {
+        let t = app().await;
+        let (_, script) = boot_script(&t, "52:54:00:00:00:09").await;
+        let token = token_from(&script);
+        let key = script.split("slipway.key=").nth(1).unwrap().split_whitespace().next().unwrap();
+        let key: [u8; 32] = hex::decode(key).unwrap().try_into().unwrap();
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&key).unwrap();
+        let nonce = "0123456789abcdef0123456789abcdef";
+        let req = axum::http::Request::get(format!("{}?wait_seconds=0", wire::INSTRUCTIONS_PATH))
+            .header("Authorization", format!("Bearer {token}"))
+            .header(wire::NONCE_HEADER, nonce)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = tower::ServiceExt::oneshot(t.boot.clone(), req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let signature = resp.headers()[wire::SIGNATURE_HEADER].to_str().unwrap().to_string();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        let signature: [u8; 64] = hex::decode(signature).unwrap().try_into().unwrap();
+        let signature = ed25519_dalek::Signature::from_bytes(&signature);
+        assert!(key.verify_strict(&wire::signed_bytes(nonce, &body), &signature).is_ok(), "signed for this nonce");
+        assert!(key.verify_strict(&wire::signed_bytes("ffffffffffffffff", &body), &signature).is_err());
+    }
+
     #[tokio::test]
     async fn inventory_makes_the_machine_ready() {
         let t = app().await;

@@ -76,7 +76,8 @@ pub(crate) async fn machine_target(
     let target = match kind {
         BootKind::Discovery => {
             let bound_to = boot.guard.token_address(peer);
-            ScriptTarget::Discovery { token: state.store.issue_agent_token(&id, AGENT_TOKEN_TTL_MS, bound_to).await? }
+            let token = state.store.issue_agent_token(&id, AGENT_TOKEN_TTL_MS, bound_to).await?;
+            ScriptTarget::Discovery { token, key: hex::encode(boot.signer.verifying_key().as_bytes()) }
         }
         BootKind::LocalDisk => ScriptTarget::LocalDisk,
     };

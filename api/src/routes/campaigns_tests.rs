@@ -66,6 +66,7 @@ impl BootFace {
             ramdisk_dir: old.ramdisk_dir.clone(),
             ipxe_dir: old.ipxe_dir.clone(),
             guard: old.guard.clone(),
+            signer: old.signer.clone(),
         }));
         state
     }

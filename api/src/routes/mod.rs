@@ -103,9 +103,42 @@ pub fn boot_router(state: AppState) -> Router {
         .merge(firmware::boot_router())
         .merge(agent::router())
         .merge(node::agent_router())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), sign_agent_answers))
         .with_state(state)
         .layer(axum::middleware::from_fn(crate::metrics_catalog::count_boot_http))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// The largest answer signed; agents' instructions are a few KiB.
+const MAX_SIGNED_BYTES: usize = 1 << 20;
+
+/// Signs the answer to every request that carries an agent's nonce
+/// (`wire::NONCE_HEADER`) with the appliance's key, so an agent that pinned
+/// it acts only on this appliance's answer to that very request.
+async fn sign_agent_answers(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use ed25519_dalek::Signer;
+    let nonce = request
+        .headers()
+        .get(wire::NONCE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|n| wire::valid_nonce(n))
+        .map(str::to_string);
+    let response = next.run(request).await;
+    let (Some(nonce), Some(boot)) = (nonce, &state.boot) else { return response };
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_SIGNED_BYTES).await else {
+        return crate::error::problem(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "answer too large to sign");
+    };
+    let signature = boot.signer.sign(&wire::signed_bytes(&nonce, &bytes));
+    if let Ok(value) = hex::encode(signature.to_bytes()).parse() {
+        parts.headers.insert(wire::SIGNATURE_HEADER, value);
+    }
+    (parts, axum::body::Body::from(bytes)).into_response()
 }
 
 /// The appliance's health: whether its database answers.

@@ -77,6 +77,7 @@ async fn serve_from(dir: tempfile::TempDir, db: Arc<TestDb>, admin: String) -> T
                 Default::default(),
                 true,
             )),
+            signer: Arc::new(crate::secrets::SecretBox::new([9; 32]).agent_signer()),
         })),
         discovery_timeout_ms: 60_000,
         deploy_timeout_ms: 600_000,
