@@ -429,6 +429,65 @@ mod tests {
         assert!(verify(&pinned, "00112233445566778899", body, Some(&rogue)).is_err());
     }
 
+    /// An appliance on a socket that answers one request, signing its
+    /// answer with `key` for the nonce the request carried (or not at all).
+    fn appliance(key: Option<SigningKey>) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut nonce = String::new();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix(&format!("{}:", wire::NONCE_HEADER)) {
+                    nonce = v.trim().to_string();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let body = r#"{"action":"wait","poll_seconds":3}"#;
+            let signature =
+                key.map(|k| format!("{}: {}\r\n", wire::SIGNATURE_HEADER, signed(&k, &nonce, body.as_bytes())));
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n",
+                body.len(),
+                signature.unwrap_or_default()
+            );
+            let mut stream = stream;
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(body.as_bytes()).unwrap();
+            nonce
+        });
+        (url, handle)
+    }
+
+    /// The client end to end: it sends a fresh nonce and acts only on the
+    /// pinned appliance's answer; a rogue or unsigned one is an error.
+    #[test]
+    fn the_client_acts_only_on_the_pinned_appliance() {
+        let appliance_key = SigningKey::from_bytes(&[7; 32]);
+        let pinned = hex::encode(appliance_key.verifying_key().as_bytes());
+        let (url, served) = appliance(Some(appliance_key.clone()));
+        let answer = Client::new(&url, "t", Some(&pinned)).instruction();
+        assert!(matches!(answer, Ok(Instruction::Wait { poll_seconds: 3 })), "{answer:?}");
+        assert!(wire::valid_nonce(&served.join().unwrap()), "the request carried a nonce");
+
+        for rogue in [Some(SigningKey::from_bytes(&[8; 32])), None] {
+            let (url, served) = appliance(rogue);
+            let answer = Client::new(&url, "t", Some(&pinned)).instruction();
+            assert!(answer.as_ref().is_err_and(|e| e.contains("answer refused")), "{answer:?}");
+            served.join().unwrap();
+        }
+        // Without a pinned key (an older appliance) answers are taken as they come.
+        let (url, served) = appliance(None);
+        assert!(Client::new(&url, "t", None).instruction().is_ok());
+        assert_eq!(served.join().unwrap(), "", "and no nonce is sent");
+    }
+
     #[test]
     fn a_key_that_is_not_one_refuses_everything() {
         let client = Client::new("http://127.0.0.1:9", "t", Some("not-hex"));
