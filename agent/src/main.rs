@@ -332,7 +332,7 @@ impl Client {
     fn post_for<T: serde::Serialize, R: serde::de::DeserializeOwned>(&self, path: &str, body: &T) -> Result<R, String> {
         let request = self.agent.post(&format!("{}{path}", self.api)).set("Authorization", &self.auth);
         let body = serde_json::to_value(body).map_err(|e| e.to_string())?;
-        self.answer(request, |r| r.send_json(body))
+        self.answer(request, |r| r.send_json(body).map_err(describe))
     }
 
     fn instruction(&self) -> Result<Instruction, String> {
@@ -341,7 +341,7 @@ impl Client {
             .agent
             .get(&format!("{}{}?wait_seconds=15", self.api, wire::INSTRUCTIONS_PATH))
             .set("Authorization", &self.auth);
-        self.answer(request, |r| r.call())
+        self.answer(request, |r| r.call().map_err(describe))
     }
 
     /// Sends `request` with a fresh nonce and reads the answer, which must
@@ -349,14 +349,14 @@ impl Client {
     fn answer<R: serde::de::DeserializeOwned>(
         &self,
         request: ureq::Request,
-        send: impl FnOnce(ureq::Request) -> Result<ureq::Response, ureq::Error>,
+        send: impl FnOnce(ureq::Request) -> Result<ureq::Response, String>,
     ) -> Result<R, String> {
         let nonce = self.key.map(|_| nonce());
         let request = match &nonce {
             Some(n) => request.set(wire::NONCE_HEADER, n),
             None => request,
         };
-        let response = send(request).map_err(describe)?;
+        let response = send(request)?;
         let signature = response.header(wire::SIGNATURE_HEADER).map(str::to_string);
         let mut body = Vec::new();
         let mut reader = std::io::Read::take(response.into_reader(), MAX_ANSWER_BYTES);

@@ -147,7 +147,9 @@ impl FromRequestParts<AppState> for AgentMachine {
         let peer = crate::boot_guard::peer_of(&parts.extensions);
         if holder.peer.is_some() && holder.peer != peer {
             let refusal = crate::boot_guard::Refusal::WrongAddress;
-            return Err(crate::boot_guard::refused(state, refusal, "agent", None, Some(&holder.machine_id), peer).await);
+            let refusal =
+                crate::boot_guard::refused(state, refusal, "agent", None, Some(&holder.machine_id), peer).await;
+            return Err(ApiError::Refused(refusal));
         }
         if let Some(boot) = &state.boot {
             boot.guard.agent_called(&holder.machine_id);

@@ -206,9 +206,9 @@ pub fn peer_of(extensions: &axum::http::Extensions) -> Option<IpAddr> {
     extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip())
 }
 
-/// What a refused request sees, logs and counts; recorded as a
-/// `boot.refused` event within a budget, so a flood of refusals does not
-/// grow the database.
+/// Logs and counts a refusal, and records it as a `boot.refused` event
+/// within a budget, so a flood of refusals does not grow the database;
+/// returns it for the caller's answer (`ApiError::Refused`).
 pub async fn refused(
     state: &crate::AppState,
     refusal: Refusal,
@@ -216,7 +216,7 @@ pub async fn refused(
     mac: Option<MacAddr>,
     machine: Option<&str>,
     peer: Option<IpAddr>,
-) -> crate::error::ApiError {
+) -> Refusal {
     let peer_text = peer.map(|p| p.to_string());
     tracing::warn!(reason = refusal.label(), what, mac = ?mac.map(|m| m.to_string()), machine, peer = ?peer_text, "boot network request refused");
     metrics::counter!("slipway_boot_refusals_total", "reason" => refusal.label(), "what" => what).increment(1);
@@ -228,7 +228,7 @@ pub async fn refused(
             tracing::warn!(error = %err, "recording a refusal failed");
         }
     }
-    crate::error::ApiError::Refused(refusal)
+    refusal
 }
 
 #[cfg(test)]

@@ -168,7 +168,8 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     let _ = stream.set_read_timeout(Some(within));
     let mut buf = [0u8; 256];
     match stream.read(&mut buf) {
-        Ok(_) => true,
+        // EOF (0) or an answer (an error page): either way, no longer held.
+        Ok(0) | Ok(_) => true,
         Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
     }
 }

@@ -110,7 +110,7 @@ async fn a_machine_is_network_booted_in_the_firmware_mode_its_agent_saw() {
         // The BMC's own view, beside what the agent will report.
         assert_eq!(bmc["inventory"]["system"]["firmware_mode"], mode, "{bmc}");
         assert_eq!(bmc["inventory"]["system"]["secure_boot"], if uefi { json!(false) } else { json!(null) }, "{bmc}");
-        let (_, script) = boot_script(&t, &MAC).await;
+        let (_, script) = boot_script(&t, MAC).await;
         let mut inventory = inventory_json(MAC);
         inventory["firmware"] = json!({ "mode": mode, "secure_boot": null });
         assert_eq!(post(&t.boot, wire::INVENTORY_PATH, &token_from(&script), &inventory).await.0, StatusCode::OK);

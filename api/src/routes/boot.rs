@@ -67,7 +67,8 @@ pub(crate) async fn machine_target(
     let now_secs = u64::try_from(state.store.now_ms() / 1000).unwrap_or(0);
     let discovery = kind == BootKind::Discovery;
     if let Err(refusal) = boot.guard.may_fetch_script(mac, peer, known.as_deref(), discovery, now_secs) {
-        return Err(crate::boot_guard::refused(state, refusal, loader, Some(mac), known.as_deref(), peer).await);
+        let refusal = crate::boot_guard::refused(state, refusal, loader, Some(mac), known.as_deref(), peer).await;
+        return Err(ApiError::Refused(refusal));
     }
     let id = match known {
         Some(id) => id,

@@ -537,7 +537,7 @@ mod flow_tests {
     /// A machine whose agent reported `firmware`, ready.
     async fn ready_with(t: &crate::routes::test_support::TestApp, mac: &str, firmware: serde_json::Value) -> String {
         use crate::routes::test_support::{boot_script, inventory_json, token_from};
-        let (_, script) = boot_script(&t, &mac).await;
+        let (_, script) = boot_script(t, mac).await;
         let mut inventory = inventory_json(mac);
         inventory["firmware"] = firmware;
         let (status, _) = post(&t.boot, wire::INVENTORY_PATH, &token_from(&script), &inventory).await;

@@ -169,7 +169,7 @@ async fn lifecycle_actions_and_a_retired_machine_boots_locally() {
         assert_eq!(act(name, None).await.0, StatusCode::CONFLICT, "{name}: retired is terminal");
     }
     assert_eq!(act("reboot", None).await.0, StatusCode::NOT_FOUND);
-    let (_, script) = boot_script(&t, &mac).await;
+    let (_, script) = boot_script(&t, mac).await;
     assert!(!script.contains("slipway.token="), "a retired machine gets no ramdisk:\n{script}");
 }
 
