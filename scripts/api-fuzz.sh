@@ -85,7 +85,12 @@ min_backoff_secs = 1
 max_backoff_secs = 4
 EOF
 
-mkdir -p "$WORK/ipxe" "$WORK/ramdisk"
+mkdir -p "$WORK/ipxe" "$WORK/ramdisk" "$WORK/data"
+# The fuzz machine holds a DHCP lease on 127.0.0.150 (loopback carries no
+# DHCP broadcast, so it is put in the lease journal the appliance loads at
+# start): boot scripts and agent tokens go only to a MAC's lease holder.
+machine_ip=127.0.0.150
+echo "+ 52:54:00:12:34:56 $machine_ip bound 4102444800" > "$WORK/data/dhcp-leases"
 echo stand-in > "$WORK/ipxe/undionly.kpxe"
 echo stand-in > "$WORK/ramdisk/vmlinuz"
 echo stand-in > "$WORK/ramdisk/initrd.img"
@@ -127,9 +132,9 @@ mac=52:54:00:12:34:56
 call POST /api/v1/bmcs '{"address": "http://127.0.0.1:8000", "protocol": "redfish", "username": "admin",
   "password": "fuzz-bmc-password", "rack": "r7"}'
 # Discovery as the machine's agent does it: the boot script carries its token.
-agent_token=$(curl -fsS "http://127.0.0.1:8081/boot/${mac//:/-}.ipxe" | sed -n 's/.*slipway\.token=\([^ ]*\).*/\1/p' | sed -n 1p)
+agent_token=$(curl -fsS --interface "$machine_ip" "http://127.0.0.1:8081/boot/${mac//:/-}.ipxe" | sed -n 's/.*slipway\.token=\([^ ]*\).*/\1/p' | sed -n 1p)
 [ -n "$agent_token" ] || { echo "api-fuzz: no agent token in the boot script" >&2; exit 1; }
-curl -fsS -o /dev/null -H "Authorization: Bearer $agent_token" -H "Content-Type: application/json" \
+curl -fsS -o /dev/null --interface "$machine_ip" -H "Authorization: Bearer $agent_token" -H "Content-Type: application/json" \
   --data '{"source": "in_band", "system": {"vendor": "Slipway", "product": "API fuzz", "serial": "FUZZ-0001",
     "uuid": "00000000-0000-4000-8000-00000000f001"}, "cpu": {"model": "fuzz", "count": 2},
     "memory": {"total_bytes": 4294967296}, "disks": [{"name": "vda", "size_bytes": 17179869184, "model": null,
