@@ -12,6 +12,15 @@ use axum::response::{IntoResponse, Response};
 use tower::ServiceExt;
 use tower_http::services::ServeDir;
 
+/// Streams one file the caller has already checked, with HEAD and Range
+/// (agents resume a broken image download, BMCs fetch firmware).
+pub async fn serve_file(path: PathBuf, req: Request<Body>) -> Response {
+    match tower_http::services::ServeFile::new(path).oneshot(req).await {
+        Ok(response) => response.into_response(),
+        Err(never) => match never {},
+    }
+}
+
 /// `ServeDir` over `root`, refusing (404) any request whose file resolves
 /// outside it.
 pub fn confined_dir(

@@ -16,7 +16,6 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tower::ServiceExt;
 use utoipa::ToSchema;
 
 use super::Routes;
@@ -46,10 +45,7 @@ async fn serve_pinned(
     let path = pinned_path(&state.firmware_dir, &sha256)
         .filter(|p| p.is_file())
         .ok_or_else(|| ApiError::NotFound { what: format!("firmware with SHA-256 {sha256}") })?;
-    match tower_http::services::ServeFile::new(path).oneshot(req).await {
-        Ok(response) => Ok(response.into_response()),
-        Err(never) => match never {},
-    }
+    Ok(super::confine::serve_file(path, req).await)
 }
 
 /// An RFC 9457 problem for statuses `ApiError` has no variant for.
@@ -179,9 +175,5 @@ async fn serve(State(state): State<AppState>, Path(name): Path<String>, req: Req
     if find(&state.firmware_dir, &name).is_none() {
         return Err(ApiError::NotFound { what: format!("firmware {name}") });
     }
-    let served = tower_http::services::ServeFile::new(content_path(&state.firmware_dir, &name)).oneshot(req).await;
-    match served {
-        Ok(response) => Ok(response.into_response()),
-        Err(never) => match never {},
-    }
+    Ok(super::confine::serve_file(content_path(&state.firmware_dir, &name), req).await)
 }

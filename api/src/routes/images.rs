@@ -17,7 +17,6 @@ use axum::{Json, Router};
 use futures_util::TryStreamExt;
 use images::catalog::{self, ImportError, SourceFormat};
 use serde::{Deserialize, Serialize};
-use tower::ServiceExt;
 use utoipa::ToSchema;
 
 use super::Routes;
@@ -384,9 +383,5 @@ async fn serve_content(
         Some(image) if image.state == ImageState::Available => {}
         _ => return Err(not_found()),
     }
-    let served = tower_http::services::ServeFile::new(content_path(&state.images_dir, name)).oneshot(req).await;
-    match served {
-        Ok(response) => Ok(response.into_response()),
-        Err(never) => match never {},
-    }
+    Ok(super::confine::serve_file(content_path(&state.images_dir, name), req).await)
 }
