@@ -1,7 +1,10 @@
 //! Writing an image to a disk: fetch over HTTP (resuming with Range after a
 //! broken connection), decompress zstd on the fly, hash, write; then flush,
 //! drop the page cache and read the disk back to check the SHA-256 of what
-//! is really on it. Nothing is reported `written` unless that matches.
+//! is really on it. Nothing is reported `written` unless that matches. A
+//! stream that is not the image (tampered with on the way, or cut short)
+//! is fetched again from the start a few times before the deploy fails: the
+//! network between here and the appliance may be hostile only for a while.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -15,6 +18,14 @@ use wire::{DeployPhase, DeploySpec, DiskHint};
 const BUF: usize = 1 << 20;
 /// Reconnections allowed for one image before the deploy fails.
 const MAX_RESUMES: u32 = 20;
+/// Downloads from the first byte before a stream that is not the image
+/// fails the deploy.
+const DOWNLOADS: u32 = 3;
+/// The pause before downloading again (times the attempt).
+#[cfg(not(test))]
+const DOWNLOAD_AGAIN_AFTER: Duration = Duration::from_secs(5);
+#[cfg(test)]
+const DOWNLOAD_AGAIN_AFTER: Duration = Duration::from_millis(10);
 /// How often progress is reported while writing.
 const REPORT_EVERY: Duration = Duration::from_secs(2);
 
@@ -92,15 +103,26 @@ pub fn write_image(
             spec.raw_bytes
         ));
     }
-    let source = ResumingBody::open(http.clone(), url.to_string())?;
     let mut disk = OpenOptions::new()
         .write(true)
         .open(&target.path)
         .map_err(|e| format!("opening {}: {e}", target.path.display()))?;
-    let written = decompress_to(source, &mut disk, spec, &mut |n| report(DeployPhase::Writing, n))?;
-    if written.sha256 != spec.sha256 {
-        return Err(format!("checksum mismatch in the image stream: got {}, want {}", written.sha256, spec.sha256));
-    }
+    let mut download = 1;
+    let written = loop {
+        let problem = match download_to(http, url, &mut disk, spec, report) {
+            Ok(written) if written.sha256 == spec.sha256 => break written,
+            Ok(written) => {
+                format!("checksum mismatch in the image stream: got {}, want {}", written.sha256, spec.sha256)
+            }
+            Err(problem) => problem,
+        };
+        if download == DOWNLOADS {
+            return Err(format!("{problem} (after {DOWNLOADS} downloads)"));
+        }
+        crate::log(&format!("download {download} was not the image ({problem}); downloading it again"));
+        std::thread::sleep(DOWNLOAD_AGAIN_AFTER * download);
+        download += 1;
+    };
     disk.sync_all().map_err(|e| format!("flushing {}: {e}", target.path.display()))?;
     drop(disk);
     report(DeployPhase::Verifying, written.bytes);
@@ -120,6 +142,19 @@ pub fn write_image(
 struct Written {
     bytes: u64,
     sha256: String,
+}
+
+/// One download of the image from its first byte onto the start of `disk`.
+fn download_to(
+    http: &ureq::Agent,
+    url: &str,
+    disk: &mut File,
+    spec: &DeploySpec,
+    report: &mut dyn FnMut(DeployPhase, u64),
+) -> Result<Written, String> {
+    let source = ResumingBody::open(http.clone(), url.to_string())?;
+    disk.seek(SeekFrom::Start(0)).map_err(|e| format!("seeking to the start of the disk: {e}"))?;
+    decompress_to(source, disk, spec, &mut |n| report(DeployPhase::Writing, n))
 }
 
 /// Decompresses on one thread while hashing and writing on this one, so a
@@ -311,9 +346,10 @@ mod tests {
         assert!(choose_disk(&disks, &too_big).unwrap_err().contains("vda (8589934592 bytes)"));
     }
 
-    /// An HTTP server for one file that honours `Range: bytes=N-` and, on
-    /// its first response, drops the connection after `drop_after` bytes.
-    fn serve(content: Vec<u8>, drop_after: Option<usize>) -> (String, Arc<AtomicUsize>) {
+    /// An HTTP server for one file that honours `Range: bytes=N-`; on its
+    /// first response it drops the connection after `drop_after` bytes, and
+    /// its first `tampered` responses have one byte in the middle changed.
+    fn serve(content: Vec<u8>, drop_after: Option<usize>, tampered: usize) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/image.raw.zst", listener.local_addr().unwrap());
         let requests = Arc::new(AtomicUsize::new(0));
@@ -333,7 +369,11 @@ mod tests {
                     }
                 }
                 let n = counter.fetch_add(1, Ordering::SeqCst);
-                let body = &content[start..];
+                let mut body = content[start..].to_vec();
+                if n < tampered {
+                    let middle = body.len() / 2;
+                    body[middle] ^= 0x55;
+                }
                 let head = if start == 0 {
                     format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
                 } else {
@@ -376,7 +416,7 @@ mod tests {
     #[test]
     fn a_broken_connection_is_resumed_and_the_disk_verified() {
         let (raw, compressed, spec) = image();
-        let (url, requests) = serve(compressed.clone(), Some(compressed.len() / 3));
+        let (url, requests) = serve(compressed.clone(), Some(compressed.len() / 3), 0);
         let dir = tempfile::tempdir().unwrap();
         let t = target(dir.path(), 8 << 20);
         let mut phases = Vec::new();
@@ -384,6 +424,25 @@ mod tests {
         assert_eq!(requests.load(Ordering::SeqCst), 2, "one drop, one resume from where it stopped");
         assert_eq!(std::fs::read(&t.path).unwrap()[..raw.len()], raw[..]);
         assert_eq!(phases.last(), Some(&(DeployPhase::Verifying, raw.len() as u64)));
+    }
+
+    /// A man in the middle changes the image on the way for a while: the
+    /// agent downloads it again from the start, and the disk ends up right.
+    #[test]
+    fn a_tampered_stream_is_downloaded_again_from_the_start() {
+        let (raw, compressed, spec) = image();
+        let (url, requests) = serve(compressed.clone(), None, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(dir.path(), 8 << 20);
+        write_image(&ureq::agent(), &url, &spec, &t, &mut |_, _| {}).unwrap();
+        assert_eq!(requests.load(Ordering::SeqCst), 3, "two tampered downloads, then the image");
+        assert_eq!(std::fs::read(&t.path).unwrap()[..raw.len()], raw[..]);
+
+        // Tampered with every time: the deploy fails, saying why.
+        let (url, requests) = serve(compressed, None, usize::MAX);
+        let err = write_image(&ureq::agent(), &url, &spec, &t, &mut |_, _| {}).unwrap_err();
+        assert_eq!(requests.load(Ordering::SeqCst), 3);
+        assert!(err.contains("after 3 downloads"), "{err}");
     }
 
     #[test]
@@ -406,11 +465,11 @@ mod tests {
     #[test]
     fn a_wrong_checksum_or_small_disk_fails_cleanly() {
         let (_, compressed, spec) = image();
-        let (url, _) = serve(compressed, None);
+        let (url, _) = serve(compressed, None, 0);
         let dir = tempfile::tempdir().unwrap();
         let bad = DeploySpec { sha256: "0".repeat(64), ..spec.clone() };
         let err = write_image(&ureq::agent(), &url, &bad, &target(dir.path(), 8 << 20), &mut |_, _| {}).unwrap_err();
-        assert!(err.contains("checksum mismatch in the image stream"), "{err}");
+        assert!(err.contains("checksum mismatch in the image stream") && err.contains("after 3 downloads"), "{err}");
         let err = write_image(&ureq::agent(), &url, &spec, &target(dir.path(), 1 << 20), &mut |_, _| {}).unwrap_err();
         assert!(err.contains("smaller than the image"), "{err}");
         let short = DeploySpec { raw_bytes: spec.raw_bytes - 1, ..spec };

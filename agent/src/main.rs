@@ -56,8 +56,12 @@ fn main() {
 
     let mut next = None;
     loop {
-        let instruction =
-            next.take().unwrap_or_else(|| client.instruction().unwrap_or(Instruction::Wait { poll_seconds: 10 }));
+        let instruction = next.take().unwrap_or_else(|| {
+            client.instruction().unwrap_or_else(|err| {
+                log(&format!("no instruction: {err}"));
+                Instruction::Wait { poll_seconds: 10 }
+            })
+        });
         match instruction {
             Instruction::Wait { poll_seconds } => {
                 std::thread::sleep(Duration::from_secs(poll_seconds.clamp(1, 300).into()))
@@ -288,6 +292,9 @@ struct Client {
     auth: String,
     /// The appliance's pinned key: answers not signed with it are refused.
     key: Option<ed25519_dalek::VerifyingKey>,
+    /// Answers refused so far this boot; every request tells the appliance,
+    /// so that an impersonator on the network shows up in its events.
+    refused: std::sync::atomic::AtomicU32,
 }
 
 /// The largest answer read; instructions are a few KiB.
@@ -308,20 +315,24 @@ impl Client {
                 ed25519_dalek::VerifyingKey::from_bytes(&identity).expect("the identity point")
             })
         });
-        Client { agent, api: api.to_string(), auth: format!("Bearer {token}"), key }
+        Client { agent, api: api.to_string(), auth: format!("Bearer {token}"), key, refused: Default::default() }
     }
 
     fn key_hex(&self) -> Option<String> {
         self.key.map(|k| hex::encode(k.as_bytes()))
     }
 
+    /// A request to the appliance with this boot's credential.
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let request = self.agent.request(method, &format!("{}{path}", self.api)).set("Authorization", &self.auth);
+        match self.refused.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => request,
+            n => request.set(wire::REFUSED_ANSWERS_HEADER, &n.to_string()),
+        }
+    }
+
     fn post<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<(), String> {
-        self.agent
-            .post(&format!("{}{path}", self.api))
-            .set("Authorization", &self.auth)
-            .send_json(body)
-            .map(|_| ())
-            .map_err(describe)
+        self.request("POST", path).send_json(body).map(|_| ()).map_err(describe)
     }
 
     fn report(&self, report: &DeployReport) -> Result<Instruction, String> {
@@ -330,17 +341,14 @@ impl Client {
 
     /// Posts `body`; the reply is the next instruction.
     fn post_for<T: serde::Serialize, R: serde::de::DeserializeOwned>(&self, path: &str, body: &T) -> Result<R, String> {
-        let request = self.agent.post(&format!("{}{path}", self.api)).set("Authorization", &self.auth);
+        let request = self.request("POST", path);
         let body = serde_json::to_value(body).map_err(|e| e.to_string())?;
         self.answer(request, |r| r.send_json(body).map_err(describe))
     }
 
     fn instruction(&self) -> Result<Instruction, String> {
         // Held open by the appliance until there is work (long poll).
-        let request = self
-            .agent
-            .get(&format!("{}{}?wait_seconds=15", self.api, wire::INSTRUCTIONS_PATH))
-            .set("Authorization", &self.auth);
+        let request = self.request("GET", &format!("{}?wait_seconds=15", wire::INSTRUCTIONS_PATH));
         self.answer(request, |r| r.call().map_err(describe))
     }
 
@@ -362,7 +370,10 @@ impl Client {
         let mut reader = std::io::Read::take(response.into_reader(), MAX_ANSWER_BYTES);
         std::io::Read::read_to_end(&mut reader, &mut body).map_err(|e| e.to_string())?;
         if let (Some(key), Some(nonce)) = (&self.key, &nonce) {
-            verify(key, nonce, &body, signature.as_deref())?;
+            if let Err(refusal) = verify(key, nonce, &body, signature.as_deref()) {
+                self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(refusal);
+            }
         }
         serde_json::from_slice(&body).map_err(|e| e.to_string())
     }
@@ -430,20 +441,25 @@ mod tests {
     }
 
     /// An appliance on a socket that answers one request, signing its
-    /// answer with `key` for the nonce the request carried (or not at all).
-    fn appliance(key: Option<SigningKey>) -> (String, std::thread::JoinHandle<String>) {
+    /// answer with `key` for the nonce the request carried (or not at all);
+    /// it returns the request's nonce and refused-answers headers.
+    fn appliance(key: Option<SigningKey>) -> (String, std::thread::JoinHandle<(String, String)>) {
         use std::io::{BufRead, BufReader, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let handle = std::thread::spawn(move || {
             let (stream, _) = listener.accept().unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut nonce = String::new();
+            let (mut nonce, mut refused) = (String::new(), String::new());
             loop {
                 let mut line = String::new();
                 reader.read_line(&mut line).unwrap();
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix(&format!("{}:", wire::NONCE_HEADER)) {
+                let line_lower = line.to_ascii_lowercase();
+                if let Some(v) = line_lower.strip_prefix(&format!("{}:", wire::NONCE_HEADER)) {
                     nonce = v.trim().to_string();
+                }
+                if let Some(v) = line_lower.strip_prefix(&format!("{}:", wire::REFUSED_ANSWERS_HEADER)) {
+                    refused = v.trim().to_string();
                 }
                 if line == "\r\n" {
                     break;
@@ -460,7 +476,7 @@ mod tests {
             let mut stream = stream;
             stream.write_all(head.as_bytes()).unwrap();
             stream.write_all(body.as_bytes()).unwrap();
-            nonce
+            (nonce, refused)
         });
         (url, handle)
     }
@@ -472,20 +488,30 @@ mod tests {
         let appliance_key = SigningKey::from_bytes(&[7; 32]);
         let pinned = hex::encode(appliance_key.verifying_key().as_bytes());
         let (url, served) = appliance(Some(appliance_key.clone()));
-        let answer = Client::new(&url, "t", Some(&pinned)).instruction();
+        let mut client = Client::new(&url, "t", Some(&pinned));
+        let answer = client.instruction();
         assert!(matches!(answer, Ok(Instruction::Wait { poll_seconds: 3 })), "{answer:?}");
-        assert!(wire::valid_nonce(&served.join().unwrap()), "the request carried a nonce");
+        let (nonce, refused) = served.join().unwrap();
+        assert!(wire::valid_nonce(&nonce), "the request carried a nonce");
+        assert_eq!(refused, "", "nothing refused yet, nothing said");
 
         for rogue in [Some(SigningKey::from_bytes(&[8; 32])), None] {
             let (url, served) = appliance(rogue);
-            let answer = Client::new(&url, "t", Some(&pinned)).instruction();
+            client.api = url;
+            let answer = client.instruction();
             assert!(answer.as_ref().is_err_and(|e| e.contains("answer refused")), "{answer:?}");
             served.join().unwrap();
         }
+        // The real appliance hears how many answers were refused.
+        let (url, served) = appliance(Some(appliance_key));
+        client.api = url;
+        assert!(client.instruction().is_ok());
+        assert_eq!(served.join().unwrap().1, "2");
+
         // Without a pinned key (an older appliance) answers are taken as they come.
         let (url, served) = appliance(None);
         assert!(Client::new(&url, "t", None).instruction().is_ok());
-        assert_eq!(served.join().unwrap(), "", "and no nonce is sent");
+        assert_eq!(served.join().unwrap().0, "", "and no nonce is sent");
     }
 
     #[test]

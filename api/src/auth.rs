@@ -153,6 +153,10 @@ impl FromRequestParts<AppState> for AgentMachine {
         }
         if let Some(boot) = &state.boot {
             boot.guard.agent_called(&holder.machine_id);
+            let refused = parts.headers.get(wire::REFUSED_ANSWERS_HEADER).and_then(|v| v.to_str().ok()?.parse().ok());
+            if let Some(new) = refused.and_then(|count| boot.guard.answers_refused(&holder.machine_id, count)) {
+                crate::boot_guard::impersonation_reported(state, &holder.machine_id, refused.unwrap_or(0), new).await;
+            }
         }
         Ok(AgentMachine(holder.machine_id))
     }

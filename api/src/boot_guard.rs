@@ -83,6 +83,8 @@ pub struct BootGuard {
     observed: Mutex<HashMap<MacAddr, Instant>>,
     /// Machines whose agent called lately (machine id), for proxy mode.
     agents_seen: Mutex<HashMap<String, Instant>>,
+    /// The refused-answer count each machine's agent last reported.
+    refused_answers: Mutex<HashMap<String, u32>>,
 }
 
 impl BootGuard {
@@ -94,6 +96,7 @@ impl BootGuard {
             leases: Mutex::default(),
             observed: Mutex::default(),
             agents_seen: Mutex::default(),
+            refused_answers: Mutex::default(),
         }
     }
 
@@ -135,6 +138,22 @@ impl BootGuard {
         } else {
             insert_bounded(&mut seen, id.to_string(), AGENT_ALIVE);
         }
+    }
+
+    /// Machine `id`'s agent says it has refused `count` answers this boot;
+    /// returns how many are new since it last said so (a lower count is a
+    /// new boot, all new).
+    pub fn answers_refused(&self, id: &str, count: u32) -> Option<u32> {
+        let mut reported = self.refused_answers.lock().expect("refused answers lock");
+        let last = reported.get(id).copied().unwrap_or(0);
+        if count == last {
+            return None;
+        }
+        if reported.len() >= MAX_TRACKED && !reported.contains_key(id) {
+            reported.clear();
+        }
+        reported.insert(id.to_string(), count);
+        Some(if count > last { count - last } else { count })
     }
 
     /// Whether `peer` may have `mac`'s boot script now. `known` says whether
@@ -231,6 +250,19 @@ pub async fn refused(
     refusal
 }
 
+/// A machine's agent refused `new` answers not signed by this appliance:
+/// something on its network answered in the appliance's name.
+pub async fn impersonation_reported(state: &crate::AppState, machine: &str, count: u32, new: u32) {
+    tracing::warn!(machine, count, new, "an agent refused answers not signed by this appliance");
+    metrics::counter!("slipway_agent_refused_answers_total").increment(new.into());
+    if REFUSAL_EVENTS.take(state.store.now_ms()) {
+        let detail = serde_json::json!({ "count": count, "new": new });
+        if let Err(err) = state.store.record_event(Some(machine), "agent.answers_refused", detail).await {
+            tracing::warn!(error = %err, "recording refused answers failed");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +277,16 @@ mod tests {
 
     fn peer(ip: [u8; 4]) -> Option<IpAddr> {
         Some(IpAddr::from(ip))
+    }
+
+    #[test]
+    fn refused_answers_are_reported_once_each() {
+        let guard = BootGuard::new(DhcpMode::Authoritative, HashSet::new(), true);
+        assert_eq!(guard.answers_refused("m1", 2), Some(2));
+        assert_eq!(guard.answers_refused("m1", 2), None, "the same count again is nothing new");
+        assert_eq!(guard.answers_refused("m1", 5), Some(3));
+        assert_eq!(guard.answers_refused("m1", 1), Some(1), "a lower count is a new boot");
+        assert_eq!(guard.answers_refused("m2", 1), Some(1));
     }
 
     #[test]

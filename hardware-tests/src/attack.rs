@@ -37,6 +37,11 @@ pub struct AttackReport {
     pub new_mac_scripts: Tally,
     /// `written` deploy reports with made-up agent tokens.
     pub forged_reports: Tally,
+    /// Node agent calls with made-up node tokens: status reports (whose
+    /// answer carries a cluster's join token) and "I created the Swarm,
+    /// here are its join tokens" (which would steer nodes to the attacker).
+    #[serde(default)]
+    pub forged_node_calls: Tally,
     /// Anonymous POSTs to paths the boot face has and has not.
     pub anonymous_writes: Tally,
     /// DHCPDECLINEs of the victim's address from other MACs.
@@ -91,6 +96,21 @@ pub fn run(opts: &AttackOptions) -> anyhow::Result<AttackReport> {
         report.forged_reports.sent += 1;
         if status(req.send_json(body)) == 401 {
             report.forged_reports.refused += 1;
+        }
+    }
+
+    // 3b. Forged node agents: ask for a cluster's join token, or hand in
+    // the attacker's own as the cluster's.
+    for i in 0..200u32 {
+        let (path, body) = if i % 2 == 0 {
+            (wire::NODE_STATUS_PATH, serde_json::json!({ "os": "Debian", "cluster": null }))
+        } else {
+            (wire::NODE_SWARM_PATH, serde_json::json!({ "worker_token": "SWMTKN-1-attacker", "manager_token": "x" }))
+        };
+        let req = http.post(&format!("{base}{path}")).set("Authorization", &format!("Bearer node-forged{i}"));
+        report.forged_node_calls.sent += 1;
+        if status(req.send_json(body)) == 401 {
+            report.forged_node_calls.refused += 1;
         }
     }
 

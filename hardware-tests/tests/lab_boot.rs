@@ -153,13 +153,18 @@ fn three_nodes_form_one_swarm_and_roll_to_a_new_os_release() {
     // A mixed rack: legacy BIOS, UEFI through the NIC's iPXE ROM, and UEFI
     // with Secure Boot enforced (signed shim, GRUB and kernel over TFTP),
     // network first in each.
-    let report =
-        run_lab_within(900, &["--nodes", "3", "--firmware", "mixed", "--deploy", "lab-debian", "--os-refresh"]);
+    // While they deploy and join, the hostile host and the rogue appliance
+    // of `--attack` go after node1 (forged node agents included).
+    let report = run_lab_within(
+        900,
+        &["--nodes", "3", "--firmware", "mixed", "--deploy", "lab-debian", "--os-refresh", "--attack"],
+    );
     assert_firmware_modes(&report, &["bios", "uefi", "uefi"]);
     assert_secure_boot(&report);
     // The last write was a reinstall (the refresh or its rollback): the
     // entry the first deploy created is rewritten, not added again.
     assert_boot_entries(&report, "Repaired");
+    assert_attacks_refused(&report);
     for node in report["nodes"].as_array().unwrap() {
         assert_eq!(node["state"], "joined", "{node}");
         let s = &node["seconds"];
@@ -372,7 +377,7 @@ fn assert_attacks_refused(report: &Value) {
     let (att, seen) = (&a["attacker"], &a["appliance_counted"]);
     assert_eq!(att["script_theft_status"], 403, "the victim's boot script went to the attacker: {a}");
     assert_eq!(att["grub_theft_refused"], true, "the victim's GRUB script went to the attacker: {a}");
-    for what in ["new_mac_scripts", "forged_reports", "anonymous_writes"] {
+    for what in ["new_mac_scripts", "forged_reports", "forged_node_calls", "anonymous_writes"] {
         assert_eq!(att[what]["refused"], att[what]["sent"], "{what}: {a}");
     }
     let n = |v: &Value| v.as_f64().unwrap_or(0.0);
@@ -386,6 +391,17 @@ fn assert_attacks_refused(report: &Value) {
     assert!(n(&seen["slipway_http_connections_refused_total"]) >= n(&slow["refused"]), "{a}");
     assert!(n(&seen["slipway_dhcp_received_total{type=\"decline\"}"]) >= n(&att["declines_sent"]) * 0.9, "{a}");
     assert_eq!(a["machines_after"], a["machines_before"], "the flood created machines: {a}");
+    // The rogue appliance held the victim's traffic (its agent asked it for
+    // instructions) and handed out forged deploys: none was acted on, and
+    // the agent told the real appliance what it had refused.
+    let rogue = &a["rogue"];
+    assert!(n(&rogue["requests"]["GET /api/v1/agent/instructions"]) >= 1.0, "the rogue never held the victim: {a}");
+    assert!(n(&rogue["forged_instructions"]) >= 1.0, "{a}");
+    assert_eq!(rogue["forged_image_fetches"], 0, "the victim's agent followed a forged instruction: {a}");
+    assert!(
+        n(&seen["slipway_agent_refused_answers_total"]) >= n(&rogue["forged_instructions"]),
+        "the agent did not report the answers it refused: {a}"
+    );
     // The deploy itself writes events (phases, DHCP, BMC); refusals are
     // recorded at most 60 a minute.
     assert!(n(&a["events_added"]) < 400.0, "events grew with the flood: {a}");
@@ -399,7 +415,7 @@ fn assert_attacks_refused(report: &Value) {
 }
 
 fn assert_torn_down() {
-    for ns in ["slipway-lab", "slipway-lab-attack"] {
+    for ns in ["slipway-lab", "slipway-lab-attack", "slipway-lab-rogue"] {
         assert!(!std::path::Path::new("/run/netns").join(ns).exists(), "namespace {ns} is gone");
     }
     let leftovers = Command::new("pgrep").args(["-f", "ifname=sltap"]).output().unwrap();

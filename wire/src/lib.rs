@@ -18,6 +18,11 @@ pub const NONCE_HEADER: &str = "x-slipway-nonce";
 /// this request (a replayed answer carries another nonce).
 pub const SIGNATURE_HEADER: &str = "x-slipway-signature";
 
+/// Request header: how many answers the agent refused this boot (bad or
+/// missing signatures), sent once there is one, so the appliance hears of
+/// whoever is impersonating it on the machine's network.
+pub const REFUSED_ANSWERS_HEADER: &str = "x-slipway-refused-answers";
+
 /// What the appliance signs: a context string, the nonce, the body.
 pub fn signed_bytes(nonce: &str, body: &[u8]) -> Vec<u8> {
     let mut bytes = format!("slipway agent answer v1\n{nonce}\n").into_bytes();

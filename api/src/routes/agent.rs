@@ -81,10 +81,11 @@ async fn instructions(
 ) -> Result<Json<Instruction>, ApiError> {
     let hold = std::time::Duration::from_secs(hold.wait_seconds.unwrap_or(0).min(MAX_HOLD_SECONDS));
     let deadline = tokio::time::Instant::now() + hold;
+    let wake = state.work_posted.for_machine(&id);
     loop {
         // Registered before looking, so a wake-up between the look and the
         // wait is not missed.
-        let woken = state.work_posted.notified();
+        let woken = wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
         let instruction = next_instruction(&state, &id).await?;
@@ -272,6 +273,39 @@ mod tests {
         let kinds: Vec<&str> =
             events["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["machine.created", "boot.script", "agent.hello", "inventory.received", "state.changed"]);
+    }
+
+    /// An agent that refused answers in the appliance's name says so on its
+    /// next call: the machine's events and a metric show the impersonator.
+    #[tokio::test]
+    async fn answers_an_agent_refused_become_an_event() {
+        let t = app().await;
+        let (id, token) = crate::routes::test_support::ready_machine(&t, "52:54:00:00:00:08").await;
+        let poll = |refused: &'static str| {
+            let token = token.clone();
+            let boot = t.boot.clone();
+            async move {
+                let request = axum::http::Request::get(format!("{}?wait_seconds=0", wire::INSTRUCTIONS_PATH))
+                    .header("Authorization", format!("Bearer {token}"))
+                    .header(wire::REFUSED_ANSWERS_HEADER, refused)
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                tower::ServiceExt::oneshot(boot, request).await.unwrap().status()
+            }
+        };
+        assert_eq!(poll("3").await, StatusCode::OK);
+        assert_eq!(poll("3").await, StatusCode::OK, "said again: nothing new");
+        assert_eq!(poll("not a number").await, StatusCode::OK, "a malformed count is ignored");
+        assert_eq!(poll("4").await, StatusCode::OK);
+        let (_, events) = get(&t.operator, &format!("/api/v1/machines/{id}/events"), Some(&t.admin)).await;
+        let refused: Vec<(u64, u64)> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "agent.answers_refused")
+            .map(|e| (e["detail"]["count"].as_u64().unwrap(), e["detail"]["new"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(refused, [(3, 3), (4, 1)]);
     }
 
     #[tokio::test]

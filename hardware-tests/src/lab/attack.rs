@@ -1,7 +1,10 @@
 //! `lab up --attack`: while the nodes deploy, a hostile host in its own
 //! namespace on the lab bridge runs `slipway lab attack` against the
-//! appliance (see `crate::attack`). Afterwards the lab reads what the
-//! appliance counted and how much its database grew, for the report.
+//! appliance (see `crate::attack`), and a rogue appliance in another
+//! (`slipway lab rogue`, see `crate::rogue`) impersonates it towards the
+//! first node just before the deploy is asked for. Afterwards the lab reads
+//! what the appliance counted and how much its database grew, for the
+//! report.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,27 +16,36 @@ use serde_json::{json, Value};
 use super::{net, progress, Watch, BRIDGE, SERVER_IP};
 
 pub const ATTACK_NETNS: &str = "slipway-lab-attack";
+pub const ROGUE_NETNS: &str = "slipway-lab-rogue";
 const ATTACKER_IP: &str = "10.77.0.66";
+const ROGUE_IP: &str = "10.77.0.67";
+/// How long the lab waits for the victim's agent to ask the rogue anything
+/// (it long-polls every 15 s, and retries 10 s after a refused answer).
+const ROGUE_FIRST_REQUEST_WITHIN: Duration = Duration::from_secs(90);
 /// Metrics whose growth shows each attack was seen and refused.
-const COUNTERS: [&str; 5] = [
+const COUNTERS: [&str; 6] = [
     "slipway_boot_refusals_total",
     "slipway_tftp_busy_total",
     "slipway_http_connections_refused_total",
     "slipway_http_header_timeouts_total",
     "slipway_dhcp_received_total{type=\"decline\"}",
+    "slipway_agent_refused_answers_total",
 ];
 
-/// The attacker, running.
+/// The attacker and the rogue appliance, running.
 pub struct Attack {
     child: Child,
     report: PathBuf,
+    rogue: Child,
     before: Snapshot,
 }
 
 impl Drop for Attack {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in [&mut self.child, &mut self.rogue] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -45,47 +57,119 @@ struct Snapshot {
     db_bytes: u64,
 }
 
-/// Puts the attacker on the bridge and starts it against the machine with
-/// `victim_mac` (as the API spells it).
+/// Puts the attacker and the rogue appliance on the bridge and starts them
+/// against the machine with `victim_mac` (as the API spells it); returns
+/// once the rogue has answered the victim's agent at least once, so the
+/// deploy asked for next is asked while the rogue holds the victim.
 pub fn start(watch: &Watch, slipway_bin: &Path, work: &Path, victim_mac: &str) -> anyhow::Result<Attack> {
     net::add_host(ATTACK_NETNS, BRIDGE, "slatk", &format!("{ATTACKER_IP}/24"))?;
     let victim_ip = lease_of(watch, victim_mac)?;
     let before = snapshot(watch, work)?;
     let report = work.join("attack.json");
-    let log = std::fs::File::create(work.join("attack.log"))?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", ATTACK_NETNS])
+    let child = spawn_in(
+        ATTACK_NETNS,
+        slipway_bin,
+        &["attack", "--appliance", SERVER_IP, "--interface", "slatk1", "--victim-mac", victim_mac],
+        &["--victim-ip", &victim_ip, "--report", &report.display().to_string()],
+        &work.join("attack.log"),
+    )?;
+    progress(&format!("attacker at {ATTACKER_IP} on the provisioning bridge, going after {victim_mac} ({victim_ip})"));
+    let rogue = start_rogue(slipway_bin, work, victim_mac, &victim_ip)?;
+    let attack = Attack { child, report, rogue, before };
+    wait_for_rogue(work)?;
+    Ok(attack)
+}
+
+/// The rogue's namespace holds the appliance's address (a /32 beside its
+/// own) but answers no ARP for it, and knows the victim's MAC without
+/// asking: the only frames it sends towards machines are its forged
+/// replies to the victim.
+fn start_rogue(slipway_bin: &Path, work: &Path, victim_mac: &str, victim_ip: &str) -> anyhow::Result<Child> {
+    let appliance_mac = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == BRIDGE)
+        .and_then(|i| i.mac)
+        .context("the lab bridge's MAC")?
+        .to_string();
+    net::add_host(ROGUE_NETNS, BRIDGE, "slrog", &format!("{ROGUE_IP}/24"))?;
+    net::sysctl(ROGUE_NETNS, &["net.ipv4.conf.all.arp_ignore=8", "net.ipv4.conf.slrog1.arp_ignore=8"])?;
+    net::ip(&[
+        "-n",
+        ROGUE_NETNS,
+        "neigh",
+        "replace",
+        victim_ip,
+        "lladdr",
+        victim_mac,
+        "dev",
+        "slrog1",
+        "nud",
+        "permanent",
+    ])?;
+    net::ip(&["-n", ROGUE_NETNS, "addr", "add", &format!("{SERVER_IP}/32"), "dev", "slrog1"])?;
+    let child = spawn_in(
+        ROGUE_NETNS,
+        slipway_bin,
+        &["rogue", "--appliance", SERVER_IP, "--appliance-mac", &appliance_mac, "--interface", "slrog1"],
+        &[
+            "--victim-mac",
+            victim_mac,
+            "--victim-ip",
+            victim_ip,
+            "--report",
+            &work.join("rogue.json").display().to_string(),
+        ],
+        &work.join("rogue.log"),
+    )?;
+    progress(&format!(
+        "rogue appliance at {ROGUE_IP} claims {SERVER_IP} towards {victim_mac} (ARP replies to it alone)"
+    ));
+    Ok(child)
+}
+
+/// Waits until the rogue says it answered the victim, or ended.
+fn wait_for_rogue(work: &Path) -> anyhow::Result<()> {
+    let began = Instant::now();
+    while began.elapsed() < ROGUE_FIRST_REQUEST_WITHIN {
+        let log = std::fs::read_to_string(work.join("rogue.log")).unwrap_or_default();
+        if log.contains("first request") {
+            progress(&format!(
+                "rogue appliance answered the victim's agent after {:.0} s",
+                began.elapsed().as_secs_f64()
+            ));
+            return Ok(());
+        }
+        if work.join("rogue.json").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("the victim's agent never asked the rogue appliance anything: its ARP cache was not poisoned (see {}/rogue.log)", work.display())
+}
+
+/// `slipway lab ARGS...` in namespace `ns`, its output to `log`.
+fn spawn_in(ns: &str, slipway_bin: &Path, args: &[&str], more: &[&str], log: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log)?;
+    Command::new("ip")
+        .args(["netns", "exec", ns])
         .arg(slipway_bin)
-        .args(["lab", "attack", "--appliance", SERVER_IP, "--interface", "slatk1"])
-        .args(["--victim-mac", victim_mac, "--victim-ip", &victim_ip, "--report"])
-        .arg(&report)
+        .arg("lab")
+        .args(args)
+        .args(more)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .context("starting the attacker")?;
-    progress(&format!("attacker at {ATTACKER_IP} on the provisioning bridge, going after {victim_mac} ({victim_ip})"));
-    Ok(Attack { child, report, before })
+        .with_context(|| format!("starting slipway lab {}", args[0]))
 }
 
 /// Waits for the attacker to finish and says what each attack got and
 /// what the appliance counted.
 pub fn finish(watch: &Watch, work: &Path, mut attack: Attack) -> anyhow::Result<Value> {
-    let began = Instant::now();
-    let status = loop {
-        if let Some(status) = attack.child.try_wait()? {
-            break status;
-        }
-        if began.elapsed() > Duration::from_secs(180) {
-            bail!("the attacker did not finish within 180 s (see {}/attack.log)", work.display());
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    if !status.success() {
-        let log = std::fs::read_to_string(work.join("attack.log")).unwrap_or_default();
-        bail!("the attacker failed ({status}):\n{log}");
-    }
+    wait_for(&mut attack.child, "attacker", &work.join("attack.log"))?;
+    wait_for(&mut attack.rogue, "rogue appliance", &work.join("rogue.log"))?;
     let attacker: Value = serde_json::from_slice(&std::fs::read(&attack.report)?)?;
+    let rogue: Value = serde_json::from_slice(&std::fs::read(work.join("rogue.json"))?)?;
     let after = snapshot(watch, work)?;
     let before = &attack.before;
     let counted: serde_json::Map<String, Value> = COUNTERS
@@ -96,6 +180,7 @@ pub fn finish(watch: &Watch, work: &Path, mut attack: Attack) -> anyhow::Result<
     progress(&format!("attacker done in {:.0} s", attacker["seconds"].as_f64().unwrap_or(0.0)));
     Ok(json!({
         "attacker": attacker,
+        "rogue": rogue,
         "appliance_counted": counted,
         "events_added": after.events.saturating_sub(before.events),
         "machines_before": before.machines,
@@ -103,6 +188,23 @@ pub fn finish(watch: &Watch, work: &Path, mut attack: Attack) -> anyhow::Result<
         "db_bytes_before": before.db_bytes,
         "db_bytes_after": after.db_bytes,
     }))
+}
+
+fn wait_for(child: &mut Child, what: &str, log: &Path) -> anyhow::Result<()> {
+    let began = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if began.elapsed() > Duration::from_secs(180) {
+            bail!("the {what} did not finish within 180 s (see {})", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    if !status.success() {
+        bail!("the {what} failed ({status}):\n{}", std::fs::read_to_string(log).unwrap_or_default());
+    }
+    Ok(())
 }
 
 /// The address the appliance leased to `mac`, from its last `dhcp.ack`.

@@ -254,7 +254,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         outcome = refuse_bios_only_on_uefi(&mut watch, &mut refused_deploys);
         let mut attacker = None;
         if outcome.is_ok() && opts.attack {
-            lab.extra_netns.push(attack::ATTACK_NETNS);
+            lab.extra_netns.extend([attack::ATTACK_NETNS, attack::ROGUE_NETNS]);
             match attack::start(&watch, &opts.slipway_bin, work, &nodes[0].0.mac) {
                 Ok(running) => attacker = Some(running),
                 Err(err) => outcome = Err(err),
@@ -327,7 +327,7 @@ pub fn down() -> anyhow::Result<()> {
 fn clear() -> anyhow::Result<(usize, usize)> {
     let mut stopped = procs::stop_saved(&Path::new(WORK_DIR).join("state.json"))?;
     let mut namespaces = 0;
-    for ns in [NETNS, DHCP_NETNS, RELAY_NETNS, attack::ATTACK_NETNS] {
+    for ns in [NETNS, DHCP_NETNS, RELAY_NETNS, attack::ATTACK_NETNS, attack::ROGUE_NETNS] {
         if net::netns_exists(ns) {
             stopped += net::kill_members(ns)?;
             net::delete(ns)?;

@@ -77,9 +77,14 @@ pub fn add_leg(ns: &str, bridge: &str, prefix: &str, cidr: &str) -> anyhow::Resu
 /// Lets namespace `ns` route between its legs (the relay host is the
 /// rack's router). Only that namespace's setting changes.
 pub fn enable_forwarding(ns: &str) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"]).output()?;
+    sysctl(ns, &["net.ipv4.ip_forward=1"])
+}
+
+/// Sets kernel parameters (`name=value`) in namespace `ns` only.
+pub fn sysctl(ns: &str, settings: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw"]).args(settings).output()?;
     if !out.status.success() {
-        bail!("enabling forwarding in {ns}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!("sysctl in {ns}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }

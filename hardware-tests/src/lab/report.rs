@@ -385,17 +385,27 @@ pub fn summary(report: &LabReport) -> String {
         let tally = |t: &Value| format!("{}/{}", t["refused"], t["sent"]);
         let _ = writeln!(
             out,
-            "attack: victim's script {} (TFTP GRUB script refused: {}); refused: new-MAC scripts {}, forged reports {}, \
+            "attack: victim's script {} (TFTP GRUB script refused: {}); refused: new-MAC scripts {}, forged reports {}, forged node calls {}, \
              anonymous writes {}, TFTP {}, slow connections {} (+{} cut by the header timeout); {} DECLINEs sent",
             att["script_theft_status"],
             att["grub_theft_refused"],
             tally(&att["new_mac_scripts"]),
             tally(&att["forged_reports"]),
+            tally(&att["forged_node_calls"]),
             tally(&att["anonymous_writes"]),
             tally(&att["tftp"]),
             tally(&att["slow_connections"]),
             att["slow_cut_by_timeout"],
             att["declines_sent"],
+        );
+        let rogue = &a["rogue"];
+        let _ = writeln!(
+            out,
+            "rogue appliance: {} ARP replies to the victim, its requests {}, forged instructions {}, forged image fetched {} times",
+            rogue["arp_replies_sent"],
+            rogue["requests"],
+            rogue["forged_instructions"],
+            rogue["forged_image_fetches"],
         );
         let _ = writeln!(
             out,
