@@ -28,7 +28,7 @@ export SLIPWAY_TEST_POSTGRES_URL
 # namespace: they run after the rest, one at a time. Everything else runs
 # in parallel, one process per test (cargo-nextest). Keep LAB_TESTS the
 # same as the `lab` group's filter in .config/nextest.toml.
-LAB_TESTS='binary(lab_boot) | binary(bmc_qemu)'
+LAB_TESTS='binary(lab_boot) | binary(bmc_qemu) | binary(fleet)'
 log=$(mktemp)
 trap 'rm -f "$log"; bash scripts/postgres.sh stop "$pgdir"; rm -rf "$pgdir"' EXIT
 nextest() { cargo nextest run --locked --workspace --no-fail-fast --hide-progress-bar "$@" 2>&1 | tee -a "$log"; }

@@ -116,7 +116,10 @@ pub struct HttpConfig {
     /// A request's headers must arrive within this; a kept-alive
     /// connection idle this long is closed.
     pub header_timeout_secs: u64,
-    /// Open connections per face, and per client address on each.
+    /// Open connections per face, and per client address on each. A
+    /// machine in discovery holds one (its long poll), so the boot face's
+    /// cap is a fleet's size: `slipway lab fleet` refused half of 1,000
+    /// machines at 1,024.
     pub max_connections: usize,
     pub max_connections_per_client: usize,
 }
@@ -283,7 +286,7 @@ impl Default for Config {
                 tls_key: String::new(),
                 tls_names: vec![],
             },
-            http: HttpConfig { header_timeout_secs: 30, max_connections: 1024, max_connections_per_client: 64 },
+            http: HttpConfig { header_timeout_secs: 30, max_connections: 16_384, max_connections_per_client: 64 },
             retention: RetentionConfig { events_days: 90, audit_days: 400 },
             database: DatabaseConfig { url: String::new() },
             provisioning: ProvisioningConfig {

@@ -26,6 +26,7 @@ mod routes;
 pub mod secrets;
 pub mod serve;
 pub mod tls;
+pub mod work;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,9 +44,9 @@ pub struct AppState {
     pub join_timeout_ms: i64,
     /// `quick` or `full`: how a release wipes unless the request says.
     pub release_wipe: wire::WipeMode,
-    /// Woken when work is posted for some agent (a deploy, a release), so
-    /// held instruction requests look again.
-    pub work_posted: Arc<tokio::sync::Notify>,
+    /// Wakes a machine's held instruction requests when work is posted
+    /// for it (a deploy, a release), so they look again.
+    pub work_posted: Arc<work::WorkPosted>,
     /// The image catalog's content: `<name>.raw.zst` per image.
     pub images_dir: PathBuf,
     /// Imports by path read only inside this directory (canonical).

@@ -88,6 +88,25 @@ fn configured_dir(key: &str, dir: &str, files: &[&str]) -> anyhow::Result<Option
     Ok(Some(dir))
 }
 
+/// Every connection is a file descriptor, and a fleet in discovery holds
+/// one long poll per machine: under systemd's default soft limit (1,024)
+/// the kernel would refuse connections long before `http.max_connections`
+/// does. Raises the soft limit towards `wanted` (never above the hard one).
+fn raise_open_files(wanted: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    let target = wanted.min(hard);
+    if soft < target {
+        match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+            Ok(()) => info!(from = soft, to = target, "raised the open-file limit"),
+            Err(err) => warn!(soft, error = %err, "could not raise the open-file limit"),
+        }
+    }
+    if target < wanted {
+        warn!(limit = target, wanted, "the open-file hard limit is below what http.max_connections needs");
+    }
+}
+
 async fn ramdisk_dir(config: &Config) -> anyhow::Result<PathBuf> {
     let files = [pxe::boot::KERNEL_FILE, pxe::boot::INITRD_FILE];
     if let Some(dir) = configured_dir("boot.ramdisk_dir", &config.boot.ramdisk_dir, &files)? {
@@ -121,6 +140,7 @@ async fn signed_dir(config: &Config) -> anyhow::Result<PathBuf> {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_open_files(2 * config.http.max_connections as u64 + 1024);
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let token = admin_token(&config)?;
     let store = Store::connect(&config.database_url()).await.context("opening the database")?;

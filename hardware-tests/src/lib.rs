@@ -15,10 +15,12 @@
 pub mod attack;
 pub mod bench;
 pub mod bench_write;
+pub mod fleet;
 pub mod lab;
 pub mod lab_debian;
 pub mod lab_disk;
 pub mod lab_image;
 pub mod lab_variant;
+pub mod rogue;
 pub mod storm;
 pub mod support;

@@ -167,29 +167,41 @@ pub async fn serve_all(configs: Vec<BmcConfig>, shutdown: impl Future<Output = (
     serve_with(configs, |config| Arc::new(QmpBackend::new(config)), shutdown).await
 }
 
-/// As [`serve_all`], each BMC driving an in-memory machine (powered off,
-/// 2 CPUs, 4 GiB, one 16 GiB disk with the configured serial, one NIC with
-/// the configured MAC) instead of a VM.
+/// As [`serve_all`], each BMC driving an in-memory machine (see
+/// [`memory_backend`]) instead of a VM.
 pub async fn serve_all_in_memory(
     configs: Vec<BmcConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), SimError> {
-    let memory = |config: &BmcConfig| {
-        let facts = SystemFacts {
-            cpus: 2,
-            memory_bytes: 4 << 30,
-            disks: vec![DiskFact {
-                id: "disk0".into(),
-                size_bytes: 16 << 30,
-                serial: Some(config.disk_serial.clone()),
-            }],
-            nics: vec![NicFact { id: "nic0".into(), mac: config.mac.to_ascii_lowercase() }],
-            smbios: config.smbios.clone(),
-        };
-        let machine = MachineState::new(config.default_boot, &config.bios_version, &config.bmc_version);
-        Arc::new(MemoryBackend::new(facts, machine))
+    serve_with(configs, memory_backend, shutdown).await
+}
+
+/// The in-memory machine a BMC of `config` drives: powered off, 2 CPUs,
+/// 4 GiB, one 16 GiB disk with the configured serial, one NIC with the
+/// configured MAC.
+pub fn memory_backend(config: &BmcConfig) -> Arc<MemoryBackend> {
+    let facts = SystemFacts {
+        cpus: 2,
+        memory_bytes: 4 << 30,
+        disks: vec![DiskFact { id: "disk0".into(), size_bytes: 16 << 30, serial: Some(config.disk_serial.clone()) }],
+        nics: vec![NicFact { id: "nic0".into(), mac: config.mac.to_ascii_lowercase() }],
+        smbios: config.smbios.clone(),
     };
-    serve_with(configs, memory, shutdown).await
+    let machine = MachineState::new(config.default_boot, &config.bios_version, &config.bmc_version);
+    Arc::new(MemoryBackend::new(facts, machine))
+}
+
+/// Serves one BMC per entry, each driving the backend given with it, so
+/// the caller (the fleet simulator) watches the same machines the BMCs
+/// power: as [`serve_all`] otherwise.
+pub async fn serve_backends<B: Backend>(
+    entries: Vec<(BmcConfig, Arc<B>)>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), SimError> {
+    let backends: std::collections::HashMap<String, Arc<B>> =
+        entries.iter().map(|(config, backend)| (config.name.clone(), backend.clone())).collect();
+    let configs = entries.into_iter().map(|(config, _)| config).collect();
+    serve_with(configs, |config| backends[&config.name].clone(), shutdown).await
 }
 
 async fn serve_with<B: Backend>(

@@ -64,14 +64,6 @@ enum Bind {
 }
 
 impl Store {
-    pub(crate) async fn labels_of(&self, id: &str) -> Result<BTreeMap<String, String>> {
-        let rows = sqlx::query("SELECT name, value FROM machine_labels WHERE machine_id = $1")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok((r.try_get("name")?, r.try_get("value")?))).collect()
-    }
-
     /// Applies `patch` to machine `id`; with `if_match`, only if the
     /// machine's ETag is still one it names. The edit and its
     /// `machine.edited` event are one transaction, guarded on the version
@@ -182,10 +174,8 @@ impl Store {
             };
         }
         let rows = query.fetch_all(&self.pool).await?;
-        let mut machines = Vec::with_capacity(rows.len());
-        for row in rows.iter().take(filter.limit as usize) {
-            machines.push(self.machine_from_row(row).await?);
-        }
+        let shown = rows.len().min(filter.limit as usize);
+        let machines = self.machines_from_rows(&rows[..shown]).await?;
         let next = (rows.len() as i64 > filter.limit).then(|| machines.last().map(|m| m.id.clone())).flatten();
         Ok(Some((machines, next)))
     }

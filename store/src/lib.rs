@@ -7,6 +7,7 @@
 //! same transaction; what a change means (the lifecycle, campaigns) is the
 //! `model` crate's, and when to make it is the appliance's (`api`).
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
@@ -168,6 +169,48 @@ pub fn random_token() -> String {
 
 fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// `sql` with each of `ids` bound in turn (`$1`, `$2`, ...).
+fn bind_ids<'q>(sql: &'q str, ids: &'q [String]) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    ids.iter().fold(sqlx::query(sql), |q, id| q.bind(id.as_str()))
+}
+
+/// A machine from its row and its MACs and labels.
+fn machine_of(row: &AnyRow, macs: Vec<MacAddr>, labels: BTreeMap<String, String>) -> Result<Machine> {
+    let id: String = row.try_get("id")?;
+    let state_text: String = row.try_get("state")?;
+    let state = MachineState::from_str(&state_text).map_err(StoreError::Corrupt)?;
+    let inventory = row
+        .try_get::<Option<String>, _>("inventory")?
+        .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("inventory of {id}: {e}"))))
+        .transpose()?;
+    let failure = match (
+        row.try_get::<Option<String>, _>("failed_phase")?,
+        row.try_get::<Option<String>, _>("failure_reason")?,
+    ) {
+        (Some(phase), Some(reason)) if state == MachineState::Failed => Some(Failure { phase, reason }),
+        _ => None,
+    };
+    let mut machine = Machine {
+        labels,
+        etag: String::new(),
+        version: row.try_get("version")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+        state,
+        failure,
+        macs,
+        system_uuid: row.try_get("system_uuid")?,
+        serial: row.try_get("serial")?,
+        rack: row.try_get("rack")?,
+        inventory,
+        state_deadline: row.try_get::<Option<i64>, _>("state_deadline_ms")?.map(rfc3339),
+        created_at: rfc3339(row.try_get("created_at_ms")?),
+        updated_at: rfc3339(row.try_get("updated_at_ms")?),
+        id,
+    };
+    machine.etag = labels::etag_of(&machine);
+    Ok(machine)
 }
 
 impl Store {
@@ -337,19 +380,12 @@ impl Store {
 
     pub async fn machine(&self, id: &str) -> Result<Option<Machine>> {
         let row = sqlx::query("SELECT * FROM machines WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
-        match row {
-            Some(row) => Ok(Some(self.machine_from_row(&row).await?)),
-            None => Ok(None),
-        }
+        Ok(self.machines_from_rows(row.as_slice()).await?.pop())
     }
 
     pub async fn machines(&self) -> Result<Vec<Machine>> {
         let rows = sqlx::query("SELECT * FROM machines ORDER BY created_at_ms, id").fetch_all(&self.pool).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            out.push(self.machine_from_row(row).await?);
-        }
-        Ok(out)
+        self.machines_from_rows(&rows).await
     }
 
     /// Machines per state, in one query (a scrape must not load every
@@ -365,51 +401,35 @@ impl Store {
             .collect()
     }
 
-    async fn machine_from_row(&self, row: &AnyRow) -> Result<Machine> {
-        let id: String = row.try_get("id")?;
-        let state_text: String = row.try_get("state")?;
-        let state = MachineState::from_str(&state_text).map_err(StoreError::Corrupt)?;
-        let inventory = row
-            .try_get::<Option<String>, _>("inventory")?
-            .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("inventory of {id}: {e}"))))
-            .transpose()?;
-        let failure = match (
-            row.try_get::<Option<String>, _>("failed_phase")?,
-            row.try_get::<Option<String>, _>("failure_reason")?,
-        ) {
-            (Some(phase), Some(reason)) if state == MachineState::Failed => Some(Failure { phase, reason }),
-            _ => None,
-        };
-        let macs = sqlx::query("SELECT mac FROM machine_macs WHERE machine_id = $1 ORDER BY mac")
-            .bind(&id)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                let text = r.try_get::<String, _>("mac")?;
-                text.parse::<MacAddr>().map_err(|e| StoreError::Corrupt(e.to_string()))
+    /// Machines from their rows, with their MACs and labels read for the
+    /// whole set in one query each: a page of 1,000 is three queries, not
+    /// 2,001 (the fleet simulator found a list's p99 at 3.8 s while a
+    /// thousand agents competed for the same few connections).
+    pub(crate) async fn machines_from_rows(&self, rows: &[AnyRow]) -> Result<Vec<Machine>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = rows.iter().map(|r| r.try_get("id")).collect::<std::result::Result<_, _>>()?;
+        let list = (1..=ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let mac_sql = format!("SELECT machine_id, mac FROM machine_macs WHERE machine_id IN ({list}) ORDER BY mac");
+        let mut macs: HashMap<String, Vec<MacAddr>> = HashMap::new();
+        for r in bind_ids(&mac_sql, &ids).fetch_all(&self.pool).await? {
+            let mac =
+                r.try_get::<String, _>("mac")?.parse::<MacAddr>().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            macs.entry(r.try_get("machine_id")?).or_default().push(mac);
+        }
+        let label_sql = format!("SELECT machine_id, name, value FROM machine_labels WHERE machine_id IN ({list})");
+        let mut labels: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+        for r in bind_ids(&label_sql, &ids).fetch_all(&self.pool).await? {
+            labels.entry(r.try_get("machine_id")?).or_default().insert(r.try_get("name")?, r.try_get("value")?);
+        }
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                let (m, l) = (macs.remove(&id).unwrap_or_default(), labels.remove(&id).unwrap_or_default());
+                machine_of(row, m, l)
             })
-            .collect::<Result<_>>()?;
-        let labels = self.labels_of(&id).await?;
-        let mut machine = Machine {
-            labels,
-            etag: String::new(),
-            version: row.try_get("version")?,
-            updated_at_ms: row.try_get("updated_at_ms")?,
-            state,
-            failure,
-            macs,
-            system_uuid: row.try_get("system_uuid")?,
-            serial: row.try_get("serial")?,
-            rack: row.try_get("rack")?,
-            inventory,
-            state_deadline: row.try_get::<Option<i64>, _>("state_deadline_ms")?.map(rfc3339),
-            created_at: rfc3339(row.try_get("created_at_ms")?),
-            updated_at: rfc3339(row.try_get("updated_at_ms")?),
-            id,
-        };
-        machine.etag = labels::etag_of(&machine);
-        Ok(machine)
+            .collect()
     }
 
     /// Applies `trigger` through the lifecycle; records the state change (or

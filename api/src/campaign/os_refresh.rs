@@ -186,7 +186,7 @@ impl Node<'_> {
             Err(StoreError::Conflict(why)) => return Ok(Err(why)),
             Err(err) => return Err(err),
         }
-        app.work_posted.notify_waiters();
+        app.work_posted.posted(self.machine_id);
         Ok(Ok(()))
     }
 

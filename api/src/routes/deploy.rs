@@ -74,7 +74,7 @@ async fn release(
     let mode = req.wipe.unwrap_or(state.release_wipe);
     let machine = super::machines::find(&state, &id).await?;
     state.store.start_release(&machine.id, mode, state.store.now_ms() + state.deploy_timeout_ms).await?;
-    state.work_posted.notify_waiters();
+    state.work_posted.posted(&machine.id);
     state.oob.boot_for_work(&machine.id, false, "release: boot into the ramdisk to wipe");
     tracing::info!(machine = machine.id, wipe = mode.as_str(), "release requested");
     let machine = super::machines::find(&state, &machine.id).await?;
@@ -195,7 +195,7 @@ async fn deploy(
     check_firmware(&machine, &image)?;
     let deployment =
         state.store.start_deployment(&machine.id, &image, &req, state.store.now_ms() + state.deploy_timeout_ms).await?;
-    state.work_posted.notify_waiters();
+    state.work_posted.posted(&machine.id);
     state.oob.boot_for_work(&machine.id, true, "deploy: power on into the installer");
     tracing::info!(machine = machine.id, image = req.image, hostname = req.hostname, "deployment requested");
     metrics::counter!("slipway_deployments_requested_total").increment(1);

@@ -332,7 +332,7 @@ async fn action(
     tracing::info!(machine = machine.id, action = name, to = %to, "operator action");
     match to {
         MachineState::Deploying | MachineState::Releasing => {
-            state.work_posted.notify_waiters();
+            state.work_posted.posted(&machine.id);
             state.oob.boot_for_work(&machine.id, true, "operator retry: boot into the ramdisk");
         }
         MachineState::Discovering => {

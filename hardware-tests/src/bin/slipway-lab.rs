@@ -147,6 +147,59 @@ enum LabCmd {
         #[arg(long)]
         report: PathBuf,
     },
+    /// A row of simulated machines against one real appliance: each with a
+    /// simulated Redfish BMC and agents speaking the real protocols, DHCP
+    /// through the real server via a relay. Enrols, commissions, deploys
+    /// and releases all of them through the API and reports the times, API
+    /// latency and the appliance's cost. Needs root (namespaces).
+    Fleet {
+        /// How many machines.
+        #[arg(long, default_value_t = 100)]
+        machines: usize,
+        /// Firmware time from power-on to DHCP, ms, drawn from MIN-MAX.
+        #[arg(long, default_value = "1000-5000")]
+        firmware_ms: String,
+        /// Seconds each simulated image write takes, drawn from MIN-MAX.
+        #[arg(long, default_value = "10-30")]
+        write_secs: String,
+        /// How often each deployed node's agent reports.
+        #[arg(long, default_value_t = 15)]
+        node_report_secs: u64,
+        /// Longest wait for any one phase.
+        #[arg(long, default_value_t = 1800)]
+        timeout_secs: u64,
+        /// Write the report (JSON) here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// A rogue appliance on the provisioning network: poisons one machine's
+    /// ARP cache for the appliance's address and answers its agent with
+    /// forged instructions, then puts the cache back; `lab up --attack`
+    /// runs it in a namespace of its own that holds the appliance's address.
+    #[command(hide = true)]
+    Rogue {
+        #[arg(long)]
+        appliance: std::net::Ipv4Addr,
+        #[arg(long)]
+        appliance_mac: String,
+        #[arg(long, default_value_t = 8081)]
+        http_port: u16,
+        #[arg(long)]
+        victim_mac: String,
+        #[arg(long)]
+        victim_ip: std::net::Ipv4Addr,
+        #[arg(long)]
+        interface: String,
+        /// Seconds to keep answering after the victim's first request
+        /// (its agent waits 10 s after a refused answer: one is enough).
+        #[arg(long, default_value_t = 6)]
+        after_first_secs: u64,
+        /// Seconds to wait for a first request before giving up.
+        #[arg(long, default_value_t = 90)]
+        give_up_secs: u64,
+        #[arg(long)]
+        report: PathBuf,
+    },
     /// Run the simulated BMCs (Redfish, driving lab VMs through QMP)
     /// described by a JSON file until SIGTERM; `lab up` starts it.
     #[command(hide = true)]
@@ -235,7 +288,9 @@ enum AccelArg {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing();
+    // A fleet's thousands of simulated BMCs would log every power action.
+    let fleet = matches!(cli.command, Cmd::Lab { command: LabCmd::Fleet { .. } });
+    init_tracing(if fleet { "warn" } else { "info" });
     // The appliance binary sits beside this one (cargo and packages install
     // both into one directory); the lab runs it as `slipway serve`.
     let slipway_bin = std::env::current_exe()?.with_file_name("slipway");
@@ -304,17 +359,10 @@ fn main() -> anyhow::Result<()> {
             command:
                 LabCmd::Attack { appliance, http_port, victim_mac, victim_ip, interface, header_timeout_secs, report },
         } => {
-            let mac: Vec<u8> = victim_mac
-                .split([':', '-'])
-                .map(|b| u8::from_str_radix(b, 16))
-                .collect::<Result<_, _>>()
-                .map_err(|_| anyhow::anyhow!("--victim-mac {victim_mac:?} is not a MAC address"))?;
-            let victim_mac: [u8; 6] =
-                mac.try_into().map_err(|_| anyhow::anyhow!("--victim-mac {victim_mac:?} is not a MAC address"))?;
             let opts = hardware_tests::attack::AttackOptions {
                 appliance,
                 http_port,
-                victim_mac,
+                victim_mac: parse_mac("--victim-mac", &victim_mac)?,
                 victim_ip,
                 interface,
                 header_timeout: std::time::Duration::from_secs(header_timeout_secs),
@@ -322,6 +370,50 @@ fn main() -> anyhow::Result<()> {
             let outcome = hardware_tests::attack::run(&opts)?;
             std::fs::write(&report, serde_json::to_string_pretty(&outcome)?)?;
             Ok(())
+        }
+        Cmd::Lab {
+            command:
+                LabCmd::Rogue {
+                    appliance,
+                    appliance_mac,
+                    http_port,
+                    victim_mac,
+                    victim_ip,
+                    interface,
+                    after_first_secs,
+                    give_up_secs,
+                    report,
+                },
+        } => {
+            let opts = hardware_tests::rogue::RogueOptions {
+                appliance,
+                appliance_mac: parse_mac("--appliance-mac", &appliance_mac)?,
+                http_port,
+                victim_mac: parse_mac("--victim-mac", &victim_mac)?,
+                victim_ip,
+                interface,
+                after_first: std::time::Duration::from_secs(after_first_secs),
+                give_up: std::time::Duration::from_secs(give_up_secs),
+            };
+            let outcome = hardware_tests::rogue::run(&opts)?;
+            std::fs::write(&report, serde_json::to_string_pretty(&outcome)?)?;
+            Ok(())
+        }
+        Cmd::Lab {
+            command: LabCmd::Fleet { machines, firmware_ms, write_secs, node_report_secs, timeout_secs, report },
+        } => {
+            let opts = hardware_tests::fleet::FleetOptions {
+                machines,
+                slipway_bin: slipway_bin.clone(),
+                timing: hardware_tests::fleet::Timing {
+                    firmware_ms: parse_range("--firmware-ms", &firmware_ms)?,
+                    write_secs: parse_range("--write-secs", &write_secs)?,
+                    node_report_secs,
+                },
+                timeout: std::time::Duration::from_secs(timeout_secs),
+                report,
+            };
+            hardware_tests::fleet::run(&opts).map(|_| ())
         }
         Cmd::Lab { command: LabCmd::Image { variant, cache_dir } } => {
             use hardware_tests::{lab_debian, lab_variant};
@@ -421,11 +513,33 @@ async fn terminated() {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| "info".into());
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| default.into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// `52:54:00:12:34:56` (or with dashes) as bytes; `flag` names it in the error.
+fn parse_mac(flag: &str, text: &str) -> anyhow::Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split([':', '-'])
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("{flag} {text:?} is not a MAC address"))?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("{flag} {text:?} is not a MAC address"))
+}
+
+/// `MIN-MAX` (or one number) as an inclusive range.
+fn parse_range(flag: &str, text: &str) -> anyhow::Result<(u64, u64)> {
+    let (lo, hi) = text.split_once('-').unwrap_or((text, text));
+    let parse =
+        |v: &str| v.trim().parse::<u64>().map_err(|_| anyhow::anyhow!("{flag} {text:?}: MIN-MAX in whole numbers"));
+    let (lo, hi) = (parse(lo)?, parse(hi)?);
+    if lo > hi {
+        anyhow::bail!("{flag} {text:?}: MIN is above MAX");
+    }
+    Ok((lo, hi))
 }
