@@ -37,7 +37,8 @@ pub enum ApiError {
     /// 422), such as an image the machine's firmware cannot boot.
     #[error("{detail}")]
     Unprocessable { field: String, detail: String },
-    /// A BMC or UPS failed the request (HTTP 502): it says which and why.
+    /// A BMC, a UPS or the appliance holding an image's content failed the
+    /// request (HTTP 502): it says which and why.
     #[error("{0}")]
     Device(String),
     #[error(transparent)]

@@ -17,6 +17,7 @@ pub mod extract;
 pub mod firmware_files;
 pub mod http_serve;
 pub mod idempotency;
+pub mod image_peers;
 pub mod join;
 pub mod leader;
 pub mod metrics_catalog;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub work_posted: Arc<work::WorkPosted>,
     /// The image catalog's content: `<name>.raw.zst` per image.
     pub images_dir: PathBuf,
+    /// Fetches of image content other appliances hold (`peer/` in `images_dir`).
+    pub image_fetches: Arc<image_peers::Fetches>,
     /// Imports by path read only inside this directory (canonical).
     pub import_dir: PathBuf,
     /// BMC and UPS clients and their pollers.

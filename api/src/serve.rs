@@ -191,6 +191,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .unwrap_or(i64::MAX),
         join_timeout_ms: i64::try_from(config.provisioning.join_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         images_dir: images_dir.clone(),
+        image_fetches: Default::default(),
         import_dir,
         release_wipe: config.release_wipe()?,
         work_posted: Default::default(),

@@ -48,6 +48,9 @@ pub struct Image {
     pub sha256: Option<String>,
     /// Size of the stored raw+zstd file.
     pub stored_bytes: Option<i64>,
+    /// The boot face of the appliance holding the content; others on the
+    /// same database fetch it from there (checked against `sha256`).
+    pub held_at: Option<String>,
     pub error: Option<String>,
     pub created_at: String,
 }
@@ -81,6 +84,7 @@ fn image_from_row(r: &AnyRow) -> Result<Image> {
         raw_bytes: r.try_get("raw_bytes")?,
         sha256: r.try_get("sha256")?,
         stored_bytes: r.try_get("stored_bytes")?,
+        held_at: r.try_get("held_at")?,
         error: r.try_get("error")?,
         created_at: rfc3339(r.try_get("created_at_ms")?),
     })
@@ -186,29 +190,33 @@ impl Store {
         rows.iter().map(|r| Ok((r.try_get("name")?, r.try_get("import_source")?))).collect()
     }
 
-    /// Records how an import ended.
+    /// Records how an import ended; an available image's content is held
+    /// at `held_at` (the importing appliance's boot face, if it has one).
     pub async fn finish_image(
         &self,
         name: &str,
         outcome: std::result::Result<&images::catalog::Imported, &str>,
+        held_at: Option<&str>,
     ) -> Result<()> {
         let boot_mode = outcome.ok().map(|done| BootMode::from_firmwares(done.bootable.bios, done.bootable.uefi));
         let query = match outcome {
             Ok(done) => sqlx::query(
-                "UPDATE images SET boot_mode = $1, state = $2, raw_bytes = $3, sha256 = $4, stored_bytes = $5, error = NULL, updated_at_ms = $6 WHERE name = $7",
+                "UPDATE images SET boot_mode = $1, state = $2, raw_bytes = $3, sha256 = $4, stored_bytes = $5, held_at = $6, error = NULL, updated_at_ms = $7 WHERE name = $8",
             )
             .bind(boot_mode.unwrap_or_default().as_str())
             .bind(ImageState::Available.as_str())
             .bind(done.raw_bytes as i64)
             .bind(done.sha256.clone())
-            .bind(done.stored_bytes as i64),
+            .bind(done.stored_bytes as i64)
+            .bind(held_at.map(str::to_string)),
             Err(error) => sqlx::query(
-                "UPDATE images SET state = $1, raw_bytes = $2, sha256 = $3, stored_bytes = $4, error = $5, updated_at_ms = $6 WHERE name = $7",
+                "UPDATE images SET state = $1, raw_bytes = $2, sha256 = $3, stored_bytes = $4, held_at = $5, error = $6, updated_at_ms = $7 WHERE name = $8",
             )
             .bind(ImageState::Failed.as_str())
             .bind(None::<i64>)
             .bind(None::<String>)
             .bind(None::<i64>)
+            .bind(None::<String>)
             .bind(error.to_string()),
         };
         query.bind(self.now_ms()).bind(name).execute(&self.writer).await?;

@@ -343,6 +343,45 @@ mod flow_tests {
         assert_eq!(get_raw(&t.boot, "/boot/images/bad.raw.zst.partial", &[]).await.0, StatusCode::NOT_FOUND);
     }
 
+    /// Two appliances on one database: an image uploaded to one is served
+    /// by the other's boot face, fetched from the first and checked
+    /// against its digest; content that does not hash to it is never
+    /// served, and nothing half-fetched is kept.
+    #[tokio::test]
+    async fn an_image_held_by_another_appliance_is_fetched_from_it_and_checked() {
+        use crate::routes::test_support::{app_at, second_appliance};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a_base = format!("http://{}", listener.local_addr().unwrap());
+        let db = std::sync::Arc::new(store::test_db::TestDb::from_env("peers").await);
+        let a = app_at(&a_base, db).await;
+        tokio::spawn(std::future::IntoFuture::into_future(axum::serve(listener, a.boot.clone().into_make_service())));
+        available_image(&a, "shared").await;
+        let (_, image) = get(&a.operator, "/api/v1/images/shared", Some(&a.admin)).await;
+        assert_eq!(image["held_at"], a_base.as_str(), "{image}");
+
+        let b = second_appliance(&a, "http://10.77.0.2:8081").await;
+        let (status, _, body) = get_raw(&b.boot, "/boot/images/shared.raw.zst", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(zstd::decode_all(&body[..]).unwrap(), content(), "B serves A's image");
+        let (status, _, part) = get_raw(&b.boot, "/boot/images/shared.raw.zst", &[("Range", "bytes=10-19")]).await;
+        assert_eq!((status, &part[..]), (StatusCode::PARTIAL_CONTENT, &body[10..20]), "from its own copy, with Range");
+
+        // A's file no longer matches the digest the database holds: a third
+        // appliance refuses it (502 naming the holder) and keeps nothing.
+        let held = a.state.images_dir.join("shared.raw.zst");
+        std::fs::write(&held, zstd::encode_all(&b"not the image"[..], 3).unwrap()).unwrap();
+        let c = second_appliance(&a, "http://10.77.0.3:8081").await;
+        let (status, _, problem) = get_raw(&c.boot, "/boot/images/shared.raw.zst", &[]).await;
+        let problem = String::from_utf8_lossy(&problem);
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{problem}");
+        assert!(problem.contains(&a_base) && problem.contains("sha256"), "{problem}");
+        let peer_dir = c.state.images_dir.join("peer");
+        let left: Vec<_> = std::fs::read_dir(&peer_dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "nothing half-fetched is kept: {left:?}");
+        // B's checked copy still serves.
+        assert_eq!(get_raw(&b.boot, "/boot/images/shared.raw.zst", &[]).await.2, body);
+    }
+
     /// A viewer sees a deployment without its user data, join token or
     /// join commands; an operator sees all of it.
     #[tokio::test]

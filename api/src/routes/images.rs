@@ -191,6 +191,12 @@ pub async fn resume_imports(state: &AppState) -> anyhow::Result<()> {
             Err(e) => return Err(e).with_context(|| format!("clearing scratch files in {}", dir.display())),
         }
     }
+    let needed = state.store.images().await?.into_iter().filter_map(|image| image.sha256).collect();
+    match crate::image_peers::prune(&state.images_dir, &needed) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "removed copies of image content no image needs"),
+        Err(e) => return Err(e).context("pruning copies of other appliances' image content"),
+    }
     for (name, noted) in state.store.interrupted_imports().await? {
         let source: Option<ImportSource> = serde_json::from_str(&noted).ok();
         let source = source.filter(|s| in_import_dir(&state.import_dir, &s.path).is_ok());
@@ -234,7 +240,8 @@ async fn finish(state: &AppState, name: &str, outcome: Result<catalog::Imported,
         Ok(done) => tracing::info!(image = name, raw_bytes = done.raw_bytes, sha256 = done.sha256, "image available"),
         Err(error) => tracing::warn!(image = name, error, "image import failed"),
     }
-    if let Err(err) = state.store.finish_image(name, outcome.as_ref().map_err(String::as_str)).await {
+    let held_at = state.boot.as_ref().map(|boot| boot.http_base.as_str());
+    if let Err(err) = state.store.finish_image(name, outcome.as_ref().map_err(String::as_str), held_at).await {
         tracing::error!(image = name, error = %err, "recording the end of an import failed");
     }
 }
@@ -362,10 +369,14 @@ async fn show(_: Viewer, State(state): State<AppState>, Path(name): Path<String>
     )
 )]
 async fn remove(_: Operator, State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    let sha256 = state.store.image(&name).await?.and_then(|image| image.sha256);
     if !state.store.delete_image(&name).await? {
         return Err(ApiError::NotFound { what: format!("image {name}") });
     }
     let _ = std::fs::remove_file(content_path(&state.images_dir, &name));
+    if let Some(copy) = sha256.and_then(|digest| crate::image_peers::copy_path(&state.images_dir, &digest)) {
+        let _ = std::fs::remove_file(copy);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -379,9 +390,19 @@ async fn serve_content(
     let not_found = || ApiError::NotFound { what: format!("image file {file}") };
     let name = file.strip_suffix(".raw.zst").ok_or_else(not_found)?;
     check_name(name).map_err(|_| not_found())?;
-    match state.store.image(name).await? {
-        Some(image) if image.state == ImageState::Available => {}
+    let image = match state.store.image(name).await? {
+        Some(image) if image.state == ImageState::Available => image,
         _ => return Err(not_found()),
-    }
-    Ok(super::confine::serve_file(content_path(&state.images_dir, name), req).await)
+    };
+    let here = state.boot.as_ref().map(|boot| boot.http_base.as_str());
+    let path = match (image.held_at.as_deref(), image.sha256.as_deref()) {
+        // Another appliance on this database imported it.
+        (Some(held_at), Some(sha256)) if Some(held_at) != here => state
+            .image_fetches
+            .local_copy(&state.images_dir, name, sha256, held_at)
+            .await
+            .map_err(|why| ApiError::Device(format!("image {name}'s content from {held_at}: {why}")))?,
+        _ => content_path(&state.images_dir, name),
+    };
+    Ok(super::confine::serve_file(path, req).await)
 }

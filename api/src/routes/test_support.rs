@@ -23,6 +23,15 @@ pub struct TestApp {
 }
 
 pub async fn app() -> TestApp {
+    app_at(TEST_HTTP_BASE, Arc::new(TestDb::from_env("app").await)).await
+}
+
+/// The boot face tests' appliances say they are at.
+pub const TEST_HTTP_BASE: &str = "http://10.77.0.1:8081";
+
+/// An appliance whose boot face is at `http_base`, on database `db`
+/// (another appliance's, to make two share one).
+pub async fn app_at(http_base: &str, db: Arc<TestDb>) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let ramdisk = dir.path().join("ramdisk");
     std::fs::create_dir(&ramdisk).unwrap();
@@ -33,19 +42,25 @@ pub async fn app() -> TestApp {
     std::fs::write(dir.path().join("secret"), "secret").unwrap();
     let images_dir = dir.path().join("images");
     std::fs::create_dir(&images_dir).unwrap();
-    let db = Arc::new(TestDb::from_env("app").await);
-    serve_from(dir, db, store::random_token()).await
+    serve_from(dir, db, store::random_token(), http_base).await
+}
+
+/// A second appliance on `t`'s database, its boot face at `http_base`,
+/// with its own files and admin token.
+pub async fn second_appliance(t: &TestApp, http_base: &str) -> TestApp {
+    app_at(http_base, t.db.clone()).await
 }
 
 /// The same appliance after a restart: its database and files, new
 /// processes' worth of state.
 pub async fn restart(t: TestApp) -> TestApp {
-    let TestApp { operator, boot, admin, _dir: dir, db, .. } = t;
-    drop((operator, boot));
-    serve_from(dir, db, admin).await
+    let TestApp { operator, boot, admin, state, _dir: dir, db } = t;
+    let http_base = state.boot.as_ref().map_or(TEST_HTTP_BASE.to_string(), |b| b.http_base.clone());
+    drop((operator, boot, state));
+    serve_from(dir, db, admin, &http_base).await
 }
 
-async fn serve_from(dir: tempfile::TempDir, db: Arc<TestDb>, admin: String) -> TestApp {
+async fn serve_from(dir: tempfile::TempDir, db: Arc<TestDb>, admin: String, http_base: &str) -> TestApp {
     let store = Store::connect(db.url()).await.unwrap();
     let (ramdisk, ipxe, images_dir) = (dir.path().join("ramdisk"), dir.path().join("ipxe"), dir.path().join("images"));
     let import_dir = dir.path().join("import");
@@ -69,7 +84,7 @@ async fn serve_from(dir: tempfile::TempDir, db: Arc<TestDb>, admin: String) -> T
         store,
         admin_token_digest: auth::digest(&admin),
         boot: Some(Arc::new(BootContext {
-            http_base: "http://10.77.0.1:8081".into(),
+            http_base: http_base.into(),
             ramdisk_dir: ramdisk,
             ipxe_dir: ipxe,
             guard: Arc::new(crate::boot_guard::BootGuard::new(
@@ -83,6 +98,7 @@ async fn serve_from(dir: tempfile::TempDir, db: Arc<TestDb>, admin: String) -> T
         deploy_timeout_ms: 600_000,
         join_timeout_ms: 600_000,
         images_dir: images_dir.clone(),
+        image_fetches: Default::default(),
         import_dir,
         release_wipe: wire::WipeMode::Quick,
         work_posted: Default::default(),
