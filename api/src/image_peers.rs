@@ -32,7 +32,13 @@ impl Fetches {
     /// A local copy of image `name`'s content (raw SHA-256 `sha256`),
     /// fetched from the appliance whose boot face is `held_at` if this one
     /// has none yet.
-    pub async fn local_copy(&self, images_dir: &Path, name: &str, sha256: &str, held_at: &str) -> Result<PathBuf, String> {
+    pub async fn local_copy(
+        &self,
+        images_dir: &Path,
+        name: &str,
+        sha256: &str,
+        held_at: &str,
+    ) -> Result<PathBuf, String> {
         let path = copy_path(images_dir, sha256).ok_or_else(|| format!("image {name}: a malformed digest"))?;
         if path.is_file() {
             return Ok(path);
@@ -54,8 +60,13 @@ impl Fetches {
         let label = if outcome.is_ok() { "fetched" } else { "failed" };
         metrics::counter!("slipway_image_peer_fetches_total", "outcome" => label).increment(1);
         match &outcome {
-            Ok(bytes) => tracing::info!(image = name, held_at, bytes, seconds = started.elapsed().as_secs_f64(),
-                "image content fetched from the appliance that holds it"),
+            Ok(bytes) => tracing::info!(
+                image = name,
+                held_at,
+                bytes,
+                seconds = started.elapsed().as_secs_f64(),
+                "image content fetched from the appliance that holds it"
+            ),
             Err(error) => tracing::warn!(image = name, held_at, error, "fetching image content from its holder failed"),
         }
         outcome.map(|_| path)
@@ -68,8 +79,9 @@ fn fetch(url: &str, dest: &Path, sha256: &str) -> Result<u64, String> {
     std::fs::create_dir_all(dest.parent().expect("a peer directory")).map_err(|e| e.to_string())?;
     let agent = ureq::AgentBuilder::new().timeout_connect(CONNECT_TIMEOUT).timeout_read(READ_TIMEOUT).build();
     let response = agent.get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
-    let imported = catalog::import_stream(response.into_reader(), SourceFormat::RawZstd, dest, Some(sha256), &mut |_| {})
-        .map_err(|e| format!("{url}: {e}"))?;
+    let imported =
+        catalog::import_stream(response.into_reader(), SourceFormat::RawZstd, dest, Some(sha256), &mut |_| {})
+            .map_err(|e| format!("{url}: {e}"))?;
     Ok(imported.stored_bytes)
 }
 

@@ -120,6 +120,7 @@ impl Leader {
             // The lease runs out on its own (valid_until) if this persists.
             Err(err) => warn!(lease = name, error = %err, "leader: renewing the lease failed"),
         }
+        metrics::gauge!("slipway_leader").set(if self.is_leader() { 1.0 } else { 0.0 });
     }
 
     /// Runs the future `start` makes while this appliance leads: started

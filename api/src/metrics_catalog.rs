@@ -100,6 +100,8 @@ pub const CATALOG: &[Metric] = &[
     m("slipway_boot_http_requests_total", Counter, Unit::Count, "Requests to the boot HTTP face by kind (script, kernel, initrd, image, ipxe, firmware, agent, other) and status class.", &[
         &[("kind", "script"), ("status", "2xx")], &[("kind", "kernel"), ("status", "2xx")], &[("kind", "initrd"), ("status", "2xx")], &[("kind", "image"), ("status", "2xx")],
     ]),
+    m("slipway_leader", Gauge, Unit::Count, "1 while this appliance holds the leader lease and runs the background work (reaper, pollers, campaigns), else 0; appliances on one database should sum to 1.", PLAIN),
+    m("slipway_image_peer_fetches_total", Counter, Unit::Count, "Image content fetched from the appliance holding it (outcome fetched or failed: unreachable, or not hashing to the image's digest).", &[&[("outcome", "fetched")], &[("outcome", "failed")]]),
     m("slipway_http_connections", Gauge, Unit::Count, "Open HTTP connections, by face (operator, boot).", &[&[("face", "operator")], &[("face", "boot")]]),
     m("slipway_http_connections_refused_total", Counter, Unit::Count, "HTTP connections closed on accept because the face, or that client address, had http.max_connections(_per_client) open.", &[&[("face", "operator")], &[("face", "boot")]]),
     m("slipway_http_header_timeouts_total", Counter, Unit::Count, "HTTP connections closed because a request's headers did not arrive within http.header_timeout_secs (or the connection sat idle that long).", &[&[("face", "operator")], &[("face", "boot")]]),
@@ -241,13 +243,11 @@ pub async fn cluster_joined(store: &Store, machine_id: &str) {
     }
 }
 
-/// The deadline reaper is about to fail this machine: a deploy that
-/// timed out counts as a finished deploy.
-pub async fn deadline_passed(store: &Store, machine_id: &str) {
-    if let Ok(Some(m)) = store.machine(machine_id).await {
-        if m.state == model::lifecycle::MachineState::Deploying {
-            metrics::counter!("slipway_deployments_total", "outcome" => "timed_out").increment(1);
-        }
+/// The deadline reaper failed a machine that was in state `from`: a
+/// deploy that timed out counts as a finished deploy.
+pub fn deadline_passed(from: model::lifecycle::MachineState) {
+    if from == model::lifecycle::MachineState::Deploying {
+        metrics::counter!("slipway_deployments_total", "outcome" => "timed_out").increment(1);
     }
 }
 

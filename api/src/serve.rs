@@ -14,7 +14,6 @@ use crate::config::Config;
 use crate::dhcp_backend::StoreBackend;
 use crate::leader::{self, Leader};
 use crate::{auth, boot_router, operator_router, AppState, BootContext};
-use model::lifecycle::Trigger;
 use pxe::boot::BootConfig;
 use pxe::dhcp::server::{bind_socket, DhcpServer, Ports};
 use pxe::dhcp::{DhcpConfig, LeaseJournal};
@@ -375,13 +374,18 @@ async fn deadline_reaper(store: Store, leader: Leader) -> anyhow::Result<()> {
         if !leader.is_leader() {
             continue;
         }
-        match store.overdue(store.now_ms()).await {
+        let now = store.now_ms();
+        match store.overdue(now).await {
             Ok(ids) => {
                 for id in ids {
-                    warn!(machine = id, "waiting state's deadline passed");
-                    crate::metrics_catalog::deadline_passed(&store, &id).await;
-                    if let Err(err) = store.fire(&id, Trigger::DeadlinePassed).await {
-                        warn!(machine = id, error = %err, "marking an overdue machine failed");
+                    // Re-checked in the update: the machine may have moved on since.
+                    match store.fire_deadline_passed(&id, now).await {
+                        Ok(Some((from, _))) => {
+                            warn!(machine = id, state = from.as_str(), "waiting state's deadline passed");
+                            crate::metrics_catalog::deadline_passed(from);
+                        }
+                        Ok(None) => tracing::debug!(machine = id, "moved on before its deadline was enforced"),
+                        Err(err) => warn!(machine = id, error = %err, "marking an overdue machine failed"),
                     }
                 }
             }

@@ -453,6 +453,18 @@ impl Store {
         Ok(to.map(|(_, to)| to))
     }
 
+    /// Fails machine `id` because its waiting state's deadline passed,
+    /// re-checked in the same guarded update: a machine that moved on, or
+    /// whose deadline was set again, since [`Store::overdue`] listed it is
+    /// left alone. Returns the state it left and the one it moved to, if it moved.
+    pub async fn fire_deadline_passed(&self, id: &str, now: i64) -> Result<Option<(MachineState, MachineState)>> {
+        let trigger = Trigger::DeadlinePassed;
+        let mut tx = self.writer.begin().await?;
+        let moved = self.fire_guarded(&mut tx, id, trigger, trigger.cause(), None, Some(now)).await?;
+        tx.commit().await?;
+        Ok(moved.filter(|(from, to)| from != to))
+    }
+
     /// Returns `(from, to)`; `from == to` when the trigger did not apply.
     async fn fire_in(
         &self,
@@ -462,12 +474,34 @@ impl Store {
         reason: &str,
         deadline_ms: Option<i64>,
     ) -> Result<Option<(MachineState, MachineState)>> {
-        let Some(row) =
-            sqlx::query("SELECT state FROM machines WHERE id = $1").bind(id).fetch_optional(&mut **tx).await?
+        self.fire_guarded(tx, id, trigger, reason, deadline_ms, None).await
+    }
+
+    /// [`Store::fire_in`]; with `overdue_at`, only while the machine's
+    /// deadline is still before it (else `(from, from)`, nothing written).
+    async fn fire_guarded(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: &str,
+        trigger: Trigger,
+        reason: &str,
+        deadline_ms: Option<i64>,
+        overdue_at: Option<i64>,
+    ) -> Result<Option<(MachineState, MachineState)>> {
+        let Some(row) = sqlx::query("SELECT state, state_deadline_ms FROM machines WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?
         else {
             return Ok(None);
         };
         let from = MachineState::from_str(&row.try_get::<String, _>("state")?).map_err(StoreError::Corrupt)?;
+        let read_deadline: Option<i64> = row.try_get("state_deadline_ms")?;
+        if let Some(at) = overdue_at {
+            if read_deadline.is_none_or(|d| d >= at) {
+                return Ok(Some((from, from)));
+            }
+        }
         let now = self.now_ms();
         let Some(Transition { to, failed_phase }) = lifecycle::next(from, trigger) else {
             Self::event_in(
@@ -480,20 +514,28 @@ impl Store {
             .await?;
             return Ok(Some((from, from)));
         };
-        // Guard on the state we read so a concurrent transition is not lost.
-        let updated = sqlx::query(
+        // Guard on the state we read so a concurrent transition is not lost
+        // (and, for a deadline, on the deadline we read: one set again wins).
+        let guard = if overdue_at.is_some() { " AND state_deadline_ms = $8" } else { "" };
+        let sql = format!(
             "UPDATE machines SET state = $1, failed_phase = $2, failure_reason = $3, state_deadline_ms = $4, updated_at_ms = $5 \
-             WHERE id = $6 AND state = $7",
-        )
-        .bind(to.as_str())
-        .bind(failed_phase.map(|p| p.as_str().to_string()))
-        .bind(failed_phase.map(|_| reason.to_string()))
-        .bind(deadline_ms)
-        .bind(now)
-        .bind(id)
-        .bind(from.as_str())
-        .execute(&mut **tx)
-        .await?;
+             WHERE id = $6 AND state = $7{guard}"
+        );
+        let mut update = sqlx::query(&sql)
+            .bind(to.as_str())
+            .bind(failed_phase.map(|p| p.as_str().to_string()))
+            .bind(failed_phase.map(|_| reason.to_string()))
+            .bind(deadline_ms)
+            .bind(now)
+            .bind(id)
+            .bind(from.as_str());
+        if overdue_at.is_some() {
+            update = update.bind(read_deadline);
+        }
+        let updated = update.execute(&mut **tx).await?;
+        if updated.rows_affected() == 0 && overdue_at.is_some() {
+            return Ok(Some((from, from)));
+        }
         if updated.rows_affected() == 1 && from != to {
             Self::event_in(
                 &mut **tx,
@@ -675,6 +717,7 @@ mod tests {
         machine_lifecycle_is_recorded,
         dhcp_bindings_create_network_booting_machines_once,
         discovery_deadline_fails_the_machine,
+        a_deadline_is_checked_again_before_it_fails_a_machine,
         agent_tokens_are_good_for_one_boot,
         placeholder_identities_never_link_two_machines,
     );
@@ -762,12 +805,42 @@ mod tests {
 
     async fn discovery_deadline_fails_the_machine(store: Store) {
         let (id, _) = store.ensure_machine("52:54:00:00:00:02".parse().unwrap(), "dhcp", 0).await.unwrap();
-        assert_eq!(store.overdue(store.now_ms() + 1).await.unwrap(), vec![id.clone()]);
-        store.fire(&id, Trigger::DeadlinePassed).await.unwrap();
+        let now = store.now_ms() + 1;
+        assert_eq!(store.overdue(now).await.unwrap(), vec![id.clone()]);
+        assert_eq!(
+            store.fire_deadline_passed(&id, now).await.unwrap(),
+            Some((MachineState::Discovering, MachineState::Failed))
+        );
         let m = store.machine(&id).await.unwrap().unwrap();
         assert_eq!(m.state, MachineState::Failed);
         assert_eq!(m.failure.unwrap().phase, "discovering");
         assert!(store.overdue(store.now_ms() + 1).await.unwrap().is_empty());
+    }
+
+    /// The reaper lists overdue machines, then fails them one by one: one
+    /// that moved on meanwhile, or whose deadline was set again (by another
+    /// appliance), is left alone.
+    async fn a_deadline_is_checked_again_before_it_fails_a_machine(store: Store) {
+        let (moved, _) = store.ensure_machine("52:54:00:00:00:04".parse().unwrap(), "dhcp", 0).await.unwrap();
+        let (renewed, _) = store.ensure_machine("52:54:00:00:00:05".parse().unwrap(), "dhcp", 0).await.unwrap();
+        let now = store.now_ms() + 1;
+        let mut listed = store.overdue(now).await.unwrap();
+        listed.sort();
+        let mut both = vec![moved.clone(), renewed.clone()];
+        both.sort();
+        assert_eq!(listed, both);
+        store.fire(&moved, Trigger::InventoryReceived).await.unwrap();
+        sqlx::query("UPDATE machines SET state_deadline_ms = $1 WHERE id = $2")
+            .bind(now + 60_000)
+            .bind(&renewed)
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        for id in [&moved, &renewed] {
+            assert_eq!(store.fire_deadline_passed(id, now).await.unwrap(), None, "{id}");
+        }
+        assert_eq!(store.machine(&moved).await.unwrap().unwrap().state, MachineState::Ready);
+        assert_eq!(store.machine(&renewed).await.unwrap().unwrap().state, MachineState::Discovering);
     }
 
     async fn agent_tokens_are_good_for_one_boot(store: Store) {

@@ -376,7 +376,8 @@ mod flow_tests {
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{problem}");
         assert!(problem.contains(&a_base) && problem.contains("sha256"), "{problem}");
         let peer_dir = c.state.images_dir.join("peer");
-        let left: Vec<_> = std::fs::read_dir(&peer_dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        let left: Vec<_> =
+            std::fs::read_dir(&peer_dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
         assert!(left.is_empty(), "nothing half-fetched is kept: {left:?}");
         // B's checked copy still serves.
         assert_eq!(get_raw(&b.boot, "/boot/images/shared.raw.zst", &[]).await.2, body);

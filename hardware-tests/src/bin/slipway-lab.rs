@@ -156,6 +156,20 @@ enum LabCmd {
         /// How many machines.
         #[arg(long, default_value_t = 100)]
         machines: usize,
+        /// How many appliances share the machines (racks dealt in turn);
+        /// more than one needs `--database postgres`.
+        #[arg(long, default_value_t = 1)]
+        appliances: usize,
+        /// SQLite (one appliance) or one PostgreSQL over TLS for all.
+        #[arg(long, value_enum, default_value = "sqlite")]
+        database: hardware_tests::fleet::Database,
+        /// SIGKILL the leader a third of the way through the refresh
+        /// campaign and start it again 3 s later.
+        #[arg(long)]
+        kill_leader: bool,
+        /// Nodes the refresh campaign takes at once.
+        #[arg(long, default_value_t = 20)]
+        batch_size: usize,
         /// Firmware time from power-on to DHCP, ms, drawn from MIN-MAX.
         #[arg(long, default_value = "1000-5000")]
         firmware_ms: String,
@@ -400,10 +414,26 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Lab {
-            command: LabCmd::Fleet { machines, firmware_ms, write_secs, node_report_secs, timeout_secs, report },
+            command:
+                LabCmd::Fleet {
+                    machines,
+                    appliances,
+                    database,
+                    kill_leader,
+                    batch_size,
+                    firmware_ms,
+                    write_secs,
+                    node_report_secs,
+                    timeout_secs,
+                    report,
+                },
         } => {
             let opts = hardware_tests::fleet::FleetOptions {
                 machines,
+                appliances,
+                database,
+                kill_leader,
+                batch_size,
                 slipway_bin: slipway_bin.clone(),
                 timing: hardware_tests::fleet::Timing {
                     firmware_ms: parse_range("--firmware-ms", &firmware_ms)?,

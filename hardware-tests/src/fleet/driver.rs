@@ -1,7 +1,8 @@
-//! The fleet's operator: drives the appliance through its real API as an
-//! operator would (enrol every BMC with commissioning on, wait for `ready`,
-//! deploy every machine, release every machine), and meanwhile samples
-//! the API's latency for a list, a show and an event page once a second.
+//! The fleet operator's client of the real API: whichever appliance
+//! answers (a request that cannot connect goes to the next one, as a
+//! load balancer in front of several would send it), requests a few at a
+//! time, waits on machine states, and the latency and event-stream lag
+//! samplers that run meanwhile.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +17,10 @@ const IN_FLIGHT: usize = 8;
 
 pub struct Driver {
     http: reqwest::Client,
-    api: String,
+    /// Every appliance's operator face.
+    apis: Vec<String>,
+    /// The one asked first.
+    current: std::sync::atomic::AtomicUsize,
     token: String,
     started: Instant,
 }
@@ -35,13 +39,39 @@ pub struct Latencies {
     pub list: Vec<f64>,
     pub show: Vec<f64>,
     pub events: Vec<f64>,
+    /// From an event's commit time to its arrival on the live stream.
+    pub sse_lag: Vec<f64>,
     pub errors: u64,
 }
 
 impl Driver {
-    pub fn new(api: &str, token: &str) -> anyhow::Result<Driver> {
+    pub fn new(apis: Vec<String>, token: &str) -> anyhow::Result<Driver> {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
-        Ok(Driver { http, api: api.to_string(), token: token.to_string(), started: Instant::now() })
+        let current = Default::default();
+        Ok(Driver { http, apis, current, token: token.to_string(), started: Instant::now() })
+    }
+
+    pub fn api(&self, index: usize) -> &str {
+        &self.apis[index]
+    }
+
+    /// Sends `build(base)` to the current appliance, and on a connection
+    /// failure to the next, each once.
+    async fn send(&self, build: impl Fn(&str) -> reqwest::RequestBuilder) -> Result<reqwest::Response, reqwest::Error> {
+        use std::sync::atomic::Ordering;
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for step in 0..self.apis.len() {
+            let at = (first + step) % self.apis.len();
+            match build(&self.apis[at]).bearer_auth(&self.token).send().await {
+                Err(err) if err.is_connect() => {
+                    last = Some(err);
+                    self.current.store((at + 1) % self.apis.len(), Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+        Err(last.expect("at least one appliance"))
     }
 
     pub fn progress(&self, what: &str) {
@@ -49,7 +79,7 @@ impl Driver {
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self.http.get(format!("{}{path}", self.api)).bearer_auth(&self.token).send().await?;
+        let resp = self.send(|base| self.http.get(format!("{base}{path}"))).await?;
         let status = resp.status();
         let body = resp.text().await?;
         if !status.is_success() {
@@ -59,7 +89,7 @@ impl Driver {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let resp = self.http.post(format!("{}{path}", self.api)).bearer_auth(&self.token).json(body).send().await?;
+        let resp = self.send(|base| self.http.post(format!("{base}{path}")).json(body)).await?;
         let status = resp.status();
         let text = resp.text().await?;
         if !status.is_success() {
@@ -68,22 +98,43 @@ impl Driver {
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Waits until every appliance answers /healthz.
     pub async fn wait_healthy(&self) -> anyhow::Result<()> {
-        for _ in 0..300 {
-            if self.http.get(format!("{}/healthz", self.api)).send().await.is_ok_and(|r| r.status().is_success()) {
-                return Ok(());
+        for api in &self.apis {
+            let mut tries = 0;
+            while !self.http.get(format!("{api}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+                tries += 1;
+                if tries > 300 {
+                    bail!("{api} did not answer /healthz within 60 s");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        bail!("the appliance did not answer /healthz within 60 s")
+        Ok(())
     }
 
-    /// Registers `name` from `content` (raw) and waits until it is available.
-    pub async fn upload_image(&self, name: &str, content: Vec<u8>) -> anyhow::Result<()> {
-        self.post("/api/v1/images", &json!({ "name": name, "os": "fleet", "version": "1" })).await?;
+    /// Which appliance (index into the APIs) holds the leader lease, by
+    /// each one's `slipway_leader` gauge.
+    pub async fn leader(&self) -> Option<usize> {
+        for (index, api) in self.apis.iter().enumerate() {
+            let Ok(resp) = self.http.get(format!("{api}/metrics")).bearer_auth(&self.token).send().await else {
+                continue;
+            };
+            let text = resp.text().await.unwrap_or_default();
+            if text.lines().any(|l| l.trim() == "slipway_leader 1") {
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    /// Registers `name` (version `version`) from `content` (raw) on the
+    /// first appliance and waits until it is available.
+    pub async fn upload_image(&self, name: &str, version: &str, content: Vec<u8>) -> anyhow::Result<()> {
+        self.post("/api/v1/images", &json!({ "name": name, "os": "fleet", "version": version })).await?;
         let resp = self
             .http
-            .put(format!("{}/api/v1/images/{name}/content", self.api))
+            .put(format!("{}/api/v1/images/{name}/content", self.apis[0]))
             .bearer_auth(&self.token)
             .header("Content-Type", "application/octet-stream")
             .body(content)
@@ -258,6 +309,51 @@ impl Driver {
             let events = self.get("/api/v1/events?limit=100").await;
             timed(t, events.is_ok(), |l| &mut l.events);
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+impl Driver {
+    /// Follows the live event stream until `stop` is set, timing each
+    /// event from its commit (`at_ms`) to its arrival; reconnects (to the
+    /// next appliance) when the stream breaks.
+    pub async fn sample_sse_lag(
+        self: Arc<Self>,
+        into: Arc<Mutex<Latencies>>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let stream = self
+                .send(|base| {
+                    self.http.get(format!("{base}/api/v1/events/stream")).timeout(Duration::from_secs(24 * 3600))
+                })
+                .await;
+            let Ok(mut resp) = stream else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            let mut pending = String::new();
+            loop {
+                let chunk = tokio::select! {
+                    chunk = resp.chunk() => chunk,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) { return } else { continue }
+                    }
+                };
+                let Ok(Some(chunk)) = chunk else { break };
+                pending.push_str(&String::from_utf8_lossy(&chunk));
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                while let Some(end) = pending.find('\n') {
+                    let line: String = pending.drain(..=end).collect();
+                    let Some(data) = line.trim_end().strip_prefix("data:") else { continue };
+                    let Ok(event) = serde_json::from_str::<Value>(data.trim()) else { continue };
+                    if let Some(at_ms) = event["at_ms"].as_i64() {
+                        into.lock().expect("latency lock").sse_lag.push((now_ms - at_ms).max(0) as f64);
+                    }
+                }
+            }
         }
     }
 }

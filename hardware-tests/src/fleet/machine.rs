@@ -36,14 +36,51 @@ pub struct Timing {
     pub node_report_secs: u64,
 }
 
-/// What every machine shares: the relay, the appliance's boot face,
+/// What every machine shares: each appliance's relay and boot face,
 /// timings, and the counters the report prints.
 pub struct Shared {
-    pub relay: Arc<Relay>,
-    /// `http://ADDRESS:PORT` of the boot face.
-    pub boot_base: String,
+    /// By appliance: the relay its racks sit behind.
+    pub relays: Vec<Arc<Relay>>,
+    /// By appliance: `http://ADDRESS:PORT` of its boot face.
+    pub boot_bases: Vec<String>,
     pub timing: Timing,
     pub counts: Counts,
+    /// Verified writes by machine and image: a node refreshed (or rolled
+    /// back) twice shows as a count above 1.
+    pub writes: std::sync::Mutex<std::collections::HashMap<(usize, String), u32>>,
+}
+
+impl Shared {
+    /// (machine, image) pairs written more than once.
+    pub fn written_twice(&self) -> usize {
+        self.writes.lock().expect("writes lock").values().filter(|&&n| n > 1).count()
+    }
+}
+
+/// How long a simulated machine keeps trying what a real one retries
+/// (DHCP and its boot script, as firmware does; the ramdisk agent's
+/// hello, inventory and outcome reports, as the real agent does).
+const KEEP_TRYING: Duration = Duration::from_secs(120);
+
+/// Runs `op` until it succeeds or [`KEEP_TRYING`] has passed, waiting 1,
+/// 2, 4 s (then 4 s) between tries; the last error otherwise.
+async fn retrying<T, F, Fut>(mut op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let began = Instant::now();
+    let mut wait = 1;
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(err) if began.elapsed() > KEEP_TRYING => return Err(err),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                wait = (wait * 2).min(4);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +132,8 @@ struct OnDisk {
 
 pub struct Machine {
     pub index: usize,
+    /// Which appliance's racks it is in (from 0).
+    pub appliance: usize,
     pub mac: [u8; 6],
     pub serial: String,
     pub disk_serial: String,
@@ -160,8 +199,10 @@ impl Boot<'_> {
 
     async fn run(&self, first: BootTarget, disk: &mut Option<OnDisk>) -> anyhow::Result<Ended> {
         let counts = &self.shared.counts;
+        let (relay, boot_base) =
+            (&self.shared.relays[self.machine.appliance], &self.shared.boot_bases[self.machine.appliance]);
         // Firmware and, later, the OS both lease an address this way.
-        let ip = match self.shared.relay.lease(self.machine.mac).await {
+        let ip = match retrying(|| relay.lease(self.machine.mac)).await {
             Ok(ip) => ip,
             Err(err) => {
                 bump(&counts.dhcp_failures);
@@ -175,8 +216,9 @@ impl Boot<'_> {
             .build()
             .context("an HTTP client")?;
         if first == BootTarget::Pxe {
-            let url = format!("{}/boot/{}.ipxe", self.shared.boot_base, mac_text(self.machine.mac).replace(':', "-"));
-            let resp = http.get(&url).send().await.context("fetching the boot script")?;
+            let url = format!("{boot_base}/boot/{}.ipxe", mac_text(self.machine.mac).replace(':', "-"));
+            let resp =
+                retrying(|| async { Ok(http.get(&url).send().await?) }).await.context("fetching the boot script")?;
             if !resp.status().is_success() {
                 bump(&counts.scripts_refused);
                 bail!("boot script: HTTP {}", resp.status());
@@ -185,12 +227,12 @@ impl Boot<'_> {
             let script = resp.text().await?;
             if let Some(token) = kernel_arg(&script, "slipway.token=") {
                 let key = kernel_arg(&script, "slipway.key=").context("a discovery script without a key")?;
-                let agent = Agent::new(http, &self.shared.boot_base, token, &key, counts)?;
+                let agent = Agent::new(http, boot_base, token, &key, counts)?;
                 return self.ramdisk(&agent, disk).await;
             }
         }
         match disk.clone() {
-            Some(on_disk) if !on_disk.node_token.is_empty() => self.node(&http, ip, &on_disk).await,
+            Some(on_disk) if !on_disk.node_token.is_empty() => self.node(&http, ip, boot_base, &on_disk).await,
             _ => Ok(Ended::Idle),
         }
     }
@@ -200,8 +242,9 @@ impl Boot<'_> {
         let m = self.machine;
         let hello =
             wire::Hello { mac: mac_text(m.mac).parse()?, agent_version: "fleet".into(), mode: "discovery".into() };
-        agent.post(wire::HELLO_PATH, &hello).await?;
-        agent.post(wire::INVENTORY_PATH, &inventory(m)).await?;
+        retrying(|| agent.post(wire::HELLO_PATH, &hello)).await?;
+        let facts = inventory(m);
+        retrying(|| agent.post(wire::INVENTORY_PATH, &facts)).await?;
         let mut next: Option<Instruction> = None;
         loop {
             if !self.current() {
@@ -234,8 +277,9 @@ impl Boot<'_> {
                     *disk = None;
                     bump(&self.shared.counts.wiped);
                     let report = WipeReport { mode, disks: vec!["/dev/sda".into()], error: None };
-                    next =
-                        Some(agent.answer(agent.request(reqwest::Method::POST, wire::WIPED_PATH).json(&report)).await?);
+                    let sent =
+                        retrying(|| agent.answer(agent.request(reqwest::Method::POST, wire::WIPED_PATH).json(&report)));
+                    next = Some(sent.await?);
                 }
             }
         }
@@ -256,7 +300,7 @@ impl Boot<'_> {
             error,
             configured: (phase == DeployPhase::Written).then(|| "fleet simulator: first-boot configuration".into()),
         };
-        let compressed = agent.get_bytes(&spec.url_path).await.context("fetching the image")?;
+        let compressed = retrying(|| agent.get_bytes(&spec.url_path)).await.context("fetching the image")?;
         bump(&self.shared.counts.images_fetched);
         let raw = zstd::decode_all(&compressed[..]).context("decompressing the image")?;
         let digest = hex::encode(Sha256::digest(&raw));
@@ -278,20 +322,31 @@ impl Boot<'_> {
             }
             tokio::time::sleep(Duration::from_secs(2).min(Duration::from_secs(seconds))).await;
         }
-        agent.report(&report(DeployPhase::Verifying, spec.raw_bytes, None)).await?;
+        if let Err(err) = agent.report(&report(DeployPhase::Verifying, spec.raw_bytes, None)).await {
+            self.note(&err);
+        }
+        *self
+            .shared
+            .writes
+            .lock()
+            .expect("writes lock")
+            .entry((self.machine.index, spec.image.clone()))
+            .or_default() += 1;
         *disk = Some(OnDisk {
             image: spec.image.clone(),
             hostname: spec.hostname.clone(),
             node_token: spec.node_token.clone(),
         });
         bump(&self.shared.counts.written);
-        agent.report(&report(DeployPhase::Written, spec.raw_bytes, None)).await
+        // The outcome must reach the appliance, as the real agent makes sure.
+        let written = report(DeployPhase::Written, spec.raw_bytes, None);
+        retrying(|| agent.report(&written)).await
     }
 
     /// The node agent of the deployed OS: status every few seconds.
-    async fn node(&self, http: &reqwest::Client, ip: Ipv4Addr, on_disk: &OnDisk) -> anyhow::Result<Ended> {
+    async fn node(&self, http: &reqwest::Client, ip: Ipv4Addr, base: &str, on_disk: &OnDisk) -> anyhow::Result<Ended> {
         let every = self.shared.timing.node_report_secs.max(1);
-        let url = format!("{}{}", self.shared.boot_base, wire::NODE_STATUS_PATH);
+        let url = format!("{base}{}", wire::NODE_STATUS_PATH);
         let status = NodeStatus {
             agent_version: "fleet".into(),
             hostname: on_disk.hostname.clone(),
