@@ -718,6 +718,7 @@ mod tests {
         dhcp_bindings_create_network_booting_machines_once,
         discovery_deadline_fails_the_machine,
         a_deadline_is_checked_again_before_it_fails_a_machine,
+        two_reads_of_one_bmc_at_once_make_one_machine,
         agent_tokens_are_good_for_one_boot,
         placeholder_identities_never_link_two_machines,
     );
@@ -841,6 +842,36 @@ mod tests {
         }
         assert_eq!(store.machine(&moved).await.unwrap().unwrap().state, MachineState::Ready);
         assert_eq!(store.machine(&renewed).await.unwrap().unwrap().state, MachineState::Discovering);
+    }
+
+    /// An enrolment's read and the leader's poller (or two appliances on
+    /// PostgreSQL) link the same BMC at the same moment: one machine, both
+    /// answers name it. A DHCP-created machine holding the BMC's MAC is
+    /// linked, not duplicated, however the two interleave.
+    async fn two_reads_of_one_bmc_at_once_make_one_machine(store: Store) {
+        for round in 0..20u8 {
+            let new = crate::oob::NewBmc {
+                address: format!("https://10.92.0.{round}"),
+                protocol: inventory::oob::BmcProtocol::Redfish,
+                username: "admin".into(),
+                password_sealed: "sealed".into(),
+                tls: inventory::oob::TlsTrust::Insecure,
+            };
+            let bmc = store.insert_bmc(&new).await.unwrap();
+            let mac: MacAddr = format!("02:5f:00:00:00:{round:02x}").parse().unwrap();
+            let view = inventory::oob::BmcInventory {
+                nics: vec![inventory::oob::BmcNic { name: "eth0".into(), mac: Some(mac), ..Default::default() }],
+                ..Default::default()
+            };
+            let (a, b, dhcp) = tokio::join!(
+                store.link_bmc(&bmc.id, &view, 60_000),
+                store.link_bmc(&bmc.id, &view, 60_000),
+                store.ensure_machine(mac, "dhcp", 60_000),
+            );
+            let (a, b, (dhcp, _)) = (a.unwrap().0, b.unwrap().0, dhcp.unwrap());
+            assert_eq!((&a, &b), (&dhcp, &dhcp), "round {round}");
+        }
+        assert_eq!(store.machines().await.unwrap().len(), 20);
     }
 
     async fn agent_tokens_are_good_for_one_boot(store: Store) {

@@ -339,7 +339,32 @@ impl Store {
         inv: &BmcInventory,
         discovery_deadline_ms: i64,
     ) -> Result<(String, LinkedBy)> {
+        // Two reads of one BMC (its enrolment's and its poller's, or two
+        // appliances') race to create its machine on PostgreSQL: the BMC's
+        // row is locked first, and a creation that finds one of its MACs
+        // taken meanwhile (by a DHCP-created machine) starts over and links.
+        for _ in 0..3 {
+            if let Some(linked) = self.link_bmc_once(bmc_id, inv, discovery_deadline_ms).await? {
+                return Ok(linked);
+            }
+        }
+        Err(StoreError::Conflict(format!("BMC {bmc_id}: its machine kept changing while it was linked")))
+    }
+
+    /// One try of [`Store::link_bmc`]; None when another transaction took
+    /// one of the MACs of the machine this one was creating.
+    async fn link_bmc_once(
+        &self,
+        bmc_id: &str,
+        inv: &BmcInventory,
+        discovery_deadline_ms: i64,
+    ) -> Result<Option<(String, LinkedBy)>> {
         let mut tx = self.writer.begin().await?;
+        // A row lock on PostgreSQL (SQLite has one writer anyway).
+        sqlx::query("UPDATE bmcs SET updated_at_ms = updated_at_ms WHERE id = $1")
+            .bind(bmc_id)
+            .execute(&mut *tx)
+            .await?;
         let macs: Vec<String> = inv.nics.iter().filter_map(|n| n.mac.map(|m| m.to_string())).collect();
         let mut found = None;
         for mac in &macs {
@@ -392,11 +417,16 @@ impl Store {
             }
         };
         for mac in &macs {
-            sqlx::query("INSERT INTO machine_macs (mac, machine_id) VALUES ($1, $2) ON CONFLICT (mac) DO NOTHING")
-                .bind(mac)
-                .bind(&machine_id)
-                .execute(&mut *tx)
-                .await?;
+            let inserted =
+                sqlx::query("INSERT INTO machine_macs (mac, machine_id) VALUES ($1, $2) ON CONFLICT (mac) DO NOTHING")
+                    .bind(mac)
+                    .bind(&machine_id)
+                    .execute(&mut *tx)
+                    .await?;
+            if by == LinkedBy::Created && inserted.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
         }
         sqlx::query(
             "UPDATE machines SET system_uuid = COALESCE(system_uuid, $1), serial = COALESCE(serial, $2) WHERE id = $3",
@@ -430,7 +460,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok((machine_id, by))
+        Ok(Some((machine_id, by)))
     }
 
     pub async fn insert_ups(&self, ups: &Ups) -> Result<()> {
