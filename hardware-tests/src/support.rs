@@ -39,3 +39,14 @@ pub fn lab_tests_enabled(test: &str, tools: &[&str]) -> bool {
     eprintln!("skipped {test}: missing {} (set SLIPWAY_LAB_TESTS=1 to make this a failure)", missing.join(", "));
     false
 }
+
+/// Peak resident memory of process `pid` in KiB (`VmHWM`), while it runs;
+/// 0 once it has gone.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}

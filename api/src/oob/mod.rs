@@ -76,6 +76,18 @@ pub struct Oob {
     /// Pollers run only while this appliance leads (one per database);
     /// unset (tests, before `start`) means always.
     leader: std::sync::OnceLock<crate::leader::Leader>,
+    /// Scheduled polls (BMC and UPS) in flight at once, over all devices:
+    /// thousands of BMCs never mean thousands of requests at one moment.
+    polls: Semaphore,
+}
+
+/// The most scheduled polls one appliance has in flight at once.
+pub const MAX_POLLS_IN_FLIGHT: usize = 64;
+
+/// `period` give or take a tenth, drawn afresh each time, so devices
+/// enrolled (or taken over by a new leader) together drift apart.
+pub fn jittered(period: Duration) -> Duration {
+    period.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.9..=1.1))
 }
 
 impl std::fmt::Debug for Oob {
@@ -99,6 +111,7 @@ impl Oob {
             handles: Mutex::default(),
             tasks: Mutex::default(),
             leader: std::sync::OnceLock::new(),
+            polls: Semaphore::new(MAX_POLLS_IN_FLIGHT),
         })
     }
 
@@ -348,23 +361,27 @@ impl Oob {
             let mut failures = 0u32;
             let mut have_inventory = have_inventory;
             if have_inventory {
-                tokio::time::sleep(me.settings.power_poll).await;
+                // Spread over one period: a restart or a new leader starts every poller at once.
+                tokio::time::sleep(me.settings.power_poll.mul_f64(rand::random::<f64>())).await;
             }
             loop {
                 if !me.is_leader() {
                     tokio::time::sleep(crate::leader::RENEW).await;
                     continue;
                 }
-                let result = if have_inventory {
-                    me.power_state(&id).await.map(|_| ())
-                } else {
-                    me.refresh_inventory(&id).await.map(|_| ())
+                let result = {
+                    let _permit = me.polls.acquire().await.expect("the poll semaphore is never closed");
+                    if have_inventory {
+                        me.power_state(&id).await.map(|_| ())
+                    } else {
+                        me.refresh_inventory(&id).await.map(|_| ())
+                    }
                 };
                 let delay = match result {
                     Ok(()) => {
                         have_inventory = true;
                         failures = 0;
-                        me.settings.power_poll
+                        jittered(me.settings.power_poll)
                     }
                     Err(OobFailure::NoBmc(_)) => return,
                     Err(_) => {
@@ -432,6 +449,12 @@ impl Oob {
         }
     }
 
+    /// One scheduled read of a UPS, within the poll bound.
+    async fn read_ups_scheduled(&self, ups: &Ups) -> Result<(), OobFailure> {
+        let _permit = self.polls.acquire().await.expect("the poll semaphore is never closed");
+        self.read_ups(ups).await
+    }
+
     /// Reads the UPS every `ups_poll` in its own task, backing off after
     /// failures.
     pub fn watch_ups(self: &Arc<Self>, name: &str) {
@@ -446,10 +469,10 @@ impl Oob {
                 }
                 let delay = match me.store.ups(&name_owned).await {
                     Ok(None) => return,
-                    Ok(Some(ups)) => match me.read_ups(&ups).await {
+                    Ok(Some(ups)) => match me.read_ups_scheduled(&ups).await {
                         Ok(()) => {
                             failures = 0;
-                            me.settings.ups_poll
+                            jittered(me.settings.ups_poll)
                         }
                         Err(_) => {
                             failures += 1;
@@ -530,6 +553,15 @@ mod tests {
         let mut failed = BmcInventory { errors: vec![error], ..Default::default() };
         keep_unread_sections(&mut failed, &old);
         assert_eq!(failed.drives.len(), 1, "a section that failed keeps its last contents");
+    }
+
+    #[test]
+    fn poll_periods_drift_within_a_tenth() {
+        let period = Duration::from_secs(30);
+        let drawn: Vec<Duration> = (0..200).map(|_| jittered(period)).collect();
+        assert!(drawn.iter().all(|d| (Duration::from_secs(27)..=Duration::from_secs(33)).contains(d)), "{drawn:?}");
+        let (min, max) = (drawn.iter().min().unwrap(), drawn.iter().max().unwrap());
+        assert!(*max - *min > Duration::from_secs(3), "polls started together drift apart: {min:?}..{max:?}");
     }
 
     #[test]

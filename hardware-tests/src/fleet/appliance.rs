@@ -235,13 +235,7 @@ fn cost(pid: u32) -> (f64, f64) {
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (ticks as f64 / 100.0, peak_kib as f64 / 1024.0)
+    (ticks as f64 / 100.0, crate::support::peak_rss_kib(pid) as f64 / 1024.0)
 }
 
 /// Waits until `url`'s /healthz answers.

@@ -139,8 +139,11 @@ impl Script {
                     return Ok(killed);
                 }
                 Some(state @ ("completed" | "failed" | "paused" | "cancelled")) => {
-                    let bad: Vec<&Value> = nodes.iter().filter(|node| node["state"] != "done").take(3).collect();
-                    bail!("campaign {state} with {done}/{n} done; for example {bad:?}");
+                    let worst = |node: &&Value| !matches!(node["state"].as_str(), Some("failed" | "rolled_back"));
+                    let mut bad: Vec<&Value> = nodes.iter().filter(|node| node["state"] != "done").collect();
+                    bad.sort_by_key(worst);
+                    bad.truncate(3);
+                    bail!("campaign {state} ({}) with {done}/{n} done; for example {bad:?}", c["reason"]);
                 }
                 _ => {}
             }
