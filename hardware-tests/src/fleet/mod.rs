@@ -88,6 +88,7 @@ pub fn run(opts: &FleetOptions) -> anyhow::Result<Value> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the fleet needs root (network namespaces)");
     }
+    raise_open_files(opts.machines)?;
     let work = Path::new(WORK_DIR);
     let mut fleet = Fleet { appliances: None, postgres: None };
     fleet.clear_leftovers()?;
@@ -178,6 +179,23 @@ pub fn run(opts: &FleetOptions) -> anyhow::Result<Value> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(report)
+}
+
+/// Each machine holds a BMC listener and its agents' connections here, and
+/// each appliance (which inherits the limit) a connection per agent: as
+/// root, lift the open-file limit to fit.
+fn raise_open_files(machines: usize) -> anyhow::Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let wanted = machines as u64 * 3 + 4096;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    // Past the hard limit only with CAP_SYS_RESOURCE; else as far as it goes.
+    if soft < wanted && setrlimit(Resource::RLIMIT_NOFILE, wanted, hard.max(wanted)).is_err() {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising the open-file limit")?;
+        if hard < wanted {
+            eprintln!("fleet: the open-file limit is {hard}; {machines} machines want about {wanted} (3 per machine)");
+        }
+    }
+    Ok(())
 }
 
 /// The appliances, the database and every namespace, ended on drop.
