@@ -115,12 +115,14 @@ fn real_clients_get_leases_and_pxe_clients_get_boot_files() {
     std::fs::write(ramdisk.join("vmlinuz"), "k").unwrap();
     std::fs::write(ramdisk.join("initrd.img"), "i").unwrap();
     let config = dir.path().join("slipway.toml");
+    // BIOS clients only, and the server's namespace has no way out: no
+    // signed UEFI chain to fetch from Debian at start (`uefi_pxe = "ipxe"`).
     std::fs::write(
         &config,
         format!(
             "data_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:18080\"\ntoken = \"{TOKEN}\"\n\
              [provisioning]\ninterface = \"slw-vs\"\naddress = \"10.79.0.1\"\npool_start = \"10.79.0.100\"\npool_end = \"10.79.0.110\"\n\
-             [boot]\nramdisk_dir = \"{}\"\n",
+             [boot]\nramdisk_dir = \"{}\"\nuefi_pxe = \"ipxe\"\n",
             dir.path().join("data").display(),
             ramdisk.display()
         ),
