@@ -38,8 +38,7 @@ pub fn meta_path(dir: &FsPath, name: &str) -> PathBuf {
 
 /// The content whose SHA-256 is `sha256` (lower-case hex).
 pub fn pinned_path(dir: &FsPath, sha256: &str) -> Option<PathBuf> {
-    let hex = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    hex.then(|| dir.join("sha256").join(format!("{sha256}.bin")))
+    wire::is_sha256_hex(sha256).then(|| dir.join("sha256").join(format!("{sha256}.bin")))
 }
 
 /// The file's record, if it was uploaded whole.

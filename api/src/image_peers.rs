@@ -24,8 +24,7 @@ pub struct Fetches {
 
 /// Where the copy of the content with raw SHA-256 `sha256` lives.
 pub fn copy_path(images_dir: &Path, sha256: &str) -> Option<PathBuf> {
-    let hex = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    hex.then(|| images_dir.join("peer").join(format!("{sha256}.raw.zst")))
+    wire::is_sha256_hex(sha256).then(|| images_dir.join("peer").join(format!("{sha256}.raw.zst")))
 }
 
 impl Fetches {

@@ -34,6 +34,12 @@ pub fn signed_bytes(nonce: &str, body: &[u8]) -> Vec<u8> {
 pub fn valid_nonce(nonce: &str) -> bool {
     (16..=64).contains(&nonce.len()) && nonce.bytes().all(|b| b.is_ascii_hexdigit())
 }
+/// A SHA-256 digest as Slipway writes them: 64 lower-case hex digits (so
+/// it can name a file).
+pub fn is_sha256_hex(digest: &str) -> bool {
+    digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 pub const INVENTORY_PATH: &str = "/api/v1/agent/inventory";
 pub const INSTRUCTIONS_PATH: &str = "/api/v1/agent/instructions";
 pub const DEPLOY_PATH: &str = "/api/v1/agent/deploy";
